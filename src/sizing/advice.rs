@@ -89,7 +89,7 @@ impl fmt::Display for CapacityAdvice {
         write!(
             f,
             "The model's max seq len ({}) is larger than the maximum number of tokens that can be stored in KV cache ({}). \
-             One sequence of {} tokens needs {} of KV cache, {} is available. Ways to fit:\n",
+             One sequence of {} tokens needs {} of KV cache, {} is available. Ways to fit:",
             self.max_model_len,
             self.token_capacity,
             self.max_model_len,
