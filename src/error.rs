@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use crate::ids::{BlockId, SeqId};
 use crate::sizing::{CapacityAdvice, NoKvMemory};
 
 /// Why a capacity plan cannot be made or does not fit.
@@ -32,4 +33,144 @@ pub enum PlanError {
     /// start-up error), with the settings that would make it fit.
     #[error("{0}")]
     MaxModelLenTooLarge(Box<CapacityAdvice>),
+}
+
+/// A caller mistake at the block-pool layer. The pool is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A pool of zero blocks, or of more than [`crate::pool::MAX_BLOCKS`].
+    #[error(
+        "a block pool needs between 1 and {} blocks, got {num_blocks}; size it with CachePlan::num_blocks()",
+        crate::pool::MAX_BLOCKS
+    )]
+    InvalidSize {
+        /// The requested size.
+        num_blocks: u32,
+    },
+    /// The block id is not in this pool.
+    #[error("block {block} does not exist: the pool has {num_blocks} blocks")]
+    UnknownBlock {
+        /// The offending id.
+        block: BlockId,
+        /// Blocks in the pool.
+        num_blocks: u32,
+    },
+    /// Every block is in use.
+    #[error("all {num_blocks} blocks are in use")]
+    Exhausted {
+        /// Blocks in the pool.
+        num_blocks: u32,
+    },
+    /// A reference was dropped from a block that is already free.
+    #[error("double free: block {block} is already free")]
+    DoubleFree {
+        /// The block.
+        block: BlockId,
+    },
+    /// A reference was added to a block that is free (share only what you hold).
+    #[error("block {block} is free: allocate it before sharing it")]
+    NotAllocated {
+        /// The block.
+        block: BlockId,
+    },
+    /// A specific free block was requested but it is in use.
+    #[error("block {block} is in use, not in the free queue")]
+    NotFree {
+        /// The block.
+        block: BlockId,
+    },
+    /// The reference count would pass u32::MAX.
+    #[error("block {block} already has u32::MAX references")]
+    RefCountOverflow {
+        /// The block.
+        block: BlockId,
+    },
+}
+
+/// A caller mistake or a shortage at the KV-cache-manager layer. A call that
+/// returns one of these has changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// A configuration value is unusable; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The offending setting.
+        field: &'static str,
+        /// What is wrong with it and what would work.
+        reason: String,
+    },
+    /// The sequence is not allocated (never allocated, or already freed).
+    #[error("sequence {seq} is not allocated (never allocated, or already freed)")]
+    UnknownSequence {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// The sequence id is already in use.
+    #[error("sequence {seq} is already allocated: free it first or use another id")]
+    DuplicateSequence {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// A sequence must start with at least one prompt token.
+    #[error("sequence {seq} has an empty prompt: allocate needs at least one token")]
+    EmptyPrompt {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// The sequence would grow past `max_model_len`.
+    #[error("sequence {seq} would hold {tokens} tokens, more than max_model_len ({max_model_len}); stop generation at {max_model_len} tokens or raise max_model_len")]
+    ExceedsMaxModelLen {
+        /// The sequence.
+        seq: SeqId,
+        /// Its length after the call.
+        tokens: u64,
+        /// The configured limit.
+        max_model_len: u32,
+    },
+    /// Not enough free blocks for the call.
+    #[error("out of KV blocks: the call needs {needed} free blocks but only {free} are free; wait for running sequences to finish, preempt one, or give the cache more blocks")]
+    OutOfBlocks {
+        /// Blocks the call needs.
+        needed: u64,
+        /// Blocks free now.
+        free: u64,
+    },
+    /// `truncate` to more tokens than the sequence has.
+    #[error("cannot truncate sequence {seq} to {new_len} tokens: it holds only {num_tokens}")]
+    TruncateBeyondLength {
+        /// The sequence.
+        seq: SeqId,
+        /// The requested length.
+        new_len: u64,
+        /// Its current length.
+        num_tokens: u64,
+    },
+    /// A token position or range past the end of the sequence.
+    #[error("position {pos} is past the end of sequence {seq} ({num_tokens} tokens)")]
+    PositionOutOfRange {
+        /// The sequence.
+        seq: SeqId,
+        /// The first position past the end that was asked for.
+        pos: u64,
+        /// Its length.
+        num_tokens: u64,
+    },
+}
+
+/// A broken internal invariant, found by a `check_invariants()` call. Seeing
+/// one is a bug in pagedkv (or in a policy built on its pool): please report it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invariant violated: {what}")]
+pub struct InvariantViolation {
+    /// Which invariant, and the values that broke it.
+    pub what: String,
+}
+
+impl InvariantViolation {
+    /// A violation described by `what`.
+    pub fn new(what: impl Into<String>) -> Self {
+        InvariantViolation { what: what.into() }
+    }
 }

@@ -7,11 +7,20 @@
 
 pub mod error;
 pub mod ids;
+pub mod manager;
+pub mod pool;
 pub mod sizing;
+pub mod table;
 
-pub use error::PlanError;
+pub use error::{InvariantViolation, KvError, PlanError, PoolError};
 pub use ids::{BlockId, SeqId, Slot, TokenId};
+pub use manager::{
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
+    KvUsage, SharedKvCacheManager,
+};
+pub use pool::{BlockPool, MAX_BLOCKS};
 pub use sizing::{
     blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
     KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,
 };
+pub use table::BlockTable;

@@ -1,0 +1,631 @@
+//! The KV cache manager: sequences, their block tables, sharing and
+//! copy-on-write, admission control, and the block operations the engine runs.
+//!
+//! Invariants (checked by [`KvCacheManager::check_invariants`]):
+//! - every pool invariant (see [`crate::pool`]);
+//! - each block's reference count equals the number of block tables holding it
+//!   (a table never holds a block twice);
+//! - each table holds exactly `blocks_for(num_tokens)` blocks and at most
+//!   `max_model_len` tokens, so a sequence wastes fewer than `block_size` slots;
+//! - every queued copy names blocks of this pool.
+//!
+//! Every mutating call checks first and mutates after: a call that returns an
+//! error has changed nothing.
+//!
+//! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
+//! copy-on-write rule.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+
+use crate::error::{InvariantViolation, KvError};
+use crate::ids::{BlockId, SeqId, Slot, TokenId};
+use crate::pool::{BlockPool, MAX_BLOCKS};
+use crate::sizing::{blocks_for, MAX_BLOCK_SIZE};
+use crate::table::{BlockTable, BlockVec};
+
+mod shared;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use shared::SharedKvCacheManager;
+pub use types::{
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
+};
+
+/// A multiplicative hasher for engine-chosen `u64` sequence ids: one multiply and
+/// a fold, several times cheaper than SipHash on the hot path. Sequence ids come
+/// from the engine, not from untrusted clients, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct SeqIdHasher(u64);
+
+impl Hasher for SeqIdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        let h = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Fold the well-mixed high bits into the low bits the table indexes by.
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
+
+/// The paged KV cache manager.
+///
+/// ```
+/// use pagedkv::{Admission, BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+/// let mut kv = KvCacheManager::new(KvCacheConfig {
+///     num_blocks: 64, block_size: 16, max_model_len: 512, ..Default::default()
+/// }).unwrap();
+/// let prompt: Vec<u32> = (0..20).collect();
+/// assert_eq!(kv.check_admission(prompt.len() as u64, 100), Admission::Now);
+/// kv.allocate(SeqId(1), &prompt).unwrap();      // 2 blocks
+/// kv.fork(SeqId(1), SeqId(2)).unwrap();         // shares both
+/// kv.append(SeqId(2), &[7]).unwrap();           // shared partial block: copy-on-write
+/// let mut ops = BlockOps::default();
+/// kv.drain_ops(&mut ops);
+/// assert_eq!(ops.copies.len(), 1);              // run before the step's kernels
+/// assert_eq!(kv.block_table(SeqId(2)).unwrap().len(), 2);
+/// kv.free(SeqId(1)).unwrap();
+/// kv.free(SeqId(2)).unwrap();
+/// assert_eq!(kv.usage().free_blocks, 64);
+/// kv.check_invariants().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct KvCacheManager {
+    config: KvCacheConfig,
+    watermark_blocks: u32,
+    pool: BlockPool,
+    seqs: SeqMap<BlockTable>,
+    /// Storage of freed tables, reused by the next allocation or fork.
+    spare: Vec<BlockVec>,
+    copies: Vec<BlockCopy>,
+    stats: KvStats,
+}
+
+impl KvCacheManager {
+    /// A manager over a fresh pool of `config.num_blocks` blocks.
+    pub fn new(config: KvCacheConfig) -> Result<Self, KvError> {
+        config.validate()?;
+        let pool =
+            BlockPool::new(config.num_blocks).expect("validate() bounds num_blocks to the pool's range");
+        let watermark_blocks = (config.watermark * config.num_blocks as f64).floor() as u32;
+        Ok(KvCacheManager {
+            config,
+            watermark_blocks,
+            pool,
+            seqs: SeqMap::default(),
+            spare: Vec::new(),
+            copies: Vec::new(),
+            stats: KvStats::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &KvCacheConfig {
+        &self.config
+    }
+
+    /// Tokens per block.
+    #[inline]
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    /// Free blocks kept back from new admissions for running sequences to grow.
+    pub fn watermark_blocks(&self) -> u32 {
+        self.watermark_blocks
+    }
+
+    /// Free blocks now.
+    #[inline]
+    pub fn num_free_blocks(&self) -> u32 {
+        self.pool.num_free()
+    }
+
+    /// The pool, read-only (for policies and tests that inspect it).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    #[inline]
+    fn blocks_for(&self, num_tokens: u64) -> u64 {
+        blocks_for(num_tokens, self.config.block_size as u64)
+    }
+
+    /// Whether a request with `prompt_len` prompt tokens that may generate
+    /// `max_new_tokens` more can start now, later, or never.
+    ///
+    /// - `Never` when it can never run to completion: longer than
+    ///   `max_model_len`, more blocks than the whole pool, or a prompt that even
+    ///   an empty pool could not take while keeping the watermark.
+    /// - `Now` when the prompt's blocks are free with the watermark to spare
+    ///   (generated tokens take blocks one at a time, as paged attention intends).
+    /// - `Later` otherwise: it fits once running sequences finish.
+    ///
+    /// Pure: it changes nothing.
+    pub fn check_admission(&self, prompt_len: u64, max_new_tokens: u64) -> Admission {
+        let total = prompt_len.saturating_add(max_new_tokens);
+        if prompt_len == 0 {
+            return Admission::Never(AdmissionRefusal::EmptyPrompt);
+        }
+        if total > self.config.max_model_len as u64 {
+            return Admission::Never(AdmissionRefusal::ExceedsMaxModelLen {
+                tokens: total,
+                max_model_len: self.config.max_model_len,
+            });
+        }
+        let num_blocks = self.pool.num_blocks() as u64;
+        let total_blocks = self.blocks_for(total);
+        if total_blocks > num_blocks {
+            return Admission::Never(AdmissionRefusal::ExceedsPool {
+                tokens: total,
+                blocks_needed: total_blocks,
+                num_blocks,
+                block_size: self.config.block_size,
+            });
+        }
+        let prompt_blocks = self.blocks_for(prompt_len);
+        let watermark = self.watermark_blocks as u64;
+        if prompt_blocks + watermark > num_blocks {
+            return Admission::Never(AdmissionRefusal::PromptAboveWatermark {
+                prompt_tokens: prompt_len,
+                blocks_needed: prompt_blocks,
+                num_blocks,
+                watermark_blocks: self.watermark_blocks,
+            });
+        }
+        if prompt_blocks + watermark <= self.pool.num_free() as u64 {
+            Admission::Now
+        } else {
+            Admission::Later
+        }
+    }
+
+    /// Allocates blocks for a new sequence's prompt.
+    ///
+    /// Errors (nothing changes): [`KvError::DuplicateSequence`],
+    /// [`KvError::EmptyPrompt`], [`KvError::ExceedsMaxModelLen`],
+    /// [`KvError::OutOfBlocks`]. The watermark is not applied here (that is
+    /// admission's job); only the blocks actually free count.
+    pub fn allocate(&mut self, seq: SeqId, prompt: &[TokenId]) -> Result<Allocation, KvError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(KvError::DuplicateSequence { seq });
+        }
+        if prompt.is_empty() {
+            return Err(KvError::EmptyPrompt { seq });
+        }
+        let tokens = prompt.len() as u64;
+        self.check_len(seq, tokens)?;
+        let needed = self.blocks_for(tokens);
+        self.check_free(needed)?;
+
+        let mut table =
+            BlockTable::with_storage(self.spare.pop().unwrap_or_default(), self.config.block_size);
+        for _ in 0..needed {
+            table.blocks.push(
+                self.pool
+                    .allocate()
+                    .expect("free blocks were counted before allocating"),
+            );
+        }
+        table.num_tokens = tokens as u32;
+        self.seqs.insert(seq, table);
+        self.stats.sequences_allocated += 1;
+        Ok(Allocation {
+            num_blocks: needed as u32,
+            cached_tokens: 0,
+        })
+    }
+
+    /// Appends tokens to a sequence: one (decode) or many (chunked prefill,
+    /// speculative tokens). Takes a new block only when the last one is full.
+    ///
+    /// Copy-on-write: if the last block is partially filled and shared with
+    /// another sequence, this sequence gets a fresh block first and a
+    /// [`BlockCopy`] of the filled slots is queued for [`Self::drain_ops`].
+    /// Full shared blocks stay shared.
+    ///
+    /// Errors (nothing changes): [`KvError::UnknownSequence`],
+    /// [`KvError::ExceedsMaxModelLen`], [`KvError::OutOfBlocks`].
+    #[inline]
+    pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
+        let bs = self.config.block_size as u64;
+        let max_model_len = self.config.max_model_len;
+        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let old_len = table.num_tokens as u64;
+        let new_len = old_len + tokens.len() as u64;
+        if new_len > max_model_len as u64 {
+            return Err(KvError::ExceedsMaxModelLen {
+                seq,
+                tokens: new_len,
+                max_model_len,
+            });
+        }
+        let have = table.blocks.len() as u64;
+        let grow = blocks_for(new_len, bs) - have;
+        let filled = (old_len % bs) as u32;
+        let last = table.blocks.last().copied();
+        let cow = match last {
+            Some(b) if filled != 0 => self.pool.ref_count(b).expect("tables hold pool blocks") > 1,
+            _ => false,
+        };
+        let needed = grow + cow as u64;
+        if needed > self.pool.num_free() as u64 {
+            self.stats.out_of_blocks += 1;
+            return Err(KvError::OutOfBlocks {
+                needed,
+                free: self.pool.num_free() as u64,
+            });
+        }
+        if cow {
+            let src = last.expect("cow implies a last block");
+            let dst = self
+                .pool
+                .allocate()
+                .expect("free blocks were counted before allocating");
+            self.pool
+                .decref(src)
+                .expect("the shared block holds this table's reference");
+            *table.blocks.last_mut().expect("cow implies a last block") = dst;
+            self.copies.push(BlockCopy {
+                src,
+                dst,
+                num_slots: filled,
+            });
+            self.stats.cow_copies += 1;
+        }
+        for _ in 0..grow {
+            table.blocks.push(
+                self.pool
+                    .allocate()
+                    .expect("free blocks were counted before allocating"),
+            );
+        }
+        table.num_tokens = new_len as u32;
+        Ok(())
+    }
+
+    /// Makes `child` share every block of `parent` (parallel sampling, beam
+    /// search). Needs no free block: the first divergent write copies.
+    ///
+    /// The parent's tokens must have been computed (their step executed)
+    /// before the fork: a later copy-on-write copies slots as they are at the
+    /// start of the step that runs it.
+    pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<(), KvError> {
+        if self.seqs.contains_key(&child) {
+            return Err(KvError::DuplicateSequence { seq: child });
+        }
+        let src = self
+            .seqs
+            .get(&parent)
+            .ok_or(KvError::UnknownSequence { seq: parent })?;
+        let mut table =
+            BlockTable::with_storage(self.spare.pop().unwrap_or_default(), self.config.block_size);
+        table.blocks.extend_from_slice(&src.blocks);
+        table.num_tokens = src.num_tokens;
+        for &b in &table.blocks {
+            self.pool.incref(b).expect("a live table's blocks are allocated");
+        }
+        self.seqs.insert(child, table);
+        self.stats.forks += 1;
+        Ok(())
+    }
+
+    /// Shortens a sequence to `new_len` tokens (rejected speculative tokens,
+    /// beam trimming), dropping this sequence's references to blocks past the
+    /// end, last block first. Shared blocks stay with their other holders.
+    pub fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
+        let bs = self.config.block_size as u64;
+        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let num_tokens = table.num_tokens as u64;
+        if new_len > num_tokens {
+            return Err(KvError::TruncateBeyondLength {
+                seq,
+                new_len,
+                num_tokens,
+            });
+        }
+        let keep = blocks_for(new_len, bs) as usize;
+        while table.blocks.len() > keep {
+            let b = table.blocks.pop().expect("len > keep >= 0");
+            self.pool.decref(b).expect("a live table's blocks are allocated");
+        }
+        table.num_tokens = new_len as u32;
+        Ok(())
+    }
+
+    /// Frees a sequence: drops its references, last block first (so a prefix
+    /// outlives its suffix in the free queue's eviction order).
+    pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
+        let table = self.seqs.remove(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        for &b in table.blocks.iter().rev() {
+            self.pool.decref(b).expect("a live table's blocks are allocated");
+        }
+        self.spare.push(table.into_storage());
+        self.stats.sequences_freed += 1;
+        Ok(())
+    }
+
+    /// Moves the block operations queued since the last call into `ops`
+    /// (clearing it first). Once `ops` has capacity, this allocates nothing.
+    /// The engine runs them, in order, before the step's kernels.
+    pub fn drain_ops(&mut self, ops: &mut BlockOps) {
+        ops.clear();
+        ops.copies.extend_from_slice(&self.copies);
+        self.copies.clear();
+    }
+
+    /// Block operations queued and not yet drained.
+    pub fn pending_copies(&self) -> &[BlockCopy] {
+        &self.copies
+    }
+
+    /// Whether the sequence is allocated.
+    pub fn contains(&self, seq: SeqId) -> bool {
+        self.seqs.contains_key(&seq)
+    }
+
+    /// Allocated sequences.
+    pub fn num_seqs(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Iterates allocated sequence ids (in no particular order).
+    pub fn seq_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.seqs.keys().copied()
+    }
+
+    /// The sequence's table.
+    #[inline]
+    pub fn table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
+        self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })
+    }
+
+    /// The sequence's blocks, in logical order, for the attention kernel.
+    #[inline]
+    pub fn block_table(&self, seq: SeqId) -> Result<&[BlockId], KvError> {
+        self.table(seq).map(BlockTable::blocks)
+    }
+
+    /// Tokens the sequence holds.
+    #[inline]
+    pub fn num_tokens(&self, seq: SeqId) -> Result<u64, KvError> {
+        self.table(seq).map(|t| t.num_tokens as u64)
+    }
+
+    /// The slot of position `pos` of the sequence.
+    pub fn slot(&self, seq: SeqId, pos: u64) -> Result<Slot, KvError> {
+        let t = self.table(seq)?;
+        u32::try_from(pos)
+            .ok()
+            .and_then(|p| t.slot(p))
+            .ok_or(KvError::PositionOutOfRange {
+                seq,
+                pos,
+                num_tokens: t.num_tokens as u64,
+            })
+    }
+
+    /// Appends the slots of positions `range` of the sequence to `out` (a
+    /// batch's slot mapping, built in the caller's reusable buffer).
+    pub fn slots_into(&self, seq: SeqId, range: Range<u64>, out: &mut Vec<Slot>) -> Result<(), KvError> {
+        let t = self.table(seq)?;
+        let n = t.num_tokens as u64;
+        let bad = KvError::PositionOutOfRange {
+            seq,
+            pos: range.end,
+            num_tokens: n,
+        };
+        if range.start > range.end || range.end > n {
+            return Err(bad);
+        }
+        // Both ends are <= num_tokens, which is a u32.
+        let ok = t.slots_into(range.start as u32..range.end as u32, out);
+        debug_assert!(ok);
+        Ok(())
+    }
+
+    /// Appends the slots of the sequence's last `n` tokens to `out`: where the
+    /// engine writes the keys and values of the tokens just appended.
+    pub fn new_slots_into(&self, seq: SeqId, n: u64, out: &mut Vec<Slot>) -> Result<(), KvError> {
+        let len = self.num_tokens(seq)?;
+        if n > len {
+            return Err(KvError::PositionOutOfRange {
+                seq,
+                pos: n,
+                num_tokens: len,
+            });
+        }
+        self.slots_into(seq, len - n..len, out)
+    }
+
+    /// Counters since construction.
+    pub fn stats(&self) -> &KvStats {
+        &self.stats
+    }
+
+    /// Block and token accounting now. O(sequences).
+    ///
+    /// `stored_tokens` counts the slots that hold some live sequence's token
+    /// (a shared block counts once); the rest of the used blocks' slots is
+    /// internal fragmentation.
+    pub fn usage(&self) -> KvUsage {
+        let bs = self.config.block_size as u64;
+        let used_blocks = self.pool.num_used() as u64;
+        let mut logical_tokens = 0u64;
+        let mut unfilled = 0u64;
+        // Shared partial last blocks: (block, filled) of each holder that ends in it.
+        let mut shared_tails: Vec<(BlockId, u32)> = Vec::new();
+        for t in self.seqs.values() {
+            logical_tokens += t.num_tokens as u64;
+            let filled = t.num_tokens % self.config.block_size;
+            let Some(&last) = t.blocks.last() else { continue };
+            if filled == 0 {
+                continue;
+            }
+            if self.pool.ref_count(last).unwrap_or(1) == 1 {
+                unfilled += bs - filled as u64;
+            } else {
+                shared_tails.push((last, filled));
+            }
+        }
+        // A shared block is only partially filled if every holder ends in it;
+        // then its filled slots are the most any holder filled.
+        shared_tails.sort_unstable();
+        for group in shared_tails.chunk_by(|a, b| a.0 == b.0) {
+            let holders = self.pool.ref_count(group[0].0).unwrap_or(0) as usize;
+            if group.len() == holders {
+                let most = group.iter().map(|&(_, f)| f).max().unwrap_or(0);
+                unfilled += bs - most as u64;
+            }
+        }
+        let allocated_slots = used_blocks * bs;
+        KvUsage {
+            num_blocks: self.pool.num_blocks() as u64,
+            free_blocks: self.pool.num_free() as u64,
+            used_blocks,
+            num_seqs: self.seqs.len() as u64,
+            logical_tokens,
+            stored_tokens: allocated_slots - unfilled,
+            internal_fragmentation: unfilled,
+        }
+    }
+
+    /// Checks every invariant listed in the module docs. O(blocks + table
+    /// entries); for tests and debugging, not for the hot path.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.pool.check_invariants()?;
+        let n = self.pool.num_blocks() as usize;
+        let mut refs = vec![0u32; n];
+        let mut last_seen = vec![u64::MAX; n];
+        for (&seq, t) in &self.seqs {
+            let tokens = t.num_tokens as u64;
+            if t.block_size != self.config.block_size {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?}: table block size {}",
+                    t.block_size
+                )));
+            }
+            if t.blocks.len() as u64 != self.blocks_for(tokens) {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?} holds {} blocks for {tokens} tokens; it must hold exactly {}",
+                    t.blocks.len(),
+                    self.blocks_for(tokens)
+                )));
+            }
+            if tokens > self.config.max_model_len as u64 {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?} holds {tokens} tokens, more than max_model_len"
+                )));
+            }
+            for &b in &t.blocks {
+                if b.index() >= n {
+                    return Err(InvariantViolation::new(format!(
+                        "{seq:?} holds unknown block {b:?}"
+                    )));
+                }
+                if last_seen[b.index()] == seq.0 {
+                    return Err(InvariantViolation::new(format!(
+                        "{seq:?} holds block {b:?} twice"
+                    )));
+                }
+                last_seen[b.index()] = seq.0;
+                refs[b.index()] += 1;
+            }
+        }
+        for (i, &r) in refs.iter().enumerate() {
+            let rc = self.pool.ref_count(BlockId(i as u32)).expect("index is in range");
+            if rc != r {
+                return Err(InvariantViolation::new(format!(
+                    "block {i} has ref count {rc} but {r} tables hold it"
+                )));
+            }
+        }
+        if let Some(c) = self
+            .copies
+            .iter()
+            .find(|c| c.src.index() >= n || c.dst.index() >= n)
+        {
+            return Err(InvariantViolation::new(format!(
+                "queued copy {c:?} names an unknown block"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, seq: SeqId, tokens: u64) -> Result<(), KvError> {
+        if tokens > self.config.max_model_len as u64 {
+            return Err(KvError::ExceedsMaxModelLen {
+                seq,
+                tokens,
+                max_model_len: self.config.max_model_len,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_free(&mut self, needed: u64) -> Result<(), KvError> {
+        let free = self.pool.num_free() as u64;
+        if needed > free {
+            self.stats.out_of_blocks += 1;
+            return Err(KvError::OutOfBlocks { needed, free });
+        }
+        Ok(())
+    }
+}
+
+impl KvCacheConfig {
+    /// Checks every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), KvError> {
+        let bad = |field: &'static str, reason: String| Err(KvError::InvalidConfig { field, reason });
+        if self.num_blocks == 0 || self.num_blocks > MAX_BLOCKS {
+            return bad(
+                "num_blocks",
+                format!(
+                    "{} is outside 1..={MAX_BLOCKS}; size the pool with CachePlan::num_blocks()",
+                    self.num_blocks
+                ),
+            );
+        }
+        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
+            return bad(
+                "block_size",
+                format!(
+                    "{} is outside 1..={MAX_BLOCK_SIZE}; 16 is the usual choice",
+                    self.block_size
+                ),
+            );
+        }
+        if self.max_model_len == 0 {
+            return bad("max_model_len", "must be at least 1 token".into());
+        }
+        if !(self.watermark >= 0.0 && self.watermark < 1.0) {
+            return bad(
+                "watermark",
+                format!(
+                    "{} is outside [0, 1); it is the fraction of blocks kept free for growth, e.g. 0.01",
+                    self.watermark
+                ),
+            );
+        }
+        Ok(())
+    }
+}

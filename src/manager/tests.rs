@@ -1,0 +1,351 @@
+use super::*;
+
+fn kv(num_blocks: u32, block_size: u32) -> KvCacheManager {
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks,
+        block_size,
+        max_model_len: 1024,
+        watermark: 0.0,
+    })
+    .unwrap()
+}
+
+fn toks(n: usize) -> Vec<TokenId> {
+    (0..n as u32).collect()
+}
+
+/// Everything observable about the state except the counters.
+fn snapshot(kv: &KvCacheManager) -> String {
+    let mut seqs: Vec<_> = kv.seq_ids().map(|s| (s, kv.table(s).unwrap().clone())).collect();
+    seqs.sort_by_key(|(s, _)| *s);
+    let free: Vec<_> = kv.pool().free_blocks().collect();
+    format!("{seqs:?} {free:?} {:?} {:?}", kv.pending_copies(), kv.usage())
+}
+
+#[test]
+fn one_block_pool() {
+    let mut kv = kv(1, 16);
+    kv.allocate(SeqId(1), &toks(16)).unwrap();
+    let before = snapshot(&kv);
+    assert_eq!(
+        kv.append(SeqId(1), &[1]),
+        Err(KvError::OutOfBlocks { needed: 1, free: 0 })
+    );
+    assert_eq!(snapshot(&kv), before);
+    assert_eq!(kv.check_admission(1, 0), Admission::Later);
+    kv.free(SeqId(1)).unwrap();
+    assert_eq!(kv.check_admission(16, 0), Admission::Now);
+    assert!(matches!(
+        kv.check_admission(16, 1),
+        Admission::Never(AdmissionRefusal::ExceedsPool { .. })
+    ));
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn block_size_one() {
+    let mut kv = kv(8, 1);
+    kv.allocate(SeqId(1), &toks(3)).unwrap();
+    assert_eq!(
+        kv.block_table(SeqId(1)).unwrap(),
+        [BlockId(0), BlockId(1), BlockId(2)]
+    );
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    // Every block is full at block size 1: appends never copy.
+    kv.append(SeqId(2), &[9]).unwrap();
+    kv.append(SeqId(1), &[8]).unwrap();
+    assert_eq!(kv.stats().cow_copies, 0);
+    assert_eq!(kv.usage().used_blocks, 5);
+    assert_eq!(kv.usage().internal_fragmentation, 0);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn exactly_full_pool() {
+    let mut kv = kv(4, 4);
+    kv.allocate(SeqId(1), &toks(10)).unwrap(); // 3 blocks
+    kv.append(SeqId(1), &[1, 2]).unwrap(); // fills block 3 exactly: no new block
+    assert_eq!(kv.num_free_blocks(), 1);
+    kv.append(SeqId(1), &[3, 4, 5, 6]).unwrap(); // the 4th block, exactly full
+    assert_eq!(kv.num_free_blocks(), 0);
+    assert_eq!(kv.usage().internal_fragmentation, 0);
+    assert_eq!(
+        kv.append(SeqId(1), &[7]),
+        Err(KvError::OutOfBlocks { needed: 1, free: 0 })
+    );
+    assert_eq!(kv.num_tokens(SeqId(1)).unwrap(), 16);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn copy_on_write_only_for_shared_partial_blocks() {
+    let mut kv = kv(16, 4);
+    kv.allocate(SeqId(1), &toks(6)).unwrap(); // blocks 0 (full), 1 (2 of 4)
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    assert_eq!(kv.pool().ref_count(BlockId(0)).unwrap(), 2);
+    assert_eq!(kv.pool().ref_count(BlockId(1)).unwrap(), 2);
+    kv.append(SeqId(1), &[100]).unwrap();
+    let mut ops = BlockOps::default();
+    kv.drain_ops(&mut ops);
+    assert_eq!(
+        ops.copies,
+        [BlockCopy {
+            src: BlockId(1),
+            dst: BlockId(2),
+            num_slots: 2
+        }]
+    );
+    assert_eq!(kv.block_table(SeqId(1)).unwrap(), [BlockId(0), BlockId(2)]);
+    // The other holder is now alone in block 1: it writes in place.
+    kv.append(SeqId(2), &[200]).unwrap();
+    kv.drain_ops(&mut ops);
+    assert!(ops.is_empty());
+    assert_eq!(kv.block_table(SeqId(2)).unwrap(), [BlockId(0), BlockId(1)]);
+    // The full block stays shared for good.
+    assert_eq!(kv.pool().ref_count(BlockId(0)).unwrap(), 2);
+    assert_eq!(kv.stats().cow_copies, 1);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn full_shared_last_block_is_not_copied() {
+    let mut kv = kv(8, 4);
+    kv.allocate(SeqId(1), &toks(4)).unwrap();
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    kv.append(SeqId(1), &[1]).unwrap();
+    kv.append(SeqId(2), &[2]).unwrap();
+    assert!(kv.pending_copies().is_empty());
+    assert_eq!(kv.usage().used_blocks, 3);
+}
+
+#[test]
+fn copy_on_write_needs_a_free_block() {
+    let mut kv = kv(2, 4);
+    kv.allocate(SeqId(1), &toks(6)).unwrap();
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    let before = snapshot(&kv);
+    assert_eq!(
+        kv.append(SeqId(1), &[1]),
+        Err(KvError::OutOfBlocks { needed: 1, free: 0 })
+    );
+    // Filling past the block needs the copy plus one more.
+    assert_eq!(
+        kv.append(SeqId(2), &[1, 2, 3]),
+        Err(KvError::OutOfBlocks { needed: 2, free: 0 })
+    );
+    assert_eq!(snapshot(&kv), before);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn truncate_releases_only_own_references() {
+    let mut kv = kv(8, 4);
+    kv.allocate(SeqId(1), &toks(12)).unwrap(); // 3 full blocks
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    kv.truncate(SeqId(1), 5).unwrap(); // keeps blocks 0, 1; block 1 now partial for seq 1
+    assert_eq!(kv.pool().ref_count(BlockId(2)).unwrap(), 1);
+    assert_eq!(kv.usage().used_blocks, 3);
+    // Block 1 is full for seq 2, so it is not internal fragmentation.
+    assert_eq!(kv.usage().internal_fragmentation, 0);
+    // Appending into the shared block 1 (partial for seq 1) copies its 1 slot.
+    kv.append(SeqId(1), &[42]).unwrap();
+    assert_eq!(
+        kv.pending_copies(),
+        [BlockCopy {
+            src: BlockId(1),
+            dst: BlockId(3),
+            num_slots: 1
+        }]
+    );
+    assert_eq!(kv.usage().internal_fragmentation, 2);
+    assert_eq!(
+        kv.truncate(SeqId(1), 7),
+        Err(KvError::TruncateBeyondLength {
+            seq: SeqId(1),
+            new_len: 7,
+            num_tokens: 6
+        })
+    );
+    kv.truncate(SeqId(2), 0).unwrap();
+    assert!(kv.block_table(SeqId(2)).unwrap().is_empty());
+    kv.append(SeqId(2), &[1]).unwrap();
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn shared_partial_block_counts_once_in_usage() {
+    let mut kv = kv(8, 4);
+    kv.allocate(SeqId(1), &toks(6)).unwrap();
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    kv.fork(SeqId(1), SeqId(3)).unwrap();
+    let u = kv.usage();
+    assert_eq!(u.used_blocks, 2);
+    assert_eq!(u.logical_tokens, 18);
+    assert_eq!(u.stored_tokens, 6);
+    assert_eq!(u.internal_fragmentation, 2);
+    kv.truncate(SeqId(3), 5).unwrap();
+    assert_eq!(kv.usage().stored_tokens, 6);
+}
+
+#[test]
+fn free_returns_blocks_tail_first() {
+    let mut kv = kv(4, 2);
+    kv.allocate(SeqId(1), &toks(6)).unwrap();
+    kv.free(SeqId(1)).unwrap();
+    let order: Vec<_> = kv.pool().free_blocks().collect();
+    assert_eq!(order, [BlockId(3), BlockId(2), BlockId(1), BlockId(0)]);
+    assert_eq!(kv.free(SeqId(1)), Err(KvError::UnknownSequence { seq: SeqId(1) }));
+}
+
+#[test]
+fn refused_calls_change_nothing() {
+    let mut kv = kv(4, 4);
+    kv.allocate(SeqId(1), &toks(5)).unwrap();
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    let before = snapshot(&kv);
+    let calls: Vec<(&str, KvError)> = vec![
+        ("dup allocate", kv.allocate(SeqId(1), &toks(1)).unwrap_err()),
+        ("empty", kv.allocate(SeqId(3), &[]).unwrap_err()),
+        ("too long", kv.allocate(SeqId(3), &toks(1025)).unwrap_err()),
+        ("no room", kv.allocate(SeqId(3), &toks(13)).unwrap_err()),
+        ("unknown append", kv.append(SeqId(9), &[1]).unwrap_err()),
+        ("past max len", kv.append(SeqId(1), &toks(1020)).unwrap_err()),
+        ("dup fork", kv.fork(SeqId(1), SeqId(2)).unwrap_err()),
+        ("unknown fork", kv.fork(SeqId(9), SeqId(3)).unwrap_err()),
+        ("truncate up", kv.truncate(SeqId(1), 6).unwrap_err()),
+        ("unknown free", kv.free(SeqId(9)).unwrap_err()),
+        ("bad slot", kv.slot(SeqId(1), 5).unwrap_err()),
+    ];
+    for (what, err) in &calls {
+        assert!(!err.to_string().is_empty(), "{what}");
+    }
+    assert!(matches!(calls[0].1, KvError::DuplicateSequence { .. }));
+    assert!(matches!(
+        calls[2].1,
+        KvError::ExceedsMaxModelLen { tokens: 1025, .. }
+    ));
+    assert!(matches!(calls[3].1, KvError::OutOfBlocks { needed: 4, free: 2 }));
+    let mut out = vec![];
+    assert!(kv.slots_into(SeqId(1), 3..6, &mut out).is_err());
+    assert!(out.is_empty());
+    assert_eq!(snapshot(&kv), before);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn admission_now_later_never() {
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 200,
+        block_size: 16,
+        max_model_len: 4096,
+        watermark: 0.01,
+    })
+    .unwrap();
+    assert_eq!(kv.watermark_blocks(), 2);
+    assert_eq!(kv.check_admission(100, 100), Admission::Now);
+    assert!(matches!(
+        kv.check_admission(4000, 100),
+        Admission::Never(AdmissionRefusal::ExceedsMaxModelLen { tokens: 4100, .. })
+    ));
+    // 199 blocks of prompt: fits the pool but not above the 2-block watermark.
+    assert!(matches!(
+        kv.check_admission(199 * 16, 0),
+        Admission::Never(AdmissionRefusal::PromptAboveWatermark { .. })
+    ));
+    assert_eq!(kv.check_admission(198 * 16, 0), Admission::Now);
+    assert!(matches!(
+        kv.check_admission(0, 5),
+        Admission::Never(AdmissionRefusal::EmptyPrompt)
+    ));
+    kv.allocate(SeqId(1), &toks(100 * 16)).unwrap();
+    assert_eq!(kv.check_admission(98 * 16, 0), Admission::Now);
+    assert_eq!(kv.check_admission(99 * 16, 0), Admission::Later);
+    let Admission::Never(why) = kv.check_admission(3000, 2000) else {
+        panic!()
+    };
+    assert!(why.to_string().contains("max_model_len"), "{why}");
+}
+
+#[test]
+fn slots_for_new_tokens() {
+    let mut kv = kv(8, 4);
+    kv.allocate(SeqId(1), &toks(3)).unwrap();
+    kv.append(SeqId(1), &[7, 8, 9]).unwrap();
+    let mut out = Vec::new();
+    kv.new_slots_into(SeqId(1), 3, &mut out).unwrap();
+    assert_eq!(out, [3, 4, 5]);
+    assert_eq!(kv.slot(SeqId(1), 0).unwrap(), 0);
+}
+
+#[test]
+fn invalid_configs_name_the_field() {
+    let base = KvCacheConfig {
+        num_blocks: 10,
+        ..Default::default()
+    };
+    let cases = [
+        (
+            KvCacheConfig {
+                num_blocks: 0,
+                ..base.clone()
+            },
+            "num_blocks",
+        ),
+        (
+            KvCacheConfig {
+                num_blocks: MAX_BLOCKS + 1,
+                ..base.clone()
+            },
+            "num_blocks",
+        ),
+        (
+            KvCacheConfig {
+                block_size: 0,
+                ..base.clone()
+            },
+            "block_size",
+        ),
+        (
+            KvCacheConfig {
+                max_model_len: 0,
+                ..base.clone()
+            },
+            "max_model_len",
+        ),
+        (
+            KvCacheConfig {
+                watermark: 1.0,
+                ..base.clone()
+            },
+            "watermark",
+        ),
+        (
+            KvCacheConfig {
+                watermark: f64::NAN,
+                ..base.clone()
+            },
+            "watermark",
+        ),
+    ];
+    for (config, field) in cases {
+        match KvCacheManager::new(config) {
+            Err(KvError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert!(KvCacheManager::new(KvCacheConfig::default()).is_err());
+}
+
+#[test]
+fn seq_hasher_spreads_strided_ids() {
+    use std::hash::BuildHasher;
+    let b = BuildHasherDefault::<SeqIdHasher>::default();
+    let mut low: Vec<u64> = (0..64u64).map(|i| b.hash_one(SeqId(i << 20)) & 63).collect();
+    low.sort_unstable();
+    low.dedup();
+    assert!(
+        low.len() > 32,
+        "strided ids collide in the low bits: {}",
+        low.len()
+    );
+}

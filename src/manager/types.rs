@@ -1,0 +1,208 @@
+//! Plain data exchanged with the manager: configuration, admission answers,
+//! block operations, usage and counters.
+
+use std::fmt;
+
+use crate::ids::BlockId;
+
+/// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
+///
+/// ```
+/// use pagedkv::KvCacheConfig;
+/// let config = KvCacheConfig { num_blocks: 4_896, max_model_len: 60_000, ..Default::default() };
+/// assert_eq!(config.block_size, 16);
+/// config.validate().unwrap();
+/// assert!(KvCacheConfig { block_size: 0, ..config }.validate().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvCacheConfig {
+    /// Device blocks in the pool (from [`crate::CachePlan::num_blocks`]). No default: 0 is refused.
+    pub num_blocks: u32,
+    /// Tokens per block (16).
+    pub block_size: u32,
+    /// Longest sequence, prompt and output together (32768).
+    pub max_model_len: u32,
+    /// Fraction of the pool admission keeps free for running sequences to
+    /// grow, floored to whole blocks (0.01, as vLLM).
+    pub watermark: f64,
+}
+
+impl Default for KvCacheConfig {
+    fn default() -> Self {
+        KvCacheConfig {
+            num_blocks: 0,
+            block_size: 16,
+            max_model_len: 32_768,
+            watermark: 0.01,
+        }
+    }
+}
+
+/// Admission control's answer for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Its prompt fits now, keeping the watermark free.
+    Now,
+    /// It fits once running sequences release blocks: keep it waiting.
+    Later,
+    /// It can never run to completion: reject it with the reason.
+    Never(AdmissionRefusal),
+}
+
+/// Why a request can never run. Display gives a message for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdmissionRefusal {
+    /// No prompt tokens.
+    EmptyPrompt,
+    /// Prompt + max new tokens is longer than `max_model_len`.
+    ExceedsMaxModelLen {
+        /// Prompt + max new tokens.
+        tokens: u64,
+        /// The limit.
+        max_model_len: u32,
+    },
+    /// Prompt + max new tokens needs more blocks than the pool has.
+    ExceedsPool {
+        /// Prompt + max new tokens.
+        tokens: u64,
+        /// Blocks that takes.
+        blocks_needed: u64,
+        /// Blocks in the pool.
+        num_blocks: u64,
+        /// Tokens per block.
+        block_size: u32,
+    },
+    /// The prompt alone needs more blocks than an empty pool offers above the watermark.
+    PromptAboveWatermark {
+        /// Prompt tokens.
+        prompt_tokens: u64,
+        /// Blocks the prompt takes.
+        blocks_needed: u64,
+        /// Blocks in the pool.
+        num_blocks: u64,
+        /// Blocks kept free for growth.
+        watermark_blocks: u32,
+    },
+}
+
+impl fmt::Display for AdmissionRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AdmissionRefusal::EmptyPrompt => write!(f, "the prompt is empty; send at least one token"),
+            AdmissionRefusal::ExceedsMaxModelLen {
+                tokens,
+                max_model_len,
+            } => write!(
+                f,
+                "prompt + max_tokens is {tokens} tokens, more than max_model_len ({max_model_len}); \
+                 shorten the prompt or lower max_tokens to at most {max_model_len} in total"
+            ),
+            AdmissionRefusal::ExceedsPool {
+                tokens,
+                blocks_needed,
+                num_blocks,
+                block_size,
+            } => write!(
+                f,
+                "prompt + max_tokens is {tokens} tokens = {blocks_needed} blocks, but the KV cache has only \
+                 {num_blocks} blocks ({} tokens) in all; lower max_tokens or give the cache more memory",
+                num_blocks * block_size as u64
+            ),
+            AdmissionRefusal::PromptAboveWatermark {
+                prompt_tokens,
+                blocks_needed,
+                num_blocks,
+                watermark_blocks,
+            } => {
+                write!(
+                    f,
+                    "the prompt's {prompt_tokens} tokens need {blocks_needed} blocks, but even an empty cache \
+                     offers only {} ({num_blocks} minus a watermark of {watermark_blocks}); shorten the prompt \
+                     or lower the watermark",
+                    num_blocks - watermark_blocks as u64
+                )
+            }
+        }
+    }
+}
+
+/// What [`super::KvCacheManager::allocate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// Blocks taken from the free queue.
+    pub num_blocks: u32,
+    /// Leading prompt tokens whose KV is already cached (skip their prefill).
+    pub cached_tokens: u32,
+}
+
+/// Copy the first `num_slots` slots of block `src` into block `dst`.
+///
+/// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 3]` u32 tensor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockCopy {
+    /// Block read.
+    pub src: BlockId,
+    /// Block written; no step reads it before the copy ran.
+    pub dst: BlockId,
+    /// Leading slots to copy (an engine may copy the whole block instead).
+    pub num_slots: u32,
+}
+
+/// The block operations the engine must run before a step's kernels, in
+/// order. Reuse one value across steps: draining into it allocates nothing
+/// once its vectors have grown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlockOps {
+    /// Device → device copies (copy-on-write), to run in order.
+    pub copies: Vec<BlockCopy>,
+}
+
+impl BlockOps {
+    /// Empties every list, keeping capacity.
+    pub fn clear(&mut self) {
+        self.copies.clear();
+    }
+
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+}
+
+/// Block and token accounting at one moment (see [`super::KvCacheManager::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Blocks in the pool.
+    pub num_blocks: u64,
+    /// Blocks in the free queue.
+    pub free_blocks: u64,
+    /// Blocks held by sequences.
+    pub used_blocks: u64,
+    /// Allocated sequences.
+    pub num_seqs: u64,
+    /// Tokens summed over sequences (a shared token counts once per sequence).
+    pub logical_tokens: u64,
+    /// Slots of used blocks holding some sequence's token (shared slots count once).
+    pub stored_tokens: u64,
+    /// Slots of used blocks holding nothing: `used_blocks × block_size − stored_tokens`.
+    pub internal_fragmentation: u64,
+}
+
+/// Counters since the manager was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Successful `allocate` calls.
+    pub sequences_allocated: u64,
+    /// Successful `free` calls.
+    pub sequences_freed: u64,
+    /// Successful `fork` calls.
+    pub forks: u64,
+    /// Copy-on-write copies queued.
+    pub cow_copies: u64,
+    /// Calls refused with `OutOfBlocks`.
+    pub out_of_blocks: u64,
+}
