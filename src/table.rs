@@ -34,6 +34,11 @@ pub struct BlockTable {
     pub(crate) blocks: BlockVec,
     pub(crate) num_tokens: u32,
     pub(crate) block_size: u32,
+    /// False only when the last block is known to be held by this table alone,
+    /// so a write into it needs no copy-on-write check. Set by fork and
+    /// truncate; cleared once a check finds the block exclusive or a fresh
+    /// block becomes the last.
+    pub(crate) tail_maybe_shared: bool,
 }
 
 impl BlockTable {
@@ -43,6 +48,7 @@ impl BlockTable {
             blocks,
             num_tokens: 0,
             block_size,
+            tail_maybe_shared: false,
         }
     }
 
@@ -112,6 +118,7 @@ mod tests {
             blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
             num_tokens,
             block_size,
+            tail_maybe_shared: false,
         }
     }
 

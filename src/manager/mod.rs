@@ -244,14 +244,9 @@ impl KvCacheManager {
     /// [`KvError::ExceedsMaxModelLen`], [`KvError::OutOfBlocks`].
     #[inline]
     pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
-        let bs = self.config.block_size as u64;
         let max_model_len = self.config.max_model_len;
         let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let old_len = table.num_tokens as u64;
-        let new_len = old_len + tokens.len() as u64;
+        let new_len = table.num_tokens as u64 + tokens.len() as u64;
         if new_len > max_model_len as u64 {
             return Err(KvError::ExceedsMaxModelLen {
                 seq,
@@ -259,12 +254,31 @@ impl KvCacheManager {
                 max_model_len,
             });
         }
-        let have = table.blocks.len() as u64;
-        let grow = blocks_for(new_len, bs) - have;
+        // Fast path (almost every decode step): the tokens fit in the free
+        // slots of a last block this table holds alone. No division, no pool access.
+        let slots = table.blocks.len() as u64 * self.config.block_size as u64;
+        if new_len <= slots && !table.tail_maybe_shared {
+            table.num_tokens = new_len as u32;
+            return Ok(());
+        }
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        self.append_slow(seq, new_len)
+    }
+
+    /// `append` when it takes blocks or may have to copy the last block.
+    fn append_slow(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
+        let bs = self.config.block_size as u64;
+        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let old_len = table.num_tokens as u64;
+        let grow = blocks_for(new_len, bs) - table.blocks.len() as u64;
         let filled = (old_len % bs) as u32;
         let last = table.blocks.last().copied();
         let cow = match last {
-            Some(b) if filled != 0 => self.pool.ref_count(b).expect("tables hold pool blocks") > 1,
+            Some(b) if filled != 0 && table.tail_maybe_shared => {
+                self.pool.ref_count(b).expect("tables hold pool blocks") > 1
+            }
             _ => false,
         };
         let needed = grow + cow as u64;
@@ -299,6 +313,8 @@ impl KvCacheManager {
                     .expect("free blocks were counted before allocating"),
             );
         }
+        // The last block is now fresh, copied, or found exclusive.
+        table.tail_maybe_shared = false;
         table.num_tokens = new_len as u32;
         Ok(())
     }
@@ -321,10 +337,15 @@ impl KvCacheManager {
             BlockTable::with_storage(self.spare.pop().unwrap_or_default(), self.config.block_size);
         table.blocks.extend_from_slice(&src.blocks);
         table.num_tokens = src.num_tokens;
+        table.tail_maybe_shared = true;
         for &b in &table.blocks {
             self.pool.incref(b).expect("a live table's blocks are allocated");
         }
         self.seqs.insert(child, table);
+        self.seqs
+            .get_mut(&parent)
+            .expect("checked above")
+            .tail_maybe_shared = true;
         self.stats.forks += 1;
         Ok(())
     }
@@ -349,6 +370,11 @@ impl KvCacheManager {
             self.pool.decref(b).expect("a live table's blocks are allocated");
         }
         table.num_tokens = new_len as u32;
+        // An inner block can be shared; it may now be the partially filled last one.
+        table.tail_maybe_shared = table
+            .blocks
+            .last()
+            .is_some_and(|&b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
         Ok(())
     }
 
@@ -535,6 +561,14 @@ impl KvCacheManager {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?} holds {tokens} tokens, more than max_model_len"
                 )));
+            }
+            if let Some(&last) = t.blocks.last() {
+                let shared = self.pool.ref_count(last).is_ok_and(|r| r > 1);
+                if shared && !t.tail_maybe_shared && t.num_tokens % t.block_size != 0 {
+                    return Err(InvariantViolation::new(format!(
+                        "{seq:?}'s partially filled last block {last:?} is shared but not marked so: a write would skip copy-on-write"
+                    )));
+                }
             }
             for &b in &t.blocks {
                 if b.index() >= n {
