@@ -1,7 +1,4 @@
-//! # pagedkv
-//!
-//! A paged KV-cache manager for LLM inference engines, and the capacity planner
-//! that sizes it.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

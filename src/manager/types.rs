@@ -3,7 +3,10 @@
 
 use std::fmt;
 
+use crate::error::PlanError;
 use crate::ids::BlockId;
+use crate::pool::MAX_BLOCKS;
+use crate::sizing::CachePlan;
 
 /// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
 ///
@@ -27,6 +30,40 @@ pub struct KvCacheConfig {
     pub watermark: f64,
 }
 
+impl KvCacheConfig {
+    /// A configuration sized by a capacity plan: its block count and block size,
+    /// with `max_model_len` checked against the plan's capacity (the error then
+    /// carries the planner's advice).
+    ///
+    /// ```
+    /// use pagedkv::{CachePlan, CacheSpec, KvCacheConfig, KvDtype, MemoryBudget};
+    /// let plan = CachePlan::new(&CacheSpec::new(28, 2, 128, KvDtype::Bf16), 16,
+    ///                           &MemoryBudget::direct(2_246_049_792)).unwrap();
+    /// let config = KvCacheConfig::from_plan(&plan, 32_768).unwrap();
+    /// assert_eq!((config.num_blocks, config.block_size), (4_896, 16));
+    /// assert!(KvCacheConfig::from_plan(&plan, 128_000).is_err());
+    /// ```
+    pub fn from_plan(plan: &CachePlan, max_model_len: u32) -> Result<Self, PlanError> {
+        plan.check_max_model_len(max_model_len as u64)?;
+        let num_blocks = u32::try_from(plan.num_blocks())
+            .ok()
+            .filter(|&n| n <= MAX_BLOCKS)
+            .ok_or_else(|| PlanError::InvalidConfig {
+                field: "num_blocks",
+                reason: format!(
+                    "the plan gives {} blocks, more than a pool holds ({MAX_BLOCKS}); use a larger block_size",
+                    plan.num_blocks()
+                ),
+            })?;
+        Ok(KvCacheConfig {
+            num_blocks,
+            block_size: plan.block_size(),
+            max_model_len,
+            ..Default::default()
+        })
+    }
+}
+
 impl Default for KvCacheConfig {
     fn default() -> Self {
         KvCacheConfig {
@@ -38,9 +75,9 @@ impl Default for KvCacheConfig {
     }
 }
 
-/// Admission control's answer for a request.
+/// Admission control's answer for a request. Complete by design (the
+/// refusal reasons are what may grow), so a match needs no wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Admission {
     /// Its prompt fits now, keeping the watermark free.
     Now,
