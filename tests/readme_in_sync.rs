@@ -16,5 +16,9 @@ fn readme_quick_start_is_the_quickstart_example() {
             .flat_map(str::split_whitespace)
             .collect()
     };
-    assert_eq!(body(block), body(example), "README quick start and examples/quickstart.rs differ");
+    assert_eq!(
+        body(block),
+        body(example),
+        "README quick start and examples/quickstart.rs differ"
+    );
 }
