@@ -17,6 +17,7 @@ fn manager(num_blocks: u32) -> KvCacheManager {
         block_size: BLOCK_SIZE,
         max_model_len: 1 << 20,
         watermark: 0.0,
+        ..Default::default()
     })
     .expect("valid bench config")
 }

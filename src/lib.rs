@@ -6,6 +6,7 @@ pub mod error;
 pub mod ids;
 pub mod manager;
 pub mod pool;
+pub mod prefix;
 pub mod sizing;
 pub mod table;
 
@@ -16,6 +17,7 @@ pub use manager::{
     KvUsage, SharedKvCacheManager,
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
+pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
 pub use sizing::{
     blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
     KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,

@@ -180,6 +180,23 @@ impl BlockPool {
         Ok(true)
     }
 
+    /// Like [`Self::decref`], but a block that becomes free goes to the head of
+    /// the queue, to be reused first: the prefix cache frees blocks that hold
+    /// nothing worth keeping (no cached hash) this way, so the LRU order of the
+    /// cached ones is kept.
+    pub fn decref_evict_first(&mut self, block: BlockId) -> Result<bool, PoolError> {
+        if self.meta(block)?.ref_count == 0 {
+            return Err(PoolError::DoubleFree { block });
+        }
+        let m = &mut self.meta[block.index()];
+        m.ref_count -= 1;
+        if m.ref_count > 0 {
+            return Ok(false);
+        }
+        self.push_head(block.0);
+        Ok(true)
+    }
+
     /// Free blocks from head (next allocated, least recently freed) to tail.
     pub fn free_blocks(&self) -> FreeBlocks<'_> {
         FreeBlocks {
@@ -220,6 +237,22 @@ impl BlockPool {
             self.meta[tail as usize].next = i;
         }
         self.tail = i;
+        self.num_free += 1;
+    }
+
+    fn push_head(&mut self, i: u32) {
+        let head = self.head;
+        {
+            let m = &mut self.meta[i as usize];
+            m.prev = NIL;
+            m.next = head;
+        }
+        if head == NIL {
+            self.tail = i;
+        } else {
+            self.meta[head as usize].prev = i;
+        }
+        self.head = i;
         self.num_free += 1;
     }
 
@@ -393,6 +426,25 @@ mod tests {
         assert!(matches!(pool.take_free(a), Err(PoolError::NotFree { .. })));
         assert_eq!(before, format!("{pool:?}"));
         pool.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn evict_first_goes_to_the_head() {
+        let mut pool = BlockPool::new(3).unwrap();
+        let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        pool.decref(a).unwrap();
+        assert!(pool.decref_evict_first(b).unwrap());
+        assert_eq!(pool.free_blocks().collect::<Vec<_>>(), [b, BlockId(2), a]);
+        pool.check_invariants().unwrap();
+        assert!(matches!(
+            pool.decref_evict_first(b),
+            Err(PoolError::DoubleFree { .. })
+        ));
+        let mut one = BlockPool::new(1).unwrap();
+        let c = one.allocate().unwrap();
+        one.decref_evict_first(c).unwrap();
+        assert_eq!(one.peek_free(), Some(c));
+        one.check_invariants().unwrap();
     }
 
     #[test]

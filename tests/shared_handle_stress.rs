@@ -29,6 +29,7 @@ fn threads_share_one_manager_without_corruption() {
         block_size: 8,
         max_model_len: 512,
         watermark: 0.0,
+        ..Default::default()
     })
     .unwrap();
 

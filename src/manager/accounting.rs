@@ -18,7 +18,7 @@ impl KvCacheManager {
         let mut unfilled = 0u64;
         // Shared partial last blocks: (block, filled) of each holder that ends in it.
         let mut shared_tails: Vec<(BlockId, u32)> = Vec::new();
-        for t in self.seqs.values() {
+        for t in self.seqs.values().map(|s| &s.table) {
             logical_tokens += t.num_tokens as u64;
             let filled = t.num_tokens % self.config.block_size;
             let Some(&last) = t.blocks.last() else { continue };
@@ -60,7 +60,8 @@ impl KvCacheManager {
         let n = self.pool.num_blocks() as usize;
         let mut refs = vec![0u32; n];
         let mut last_seen = vec![u64::MAX; n];
-        for (&seq, t) in &self.seqs {
+        for (&seq, s) in &self.seqs {
+            let t = &s.table;
             let tokens = t.num_tokens as u64;
             if t.block_size != self.config.block_size {
                 return Err(InvariantViolation::new(format!(
@@ -120,6 +121,6 @@ impl KvCacheManager {
                 "queued copy {c:?} names an unknown block"
             )));
         }
-        Ok(())
+        self.check_prefix_invariants()
     }
 }

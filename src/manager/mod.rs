@@ -12,6 +12,11 @@
 //! Every mutating call checks first and mutates after: a call that returns an
 //! error has changed nothing.
 //!
+//! With prefix caching on (see `caching.rs`), also:
+//! - every hash in the prefix index names a block that carries it, and the
+//!   hash each sequence computed for its full blocks matches its tokens;
+//! - a partially filled block that a sequence may write in place carries no hash.
+//!
 //! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
 //! copy-on-write rule.
 
@@ -22,10 +27,12 @@ use std::ops::Range;
 use crate::error::KvError;
 use crate::ids::{BlockId, SeqId, Slot, TokenId};
 use crate::pool::{BlockPool, MAX_BLOCKS};
+use crate::prefix::{KvEvent, PrefixKeys};
 use crate::sizing::{blocks_for, MAX_BLOCK_SIZE};
 use crate::table::{BlockTable, BlockVec};
 
 mod accounting;
+mod caching;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -65,6 +72,16 @@ impl Hasher for SeqIdHasher {
 
 type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
+/// One allocated sequence: its block table, and (with prefix caching on) its
+/// tokens and block hashes.
+#[derive(Debug, Clone)]
+struct Seq {
+    table: BlockTable,
+    cache: SeqCache,
+}
+
+use caching::{PrefixState, SeqCache};
+
 /// The paged KV cache manager.
 ///
 /// ```
@@ -91,10 +108,12 @@ pub struct KvCacheManager {
     config: KvCacheConfig,
     watermark_blocks: u32,
     pool: BlockPool,
-    seqs: SeqMap<BlockTable>,
-    /// Storage of freed tables, reused by the next allocation or fork.
-    spare: Vec<BlockVec>,
+    seqs: SeqMap<Seq>,
+    /// Storage of freed sequences, reused by the next allocation or fork.
+    spare: Vec<(BlockVec, SeqCache)>,
     copies: Vec<BlockCopy>,
+    /// Prefix index and KV events; `None` when prefix caching is off.
+    prefix: Option<PrefixState>,
     stats: KvStats,
 }
 
@@ -105,6 +124,7 @@ impl KvCacheManager {
         let pool =
             BlockPool::new(config.num_blocks).expect("validate() bounds num_blocks to the pool's range");
         let watermark_blocks = (config.watermark * config.num_blocks as f64).floor() as u32;
+        let prefix = config.enable_prefix_caching.then(|| PrefixState::new(&config));
         Ok(KvCacheManager {
             config,
             watermark_blocks,
@@ -112,6 +132,7 @@ impl KvCacheManager {
             seqs: SeqMap::default(),
             spare: Vec::new(),
             copies: Vec::new(),
+            prefix,
             stats: KvStats::default(),
         })
     }
@@ -158,8 +179,42 @@ impl KvCacheManager {
     ///   (generated tokens take blocks one at a time, as paged attention intends).
     /// - `Later` otherwise: it fits once running sequences finish.
     ///
-    /// Pure: it changes nothing.
+    /// Pure: it changes nothing. With prefix caching on, use
+    /// [`Self::check_admission_for`], which counts cached blocks.
     pub fn check_admission(&self, prompt_len: u64, max_new_tokens: u64) -> Admission {
+        self.admission(prompt_len, max_new_tokens, 0)
+    }
+
+    /// [`Self::check_admission`] for a concrete prompt: blocks of its cached
+    /// prefix that running sequences hold need no free block, so a prompt
+    /// whose prefix is cached may start now where a cold one would wait.
+    ///
+    /// ```
+    /// use pagedkv::{Admission, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 4, block_size: 4, watermark: 0.0, enable_prefix_caching: true, ..Default::default()
+    /// }).unwrap();
+    /// let system: Vec<u32> = (0..12).collect();
+    /// kv.allocate(SeqId(1), &system).unwrap();                 // 3 of 4 blocks
+    /// let mut prompt = system.clone();
+    /// prompt.extend([100, 101]);                               // 14 tokens: 4 blocks cold
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.check_admission(14, 0), Admission::Later);
+    /// assert_eq!(kv.check_admission_for(&prompt, &keys, 0), Admission::Now); // 3 blocks shared
+    /// ```
+    pub fn check_admission_for(
+        &self,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+        max_new_tokens: u64,
+    ) -> Admission {
+        let held = self.cached_prefix(prompt, keys).held_blocks;
+        self.admission(prompt.len() as u64, max_new_tokens, held)
+    }
+
+    /// Admission with `held` leading prompt blocks already held by running
+    /// sequences (shared, so they take no free block).
+    fn admission(&self, prompt_len: u64, max_new_tokens: u64, held: u64) -> Admission {
         let total = prompt_len.saturating_add(max_new_tokens);
         if prompt_len == 0 {
             return Admission::Never(AdmissionRefusal::EmptyPrompt);
@@ -190,20 +245,42 @@ impl KvCacheManager {
                 watermark_blocks: self.watermark_blocks,
             });
         }
-        if prompt_blocks + watermark <= self.pool.num_free() as u64 {
+        if prompt_blocks - held + watermark <= self.pool.num_free() as u64 {
             Admission::Now
         } else {
             Admission::Later
         }
     }
 
-    /// Allocates blocks for a new sequence's prompt.
+    /// Allocates blocks for a new sequence's prompt (with prefix caching on,
+    /// reusing its longest cached prefix under the default [`PrefixKeys`]).
     ///
     /// Errors (nothing changes): [`KvError::DuplicateSequence`],
     /// [`KvError::EmptyPrompt`], [`KvError::ExceedsMaxModelLen`],
     /// [`KvError::OutOfBlocks`]. The watermark is not applied here (that is
     /// admission's job); only the blocks actually free count.
     pub fn allocate(&mut self, seq: SeqId, prompt: &[TokenId]) -> Result<Allocation, KvError> {
+        self.allocate_with(seq, prompt, &PrefixKeys::default())
+    }
+
+    /// [`Self::allocate`] with the keys that decide prefix sharing (tenant
+    /// salt, LoRA adapter, multimodal spans). The keys are ignored when prefix
+    /// caching is off.
+    ///
+    /// With prefix caching on, the leading full blocks of the prompt whose
+    /// chained hashes are cached are shared instead of allocated, and
+    /// [`Allocation::cached_tokens`] says how many prompt tokens the engine may
+    /// skip. At least one prompt token is always left to compute (the engine
+    /// needs its logits), so a fully cached prompt recomputes its last block.
+    /// The prompt's other full blocks are cached at once: a sequence that hits
+    /// them in the same step reads keys and values that step writes, so write
+    /// a step's new K/V before attending (per layer, as paged attention does).
+    pub fn allocate_with(
+        &mut self,
+        seq: SeqId,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+    ) -> Result<Allocation, KvError> {
         if self.seqs.contains_key(&seq) {
             return Err(KvError::DuplicateSequence { seq });
         }
@@ -212,11 +289,14 @@ impl KvCacheManager {
         }
         let tokens = prompt.len() as u64;
         self.check_len(seq, tokens)?;
+        if self.prefix.is_some() {
+            return self.allocate_cached(seq, prompt, keys);
+        }
         let needed = self.blocks_for(tokens);
         self.check_free(needed)?;
 
-        let mut table =
-            BlockTable::with_storage(self.spare.pop().unwrap_or_default(), self.config.block_size);
+        let (storage, cache) = self.spare.pop().unwrap_or_default();
+        let mut table = BlockTable::with_storage(storage, self.config.block_size);
         for _ in 0..needed {
             table.blocks.push(
                 self.pool
@@ -225,7 +305,7 @@ impl KvCacheManager {
             );
         }
         table.num_tokens = tokens as u32;
-        self.seqs.insert(seq, table);
+        self.seqs.insert(seq, Seq { table, cache });
         self.stats.sequences_allocated += 1;
         Ok(Allocation {
             num_blocks: needed as u32,
@@ -246,7 +326,8 @@ impl KvCacheManager {
     #[inline]
     pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
         let max_model_len = self.config.max_model_len;
-        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let table = &mut s.table;
         let new_len = table.num_tokens as u64 + tokens.len() as u64;
         if new_len > max_model_len as u64 {
             return Err(KvError::ExceedsMaxModelLen {
@@ -260,18 +341,30 @@ impl KvCacheManager {
         let slots = table.blocks.len() as u64 * self.config.block_size as u64;
         if new_len <= slots && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
+            if let Some(p) = &mut self.prefix {
+                p.record_tokens(&mut s.cache, &s.table, tokens, &mut self.stats);
+            }
             return Ok(());
         }
         if tokens.is_empty() {
             return Ok(());
         }
-        self.append_slow(seq, new_len)
+        self.append_slow(seq, new_len)?;
+        if let Some(p) = &mut self.prefix {
+            let s = self.seqs.get_mut(&seq).expect("append_slow succeeded");
+            p.record_tokens(&mut s.cache, &s.table, tokens, &mut self.stats);
+        }
+        Ok(())
     }
 
     /// `append` when it takes blocks or may have to copy the last block.
     fn append_slow(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
         let bs = self.config.block_size as u64;
-        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let table = &mut self
+            .seqs
+            .get_mut(&seq)
+            .ok_or(KvError::UnknownSequence { seq })?
+            .table;
         let old_len = table.num_tokens as u64;
         let grow = blocks_for(new_len, bs) - table.blocks.len() as u64;
         let filled = (old_len % bs) as u32;
@@ -292,10 +385,7 @@ impl KvCacheManager {
         }
         if cow {
             let src = last.expect("cow implies a last block");
-            let dst = self
-                .pool
-                .allocate()
-                .expect("free blocks were counted before allocating");
+            let dst = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
             self.pool
                 .decref(src)
                 .expect("the shared block holds this table's reference");
@@ -306,13 +396,17 @@ impl KvCacheManager {
                 num_slots: filled,
             });
             self.stats.cow_copies += 1;
+        } else if filled != 0 {
+            // An in-place write: the block's content changes, so it must not
+            // stay cached (it can carry a hash only after a truncate into it).
+            if let (Some(p), Some(b)) = (&mut self.prefix, last) {
+                p.uncache(b);
+            }
         }
         for _ in 0..grow {
-            table.blocks.push(
-                self.pool
-                    .allocate()
-                    .expect("free blocks were counted before allocating"),
-            );
+            table
+                .blocks
+                .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
         }
         // The last block is now fresh, copied, or found exclusive.
         table.tail_maybe_shared = false;
@@ -334,18 +428,20 @@ impl KvCacheManager {
             .seqs
             .get(&parent)
             .ok_or(KvError::UnknownSequence { seq: parent })?;
-        let mut table =
-            BlockTable::with_storage(self.spare.pop().unwrap_or_default(), self.config.block_size);
-        table.blocks.extend_from_slice(&src.blocks);
-        table.num_tokens = src.num_tokens;
+        let (storage, mut cache) = self.spare.pop().unwrap_or_default();
+        let mut table = BlockTable::with_storage(storage, self.config.block_size);
+        table.blocks.extend_from_slice(&src.table.blocks);
+        table.num_tokens = src.table.num_tokens;
         table.tail_maybe_shared = true;
+        cache.clone_from_parent(&src.cache);
         for &b in &table.blocks {
             self.pool.incref(b).expect("a live table's blocks are allocated");
         }
-        self.seqs.insert(child, table);
+        self.seqs.insert(child, Seq { table, cache });
         self.seqs
             .get_mut(&parent)
             .expect("checked above")
+            .table
             .tail_maybe_shared = true;
         self.stats.forks += 1;
         Ok(())
@@ -356,7 +452,8 @@ impl KvCacheManager {
     /// end, last block first. Shared blocks stay with their other holders.
     pub fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
         let bs = self.config.block_size as u64;
-        let table = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let table = &mut s.table;
         let num_tokens = table.num_tokens as u64;
         if new_len > num_tokens {
             return Err(KvError::TruncateBeyondLength {
@@ -368,7 +465,7 @@ impl KvCacheManager {
         let keep = blocks_for(new_len, bs) as usize;
         while table.blocks.len() > keep {
             let b = table.blocks.pop().expect("len > keep >= 0");
-            self.pool.decref(b).expect("a live table's blocks are allocated");
+            release(&mut self.pool, &self.prefix, b);
         }
         table.num_tokens = new_len as u32;
         // An inner block can be shared; it may now be the partially filled last one.
@@ -376,17 +473,20 @@ impl KvCacheManager {
             .blocks
             .last()
             .is_some_and(|&b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
+        if let Some(p) = &mut self.prefix {
+            p.truncated(&mut s.cache, table, &self.pool);
+        }
         Ok(())
     }
 
     /// Frees a sequence: drops its references, last block first (so a prefix
     /// outlives its suffix in the free queue's eviction order).
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let table = self.seqs.remove(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let Seq { table, cache } = self.seqs.remove(&seq).ok_or(KvError::UnknownSequence { seq })?;
         for &b in table.blocks.iter().rev() {
-            self.pool.decref(b).expect("a live table's blocks are allocated");
+            release(&mut self.pool, &self.prefix, b);
         }
-        self.spare.push(table.into_storage());
+        self.spare.push((table.into_storage(), cache));
         self.stats.sequences_freed += 1;
         Ok(())
     }
@@ -423,7 +523,10 @@ impl KvCacheManager {
     /// The sequence's table.
     #[inline]
     pub fn table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
-        self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })
+        self.seqs
+            .get(&seq)
+            .map(|s| &s.table)
+            .ok_or(KvError::UnknownSequence { seq })
     }
 
     /// The sequence's blocks, in logical order, for the attention kernel.
@@ -489,6 +592,15 @@ impl KvCacheManager {
         &self.stats
     }
 
+    /// Drains the KV events queued since the last call into `out` (cleared
+    /// first). Empty unless `enable_kv_events` is on.
+    pub fn drain_events(&mut self, out: &mut Vec<KvEvent>) {
+        out.clear();
+        if let Some(events) = self.prefix.as_mut().and_then(|p| p.events.as_mut()) {
+            out.append(events);
+        }
+    }
+
     fn check_len(&self, seq: SeqId, tokens: u64) -> Result<(), KvError> {
         if tokens > self.config.max_model_len as u64 {
             return Err(KvError::ExceedsMaxModelLen {
@@ -535,6 +647,12 @@ impl KvCacheConfig {
         if self.max_model_len == 0 {
             return bad("max_model_len", "must be at least 1 token".into());
         }
+        if self.enable_kv_events && !self.enable_prefix_caching {
+            return bad(
+                "enable_kv_events",
+                "KV events describe the prefix cache; set enable_prefix_caching = true as well".into(),
+            );
+        }
         if !(self.watermark >= 0.0 && self.watermark < 1.0) {
             return bad(
                 "watermark",
@@ -546,4 +664,34 @@ impl KvCacheConfig {
         }
         Ok(())
     }
+}
+
+/// A block from the head of the free queue; with prefix caching on, the hash
+/// it carried (an evicted cached block) is dropped first.
+#[inline]
+fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mut KvStats) -> BlockId {
+    let b = pool
+        .allocate()
+        .expect("free blocks were counted before allocating");
+    if let Some(p) = prefix {
+        p.evicted(b, stats);
+    }
+    b
+}
+
+/// Drops one reference. With prefix caching on, a block that becomes free
+/// keeps its hash and joins the LRU tail, or, holding nothing cached, goes to
+/// the head to be reused first.
+#[inline]
+fn release(pool: &mut BlockPool, prefix: &Option<PrefixState>, b: BlockId) {
+    let cached = match prefix {
+        None => true,
+        Some(p) => p.index.hash_of(b).is_some(),
+    };
+    if cached {
+        pool.decref(b)
+    } else {
+        pool.decref_evict_first(b)
+    }
+    .expect("a live table's blocks are allocated");
 }

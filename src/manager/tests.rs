@@ -6,6 +6,7 @@ fn kv(num_blocks: u32, block_size: u32) -> KvCacheManager {
         block_size,
         max_model_len: 1024,
         watermark: 0.0,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -239,6 +240,7 @@ fn admission_now_later_never() {
         block_size: 16,
         max_model_len: 4096,
         watermark: 0.01,
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(kv.watermark_blocks(), 2);

@@ -6,6 +6,7 @@ use std::fmt;
 use crate::error::PlanError;
 use crate::ids::BlockId;
 use crate::pool::MAX_BLOCKS;
+use crate::prefix::HashAlgorithm;
 use crate::sizing::CachePlan;
 
 /// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
@@ -28,6 +29,13 @@ pub struct KvCacheConfig {
     /// Fraction of the pool admission keeps free for running sequences to
     /// grow, floored to whole blocks (0.01, as vLLM).
     pub watermark: f64,
+    /// Reuse the KV blocks of cached prompt prefixes (false). Off, the manager
+    /// keeps no tokens and behaves exactly as a plain paged allocator.
+    pub enable_prefix_caching: bool,
+    /// The block hash function ([`HashAlgorithm::Xxh3_128`]).
+    pub hash_algorithm: HashAlgorithm,
+    /// Queue [`crate::KvEvent`]s for a cache-aware router (false; needs prefix caching).
+    pub enable_kv_events: bool,
 }
 
 impl KvCacheConfig {
@@ -71,6 +79,9 @@ impl Default for KvCacheConfig {
             block_size: 16,
             max_model_len: 32_768,
             watermark: 0.01,
+            enable_prefix_caching: false,
+            hash_algorithm: HashAlgorithm::default(),
+            enable_kv_events: false,
         }
     }
 }
@@ -242,4 +253,28 @@ pub struct KvStats {
     pub cow_copies: u64,
     /// Calls refused with `OutOfBlocks`.
     pub out_of_blocks: u64,
+    /// Prompts allocated with prefix caching on (each one lookup).
+    pub prefix_lookups: u64,
+    /// Prompt tokens of those lookups.
+    pub prefix_queried_tokens: u64,
+    /// Prompt tokens found cached (their prefill skipped).
+    pub prefix_hit_tokens: u64,
+    /// Cached free blocks evicted to hold new content.
+    pub prefix_evictions: u64,
+}
+
+impl KvStats {
+    /// Share of queried prompt tokens found cached (0 before any lookup).
+    ///
+    /// ```
+    /// let stats = pagedkv::KvStats { prefix_queried_tokens: 200, prefix_hit_tokens: 150, ..Default::default() };
+    /// assert_eq!(stats.prefix_hit_rate(), 0.75);
+    /// ```
+    pub fn prefix_hit_rate(&self) -> f64 {
+        if self.prefix_queried_tokens == 0 {
+            0.0
+        } else {
+            self.prefix_hit_tokens as f64 / self.prefix_queried_tokens as f64
+        }
+    }
 }

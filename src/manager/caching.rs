@@ -1,0 +1,400 @@
+//! Automatic prefix caching inside the manager: each sequence's tokens and
+//! block hashes, prefix hits at allocation, caching blocks as they fill,
+//! eviction in LRU order, and KV events.
+//!
+//! The rule that keeps cached content safe: a block carries a hash only while
+//! its content is final. Blocks are hashed when they fill; a block that is
+//! about to be written in place (the partially filled tail after a truncate)
+//! loses its hash first. Freed blocks keep their hash and wait in the free
+//! queue in LRU order (the pool's queue); taking one for new content evicts it.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::{take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
+use crate::error::{InvariantViolation, KvError};
+use crate::ids::{BlockId, TokenId};
+use crate::pool::BlockPool;
+use crate::prefix::{hash_block, BlockHash, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
+use crate::sizing::blocks_for;
+use crate::table::BlockTable;
+
+static NO_KEYS: PrefixKeys = PrefixKeys {
+    cache_salt: None,
+    adapter: None,
+    mm_spans: Vec::new(),
+};
+
+/// The manager's prefix-caching state (present only when it is enabled).
+#[derive(Debug, Clone)]
+pub(super) struct PrefixState {
+    pub(super) index: PrefixIndex,
+    algo: HashAlgorithm,
+    block_size: u32,
+    /// Queued KV events; `None` when nobody asked for them.
+    pub(super) events: Option<Vec<KvEvent>>,
+}
+
+/// What prefix caching remembers of one sequence: its tokens (to hash blocks
+/// as they fill) and the chained hash of each full block. Empty when caching is off.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SeqCache {
+    tokens: Vec<TokenId>,
+    hashes: Vec<BlockHash>,
+    keys: Option<Arc<PrefixKeys>>,
+}
+
+impl SeqCache {
+    /// Becomes a copy of the parent's (a forked child), reusing this storage.
+    pub(super) fn clone_from_parent(&mut self, parent: &SeqCache) {
+        self.tokens.clear();
+        self.tokens.extend_from_slice(&parent.tokens);
+        self.hashes.clear();
+        self.hashes.extend_from_slice(&parent.hashes);
+        self.keys.clone_from(&parent.keys);
+    }
+
+    fn keys(&self) -> &PrefixKeys {
+        self.keys.as_deref().unwrap_or(&NO_KEYS)
+    }
+}
+
+/// How much of a prompt is cached.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct CachedPrefix {
+    /// Leading full blocks found in the index.
+    pub(super) hit_blocks: u64,
+    /// How many of them running sequences hold (they take no free block).
+    pub(super) held_blocks: u64,
+}
+
+impl PrefixState {
+    pub(super) fn new(config: &KvCacheConfig) -> Self {
+        PrefixState {
+            index: PrefixIndex::new(config.num_blocks),
+            algo: config.hash_algorithm,
+            block_size: config.block_size,
+            events: config.enable_kv_events.then(Vec::new),
+        }
+    }
+
+    /// Hashes the sequence's full blocks that have no hash yet.
+    fn hash_full_blocks(&self, cache: &mut SeqCache) {
+        let bs = self.block_size as usize;
+        let full = cache.tokens.len() / bs;
+        let keys = cache.keys.as_deref().unwrap_or(&NO_KEYS);
+        while cache.hashes.len() < full {
+            let i = cache.hashes.len();
+            let h = hash_block(
+                self.algo,
+                cache.hashes.last().copied(),
+                &cache.tokens[i * bs..(i + 1) * bs],
+                i as u32,
+                self.block_size,
+                keys,
+            );
+            cache.hashes.push(h);
+        }
+    }
+
+    /// Caches blocks `from..` of the sequence's hashed blocks. A hash already
+    /// cached elsewhere (the same content computed twice) leaves the block uncached.
+    fn index_blocks(&mut self, cache: &SeqCache, blocks: &[BlockId], from: usize) {
+        let mut run: Option<usize> = None;
+        for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate().skip(from) {
+            let stored = self.index.insert(h, b);
+            if self.events.is_some() {
+                if stored {
+                    run.get_or_insert(i);
+                } else if let Some(start) = run.take() {
+                    self.emit_stored(cache, start..i);
+                }
+            }
+        }
+        if let Some(start) = run {
+            self.emit_stored(cache, start..cache.hashes.len());
+        }
+    }
+
+    fn emit_stored(&mut self, cache: &SeqCache, blocks: Range<usize>) {
+        let bs = self.block_size as usize;
+        let keys = cache.keys();
+        let event = KvEvent::BlockStored {
+            block_hashes: cache.hashes[blocks.clone()].to_vec(),
+            parent_block_hash: blocks.start.checked_sub(1).map(|p| cache.hashes[p]),
+            token_ids: cache.tokens[blocks.start * bs..blocks.end * bs].to_vec(),
+            block_size: self.block_size,
+            extra_keys: blocks
+                .map(|i| keys.extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64))
+                .collect(),
+        };
+        self.push_event(event);
+    }
+
+    fn push_event(&mut self, event: KvEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event);
+        }
+    }
+
+    /// Records tokens just appended to `table`, caching the blocks they filled.
+    #[inline]
+    pub(super) fn record_tokens(
+        &mut self,
+        cache: &mut SeqCache,
+        table: &BlockTable,
+        tokens: &[TokenId],
+        _stats: &mut KvStats,
+    ) {
+        cache.tokens.extend_from_slice(tokens);
+        debug_assert_eq!(cache.tokens.len(), table.num_tokens() as usize);
+        let from = cache.hashes.len();
+        if cache.tokens.len() / self.block_size as usize > from {
+            self.hash_full_blocks(cache);
+            self.index_blocks(cache, table.blocks(), from);
+        }
+    }
+
+    /// Follows a truncate: forgets the dropped tokens and hashes, and uncaches a
+    /// new partially filled tail this sequence holds alone (it will be rewritten).
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, table: &BlockTable, pool: &BlockPool) {
+        let n = table.num_tokens() as usize;
+        cache.tokens.truncate(n);
+        cache.hashes.truncate(n / self.block_size as usize);
+        if n % self.block_size as usize != 0 {
+            let last = *table.blocks().last().expect("a partial tail exists");
+            if pool.ref_count(last) == Ok(1) {
+                self.uncache(last);
+            }
+        }
+    }
+
+    /// Drops the block's hash before its content changes in place.
+    pub(super) fn uncache(&mut self, block: BlockId) {
+        if let Some(h) = self.index.remove_block(block) {
+            self.push_event(KvEvent::BlockRemoved {
+                block_hashes: vec![h],
+            });
+        }
+    }
+
+    /// A free block was taken for new content: drop the hash it carried.
+    #[inline]
+    pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
+        if let Some(h) = self.index.remove_block(block) {
+            stats.prefix_evictions += 1;
+            self.push_event(KvEvent::BlockRemoved {
+                block_hashes: vec![h],
+            });
+        }
+    }
+}
+
+impl KvCacheManager {
+    /// `allocate_with` when prefix caching is on; the caller checked the
+    /// sequence id, the empty prompt and the length.
+    pub(super) fn allocate_cached(
+        &mut self,
+        seq: super::SeqId,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+    ) -> Result<Allocation, KvError> {
+        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
+        let bs = self.config.block_size as u64;
+        let num_tokens = prompt.len() as u64;
+        let (storage, mut cache) = self.spare.pop().unwrap_or_default();
+        cache.tokens.clear();
+        cache.tokens.extend_from_slice(prompt);
+        cache.hashes.clear();
+        cache.keys = (!keys.is_empty()).then(|| Arc::new(keys.clone()));
+        p.hash_full_blocks(&mut cache);
+
+        // The longest cached chain, leaving at least one token to compute.
+        let max_hit = ((num_tokens - 1) / bs) as usize;
+        let mut hits = 0usize;
+        let mut held = 0u64;
+        for &h in &cache.hashes[..max_hit] {
+            let Some(b) = p.index.get(h) else { break };
+            hits += 1;
+            held += (self.pool.ref_count(b) != Ok(0)) as u64;
+        }
+        let total = blocks_for(num_tokens, bs);
+        let needed = total - held;
+        let free = self.pool.num_free() as u64;
+        if needed > free {
+            self.spare.push((storage, cache));
+            self.stats.out_of_blocks += 1;
+            return Err(KvError::OutOfBlocks { needed, free });
+        }
+
+        let mut table = BlockTable::with_storage(storage, self.config.block_size);
+        // Hits first: a fresh allocation could otherwise evict a free hit block.
+        for &h in &cache.hashes[..hits] {
+            let b = p.index.get(h).expect("hit blocks were found above");
+            if self.pool.ref_count(b) == Ok(0) {
+                self.pool
+                    .take_free(b)
+                    .expect("a free indexed block is in the queue");
+            } else {
+                self.pool.incref(b).expect("an indexed block in use is allocated");
+            }
+            table.blocks.push(b);
+        }
+        for _ in hits as u64..total {
+            table
+                .blocks
+                .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+        }
+        table.num_tokens = num_tokens as u32;
+        let p = self.prefix.as_mut().expect("checked above");
+        p.index_blocks(&cache, &table.blocks, hits);
+
+        let cached_tokens = hits as u64 * bs;
+        self.stats.sequences_allocated += 1;
+        self.stats.prefix_lookups += 1;
+        self.stats.prefix_queried_tokens += num_tokens;
+        self.stats.prefix_hit_tokens += cached_tokens;
+        self.seqs.insert(seq, Seq { table, cache });
+        Ok(Allocation {
+            num_blocks: needed as u32,
+            cached_tokens: cached_tokens as u32,
+        })
+    }
+
+    /// The cached prefix of a prompt, without changing anything.
+    pub(super) fn cached_prefix(&self, prompt: &[TokenId], keys: &PrefixKeys) -> CachedPrefix {
+        let mut out = CachedPrefix::default();
+        let Some(p) = &self.prefix else { return out };
+        if prompt.is_empty() {
+            return out;
+        }
+        let bs = self.config.block_size as usize;
+        let mut parent = None;
+        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs).enumerate() {
+            let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
+            let Some(b) = p.index.get(h) else { break };
+            out.hit_blocks += 1;
+            out.held_blocks += (self.pool.ref_count(b) != Ok(0)) as u64;
+            parent = Some(h);
+        }
+        out
+    }
+
+    /// Leading tokens of `prompt` that [`Self::allocate_with`] would find
+    /// cached now (0 when prefix caching is off). Pure.
+    ///
+    /// ```
+    /// use pagedkv::{KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 8, block_size: 4, enable_prefix_caching: true, ..Default::default()
+    /// }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    /// kv.free(SeqId(1)).unwrap();                          // blocks stay cached
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5, 6, 7, 8, 0], &keys), 8);
+    /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5, 6, 7, 8], &keys), 4); // one token left to compute
+    /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::salted("other")), 0);
+    /// ```
+    pub fn cached_prefix_len(&self, prompt: &[TokenId], keys: &PrefixKeys) -> u64 {
+        self.cached_prefix(prompt, keys).hit_blocks * self.config.block_size as u64
+    }
+
+    /// The hash a block carries, if it is cached (prefix caching on).
+    pub fn cached_block_hash(&self, block: BlockId) -> Option<BlockHash> {
+        self.prefix.as_ref().and_then(|p| p.index.hash_of(block))
+    }
+
+    /// Blocks cached now, in use or free (0 when prefix caching is off).
+    pub fn num_cached_blocks(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.index.len())
+    }
+
+    /// Drops the hash of every free cached block, so no later prompt hits
+    /// them (after a weight update, say). Blocks in use keep their hashes until
+    /// freed. Returns the number of blocks uncached.
+    ///
+    /// ```
+    /// use pagedkv::{KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 8, block_size: 2, enable_prefix_caching: true, ..Default::default()
+    /// }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();
+    /// kv.free(SeqId(1)).unwrap();
+    /// assert_eq!(kv.reset_prefix_cache(), 2);
+    /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::default()), 0);
+    /// ```
+    pub fn reset_prefix_cache(&mut self) -> usize {
+        let Some(p) = self.prefix.as_mut() else { return 0 };
+        let mut removed = Vec::new();
+        for b in self.pool.free_blocks() {
+            if let Some(h) = p.index.remove_block(b) {
+                removed.push(h);
+            }
+        }
+        let n = removed.len();
+        if p.index.is_empty() {
+            p.push_event(KvEvent::AllCleared);
+        } else if !removed.is_empty() {
+            p.push_event(KvEvent::BlockRemoved {
+                block_hashes: removed,
+            });
+        }
+        n
+    }
+
+    /// Prefix-caching invariants (see the module docs of `manager`).
+    pub(super) fn check_prefix_invariants(&self) -> Result<(), InvariantViolation> {
+        let Some(p) = &self.prefix else {
+            return match self.seqs.iter().find(|(_, s)| !s.cache.tokens.is_empty()) {
+                Some((seq, _)) => Err(InvariantViolation::new(format!(
+                    "{seq:?} keeps tokens though prefix caching is off"
+                ))),
+                None => Ok(()),
+            };
+        };
+        p.index.check_invariants()?;
+        let bs = self.config.block_size as usize;
+        for (&seq, s) in &self.seqs {
+            let n = s.table.num_tokens as usize;
+            if s.cache.tokens.len() != n || s.cache.hashes.len() != n / bs {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?} holds {n} tokens but remembers {} tokens and {} block hashes",
+                    s.cache.tokens.len(),
+                    s.cache.hashes.len()
+                )));
+            }
+            let mut expect = s.cache.clone();
+            expect.hashes.clear();
+            p.hash_full_blocks(&mut expect);
+            if expect.hashes != s.cache.hashes {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?}'s block hashes do not match its tokens"
+                )));
+            }
+            for (i, &b) in s.table.blocks.iter().enumerate() {
+                let Some(h) = p.index.hash_of(b) else { continue };
+                match s.cache.hashes.get(i) {
+                    Some(&mine) if mine == h => {}
+                    Some(&mine) => {
+                        return Err(InvariantViolation::new(format!(
+                            "{seq:?} block {i} ({b:?}) is cached as {h:?} but its tokens hash to {mine:?}"
+                        )))
+                    }
+                    // The partial tail: cached content a write would change,
+                    // allowed only while the next write is known to copy first.
+                    None if s.table.tail_maybe_shared => {}
+                    None => {
+                        return Err(InvariantViolation::new(format!(
+                            "{seq:?}'s partially filled tail {b:?} is cached as {h:?} and would be written in place"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "caching_tests.rs"]
+mod tests;

@@ -1,0 +1,301 @@
+//! Unit tests of prefix caching in the manager.
+
+use super::super::*;
+use crate::prefix::{ExtraKey, MmSpan};
+
+fn kv(num_blocks: u32, block_size: u32, events: bool) -> KvCacheManager {
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks,
+        block_size,
+        max_model_len: 1024,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        enable_kv_events: events,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn toks(r: std::ops::Range<u32>) -> Vec<TokenId> {
+    r.collect()
+}
+
+#[test]
+fn hit_on_free_blocks_reuses_them_in_place() {
+    let mut kv = kv(8, 4, false);
+    let a = kv.allocate(SeqId(1), &toks(0..10)).unwrap();
+    assert_eq!((a.num_blocks, a.cached_tokens), (3, 0));
+    let first = kv.block_table(SeqId(1)).unwrap().to_vec();
+    kv.free(SeqId(1)).unwrap();
+    // The partial tail (no hash) is reused first; the prefix waits at the LRU tail.
+    assert_eq!(kv.pool().peek_free(), Some(first[2]));
+    let b = kv.allocate(SeqId(2), &toks(0..9)).unwrap();
+    assert_eq!(b.cached_tokens, 8);
+    assert_eq!(&kv.block_table(SeqId(2)).unwrap()[..2], &first[..2]);
+    assert_eq!(kv.stats().prefix_hit_tokens, 8);
+    assert_eq!(kv.stats().prefix_queried_tokens, 19);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn hit_on_blocks_in_use_shares_them() {
+    let mut kv = kv(8, 4, false);
+    kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    let b = kv.allocate(SeqId(2), &toks(0..12)).unwrap();
+    assert_eq!(b.cached_tokens, 8);
+    assert_eq!(b.num_blocks, 1, "two blocks shared, one new");
+    assert_eq!(kv.usage().used_blocks, 3);
+    assert_eq!(kv.pool().ref_count(kv.block_table(SeqId(1)).unwrap()[0]), Ok(2));
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn a_full_hit_recomputes_the_last_block() {
+    let mut kv = kv(8, 4, false);
+    kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    let b = kv.allocate(SeqId(2), &toks(0..8)).unwrap();
+    assert_eq!(b.cached_tokens, 4);
+    assert_ne!(
+        kv.block_table(SeqId(1)).unwrap()[1],
+        kv.block_table(SeqId(2)).unwrap()[1]
+    );
+    // Same content computed twice: the second block stays uncached.
+    assert_eq!(kv.num_cached_blocks(), 2);
+    assert_eq!(kv.cached_block_hash(kv.block_table(SeqId(2)).unwrap()[1]), None);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn eviction_is_lru_and_prefix_outlives_suffix() {
+    let mut kv = kv(4, 2, false);
+    kv.allocate(SeqId(1), &toks(0..5)).unwrap(); // 3 blocks, 2 cached
+    kv.free(SeqId(1)).unwrap();
+    assert_eq!(kv.num_cached_blocks(), 2);
+    kv.allocate(SeqId(2), &toks(100..107)).unwrap(); // 4 blocks: evicts both
+    assert_eq!(kv.stats().prefix_evictions, 2);
+    assert_eq!(kv.num_cached_blocks(), 3);
+    kv.free(SeqId(2)).unwrap();
+    kv.allocate(SeqId(3), &toks(200..203)).unwrap(); // 2 blocks: tail, then LRU
+                                                     // The oldest cached block of seq 2 is its suffix (freed first): the
+                                                     // prefix [100, 101] is still cached.
+    assert_eq!(kv.cached_prefix_len(&toks(100..103), &PrefixKeys::default()), 2);
+    assert_eq!(kv.cached_prefix_len(&toks(100..105), &PrefixKeys::default()), 4);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn refused_allocation_changes_nothing() {
+    let mut kv = kv(3, 4, true);
+    kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    let before = format!(
+        "{:?} {:?}",
+        kv.usage(),
+        kv.pool().free_blocks().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        kv.allocate(SeqId(2), &toks(50..59)),
+        Err(KvError::OutOfBlocks { needed: 3, free: 0 })
+    );
+    // With its prefix held by seq 1, the same shape needs only the tail block.
+    assert_eq!(
+        kv.allocate(SeqId(2), &toks(0..13)),
+        Err(KvError::OutOfBlocks { needed: 2, free: 0 })
+    );
+    assert_eq!(
+        before,
+        format!(
+            "{:?} {:?}",
+            kv.usage(),
+            kv.pool().free_blocks().collect::<Vec<_>>()
+        )
+    );
+    kv.drain_events(&mut events);
+    assert!(events.is_empty());
+    assert_eq!(kv.num_cached_blocks(), 2);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn appended_blocks_are_cached_when_they_fill() {
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..3)).unwrap();
+    assert_eq!(kv.num_cached_blocks(), 0);
+    kv.append(SeqId(1), &[3]).unwrap(); // fast path fills block 0
+    assert_eq!(kv.num_cached_blocks(), 1);
+    kv.append(SeqId(1), &toks(4..13)).unwrap(); // slow path: blocks 1, 2 fill
+    assert_eq!(kv.num_cached_blocks(), 3);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert_eq!(events.len(), 2);
+    match &events[1] {
+        KvEvent::BlockStored {
+            block_hashes,
+            parent_block_hash,
+            token_ids,
+            block_size,
+            ..
+        } => {
+            assert_eq!(block_hashes.len(), 2);
+            assert_eq!(*token_ids, toks(4..12));
+            assert_eq!(*block_size, 4);
+            assert_eq!(
+                *parent_block_hash,
+                kv.cached_block_hash(kv.block_table(SeqId(1)).unwrap()[0])
+            );
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn truncate_into_a_cached_block_uncaches_it() {
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    assert_eq!(kv.num_cached_blocks(), 2);
+    kv.truncate(SeqId(1), 6).unwrap(); // rejected speculative tokens
+    assert_eq!(kv.num_cached_blocks(), 1);
+    kv.append(SeqId(1), &[60, 70]).unwrap();
+    kv.check_invariants().unwrap();
+    assert_eq!(
+        kv.cached_prefix_len(&[0, 1, 2, 3, 4, 5, 6, 7, 9], &PrefixKeys::default()),
+        4
+    );
+    assert_eq!(
+        kv.cached_prefix_len(&[0, 1, 2, 3, 4, 5, 60, 70, 9], &PrefixKeys::default()),
+        8
+    );
+}
+
+#[test]
+fn shared_tail_after_truncate_keeps_its_hash_until_written_alone() {
+    let mut kv = kv(8, 4, false);
+    kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    kv.truncate(SeqId(1), 6).unwrap();
+    kv.truncate(SeqId(2), 6).unwrap();
+    assert_eq!(kv.num_cached_blocks(), 2, "shared: a write copies first");
+    kv.check_invariants().unwrap();
+    kv.append(SeqId(2), &[99]).unwrap(); // copy-on-write
+    assert_eq!(kv.stats().cow_copies, 1);
+    kv.free(SeqId(2)).unwrap();
+    kv.check_invariants().unwrap();
+    kv.append(SeqId(1), &[98]).unwrap(); // alone now: in place, uncached first
+    assert_eq!(kv.stats().cow_copies, 1);
+    assert_eq!(kv.num_cached_blocks(), 1);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn salts_adapters_and_images_isolate() {
+    let mut kv = kv(32, 2, false);
+    let p = toks(0..5);
+    kv.allocate_with(SeqId(1), &p, &PrefixKeys::salted("a")).unwrap();
+    assert_eq!(
+        kv.allocate_with(SeqId(2), &p, &PrefixKeys::salted("b"))
+            .unwrap()
+            .cached_tokens,
+        0
+    );
+    assert_eq!(
+        kv.allocate_with(SeqId(3), &p, &PrefixKeys::salted("a"))
+            .unwrap()
+            .cached_tokens,
+        4
+    );
+    assert_eq!(kv.allocate(SeqId(4), &p).unwrap().cached_tokens, 0);
+    let lora = PrefixKeys {
+        adapter: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(kv.allocate_with(SeqId(5), &p, &lora).unwrap().cached_tokens, 0);
+    let img = |hash| PrefixKeys {
+        mm_spans: vec![MmSpan {
+            offset: 2,
+            len: 1,
+            hash,
+        }],
+        ..Default::default()
+    };
+    // Block 0 is untouched by the image: it hits seq 4's block; block 1 differs.
+    assert_eq!(kv.allocate_with(SeqId(6), &p, &img(7)).unwrap().cached_tokens, 2);
+    assert_eq!(kv.allocate_with(SeqId(7), &p, &img(7)).unwrap().cached_tokens, 4);
+    assert_eq!(kv.allocate_with(SeqId(8), &p, &img(8)).unwrap().cached_tokens, 2);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn events_report_extra_keys_and_reset() {
+    let mut kv = kv(8, 2, true);
+    let keys = PrefixKeys {
+        cache_salt: Some("t".into()),
+        adapter: Some(3),
+        mm_spans: vec![MmSpan {
+            offset: 3,
+            len: 1,
+            hash: 5,
+        }],
+    };
+    kv.allocate_with(SeqId(1), &toks(0..5), &keys).unwrap();
+    kv.free(SeqId(1)).unwrap();
+    assert_eq!(kv.reset_prefix_cache(), 2);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert_eq!(events.len(), 2);
+    let KvEvent::BlockStored { extra_keys, .. } = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        *extra_keys,
+        vec![
+            vec![ExtraKey::CacheSalt("t".into()), ExtraKey::Adapter(3)],
+            vec![ExtraKey::Multimodal { hash: 5, offset: 3 }]
+        ]
+    );
+    assert_eq!(events[1], KvEvent::AllCleared);
+}
+
+#[test]
+fn admission_counts_held_prefix_blocks() {
+    let mut kv = kv(4, 4, false);
+    kv.allocate(SeqId(1), &toks(0..12)).unwrap();
+    let keys = PrefixKeys::default();
+    assert_eq!(kv.check_admission_for(&toks(0..14), &keys, 2), Admission::Now);
+    assert_eq!(kv.check_admission_for(&toks(50..64), &keys, 2), Admission::Later);
+    assert!(matches!(
+        kv.check_admission_for(&toks(0..14), &keys, 3),
+        Admission::Never(AdmissionRefusal::ExceedsPool { .. })
+    ));
+}
+
+#[test]
+fn kv_events_need_prefix_caching() {
+    let err = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 4,
+        enable_kv_events: true,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("enable_prefix_caching"), "{err}");
+}
+
+#[test]
+fn caching_off_ignores_keys_and_caches_nothing() {
+    let mut on = kv(8, 4, false);
+    let mut off = KvCacheManager::new(KvCacheConfig {
+        enable_prefix_caching: false,
+        ..on.config().clone()
+    })
+    .unwrap();
+    for kv in [&mut on, &mut off] {
+        kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+        kv.free(SeqId(1)).unwrap();
+    }
+    assert_eq!(off.allocate(SeqId(2), &toks(0..9)).unwrap().cached_tokens, 0);
+    assert_eq!(on.allocate(SeqId(2), &toks(0..9)).unwrap().cached_tokens, 8);
+    assert_eq!(off.reset_prefix_cache(), 0);
+    assert_eq!(off.num_cached_blocks(), 0);
+    off.check_invariants().unwrap();
+}

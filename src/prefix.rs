@@ -1,0 +1,494 @@
+//! Automatic prefix caching: chained block hashes, the hash → block index, and
+//! the KV events a cache-aware router consumes.
+//!
+//! A block is hashed once, when it fills: `hash(parent block's hash, the
+//! block's token ids, extra keys)`. Chaining makes a block's hash stand for the
+//! whole prefix up to its end, so one lookup per block finds the longest cached
+//! prefix. Extra keys keep caches apart where the tokens alone would not: a
+//! tenant's `cache_salt` and a LoRA adapter id (mixed into the first block,
+//! hence into every hash after it), and the content hash of each multimodal
+//! span (image, audio) overlapping the block.
+//!
+//! Invariants (checked by [`PrefixIndex::check_invariants`]):
+//! - a block carries a hash exactly when the index maps that hash to it, so
+//!   the index and the per-block hashes are two views of one bijection;
+//! - only blocks whose content is final carry a hash (the manager strips the
+//!   hash of a block before any in-place write: see `manager::caching`).
+//!
+//! Start reading at [`hash_block`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU128;
+
+use smallvec::SmallVec;
+
+use crate::error::InvariantViolation;
+use crate::ids::{BlockId, TokenId};
+
+/// The chained hash of one full block (128 bits, never zero).
+///
+/// 128 bits keep accidental collisions negligible at any realistic scale: a
+/// cache that hashes 10^12 blocks over its lifetime collides with probability
+/// about 10^-15. (64 bits would give even odds near 5·10^9 blocks.)
+///
+/// ```
+/// use pagedkv::{hash_block, HashAlgorithm, PrefixKeys};
+/// let keys = PrefixKeys::default();
+/// let a = hash_block(HashAlgorithm::default(), None, &[1, 2, 3, 4], 0, 4, &keys);
+/// let b = hash_block(HashAlgorithm::default(), Some(a), &[5, 6, 7, 8], 1, 4, &keys);
+/// assert_ne!(a, b);
+/// assert_eq!(a, hash_block(HashAlgorithm::default(), None, &[1, 2, 3, 4], 0, 4, &keys));
+/// ```
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockHash(NonZeroU128);
+
+impl BlockHash {
+    /// A hash from its 128-bit value (0, reserved for "no hash", becomes 1).
+    pub const fn from_u128(v: u128) -> Self {
+        match NonZeroU128::new(v) {
+            Some(v) => BlockHash(v),
+            None => BlockHash(NonZeroU128::MIN),
+        }
+    }
+
+    /// The 128-bit value.
+    pub const fn get(self) -> u128 {
+        self.0.get()
+    }
+}
+
+impl fmt::Debug for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{:032x}", self.get())
+    }
+}
+
+impl fmt::Display for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.get())
+    }
+}
+
+/// The function behind [`BlockHash`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HashAlgorithm {
+    /// XXH3-128: fast and non-cryptographic; accidental collisions are
+    /// negligible, crafted ones are not prevented (the default).
+    #[default]
+    Xxh3_128,
+    /// SHA-256 truncated to 128 bits (cargo feature `sha256`), for deployments
+    /// where clients could craft token sequences to collide with another
+    /// tenant's cache entries: finding a collision takes about 2^64 work.
+    #[cfg(feature = "sha256")]
+    Sha256,
+}
+
+/// A multimodal input (image, audio ...) occupying prompt positions
+/// `offset .. offset + len`, identified by a hash of its content. Every block
+/// that overlaps the span mixes `hash` and `offset` into its block hash, so
+/// two prompts with the same placeholder tokens but different images never
+/// share blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmSpan {
+    /// First prompt position of the span.
+    pub offset: u32,
+    /// Positions it covers.
+    pub len: u32,
+    /// Hash of the content (e.g. of the image bytes), computed by the engine.
+    pub hash: u128,
+}
+
+impl MmSpan {
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        let s = self.offset as u64;
+        self.len > 0 && s < end && start < s + self.len as u64
+    }
+}
+
+/// Keys beside the token ids that decide whether two prompts may share cached
+/// blocks. The default (no salt, no adapter, no multimodal span) shares with
+/// every other default prompt.
+///
+/// ```
+/// use pagedkv::PrefixKeys;
+/// let tenant_a = PrefixKeys::salted("tenant-a");
+/// let with_lora = PrefixKeys { adapter: Some(7), ..PrefixKeys::default() };
+/// assert_ne!(tenant_a, with_lora);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKeys {
+    /// Per-tenant salt (vLLM's `cache_salt`): prompts with different salts
+    /// never share a block; the same salt does.
+    pub cache_salt: Option<String>,
+    /// LoRA adapter id: KV computed under one adapter is not reused under another.
+    pub adapter: Option<u64>,
+    /// Multimodal spans of the prompt.
+    pub mm_spans: Vec<MmSpan>,
+}
+
+impl PrefixKeys {
+    /// Keys with only a tenant salt.
+    pub fn salted(salt: impl Into<String>) -> Self {
+        PrefixKeys {
+            cache_salt: Some(salt.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Whether these are the default keys (nothing beside the tokens).
+    pub fn is_empty(&self) -> bool {
+        self.cache_salt.is_none() && self.adapter.is_none() && self.mm_spans.is_empty()
+    }
+
+    /// The extra keys block `block_index` (covering positions `start..end`)
+    /// mixes into its hash, in hashing order.
+    pub fn extra_keys_for(&self, block_index: u32, start: u64, end: u64) -> Vec<ExtraKey> {
+        let mut out = Vec::new();
+        if block_index == 0 {
+            if let Some(s) = &self.cache_salt {
+                out.push(ExtraKey::CacheSalt(s.clone()));
+            }
+            if let Some(a) = self.adapter {
+                out.push(ExtraKey::Adapter(a));
+            }
+        }
+        for m in self.mm_spans.iter().filter(|m| m.overlaps(start, end)) {
+            out.push(ExtraKey::Multimodal {
+                hash: m.hash,
+                offset: m.offset,
+            });
+        }
+        out
+    }
+}
+
+/// One extra key of a block, as published in [`KvEvent::BlockStored`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExtraKey {
+    /// The tenant salt (first block only; chaining carries it to the rest).
+    CacheSalt(String),
+    /// The LoRA adapter id (first block only).
+    Adapter(u64),
+    /// A multimodal span overlapping the block.
+    Multimodal {
+        /// Content hash of the span.
+        hash: u128,
+        /// First prompt position of the span.
+        offset: u32,
+    },
+}
+
+/// The seed standing in for the parent hash of a sequence's first block.
+const ROOT_SEED: [u8; 16] = *b"pagedkv-root-v1\0";
+
+/// Encoding tags of the extra keys (part of the hash input format).
+const TAG_SALT: u8 = 1;
+const TAG_ADAPTER: u8 = 2;
+const TAG_MM: u8 = 3;
+
+/// The chained hash of block `block_index` of a sequence: `parent` is the hash
+/// of the block before it (`None` for the first block), `tokens` the block's
+/// `block_size` token ids. Deterministic across runs and machines.
+///
+/// Input format: parent (16 bytes, or a fixed seed), the token ids as
+/// little-endian u32, then the extra keys of [`PrefixKeys::extra_keys_for`],
+/// each tagged. See [`BlockHash`] for the example.
+pub fn hash_block(
+    algo: HashAlgorithm,
+    parent: Option<BlockHash>,
+    tokens: &[TokenId],
+    block_index: u32,
+    block_size: u32,
+    keys: &PrefixKeys,
+) -> BlockHash {
+    let mut buf: SmallVec<[u8; 320]> = SmallVec::new();
+    match parent {
+        Some(p) => buf.extend_from_slice(&p.get().to_le_bytes()),
+        None => buf.extend_from_slice(&ROOT_SEED),
+    }
+    for t in tokens {
+        buf.extend_from_slice(&t.to_le_bytes());
+    }
+    if !keys.is_empty() {
+        if block_index == 0 {
+            if let Some(s) = &keys.cache_salt {
+                buf.push(TAG_SALT);
+                buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                buf.extend_from_slice(s.as_bytes());
+            }
+            if let Some(a) = keys.adapter {
+                buf.push(TAG_ADAPTER);
+                buf.extend_from_slice(&a.to_le_bytes());
+            }
+        }
+        let start = block_index as u64 * block_size as u64;
+        let end = start + block_size as u64;
+        for m in keys.mm_spans.iter().filter(|m| m.overlaps(start, end)) {
+            buf.push(TAG_MM);
+            buf.extend_from_slice(&m.hash.to_le_bytes());
+            buf.extend_from_slice(&m.offset.to_le_bytes());
+        }
+    }
+    BlockHash::from_u128(digest(algo, &buf))
+}
+
+fn digest(algo: HashAlgorithm, bytes: &[u8]) -> u128 {
+    match algo {
+        HashAlgorithm::Xxh3_128 => xxhash_rust::xxh3::xxh3_128(bytes),
+        #[cfg(feature = "sha256")]
+        HashAlgorithm::Sha256 => {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(bytes);
+            let mut first = [0u8; 16];
+            first.copy_from_slice(&d[..16]);
+            u128::from_le_bytes(first)
+        }
+    }
+}
+
+/// What a cache-aware router needs to know of an engine's cache, drained with
+/// [`crate::KvCacheManager::drain_events`] when `enable_kv_events` is on (the
+/// information vLLM publishes as KV events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KvEvent {
+    /// Consecutive blocks of one sequence became cached.
+    BlockStored {
+        /// Their hashes, in order.
+        block_hashes: Vec<BlockHash>,
+        /// The hash of the block before the first (`None` at the sequence start).
+        parent_block_hash: Option<BlockHash>,
+        /// The blocks' token ids, concatenated (`block_size` per block).
+        token_ids: Vec<TokenId>,
+        /// Tokens per block.
+        block_size: u32,
+        /// Each block's extra keys, in hashing order.
+        extra_keys: Vec<Vec<ExtraKey>>,
+    },
+    /// Blocks stopped being cached (evicted, reset, or about to be rewritten).
+    BlockRemoved {
+        /// Their hashes.
+        block_hashes: Vec<BlockHash>,
+    },
+    /// Every cached block was dropped.
+    AllCleared,
+}
+
+/// Block hashes are already uniformly mixed: the low 64 bits index the map.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct BlockHashHasher(u64);
+
+impl Hasher for BlockHashHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    #[inline]
+    fn write_u128(&mut self, x: u128) {
+        self.0 ^= x as u64;
+    }
+}
+
+/// The prefix index: which block holds which hash, both ways.
+#[derive(Clone, Debug)]
+pub struct PrefixIndex {
+    map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
+    hashes: Vec<Option<BlockHash>>,
+}
+
+impl PrefixIndex {
+    /// An empty index over `num_blocks` blocks.
+    pub fn new(num_blocks: u32) -> Self {
+        PrefixIndex {
+            map: HashMap::default(),
+            hashes: vec![None; num_blocks as usize],
+        }
+    }
+
+    /// The block holding `hash`, if cached.
+    #[inline]
+    pub fn get(&self, hash: BlockHash) -> Option<BlockId> {
+        self.map.get(&hash).copied()
+    }
+
+    /// The hash `block` carries, if it is cached.
+    #[inline]
+    pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
+        self.hashes.get(block.index()).copied().flatten()
+    }
+
+    /// Cached blocks.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no block is cached.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Caches `block` under `hash`. Returns false, changing nothing, when the
+    /// hash is already cached in another block (the same content computed
+    /// twice): that block keeps the entry and `block` stays uncached.
+    pub(crate) fn insert(&mut self, hash: BlockHash, block: BlockId) -> bool {
+        debug_assert!(self.hash_of(block).is_none(), "a block carries at most one hash");
+        if self.map.contains_key(&hash) {
+            return false;
+        }
+        self.map.insert(hash, block);
+        self.hashes[block.index()] = Some(hash);
+        true
+    }
+
+    /// Uncaches `block`, returning the hash it carried.
+    #[inline]
+    pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<BlockHash> {
+        let h = self.hashes.get_mut(block.index())?.take()?;
+        self.map.remove(&h);
+        Some(h)
+    }
+
+    /// Checks that the map and the per-block hashes describe the same bijection.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        for (&h, &b) in &self.map {
+            if self.hash_of(b) != Some(h) {
+                return Err(InvariantViolation::new(format!(
+                    "hash {h:?} is indexed to block {b:?}, which carries {:?}",
+                    self.hash_of(b)
+                )));
+            }
+        }
+        let carried = self.hashes.iter().filter(|h| h.is_some()).count();
+        if carried != self.map.len() {
+            return Err(InvariantViolation::new(format!(
+                "{carried} blocks carry a hash but the index holds {}",
+                self.map.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: HashAlgorithm = HashAlgorithm::Xxh3_128;
+
+    #[test]
+    fn chaining_and_extra_keys_change_the_hash() {
+        let none = PrefixKeys::default();
+        let h0 = hash_block(A, None, &[1, 2], 0, 2, &none);
+        assert_ne!(
+            h0,
+            hash_block(A, Some(h0), &[1, 2], 0, 2, &none),
+            "parent matters"
+        );
+        assert_ne!(h0, hash_block(A, None, &[2, 1], 0, 2, &none), "order matters");
+        let salted = PrefixKeys::salted("t1");
+        assert_ne!(h0, hash_block(A, None, &[1, 2], 0, 2, &salted));
+        assert_ne!(
+            hash_block(A, None, &[1, 2], 0, 2, &salted),
+            hash_block(A, None, &[1, 2], 0, 2, &PrefixKeys::salted("t2"))
+        );
+        // Salt and adapter enter the first block only (the chain carries them).
+        assert_eq!(
+            hash_block(A, Some(h0), &[1, 2], 1, 2, &salted),
+            hash_block(A, Some(h0), &[1, 2], 1, 2, &none)
+        );
+        let adapter = PrefixKeys {
+            adapter: Some(3),
+            ..Default::default()
+        };
+        assert_ne!(h0, hash_block(A, None, &[1, 2], 0, 2, &adapter));
+    }
+
+    #[test]
+    fn multimodal_spans_touch_only_overlapping_blocks() {
+        let img = PrefixKeys {
+            mm_spans: vec![MmSpan {
+                offset: 3,
+                len: 2,
+                hash: 99,
+            }],
+            ..Default::default()
+        };
+        let none = PrefixKeys::default();
+        // Block 0 covers 0..2, block 1 covers 2..4, block 2 covers 4..6, block 3 6..8.
+        for (i, overlaps) in [(0, false), (1, true), (2, true), (3, false)] {
+            let with = hash_block(A, None, &[0, 0], i, 2, &img);
+            let without = hash_block(A, None, &[0, 0], i, 2, &none);
+            assert_eq!(with != without, overlaps, "block {i}");
+            assert_eq!(
+                img.extra_keys_for(i, i as u64 * 2, i as u64 * 2 + 2).len(),
+                overlaps as usize
+            );
+        }
+        let other_image = PrefixKeys {
+            mm_spans: vec![MmSpan {
+                offset: 3,
+                len: 2,
+                hash: 100,
+            }],
+            ..Default::default()
+        };
+        assert_ne!(
+            hash_block(A, None, &[0, 0], 1, 2, &img),
+            hash_block(A, None, &[0, 0], 1, 2, &other_image)
+        );
+    }
+
+    #[test]
+    fn salt_encoding_is_unambiguous() {
+        // "ab" + adapter vs "a" + ... must differ: lengths are part of the input.
+        let a = PrefixKeys::salted("ab");
+        let b = PrefixKeys::salted("a\u{2}");
+        assert_ne!(
+            hash_block(A, None, &[1], 0, 1, &a),
+            hash_block(A, None, &[1], 0, 1, &b)
+        );
+    }
+
+    #[test]
+    fn zero_is_reserved() {
+        assert_eq!(BlockHash::from_u128(0).get(), 1);
+        assert_eq!(std::mem::size_of::<Option<BlockHash>>(), 16);
+    }
+
+    #[test]
+    fn index_is_a_bijection() {
+        let mut ix = PrefixIndex::new(4);
+        let h = BlockHash::from_u128(5);
+        assert!(ix.insert(h, BlockId(1)));
+        assert!(!ix.insert(h, BlockId(2)), "duplicate content stays uncached");
+        assert_eq!(ix.get(h), Some(BlockId(1)));
+        assert_eq!(ix.hash_of(BlockId(2)), None);
+        ix.check_invariants().unwrap();
+        assert_eq!(ix.remove_block(BlockId(1)), Some(h));
+        assert_eq!(ix.remove_block(BlockId(1)), None);
+        assert!(ix.is_empty());
+        ix.check_invariants().unwrap();
+    }
+
+    #[cfg(feature = "sha256")]
+    #[test]
+    fn sha256_differs_from_xxh3_and_is_stable() {
+        let k = PrefixKeys::default();
+        let s = hash_block(HashAlgorithm::Sha256, None, &[1, 2], 0, 2, &k);
+        assert_ne!(s, hash_block(A, None, &[1, 2], 0, 2, &k));
+        assert_eq!(s, hash_block(HashAlgorithm::Sha256, None, &[1, 2], 0, 2, &k));
+    }
+}
