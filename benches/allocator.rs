@@ -4,7 +4,10 @@
 //! Run: `cargo bench --bench allocator` (release). Results: BENCHMARKS.md.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::timed_cycles;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pagedkv::{BlockOps, BlockPool, KvCacheConfig, KvCacheManager, SeqId};
@@ -129,57 +132,9 @@ fn decode_step_256(c: &mut Criterion) {
     });
 
     g.bench_function("manager", |b| {
-        let mut kv = manager(256 * 128);
-        let prompt: Vec<u32> = (0..START as u32).collect();
-        for s in 0..SEQS {
-            kv.allocate(SeqId(s), &prompt).expect("room");
-        }
-        let mut state = (kv, BlockOps::default());
-        b.iter_custom(|iters| {
-            timed_cycles(
-                &mut state,
-                iters,
-                CYCLE,
-                |(kv, ops), steps| {
-                    for _ in 0..steps {
-                        for s in 0..SEQS {
-                            kv.append(SeqId(s), &[1]).expect("room");
-                        }
-                        kv.drain_ops(ops);
-                        black_box(&*ops);
-                    }
-                },
-                |(kv, _)| {
-                    for s in 0..SEQS {
-                        kv.truncate(SeqId(s), START).expect("allocated");
-                    }
-                },
-            )
-        })
+        common::bench_decode_steps(b, manager(256 * 128), SEQS, START, CYCLE)
     });
     g.finish();
-}
-
-/// Runs `iters` timed steps in cycles of at most `cycle` steps, calling the
-/// untimed `reset` between cycles; returns the time spent stepping.
-fn timed_cycles<S>(
-    state: &mut S,
-    iters: u64,
-    cycle: u64,
-    step: impl Fn(&mut S, u64),
-    reset: impl Fn(&mut S),
-) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(cycle);
-        let t = Instant::now();
-        step(state, n);
-        total += t.elapsed();
-        reset(state);
-        left -= n;
-    }
-    total
 }
 
 /// (d) fork a 100-token sequence, diverge the child (copy-on-write of the

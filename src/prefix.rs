@@ -22,8 +22,6 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU128;
 
-use smallvec::SmallVec;
-
 use crate::error::InvariantViolation;
 use crate::ids::{BlockId, TokenId};
 
@@ -206,33 +204,43 @@ pub fn hash_block(
     block_size: u32,
     keys: &PrefixKeys,
 ) -> BlockHash {
-    let mut buf: SmallVec<[u8; 320]> = SmallVec::new();
-    match parent {
-        Some(p) => buf.extend_from_slice(&p.get().to_le_bytes()),
-        None => buf.extend_from_slice(&ROOT_SEED),
+    let parent = match parent {
+        Some(p) => p.get().to_le_bytes(),
+        None => ROOT_SEED,
+    };
+    // The common case (no extra keys, blocks of up to 64 tokens) hashes from a
+    // stack buffer filled without per-byte bounds checks.
+    const FAST_TOKENS: usize = 64;
+    if keys.is_empty() && tokens.len() <= FAST_TOKENS {
+        let mut buf = [0u8; 16 + 4 * FAST_TOKENS];
+        buf[..16].copy_from_slice(&parent);
+        for (dst, t) in buf[16..].chunks_exact_mut(4).zip(tokens) {
+            dst.copy_from_slice(&t.to_le_bytes());
+        }
+        return BlockHash::from_u128(digest(algo, &buf[..16 + 4 * tokens.len()]));
     }
+    let mut buf: Vec<u8> = Vec::with_capacity(16 + 4 * tokens.len() + 64);
+    buf.extend_from_slice(&parent);
     for t in tokens {
         buf.extend_from_slice(&t.to_le_bytes());
     }
-    if !keys.is_empty() {
-        if block_index == 0 {
-            if let Some(s) = &keys.cache_salt {
-                buf.push(TAG_SALT);
-                buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                buf.extend_from_slice(s.as_bytes());
-            }
-            if let Some(a) = keys.adapter {
-                buf.push(TAG_ADAPTER);
-                buf.extend_from_slice(&a.to_le_bytes());
-            }
+    if block_index == 0 {
+        if let Some(s) = &keys.cache_salt {
+            buf.push(TAG_SALT);
+            buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
         }
-        let start = block_index as u64 * block_size as u64;
-        let end = start + block_size as u64;
-        for m in keys.mm_spans.iter().filter(|m| m.overlaps(start, end)) {
-            buf.push(TAG_MM);
-            buf.extend_from_slice(&m.hash.to_le_bytes());
-            buf.extend_from_slice(&m.offset.to_le_bytes());
+        if let Some(a) = keys.adapter {
+            buf.push(TAG_ADAPTER);
+            buf.extend_from_slice(&a.to_le_bytes());
         }
+    }
+    let start = block_index as u64 * block_size as u64;
+    let end = start + block_size as u64;
+    for m in keys.mm_spans.iter().filter(|m| m.overlaps(start, end)) {
+        buf.push(TAG_MM);
+        buf.extend_from_slice(&m.hash.to_le_bytes());
+        buf.extend_from_slice(&m.offset.to_le_bytes());
     }
     BlockHash::from_u128(digest(algo, &buf))
 }
@@ -460,6 +468,25 @@ mod tests {
             hash_block(A, None, &[1], 0, 1, &a),
             hash_block(A, None, &[1], 0, 1, &b)
         );
+    }
+
+    #[test]
+    fn fast_and_general_paths_hash_the_same_input() {
+        // An adapter key on a block other than the first adds no bytes, so the
+        // general path must produce the fast path's hash.
+        let adapter = PrefixKeys {
+            adapter: Some(1),
+            ..Default::default()
+        };
+        let none = PrefixKeys::default();
+        for n in [1usize, 16, 64, 65, 200] {
+            let toks: Vec<u32> = (0..n as u32).collect();
+            assert_eq!(
+                hash_block(A, None, &toks, 3, n as u32, &none),
+                hash_block(A, None, &toks, 3, n as u32, &adapter),
+                "{n} tokens"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn load_turns() -> Vec<Turn> {
     text.lines()
         .skip(1)
         .map(|line| {
-            let f: Vec<u32> = line.split(',').map(|x| x.parse().expect("numeric field")).collect();
+            let f: Vec<u32> = line
+                .split(',')
+                .map(|x| x.parse().expect("numeric field"))
+                .collect();
             Turn {
                 conversation: f[0],
                 user_tokens: f[2],
@@ -82,7 +85,9 @@ fn every_turn_hits_all_full_blocks_of_its_history() {
         );
         expected_hit_tokens += expected;
         later_turns += (turn_no > 0) as u64;
-        let reply: Vec<TokenId> = (0..t.output_tokens).map(|p| token(current, turn_no, 1, p)).collect();
+        let reply: Vec<TokenId> = (0..t.output_tokens)
+            .map(|p| token(current, turn_no, 1, p))
+            .collect();
         for chunk in reply.chunks(64) {
             kv.append(seq, chunk).unwrap();
         }

@@ -149,7 +149,8 @@ impl PrefixState {
         cache.tokens.extend_from_slice(tokens);
         debug_assert_eq!(cache.tokens.len(), table.num_tokens() as usize);
         let from = cache.hashes.len();
-        if cache.tokens.len() / self.block_size as usize > from {
+        // No division on the hot path: has the next block filled?
+        if (from + 1) * self.block_size as usize <= cache.tokens.len() {
             self.hash_full_blocks(cache);
             self.index_blocks(cache, table.blocks(), from);
         }

@@ -1,0 +1,127 @@
+//! Prefix-caching costs, each beside a floor measured in the same run:
+//! (e) finding a fully cached 2048-token prompt (hashing included) beside
+//!     std's SipHash over the same bytes; hashing throughput in bytes/s;
+//! (f) allocate a 2048-token prompt whose first half is cached, then free it,
+//!     beside the same call with prefix caching off;
+//! (g) a decode step of 256 sequences with prefix caching on, beside off.
+//!
+//! Run: `cargo bench --bench prefix` (release). Results: BENCHMARKS.md.
+
+use std::hash::{DefaultHasher, Hasher};
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use pagedkv::{hash_block, HashAlgorithm, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+
+mod common;
+
+const BLOCK_SIZE: u32 = 16;
+const PROMPT: u32 = 2048;
+
+fn manager(num_blocks: u32, caching: bool) -> KvCacheManager {
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks,
+        block_size: BLOCK_SIZE,
+        max_model_len: 1 << 20,
+        watermark: 0.0,
+        enable_prefix_caching: caching,
+        ..Default::default()
+    })
+    .expect("valid bench config")
+}
+
+/// (e) the lookup of a fully cached 2048-token prompt: 128 blocks hashed and found.
+fn lookup_2048(c: &mut Criterion) {
+    let mut g = c.benchmark_group("e_lookup_cached_2048_tokens");
+    let prompt: Vec<u32> = (0..PROMPT).map(|t| t * 31 + 7).collect();
+    let bytes: Vec<u8> = prompt.iter().flat_map(|t| t.to_le_bytes()).collect();
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("floor_std_siphash_8KiB", |b| {
+        b.iter(|| {
+            let mut h = DefaultHasher::new();
+            h.write(black_box(&bytes));
+            h.finish()
+        })
+    });
+    let keys = PrefixKeys::default();
+    g.bench_function("xxh3_128_chain_128_blocks", |b| {
+        b.iter(|| {
+            let mut parent = None;
+            for (i, block) in black_box(&prompt).chunks_exact(BLOCK_SIZE as usize).enumerate() {
+                parent = Some(hash_block(
+                    HashAlgorithm::Xxh3_128,
+                    parent,
+                    block,
+                    i as u32,
+                    BLOCK_SIZE,
+                    &keys,
+                ));
+            }
+            parent
+        })
+    });
+    // Cache all 128 blocks, then look up the prompt plus one token (the one
+    // left to compute), so every one of the 128 blocks is hashed and found.
+    let mut kv = manager(4096, true);
+    let mut query = prompt.clone();
+    query.push(1);
+    kv.allocate(SeqId(0), &query).expect("room");
+    assert_eq!(kv.cached_prefix_len(&query, &keys), PROMPT as u64);
+    g.bench_function("cached_prefix_len", |b| {
+        b.iter(|| kv.cached_prefix_len(black_box(&query), &keys))
+    });
+    g.finish();
+}
+
+/// (f) allocate a 2048-token prompt with a 50% prefix hit, then free it. The
+/// second half differs every iteration, so freed blocks keep being cached and
+/// evicted as in steady state.
+fn alloc_half_hit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("f_alloc_free_2048_half_cached");
+    let shared: Vec<u32> = (0..PROMPT / 2).map(|t| t * 13 + 1).collect();
+    let mut n = 0u32;
+    let mut next_prompt = move || {
+        n = n.wrapping_add(1);
+        let mut p = shared.clone();
+        p.extend((0..PROMPT / 2).map(|t| t ^ (n << 12)));
+        p
+    };
+    for (name, caching) in [("floor_caching_off", false), ("caching_on", true)] {
+        let mut kv = manager(4096, caching);
+        let warm = next_prompt();
+        kv.allocate(SeqId(0), &warm).expect("room");
+        kv.free(SeqId(0)).expect("allocated");
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                &mut next_prompt,
+                |p| {
+                    let a = kv.allocate(SeqId(1), &p).expect("room");
+                    debug_assert_eq!(a.cached_tokens, if caching { PROMPT / 2 } else { 0 });
+                    kv.free(SeqId(1)).expect("allocated");
+                    a
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// (g) the decode step of `allocator` (c), prefix caching off and on.
+fn decode_step_caching(c: &mut Criterion) {
+    let mut g = c.benchmark_group("g_decode_step_256_seqs_caching");
+    for (name, caching) in [("floor_caching_off", false), ("caching_on", true)] {
+        g.bench_function(name, |b| {
+            common::bench_decode_steps(b, manager(256 * 128, caching), 256, 1000, 64)
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = lookup_2048, alloc_half_hit, decode_step_caching
+}
+criterion_main!(benches);
