@@ -216,6 +216,18 @@ fn refused_calls_change_nothing() {
         ("truncate up", kv.truncate(SeqId(1), 6).unwrap_err()),
         ("unknown free", kv.free(SeqId(9)).unwrap_err()),
         ("bad slot", kv.slot(SeqId(1), 5).unwrap_err()),
+        ("cow and growth", kv.append(SeqId(1), &toks(12)).unwrap_err()),
+        ("fork onto itself", kv.fork(SeqId(1), SeqId(1)).unwrap_err()),
+        ("unknown truncate", kv.truncate(SeqId(9), 0).unwrap_err()),
+        (
+            "new slots past start",
+            kv.new_slots_into(SeqId(1), 6, &mut vec![]).unwrap_err(),
+        ),
+        (
+            "reversed range",
+            kv.slots_into(SeqId(1), Range { start: 3, end: 2 }, &mut vec![])
+                .unwrap_err(),
+        ),
     ];
     for (what, err) in &calls {
         assert!(!err.to_string().is_empty(), "{what}");
@@ -226,6 +238,10 @@ fn refused_calls_change_nothing() {
         KvError::ExceedsMaxModelLen { tokens: 1025, .. }
     ));
     assert!(matches!(calls[3].1, KvError::OutOfBlocks { needed: 4, free: 2 }));
+    // Three more blocks plus the copy of the shared partial block.
+    assert_eq!(calls[11].1, KvError::OutOfBlocks { needed: 4, free: 2 });
+    assert_eq!(calls[12].1, KvError::DuplicateSequence { seq: SeqId(1) });
+    assert_eq!(kv.check_admission(4, 0), Admission::Now);
     let mut out = vec![];
     assert!(kv.slots_into(SeqId(1), 3..6, &mut out).is_err());
     assert!(out.is_empty());

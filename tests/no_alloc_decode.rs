@@ -1,0 +1,196 @@
+//! A warm decode loop makes no heap allocation (DESIGN.md, "Rules for the hot
+//! path"): 256 sequences each append one token per step for thousands of
+//! steps (a new block every `block_size`-th step), the step's copies are
+//! drained into a reused `BlockOps` and the batch's slot mapping is built in a
+//! reused `Vec<u64>`.
+//!
+//! The warm-up is one full pass of the same workload (admit, decode, free);
+//! it grows the manager's recycled table storage, its sequence map and copy
+//! queue, and the caller's buffers. The measured pass then repeats the whole
+//! workload, admission and frees included, and must not allocate, reallocate
+//! or free heap memory even once.
+//!
+//! A counting global allocator wraps the system allocator. It counts only on
+//! the thread that is measuring (a thread-local flag and thread-local
+//! counters), so tests that the harness runs on other threads do not disturb
+//! the count.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId, Slot};
+
+struct CountingAllocator;
+
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    /// alloc, alloc_zeroed and realloc calls while measuring.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    /// dealloc calls while measuring.
+    static DEALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(counter: &'static std::thread::LocalKey<Cell<usize>>) {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    if MEASURING.try_with(Cell::get).unwrap_or(false) {
+        let _ = counter.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the bookkeeping touches only `const`-initialised thread-locals
+// without destructors, which never allocate.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(&ALLOCS);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(&ALLOCS);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(&ALLOCS);
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note(&DEALLOCS);
+        // SAFETY: `ptr` was allocated by `System` with `layout` (every method forwards to it).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Runs `f` and returns its result with the heap allocations and frees this
+/// thread made meanwhile.
+fn count_heap_calls<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    ALLOCS.with(|c| c.set(0));
+    DEALLOCS.with(|c| c.set(0));
+    MEASURING.with(|m| m.set(true));
+    let r = f();
+    MEASURING.with(|m| m.set(false));
+    (r, ALLOCS.with(Cell::get), DEALLOCS.with(Cell::get))
+}
+
+const SEQS: u64 = 256;
+const STEPS: u32 = 2_000;
+const PROMPT: u32 = 20;
+const BLOCK_SIZE: u32 = 16;
+/// Parallel samples per request in the fork variant.
+const SAMPLES: u64 = 4;
+
+fn manager() -> KvCacheManager {
+    let blocks_per_seq = (PROMPT + STEPS).div_ceil(BLOCK_SIZE);
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks: SEQS as u32 * blocks_per_seq,
+        block_size: BLOCK_SIZE,
+        max_model_len: PROMPT + STEPS,
+        watermark: 0.0,
+    })
+    .unwrap()
+}
+
+/// What the engine keeps across steps.
+struct Engine {
+    kv: KvCacheManager,
+    ops: BlockOps,
+    slots: Vec<Slot>,
+    prompt: Vec<u32>,
+}
+
+impl Engine {
+    fn new() -> Self {
+        Engine {
+            kv: manager(),
+            ops: BlockOps::default(),
+            slots: Vec::new(),
+            prompt: (0..PROMPT).collect(),
+        }
+    }
+
+    /// One pass: admit `SEQS` sequences (as `SEQS / SAMPLES` requests forked
+    /// into `SAMPLES` parallel samples when `fork`), decode `STEPS` steps, free
+    /// them all. Returns the copies the steps ran.
+    fn pass(&mut self, fork: bool) -> usize {
+        let kv = &mut self.kv;
+        if fork {
+            // Forked after the prefill step, as parallel sampling does; the
+            // prompt ends in a partially filled shared block, so the first
+            // decode step copies it for all but the last sample of each request.
+            for r in (0..SEQS).step_by(SAMPLES as usize) {
+                kv.allocate(SeqId(r), &self.prompt).unwrap();
+                for s in 1..SAMPLES {
+                    kv.fork(SeqId(r), SeqId(r + s)).unwrap();
+                }
+            }
+        } else {
+            for s in 0..SEQS {
+                kv.allocate(SeqId(s), &self.prompt).unwrap();
+            }
+        }
+        let mut copies = 0;
+        for step in 0..STEPS {
+            for s in 0..SEQS {
+                kv.append(SeqId(s), &[step]).unwrap();
+            }
+            kv.drain_ops(&mut self.ops);
+            copies += self.ops.copies.len();
+            self.slots.clear();
+            for s in 0..SEQS {
+                kv.new_slots_into(SeqId(s), 1, &mut self.slots).unwrap();
+            }
+            assert_eq!(self.slots.len(), SEQS as usize);
+        }
+        assert_eq!(kv.usage().logical_tokens, SEQS * (PROMPT + STEPS) as u64);
+        for s in 0..SEQS {
+            kv.free(SeqId(s)).unwrap();
+        }
+        copies
+    }
+}
+
+fn assert_warm_pass_does_not_allocate(fork: bool) {
+    let mut engine = Engine::new();
+    let warm_copies = engine.pass(fork);
+    let (copies, allocs, deallocs) = count_heap_calls(|| engine.pass(fork));
+    assert_eq!(copies, warm_copies);
+    assert_eq!(
+        (allocs, deallocs),
+        (0, 0),
+        "the warm pass made {allocs} heap allocations and {deallocs} frees"
+    );
+    engine.kv.check_invariants().unwrap();
+    assert_eq!(engine.kv.usage().free_blocks, engine.kv.usage().num_blocks);
+}
+
+#[test]
+fn warm_decode_loop_makes_no_heap_allocation() {
+    assert_warm_pass_does_not_allocate(false);
+}
+
+#[test]
+fn warm_decode_loop_with_forks_and_copy_on_write_makes_no_heap_allocation() {
+    let mut engine = Engine::new();
+    let copies = engine.pass(true);
+    // The copies really flow through drain_ops: all but one sample per request copy.
+    assert_eq!(copies as u64, SEQS / SAMPLES * (SAMPLES - 1));
+    assert_warm_pass_does_not_allocate(true);
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let (v, allocs, deallocs) = count_heap_calls(|| {
+        let v = std::hint::black_box(vec![1u8; 64]);
+        v.len()
+    });
+    assert_eq!(v, 64);
+    assert_eq!((allocs, deallocs), (1, 1));
+}
