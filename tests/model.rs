@@ -505,6 +505,7 @@ impl Harness {
             block_size: s.block_size,
             max_model_len: s.max_model_len,
             watermark: s.watermark,
+            ..Default::default()
         })
         .expect("the generated config is valid");
         Harness {

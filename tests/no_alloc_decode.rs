@@ -87,13 +87,15 @@ const BLOCK_SIZE: u32 = 16;
 /// Parallel samples per request in the fork variant.
 const SAMPLES: u64 = 4;
 
-fn manager() -> KvCacheManager {
+fn manager(prefix_caching: bool) -> KvCacheManager {
     let blocks_per_seq = (PROMPT + STEPS).div_ceil(BLOCK_SIZE);
     KvCacheManager::new(KvCacheConfig {
         num_blocks: SEQS as u32 * blocks_per_seq,
         block_size: BLOCK_SIZE,
         max_model_len: PROMPT + STEPS,
         watermark: 0.0,
+        enable_prefix_caching: prefix_caching,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -107,9 +109,9 @@ struct Engine {
 }
 
 impl Engine {
-    fn new() -> Self {
+    fn new(prefix_caching: bool) -> Self {
         Engine {
-            kv: manager(),
+            kv: manager(prefix_caching),
             ops: BlockOps::default(),
             slots: Vec::new(),
             prompt: (0..PROMPT).collect(),
@@ -157,8 +159,8 @@ impl Engine {
     }
 }
 
-fn assert_warm_pass_does_not_allocate(fork: bool) {
-    let mut engine = Engine::new();
+fn assert_warm_pass_does_not_allocate(fork: bool, prefix_caching: bool) {
+    let mut engine = Engine::new(prefix_caching);
     let warm_copies = engine.pass(fork);
     let (copies, allocs, deallocs) = count_heap_calls(|| engine.pass(fork));
     assert_eq!(copies, warm_copies);
@@ -173,16 +175,30 @@ fn assert_warm_pass_does_not_allocate(fork: bool) {
 
 #[test]
 fn warm_decode_loop_makes_no_heap_allocation() {
-    assert_warm_pass_does_not_allocate(false);
+    assert_warm_pass_does_not_allocate(false, false);
+}
+
+/// With prefix caching on, blocks are hashed and cached as they fill, the
+/// second pass hits the first pass's cached prompt block, and freed blocks are
+/// evicted as new ones fill: still no heap allocation once warm.
+#[test]
+fn warm_decode_loop_with_prefix_caching_makes_no_heap_allocation() {
+    assert_warm_pass_does_not_allocate(false, true);
+    assert_warm_pass_does_not_allocate(true, true);
+    let mut engine = Engine::new(true);
+    engine.pass(false);
+    engine.pass(false);
+    assert!(engine.kv.stats().prefix_hit_tokens >= SEQS * BLOCK_SIZE as u64);
+    assert!(engine.kv.num_cached_blocks() > 0);
 }
 
 #[test]
 fn warm_decode_loop_with_forks_and_copy_on_write_makes_no_heap_allocation() {
-    let mut engine = Engine::new();
+    let mut engine = Engine::new(false);
     let copies = engine.pass(true);
     // The copies really flow through drain_ops: all but one sample per request copy.
     assert_eq!(copies as u64, SEQS / SAMPLES * (SAMPLES - 1));
-    assert_warm_pass_does_not_allocate(true);
+    assert_warm_pass_does_not_allocate(true, false);
 }
 
 #[test]
