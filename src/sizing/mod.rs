@@ -429,6 +429,12 @@ impl MemoryBudget {
                 });
             }
         }
+        if let KvMemory::Direct { kv_cache_bytes: 0 } = self.kv {
+            return Err(PlanError::InvalidConfig {
+                field: "kv_cache_memory",
+                reason: "a direct KV cache budget must be more than 0 bytes".into(),
+            });
+        }
         Ok(())
     }
 }

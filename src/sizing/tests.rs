@@ -26,7 +26,7 @@ fn seed_direct_budget() {
     let err = plan.check_max_model_len(128_000).unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("The model's max seq len (128000) is larger than the maximum number of tokens that can be stored in KV cache (78336)."), "{msg}");
-    assert!(msg.contains("max_model_len to at most 78336"), "{msg}");
+    assert!(msg.contains("Ways to fit:\n  - set max_model_len to at most 78336"), "{msg}");
     let PlanError::MaxModelLenTooLarge(advice) = err else {
         panic!("wrong variant")
     };
@@ -195,6 +195,11 @@ fn invalid_inputs_name_the_field() {
         }
     }
     assert!(CachePlan::new(&QWEN2_VL_2B, 16, &rtx4090(1.0)).is_ok());
+    // A zero direct budget is a caller mistake, not an internal invariant.
+    match CachePlan::new(&QWEN2_VL_2B, 16, &MemoryBudget::direct(0)) {
+        Err(PlanError::InvalidConfig { field, .. }) => assert_eq!(field, "kv_cache_memory"),
+        other => panic!("{other:?}"),
+    }
     assert!(rtx4090(f64::NAN).validate().is_err());
 }
 
