@@ -93,8 +93,8 @@ mod tests {
 
     #[test]
     fn decimals_are_exact_and_floored() {
-        // 7.87 × 2^30 = 8450347704.32 → 8450347704, the same as (7.87 * GIB as f64) as u64.
-        assert_eq!(parse_size("7.87GiB"), Ok(8_450_347_704));
+        // 7.87 × 2^30 = 8450348154.88 → 8450348154, the same as (7.87 * GIB as f64) as u64.
+        assert_eq!(parse_size("7.87GiB"), Ok(8_450_348_154));
         assert_eq!(parse_size("7.87GiB").unwrap(), (7.87 * GIB as f64) as u64);
         assert_eq!(parse_size("0.25GiB"), Ok(GIB / 4));
         assert_eq!(parse_size("1.5KB"), Ok(1_500));
