@@ -77,7 +77,12 @@ pub struct PlanArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub gpu_memory: Option<u64>,
     /// Fraction of the GPU's memory the engine may use, in (0, 1].
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.9, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
     pub gpu_memory_utilization: f64,
     /// Model weights on one GPU (vLLM: "Model loading took X GiB"); estimated from the config when absent.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

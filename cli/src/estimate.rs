@@ -38,61 +38,65 @@ fn need(value: Option<u64>, field: &str, flag: &str) -> Result<u64, InputError> 
 /// Counts the language model's parameters from the config's shape: embeddings
 /// (and an untied LM head), per layer the attention projections, the MLP (or
 /// experts) and two norms, and the final norm.
+///
+/// Counted in `f64` (exact below 2^53 parameters, i.e. for every real model) so
+/// that an absurd config saturates instead of overflowing.
 pub fn count_params(c: &ModelConfig) -> Result<ParamEstimate, InputError> {
-    let hidden = need(c.hidden_size, "hidden_size", "--weights")?;
-    let vocab = need(c.vocab_size, "vocab_size", "--weights")?;
-    let layers = c.num_layers as u64;
-    let heads = c.num_attention_heads as u64;
-    let head_dim = c.head_dim as u64;
+    let hidden = need(c.hidden_size, "hidden_size", "--weights")? as f64;
+    let vocab = need(c.vocab_size, "vocab_size", "--weights")? as f64;
+    let layers = c.num_layers as f64;
+    let heads = c.num_attention_heads as f64;
+    let head_dim = c.head_dim as f64;
     let mut caveats = Vec::new();
 
     let attention = match (c.mla, c.mla_projections) {
         (Some(mla), Some(p)) => {
-            let qk_head = p.qk_nope_head_dim + mla.qk_rope_head_dim as u64;
-            let q = match p.q_lora_rank {
-                Some(r) => hidden * r + r + r * heads * qk_head,
-                None => hidden * heads * qk_head,
+            let rope = mla.qk_rope_head_dim as f64;
+            let (nope, v_head_dim) = (p.qk_nope_head_dim as f64, p.v_head_dim as f64);
+            let q = match p.q_lora_rank.map(|r| r as f64) {
+                Some(r) => hidden * r + r + r * heads * (nope + rope),
+                None => hidden * heads * (nope + rope),
             };
-            let rank = mla.kv_lora_rank as u64;
-            let kv_a = hidden * (rank + mla.qk_rope_head_dim as u64) + rank;
-            let kv_b = rank * heads * (p.qk_nope_head_dim + p.v_head_dim);
-            let o = heads * p.v_head_dim * hidden;
+            let rank = mla.kv_lora_rank as f64;
+            let kv_a = hidden * (rank + rope) + rank;
+            let kv_b = rank * heads * (nope + v_head_dim);
+            let o = heads * v_head_dim * hidden;
             caveats.push("MLA attention counted from its projection sizes".to_string());
             q + kv_a + kv_b + o
         }
         _ => {
             let q = hidden * heads * head_dim;
-            let kv = 2 * hidden * c.num_kv_heads as u64 * head_dim;
+            let kv = 2.0 * hidden * c.num_kv_heads as f64 * head_dim;
             q + kv + heads * head_dim * hidden
         }
     };
 
-    let dense_mlp = |inter: u64| 3 * hidden * inter; // gate, up, down
+    let dense_mlp = |inter: u64| 3.0 * hidden * inter as f64; // gate, up, down
     let mlp_total = match c.moe {
         None => layers * dense_mlp(need(c.intermediate_size, "intermediate_size", "--weights")?),
         Some(m) => {
-            let dense_layers = m.dense_layers.min(layers);
+            let dense_layers = m.dense_layers.min(c.num_layers as u64);
             let dense = if dense_layers > 0 {
-                dense_layers * dense_mlp(need(c.intermediate_size, "intermediate_size", "--weights")?)
+                dense_layers as f64 * dense_mlp(need(c.intermediate_size, "intermediate_size", "--weights")?)
             } else {
-                0
+                0.0
             };
-            let experts = m.num_experts * dense_mlp(m.expert_intermediate_size)
+            let experts = m.num_experts as f64 * dense_mlp(m.expert_intermediate_size)
                 + dense_mlp(m.shared_intermediate_size)
-                + hidden * m.num_experts; // router
+                + hidden * m.num_experts as f64; // router
             caveats.push(format!(
                 "MoE approximated: {} experts of intermediate size {} in {} of {} layers, all held in memory",
                 m.num_experts,
                 m.expert_intermediate_size,
-                layers - dense_layers,
-                layers
+                c.num_layers as u64 - dense_layers,
+                c.num_layers
             ));
-            dense + (layers - dense_layers) * experts
+            dense + (c.num_layers as u64 - dense_layers) as f64 * experts
         }
     };
 
-    let norms = layers * 2 * hidden + hidden;
-    let embeddings = vocab * hidden * if c.tie_word_embeddings { 1 } else { 2 };
+    let norms = layers * 2.0 * hidden + hidden;
+    let embeddings = vocab * hidden * if c.tie_word_embeddings { 1.0 } else { 2.0 };
     if c.has_vision {
         caveats.push("the vision encoder is not counted".to_string());
     }
@@ -100,7 +104,8 @@ pub fn count_params(c: &ModelConfig) -> Result<ParamEstimate, InputError> {
         caveats.push("the config has a quantization_config: this counts unquantized weights".to_string());
     }
     Ok(ParamEstimate {
-        params: embeddings + layers * attention + mlp_total + norms,
+        // `as` saturates: an absurd config gives u64::MAX, not a wrapped count.
+        params: (embeddings + layers * attention + mlp_total + norms) as u64,
         caveats,
     })
 }
@@ -108,7 +113,9 @@ pub fn count_params(c: &ModelConfig) -> Result<ParamEstimate, InputError> {
 /// Bytes of weights on one GPU: parameters × `dtype` bytes, split over
 /// `tensor_parallel_size` ranks (rounded up).
 pub fn weights_bytes(params: u64, dtype: KvDtype, tensor_parallel_size: u32) -> u64 {
-    (params * dtype.bytes()).div_ceil(tensor_parallel_size.max(1) as u64)
+    params
+        .saturating_mul(dtype.bytes())
+        .div_ceil(tensor_parallel_size.max(1) as u64)
 }
 
 /// The activation peak of a profiling forward pass over `max_num_batched_tokens`
@@ -123,21 +130,22 @@ pub fn activation_peak_bytes(
     max_num_batched_tokens: u64,
     max_num_seqs: u64,
 ) -> Result<u64, InputError> {
-    let hidden = need(c.hidden_size, "hidden_size", "--activation-peak")?;
-    let vocab = need(c.vocab_size, "vocab_size", "--activation-peak")?;
-    let heads = c.num_attention_heads as u64;
-    let head_dim = c.head_dim as u64;
+    let hidden = need(c.hidden_size, "hidden_size", "--activation-peak")? as f64;
+    let vocab = need(c.vocab_size, "vocab_size", "--activation-peak")? as f64;
+    let heads = c.num_attention_heads as f64;
+    let head_dim = c.head_dim as f64;
     let inter = match c.moe {
-        Some(m) => c
-            .intermediate_size
-            .unwrap_or(0)
-            .max(m.experts_per_token.unwrap_or(1) * m.expert_intermediate_size + m.shared_intermediate_size),
-        None => need(c.intermediate_size, "intermediate_size", "--activation-peak")?,
+        Some(m) => (c.intermediate_size.unwrap_or(0) as f64).max(
+            m.experts_per_token.unwrap_or(1) as f64 * m.expert_intermediate_size as f64
+                + m.shared_intermediate_size as f64,
+        ),
+        None => need(c.intermediate_size, "intermediate_size", "--activation-peak")? as f64,
     };
-    let qkv = heads * head_dim + 2 * c.num_kv_heads as u64 * head_dim;
-    let per_token = 4 * hidden + qkv + 3 * inter;
-    let logits = max_num_seqs.min(max_num_batched_tokens) * vocab * 4;
-    Ok(max_num_batched_tokens * per_token * dtype.bytes() + logits)
+    let qkv = heads * head_dim + 2.0 * c.num_kv_heads as f64 * head_dim;
+    let per_token = 4.0 * hidden + qkv + 3.0 * inter;
+    let logits = max_num_seqs.min(max_num_batched_tokens) as f64 * vocab * 4.0;
+    // In f64 like the parameter count; `as` saturates for absurd inputs.
+    Ok((max_num_batched_tokens as f64 * per_token * dtype.bytes() as f64 + logits) as u64)
 }
 
 #[cfg(test)]
@@ -202,6 +210,24 @@ mod tests {
         assert_eq!(a, 8_192 * 65_536 * 2 + 256 * 128_256 * 4);
         let b = activation_peak_bytes(&c, KvDtype::Bf16, 2_048, 256).unwrap();
         assert!(b < a);
+    }
+
+    #[test]
+    fn absurd_configs_saturate_instead_of_overflowing() {
+        let c = ModelConfig::from_json(
+            r#"{"num_hidden_layers": 4000000000, "num_attention_heads": 4000000000, "head_dim": 1,
+                "hidden_size": 18446744073709551615, "intermediate_size": 18446744073709551615,
+                "vocab_size": 18446744073709551615}"#,
+            "huge.json",
+        )
+        .unwrap();
+        let p = count_params(&c).unwrap().params;
+        assert_eq!(p, u64::MAX);
+        assert_eq!(weights_bytes(p, KvDtype::Bf16, 1), u64::MAX);
+        assert_eq!(
+            activation_peak_bytes(&c, KvDtype::Bf16, u64::MAX, u64::MAX).unwrap(),
+            u64::MAX
+        );
     }
 
     #[test]
