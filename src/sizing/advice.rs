@@ -98,7 +98,7 @@ impl fmt::Display for CapacityAdvice {
         )?;
         write!(
             f,
-            "  - set max_model_len to at most {}",
+            "\n  - set max_model_len to at most {}",
             self.largest_max_model_len
         )?;
         match self.utilization {

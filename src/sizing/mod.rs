@@ -269,7 +269,31 @@ impl CacheSpec {
                 }
             }
         }
+        // bytes_per_token() and bytes_per_block() multiply in u64: refuse shapes
+        // whose largest block would overflow instead of panicking (or wrapping) there.
+        if self
+            .checked_bytes_per_token()
+            .and_then(|t| t.checked_mul(MAX_BLOCK_SIZE as u64))
+            .is_none()
+        {
+            return bad(
+                "num_layers × num_kv_heads × head_dim",
+                "one block's KV cache would exceed 2^64 bytes; check the model shape".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// `bytes_per_token()` computed with overflow checks.
+    fn checked_bytes_per_token(&self) -> Option<u64> {
+        let per_layer_elems = match self.mla {
+            Some(m) => m.kv_lora_rank as u64 + m.qk_rope_head_dim as u64,
+            None => (self.kv_heads_per_rank() as u64)
+                .checked_mul(self.head_dim_k as u64 + self.head_dim_v as u64)?,
+        };
+        (self.layers_per_stage() as u64)
+            .checked_mul(per_layer_elems)?
+            .checked_mul(self.dtype.bytes())
     }
 
     /// KV heads stored on each tensor-parallel rank (at least one: replicated when
@@ -428,6 +452,12 @@ impl MemoryBudget {
                     reason: "device memory must be more than 0 bytes".into(),
                 });
             }
+        }
+        if let KvMemory::Direct { kv_cache_bytes: 0 } = self.kv {
+            return Err(PlanError::InvalidConfig {
+                field: "kv_cache_memory",
+                reason: "a direct KV cache budget must be more than 0 bytes".into(),
+            });
         }
         Ok(())
     }
@@ -619,7 +649,10 @@ impl CachePlan {
     }
 
     fn advice_for(&self, max_model_len: u64) -> CapacityAdvice {
-        let needed_kv_bytes = self.blocks_needed(max_model_len) * self.breakdown.bytes_per_block;
+        // Saturates for absurd lengths: "needs more than 2^64 bytes" is still a refusal.
+        let needed_kv_bytes = self
+            .blocks_needed(max_model_len)
+            .saturating_mul(self.breakdown.bytes_per_block);
         let utilization = match self.budget.kv {
             KvMemory::Device(d) => Some(utilization_to_fit(&d, needed_kv_bytes)),
             KvMemory::Direct { .. } => None,

@@ -26,7 +26,10 @@ fn seed_direct_budget() {
     let err = plan.check_max_model_len(128_000).unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("The model's max seq len (128000) is larger than the maximum number of tokens that can be stored in KV cache (78336)."), "{msg}");
-    assert!(msg.contains("max_model_len to at most 78336"), "{msg}");
+    assert!(
+        msg.contains("Ways to fit:\n  - set max_model_len to at most 78336"),
+        "{msg}"
+    );
     let PlanError::MaxModelLenTooLarge(advice) = err else {
         panic!("wrong variant")
     };
@@ -195,6 +198,11 @@ fn invalid_inputs_name_the_field() {
         }
     }
     assert!(CachePlan::new(&QWEN2_VL_2B, 16, &rtx4090(1.0)).is_ok());
+    // A zero direct budget is a caller mistake, not an internal invariant.
+    match CachePlan::new(&QWEN2_VL_2B, 16, &MemoryBudget::direct(0)) {
+        Err(PlanError::InvalidConfig { field, .. }) => assert_eq!(field, "kv_cache_memory"),
+        other => panic!("{other:?}"),
+    }
     assert!(rtx4090(f64::NAN).validate().is_err());
 }
 
@@ -235,4 +243,23 @@ fn dtype_names_round_trip() {
     }
     assert_eq!("torch.bfloat16".parse::<KvDtype>().unwrap(), KvDtype::Bf16);
     assert!("fp4".parse::<KvDtype>().is_err());
+}
+
+#[test]
+fn absurd_shapes_and_lengths_are_errors_not_overflows() {
+    let huge = CacheSpec::new(u32::MAX, u32::MAX, u32::MAX, KvDtype::F32);
+    match CachePlan::new(&huge, 16, &MemoryBudget::direct(GIB)) {
+        Err(PlanError::InvalidConfig { field, .. }) => assert!(field.contains("head_dim"), "{field}"),
+        other => panic!("{other:?}"),
+    }
+    // The largest shape that passes validation still sizes without overflow.
+    let big = CacheSpec::new(1 << 16, 1 << 8, 1 << 7, KvDtype::F32);
+    assert!(big.validate().is_ok());
+    assert!(CachePlan::new(&big, MAX_BLOCK_SIZE, &MemoryBudget::direct(u64::MAX)).is_ok());
+    let plan = CachePlan::new(&QWEN2_VL_2B, 16, &rtx4090(0.9)).unwrap();
+    let PlanError::MaxModelLenTooLarge(a) = plan.check_max_model_len(u64::MAX).unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(a.needed_kv_bytes, u64::MAX);
+    assert!(matches!(a.utilization, Some(UtilizationAdvice::CannotFit { .. })));
 }
