@@ -1,0 +1,377 @@
+//! Property-based state-machine test of prefix caching.
+//!
+//! proptest generates a small cache with prefix caching on and a sequence of
+//! operations (allocate with a tenant salt, append, fork, truncate, free,
+//! reset the cache, admission queries) over prompts drawn from a tiny alphabet
+//! around shared stems, so prefixes repeat, hits, evictions and duplicate
+//! content are frequent. After every step:
+//!
+//! - `check_invariants()` (which includes the prefix invariants: each cached
+//!   hash names a block that carries it, each sequence's hashes match its
+//!   tokens, no cached block is written in place);
+//! - a refused call changed nothing observable (tables, free queue order,
+//!   cached block count, usage);
+//! - admission agrees with allocation: with no watermark,
+//!   `check_admission_for(prompt) == Now` exactly when `allocate_with` of that
+//!   prompt succeeds;
+//! - the results that do not depend on eviction order match a naive model
+//!   (which sequences exist and their tokens; unknown, duplicate, empty and
+//!   too-long refusals; `cached_tokens` is whole blocks below the prompt length
+//!   and within the longest prefix this tenant ever stored);
+//! - content: a simulated device memory where the "KV" of position `p` is a
+//!   hash of the tokens `0..=p` (as real keys and values depend on the whole
+//!   prefix). The engine runs the drained copies, then writes only the tokens
+//!   it computes (`cached_tokens..` after an allocation), and every live
+//!   sequence must read back the right value at every position through its
+//!   block table. A prefix hit on a wrong, stale or overwritten block shows up
+//!   as a wrong value.
+//!
+//! At the end everything is freed: the pool is all free, and after
+//! `reset_prefix_cache()` nothing is cached.
+//!
+//! Default: 768 cases of 30..=70 operations (about 38k operations, under a second). `PAGEDKV_PROPTEST_CASES` raises it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pagedkv::{Admission, BlockOps, KvCacheConfig, KvCacheManager, KvError, PrefixKeys, SeqId, TokenId};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+const NUM_IDS: u64 = 6;
+
+fn cases() -> u32 {
+    std::env::var("PAGEDKV_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(768)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Allocate {
+        seq: u64,
+        tenant: u8,
+        prompt: Vec<TokenId>,
+    },
+    Append {
+        seq: u64,
+        tokens: Vec<TokenId>,
+    },
+    Fork {
+        parent: u64,
+        child: u64,
+    },
+    Truncate {
+        seq: u64,
+        back: u32,
+    },
+    Free {
+        seq: u64,
+    },
+    Reset,
+}
+
+fn tokens(max: usize) -> impl Strategy<Value = Vec<TokenId>> {
+    prop::collection::vec(0..3u32, 0..max)
+}
+
+/// Prompts: one of three stems (cut at a random length) plus a short random tail.
+fn prompt() -> impl Strategy<Value = Vec<TokenId>> {
+    (0..3u32, 0..20usize, tokens(6)).prop_map(|(stem, len, tail)| {
+        let mut p: Vec<TokenId> = (0..len as u32).map(|i| 10 + stem * 100 + i).collect();
+        p.extend(tail);
+        p
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Allocate { seq, tenant, prompt }),
+        5 => (0..NUM_IDS, prop_oneof![3 => tokens(2), 1 => tokens(9)]).prop_map(|(seq, tokens)| Op::Append { seq, tokens }),
+        2 => (0..NUM_IDS, 0..NUM_IDS).prop_map(|(parent, child)| Op::Fork { parent, child }),
+        2 => (0..NUM_IDS, 0..6u32).prop_map(|(seq, back)| Op::Truncate { seq, back }),
+        2 => (0..NUM_IDS).prop_map(|seq| Op::Free { seq }),
+        1 => Just(Op::Reset),
+    ]
+}
+
+fn salt(tenant: u8) -> PrefixKeys {
+    if tenant == 0 {
+        PrefixKeys::default()
+    } else {
+        PrefixKeys::salted(format!("t{tenant}"))
+    }
+}
+
+/// The "KV" of position `p`: a function of the whole prefix `tokens[..=p]`.
+fn kv_values(tokens: &[TokenId]) -> Vec<u64> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    tokens
+        .iter()
+        .map(|&t| {
+            h = (h ^ (t as u64 + 1)).wrapping_mul(0x100_0000_01b3).rotate_left(17);
+            h
+        })
+        .collect()
+}
+
+struct Harness {
+    kv: KvCacheManager,
+    bs: usize,
+    max_model_len: usize,
+    /// The model: each live sequence's tenant and tokens.
+    seqs: BTreeMap<u64, (u8, Vec<TokenId>)>,
+    /// Every prefix (in whole blocks) each tenant ever stored, as token vectors.
+    stored: HashMap<(u8, Vec<TokenId>), ()>,
+    device: Vec<Option<u64>>,
+    ops: BlockOps,
+    slots: Vec<u64>,
+}
+
+fn fail(e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+impl Harness {
+    fn new(num_blocks: u32, block_size: u32, max_model_len: u32) -> Self {
+        let kv = KvCacheManager::new(KvCacheConfig {
+            num_blocks,
+            block_size,
+            max_model_len,
+            watermark: 0.0,
+            enable_prefix_caching: true,
+            enable_kv_events: true,
+            ..Default::default()
+        })
+        .unwrap();
+        Harness {
+            kv,
+            bs: block_size as usize,
+            max_model_len: max_model_len as usize,
+            seqs: BTreeMap::new(),
+            stored: HashMap::new(),
+            device: vec![None; (num_blocks * block_size) as usize],
+            ops: BlockOps::default(),
+            slots: Vec::new(),
+        }
+    }
+
+    fn snapshot(&self) -> String {
+        let tables: Vec<_> = self
+            .seqs
+            .keys()
+            .map(|&s| self.kv.table(SeqId(s)).map(|t| t.clone()))
+            .collect();
+        let free: Vec<_> = self.kv.pool().free_blocks().collect();
+        format!(
+            "{tables:?} {free:?} {} {:?}",
+            self.kv.num_cached_blocks(),
+            self.kv.usage()
+        )
+    }
+
+    /// Remembers the full-block prefixes a tenant stored (upper bound for hits).
+    fn note_stored(&mut self, tenant: u8, tokens: &[TokenId]) {
+        for k in 1..=tokens.len() / self.bs {
+            self.stored.insert((tenant, tokens[..k * self.bs].to_vec()), ());
+        }
+    }
+
+    /// Runs the drained copies, then writes the values of positions `from..` of `seq`.
+    fn execute(&mut self, seq: u64, from: usize) -> Result<(), TestCaseError> {
+        self.kv.drain_ops(&mut self.ops);
+        let bs = self.bs as u64;
+        for c in &self.ops.copies {
+            for i in 0..c.num_slots as u64 {
+                self.device[(c.dst.0 as u64 * bs + i) as usize] =
+                    self.device[(c.src.0 as u64 * bs + i) as usize];
+            }
+        }
+        let tokens = &self.seqs[&seq].1;
+        let values = kv_values(tokens);
+        self.slots.clear();
+        self.kv
+            .slots_into(SeqId(seq), from as u64..tokens.len() as u64, &mut self.slots)
+            .map_err(fail)?;
+        for (&slot, &v) in self.slots.iter().zip(&values[from..]) {
+            self.device[slot as usize] = Some(v);
+        }
+        Ok(())
+    }
+
+    fn check_content(&self) -> Result<(), TestCaseError> {
+        for (&seq, (_, tokens)) in &self.seqs {
+            let values = kv_values(tokens);
+            for (p, &v) in values.iter().enumerate() {
+                let slot = self.kv.slot(SeqId(seq), p as u64).map_err(fail)?;
+                prop_assert_eq!(
+                    self.device[slot as usize],
+                    Some(v),
+                    "seq {} position {} reads the wrong KV",
+                    seq,
+                    p
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let before = self.snapshot();
+        let refused = match op.clone() {
+            Op::Allocate { seq, tenant, prompt } => {
+                let keys = salt(tenant);
+                let admission = self.kv.check_admission_for(&prompt, &keys, 0);
+                let r = self.kv.allocate_with(SeqId(seq), &prompt, &keys);
+                let expect_err = if self.seqs.contains_key(&seq) {
+                    Some(KvError::DuplicateSequence { seq: SeqId(seq) })
+                } else if prompt.is_empty() {
+                    Some(KvError::EmptyPrompt { seq: SeqId(seq) })
+                } else if prompt.len() > self.max_model_len {
+                    Some(KvError::ExceedsMaxModelLen {
+                        seq: SeqId(seq),
+                        tokens: prompt.len() as u64,
+                        max_model_len: self.max_model_len as u32,
+                    })
+                } else {
+                    None
+                };
+                match (&r, expect_err) {
+                    (Err(e), Some(x)) => prop_assert_eq!(e, &x),
+                    (r, Some(x)) => prop_assert!(false, "expected {:?}, got {:?}", x, r),
+                    (Ok(a), None) => {
+                        prop_assert_eq!(
+                            admission,
+                            Admission::Now,
+                            "allocated but admission said otherwise"
+                        );
+                        let c = a.cached_tokens as usize;
+                        prop_assert!(
+                            c % self.bs == 0 && c < prompt.len(),
+                            "cached {} of {}",
+                            c,
+                            prompt.len()
+                        );
+                        if c > 0 {
+                            prop_assert!(
+                                self.stored.contains_key(&(tenant, prompt[..c].to_vec())),
+                                "hit of {} tokens this tenant never stored",
+                                c
+                            );
+                        }
+                        self.seqs.insert(seq, (tenant, prompt.clone()));
+                        self.note_stored(tenant, &prompt);
+                        self.execute(seq, c)?;
+                    }
+                    (Err(KvError::OutOfBlocks { .. }), None) => {
+                        prop_assert_ne!(admission, Admission::Now, "admitted now but allocation ran out");
+                    }
+                    (Err(e), None) => prop_assert!(false, "unexpected {:?}", e),
+                }
+                r.is_err()
+            }
+            Op::Append { seq, tokens } => {
+                let r = self.kv.append(SeqId(seq), &tokens);
+                match self.seqs.get_mut(&seq) {
+                    None => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
+                    Some((tenant, mine)) => {
+                        let new_len = mine.len() + tokens.len();
+                        if new_len > self.max_model_len {
+                            prop_assert!(matches!(r, Err(KvError::ExceedsMaxModelLen { .. })), "{:?}", r);
+                        } else if r.is_ok() {
+                            let from = mine.len();
+                            mine.extend_from_slice(&tokens);
+                            let (tenant, all) = (*tenant, mine.clone());
+                            self.note_stored(tenant, &all);
+                            self.execute(seq, from)?;
+                        } else {
+                            prop_assert!(matches!(r, Err(KvError::OutOfBlocks { .. })), "{:?}", r);
+                        }
+                    }
+                }
+                r.is_err()
+            }
+            Op::Fork { parent, child } => {
+                let r = self.kv.fork(SeqId(parent), SeqId(child));
+                if self.seqs.contains_key(&child) {
+                    prop_assert_eq!(&r, &Err(KvError::DuplicateSequence { seq: SeqId(child) }));
+                } else if let Some(p) = self.seqs.get(&parent).cloned() {
+                    prop_assert_eq!(&r, &Ok(()));
+                    self.seqs.insert(child, p);
+                } else {
+                    prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(parent) }));
+                }
+                r.is_err()
+            }
+            Op::Truncate { seq, back } => {
+                let len = self.seqs.get(&seq).map_or(0, |s| s.1.len());
+                let to = len.saturating_sub(back as usize);
+                let r = self.kv.truncate(SeqId(seq), to as u64);
+                match self.seqs.get_mut(&seq) {
+                    None => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
+                    Some((_, mine)) => {
+                        prop_assert_eq!(&r, &Ok(()));
+                        mine.truncate(to);
+                    }
+                }
+                r.is_err()
+            }
+            Op::Free { seq } => {
+                let r = self.kv.free(SeqId(seq));
+                prop_assert_eq!(r.is_ok(), self.seqs.remove(&seq).is_some());
+                r.is_err()
+            }
+            Op::Reset => {
+                let cached_free = self
+                    .kv
+                    .pool()
+                    .free_blocks()
+                    .filter(|&b| self.kv.cached_block_hash(b).is_some())
+                    .count();
+                prop_assert_eq!(self.kv.reset_prefix_cache(), cached_free);
+                prop_assert!(self
+                    .kv
+                    .pool()
+                    .free_blocks()
+                    .all(|b| self.kv.cached_block_hash(b).is_none()));
+                // Nothing stored survives a reset unless a live sequence holds it.
+                self.stored.clear();
+                let live: Vec<_> = self.seqs.values().cloned().collect();
+                for (tenant, tokens) in live {
+                    self.note_stored(tenant, &tokens);
+                }
+                false
+            }
+        };
+        if refused {
+            prop_assert_eq!(before, self.snapshot(), "a refused {:?} changed the state", op);
+        }
+        self.kv.check_invariants().map_err(fail)?;
+        self.check_content()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn prefix_caching_keeps_every_sequence_reading_its_own_prefix(
+        num_blocks in 1..24u32,
+        block_size in prop_oneof![Just(1u32), Just(2), Just(4)],
+        max_model_len in 8..40u32,
+        ops in prop::collection::vec(op(), 30..70),
+    ) {
+        let mut h = Harness::new(num_blocks, block_size, max_model_len);
+        for op in &ops {
+            h.run(op)?;
+        }
+        let live: Vec<u64> = h.seqs.keys().copied().collect();
+        for s in live {
+            h.kv.free(SeqId(s)).map_err(fail)?;
+        }
+        prop_assert_eq!(h.kv.num_free_blocks(), num_blocks);
+        h.kv.reset_prefix_cache();
+        prop_assert_eq!(h.kv.num_cached_blocks(), 0);
+        h.kv.check_invariants().map_err(fail)?;
+    }
+}
