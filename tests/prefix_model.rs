@@ -160,7 +160,7 @@ impl Harness {
         let tables: Vec<_> = self
             .seqs
             .keys()
-            .map(|&s| self.kv.table(SeqId(s)).map(|t| t.clone()))
+            .map(|&s| self.kv.table(SeqId(s)).cloned())
             .collect();
         let free: Vec<_> = self.kv.pool().free_blocks().collect();
         format!(
