@@ -139,13 +139,7 @@ impl PrefixState {
 
     /// Records tokens just appended to `table`, caching the blocks they filled.
     #[inline]
-    pub(super) fn record_tokens(
-        &mut self,
-        cache: &mut SeqCache,
-        table: &BlockTable,
-        tokens: &[TokenId],
-        _stats: &mut KvStats,
-    ) {
+    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, table: &BlockTable, tokens: &[TokenId]) {
         cache.tokens.extend_from_slice(tokens);
         debug_assert_eq!(cache.tokens.len(), table.num_tokens() as usize);
         let from = cache.hashes.len();
@@ -203,7 +197,8 @@ impl KvCacheManager {
         let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         let bs = self.config.block_size as u64;
         let num_tokens = prompt.len() as u64;
-        let (storage, mut cache) = self.spare.pop().unwrap_or_default();
+        let (storage, cache) = self.spare.pop().unwrap_or_default();
+        let mut cache = cache.unwrap_or_default();
         cache.tokens.clear();
         cache.tokens.extend_from_slice(prompt);
         cache.hashes.clear();
@@ -223,7 +218,7 @@ impl KvCacheManager {
         let needed = total - held;
         let free = self.pool.num_free() as u64;
         if needed > free {
-            self.spare.push((storage, cache));
+            self.spare.push((storage, Some(cache)));
             self.stats.out_of_blocks += 1;
             return Err(KvError::OutOfBlocks { needed, free });
         }
@@ -255,7 +250,13 @@ impl KvCacheManager {
         self.stats.prefix_lookups += 1;
         self.stats.prefix_queried_tokens += num_tokens;
         self.stats.prefix_hit_tokens += cached_tokens;
-        self.seqs.insert(seq, Seq { table, cache });
+        self.seqs.insert(
+            seq,
+            Seq {
+                table,
+                cache: Some(cache),
+            },
+        );
         Ok(Allocation {
             num_blocks: needed as u32,
             cached_tokens: cached_tokens as u32,
@@ -346,7 +347,7 @@ impl KvCacheManager {
     /// Prefix-caching invariants (see the module docs of `manager`).
     pub(super) fn check_prefix_invariants(&self) -> Result<(), InvariantViolation> {
         let Some(p) = &self.prefix else {
-            return match self.seqs.iter().find(|(_, s)| !s.cache.tokens.is_empty()) {
+            return match self.seqs.iter().find(|(_, s)| s.cache.is_some()) {
                 Some((seq, _)) => Err(InvariantViolation::new(format!(
                     "{seq:?} keeps tokens though prefix caching is off"
                 ))),
@@ -356,25 +357,30 @@ impl KvCacheManager {
         p.index.check_invariants()?;
         let bs = self.config.block_size as usize;
         for (&seq, s) in &self.seqs {
+            let Some(cache) = s.cache.as_deref() else {
+                return Err(InvariantViolation::new(format!(
+                    "{seq:?} has no token list though prefix caching is on"
+                )));
+            };
             let n = s.table.num_tokens as usize;
-            if s.cache.tokens.len() != n || s.cache.hashes.len() != n / bs {
+            if cache.tokens.len() != n || cache.hashes.len() != n / bs {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?} holds {n} tokens but remembers {} tokens and {} block hashes",
-                    s.cache.tokens.len(),
-                    s.cache.hashes.len()
+                    cache.tokens.len(),
+                    cache.hashes.len()
                 )));
             }
-            let mut expect = s.cache.clone();
+            let mut expect = cache.clone();
             expect.hashes.clear();
             p.hash_full_blocks(&mut expect);
-            if expect.hashes != s.cache.hashes {
+            if expect.hashes != cache.hashes {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?}'s block hashes do not match its tokens"
                 )));
             }
             for (i, &b) in s.table.blocks.iter().enumerate() {
                 let Some(h) = p.index.hash_of(b) else { continue };
-                match s.cache.hashes.get(i) {
+                match cache.hashes.get(i) {
                     Some(&mine) if mine == h => {}
                     Some(&mine) => {
                         return Err(InvariantViolation::new(format!(

@@ -73,11 +73,12 @@ impl Hasher for SeqIdHasher {
 type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
 /// One allocated sequence: its block table, and (with prefix caching on) its
-/// tokens and block hashes.
+/// tokens and block hashes, boxed so that the map entries the hot path walks
+/// stay one cache line (see the `sequence_entries_fit_a_cache_line` test).
 #[derive(Debug, Clone)]
 struct Seq {
     table: BlockTable,
-    cache: SeqCache,
+    cache: Option<Box<SeqCache>>,
 }
 
 use caching::{PrefixState, SeqCache};
@@ -110,7 +111,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     seqs: SeqMap<Seq>,
     /// Storage of freed sequences, reused by the next allocation or fork.
-    spare: Vec<(BlockVec, SeqCache)>,
+    spare: Vec<(BlockVec, Option<Box<SeqCache>>)>,
     copies: Vec<BlockCopy>,
     /// Prefix index and KV events; `None` when prefix caching is off.
     prefix: Option<PrefixState>,
@@ -295,7 +296,7 @@ impl KvCacheManager {
         let needed = self.blocks_for(tokens);
         self.check_free(needed)?;
 
-        let (storage, cache) = self.spare.pop().unwrap_or_default();
+        let (storage, _) = self.spare.pop().unwrap_or_default();
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
         for _ in 0..needed {
             table.blocks.push(
@@ -305,7 +306,7 @@ impl KvCacheManager {
             );
         }
         table.num_tokens = tokens as u32;
-        self.seqs.insert(seq, Seq { table, cache });
+        self.seqs.insert(seq, Seq { table, cache: None });
         self.stats.sequences_allocated += 1;
         Ok(Allocation {
             num_blocks: needed as u32,
@@ -342,7 +343,11 @@ impl KvCacheManager {
         if new_len <= slots && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
             if let Some(p) = &mut self.prefix {
-                p.record_tokens(&mut s.cache, &s.table, tokens, &mut self.stats);
+                let cache = s
+                    .cache
+                    .as_deref_mut()
+                    .expect("caching on: the sequence has a cache");
+                p.record_tokens(cache, &s.table, tokens);
             }
             return Ok(());
         }
@@ -352,7 +357,11 @@ impl KvCacheManager {
         self.append_slow(seq, new_len)?;
         if let Some(p) = &mut self.prefix {
             let s = self.seqs.get_mut(&seq).expect("append_slow succeeded");
-            p.record_tokens(&mut s.cache, &s.table, tokens, &mut self.stats);
+            let cache = s
+                .cache
+                .as_deref_mut()
+                .expect("caching on: the sequence has a cache");
+            p.record_tokens(cache, &s.table, tokens);
         }
         Ok(())
     }
@@ -428,12 +437,16 @@ impl KvCacheManager {
             .seqs
             .get(&parent)
             .ok_or(KvError::UnknownSequence { seq: parent })?;
-        let (storage, mut cache) = self.spare.pop().unwrap_or_default();
+        let (storage, spare_cache) = self.spare.pop().unwrap_or_default();
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
         table.blocks.extend_from_slice(&src.table.blocks);
         table.num_tokens = src.table.num_tokens;
         table.tail_maybe_shared = true;
-        cache.clone_from_parent(&src.cache);
+        let cache = src.cache.as_deref().map(|parent| {
+            let mut c = spare_cache.unwrap_or_default();
+            c.clone_from_parent(parent);
+            c
+        });
         for &b in &table.blocks {
             self.pool.incref(b).expect("a live table's blocks are allocated");
         }
@@ -474,7 +487,11 @@ impl KvCacheManager {
             .last()
             .is_some_and(|&b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
         if let Some(p) = &mut self.prefix {
-            p.truncated(&mut s.cache, table, &self.pool);
+            let cache = s
+                .cache
+                .as_deref_mut()
+                .expect("caching on: the sequence has a cache");
+            p.truncated(cache, table, &self.pool);
         }
         Ok(())
     }

@@ -367,3 +367,13 @@ fn seq_hasher_spreads_strided_ids() {
         low.len()
     );
 }
+
+#[test]
+fn sequence_entries_fit_a_cache_line() {
+    // The decode fast path touches one map entry per sequence: keep it one line.
+    assert!(
+        std::mem::size_of::<(SeqId, Seq)>() <= 64,
+        "{}",
+        std::mem::size_of::<(SeqId, Seq)>()
+    );
+}
