@@ -184,7 +184,7 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
             source_line: line,
         });
     }
-    let name = file.rsplit(['/', '\\']).next().unwrap_or(file).trim_end_matches('>');
+    let name = if file.starts_with('<') { file } else { file.rsplit(['/', '\\']).next().unwrap_or(file) };
     let mut workload = Workload::new(name, requests, options.seed);
     workload.filtered_out = filtered_out;
     Ok(workload)
