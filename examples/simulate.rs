@@ -9,10 +9,9 @@ use std::time::Instant;
 use pagedkv::sim::{self, trace, Policy, Scenario};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/traces/sharegpt_first_turn.csv"));
+    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/traces/sharegpt_first_turn.csv")
+    });
     let workload = trace::load_trace(&path, &trace::TraceOptions::default())?;
     let scenario = Scenario::default();
     println!(
@@ -35,7 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let all = sim::compare(&scenario, &workload, &Policy::default_set())?;
-    println!("default comparison ({} policies): {:.3} s", all.len(), start.elapsed().as_secs_f64());
+    println!(
+        "default comparison ({} policies): {:.3} s",
+        all.len(),
+        start.elapsed().as_secs_f64()
+    );
     println!(
         "{:<16} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "policy", "tokens", "frag", "waste", "pool", "batch", "preempt", "finished", "rejected", "steps"

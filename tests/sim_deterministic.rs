@@ -6,7 +6,10 @@ use pagedkv::sim::{self, Arrivals, KvSize, Policy, RunResult, Scenario};
 
 fn scenario() -> Scenario {
     Scenario {
-        kv: KvSize::Blocks { num_blocks: 400, block_size: 16 },
+        kv: KvSize::Blocks {
+            num_blocks: 400,
+            block_size: 16,
+        },
         ..Scenario::default()
     }
 }
@@ -18,7 +21,11 @@ fn run(seed: u64) -> Vec<RunResult> {
         system_prompt_fraction: 0.5,
         turns: 3,
         n: 2,
-        output_len: LengthDist::LogNormal { median: 100.0, sigma: 0.7, max: 500 },
+        output_len: LengthDist::LogNormal {
+            median: 100.0,
+            sigma: 0.7,
+            max: 500,
+        },
         seed,
         ..Default::default()
     }
@@ -41,5 +48,9 @@ fn same_seed_same_results_other_seed_other_results() {
     assert_ne!(a[0].summary, b[0].summary);
     assert!(a.iter().all(|r| r.summary.finished > 0));
     // The workload shares system prompts and chat history: caching finds some of it.
-    assert!(a[1].summary.prefix_hit_rate > 0.2, "{}", a[1].summary.prefix_hit_rate);
+    assert!(
+        a[1].summary.prefix_hit_rate > 0.2,
+        "{}",
+        a[1].summary.prefix_hit_rate
+    );
 }

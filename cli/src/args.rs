@@ -23,7 +23,7 @@ pub enum Command {
     /// Size the KV cache: how many blocks and tokens fit on one GPU, whether
     /// max_model_len fits, how many sequences run at once. Exit 0: fits;
     /// 1: does not fit (with the fixes); 2: unusable input.
-    Plan(PlanArgs),
+    Plan(Box<PlanArgs>),
     /// Replay a request trace (default: the embedded ShareGPT first turns) through
     /// allocation policies and compare their KV memory: token states, fragmentation,
     /// reservation waste, batch size, preemptions. Exit 0: done; 2: unusable input.

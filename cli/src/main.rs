@@ -113,7 +113,10 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
         }
     }
     let text = if args.json {
-        format!("{:#}\n", sim_report::render_json(&setup.workload, &setup.scenario, &results))
+        format!(
+            "{:#}\n",
+            sim_report::render_json(&setup.workload, &setup.scenario, &results)
+        )
     } else if args.csv {
         sim_report::render_csv(&results)
     } else {

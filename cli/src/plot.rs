@@ -22,10 +22,14 @@ pub fn write_svg(path: &Path, results: &[RunResult]) -> Result<(), String> {
     for (panel, run) in panels.iter().zip(results) {
         draw_panel(panel, run).map_err(|e| format!("drawing {}: {e}", run.summary.policy))?;
     }
-    root.present().map_err(|e| format!("writing {}: {e}", path.display()))
+    root.present()
+        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, run: &RunResult) -> Result<(), String>
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    run: &RunResult,
+) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -70,7 +74,9 @@ where
     let layers: [(&str, RGBColor, Top); 4] = [
         ("free", RGBColor(225, 225, 225), |s| s.total_slots),
         ("reservation waste", RGBColor(244, 165, 96), |s| s.reserved_slots),
-        ("internal fragmentation", RGBColor(215, 48, 39), |s| s.token_slots + s.internal_fragmentation),
+        ("internal fragmentation", RGBColor(215, 48, 39), |s| {
+            s.token_slots + s.internal_fragmentation
+        }),
         ("token states", RGBColor(26, 152, 80), |s| s.token_slots),
     ];
     for (label, color, top) in layers {

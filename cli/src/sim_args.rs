@@ -13,19 +13,38 @@ use crate::size::parse_size;
 pub fn parse_dist(s: &str) -> Result<LengthDist, String> {
     let usage = "use fixed:N, uniform:MIN-MAX or lognormal:MEDIAN,SIGMA[,MAX] (e.g. lognormal:128,1.0,1024)";
     let (kind, rest) = s.split_once(':').ok_or_else(|| format!("{s:?}: {usage}"))?;
-    let num = |x: &str| x.trim().parse::<f64>().map_err(|_| format!("{x:?} in {s:?} is not a number; {usage}"));
-    let int = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{x:?} in {s:?} is not a token count; {usage}"));
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{x:?} in {s:?} is not a number; {usage}"))
+    };
+    let int = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{x:?} in {s:?} is not a token count; {usage}"))
+    };
     match kind.trim() {
         "fixed" => Ok(LengthDist::Fixed(int(rest)?)),
         "uniform" => {
             let (a, b) = rest.split_once('-').ok_or_else(|| format!("{s:?}: {usage}"))?;
-            Ok(LengthDist::Uniform { min: int(a)?, max: int(b)? })
+            Ok(LengthDist::Uniform {
+                min: int(a)?,
+                max: int(b)?,
+            })
         }
         "lognormal" => {
             let parts: Vec<&str> = rest.split(',').collect();
             match parts[..] {
-                [m, sg] => Ok(LengthDist::LogNormal { median: num(m)?, sigma: num(sg)?, max: u32::MAX }),
-                [m, sg, mx] => Ok(LengthDist::LogNormal { median: num(m)?, sigma: num(sg)?, max: int(mx)? }),
+                [m, sg] => Ok(LengthDist::LogNormal {
+                    median: num(m)?,
+                    sigma: num(sg)?,
+                    max: u32::MAX,
+                }),
+                [m, sg, mx] => Ok(LengthDist::LogNormal {
+                    median: num(m)?,
+                    sigma: num(sg)?,
+                    max: int(mx)?,
+                }),
                 _ => Err(format!("{s:?}: {usage}")),
             }
         }
@@ -110,7 +129,12 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub gpu_memory: Option<u64>,
     /// Fraction of the GPU's memory the engine may use, in (0, 1].
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.9, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.9,
+        allow_negative_numbers = true
+    )]
     pub gpu_memory_utilization: f64,
     /// Model weights on one GPU. Default: estimated from --config, else 26GB (OPT-13B in fp16).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -173,10 +197,17 @@ mod tests {
     #[test]
     fn distributions_parse_or_say_the_syntax() {
         assert_eq!(parse_dist("fixed:12").unwrap(), LengthDist::Fixed(12));
-        assert_eq!(parse_dist("uniform:3-9").unwrap(), LengthDist::Uniform { min: 3, max: 9 });
+        assert_eq!(
+            parse_dist("uniform:3-9").unwrap(),
+            LengthDist::Uniform { min: 3, max: 9 }
+        );
         assert_eq!(
             parse_dist("lognormal:100,0.5,900").unwrap(),
-            LengthDist::LogNormal { median: 100.0, sigma: 0.5, max: 900 }
+            LengthDist::LogNormal {
+                median: 100.0,
+                sigma: 0.5,
+                max: 900
+            }
         );
         for bad in ["12", "fixed:x", "uniform:3", "lognormal:1", "zipf:3"] {
             assert!(parse_dist(bad).unwrap_err().contains("fixed:N"), "{bad}");

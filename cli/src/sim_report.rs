@@ -50,7 +50,12 @@ const COLUMNS: [Column; 14] = [
 /// The aligned table with a short header and the definitions below it.
 pub fn render_text(workload: &Workload, scenario: &Scenario, results: &[RunResult]) -> String {
     let mut out = String::new();
-    let _ = write!(out, "pagedkv simulate: {} ({} requests", workload.name, workload.requests.len());
+    let _ = write!(
+        out,
+        "pagedkv simulate: {} ({} requests",
+        workload.name,
+        workload.requests.len()
+    );
     if workload.filtered_out > 0 {
         let _ = write!(out, ", {} dropped by the vLLM filter", workload.filtered_out);
     }
@@ -61,11 +66,21 @@ pub fn render_text(workload: &Workload, scenario: &Scenario, results: &[RunResul
         "engine: {}; KV memory {} token slots, max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}\n",
         scenario.name, slots, scenario.max_model_len, scenario.max_num_seqs, scenario.max_num_batched_tokens
     );
-    let cells: Vec<Vec<String>> = results.iter().map(|r| COLUMNS.iter().map(|(_, f)| f(&r.summary)).collect()).collect();
+    let cells: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| COLUMNS.iter().map(|(_, f)| f(&r.summary)).collect())
+        .collect();
     let widths: Vec<usize> = COLUMNS
         .iter()
         .enumerate()
-        .map(|(i, (h, _))| cells.iter().map(|row| row[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .map(|(i, (h, _))| {
+            cells
+                .iter()
+                .map(|row| row[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |row: Vec<String>| -> String {
         let mut l = String::new();
@@ -78,7 +93,11 @@ pub fn render_text(workload: &Workload, scenario: &Scenario, results: &[RunResul
         }
         l.trim_end().to_string()
     };
-    let _ = writeln!(out, "{}", line(COLUMNS.iter().map(|(h, _)| h.to_string()).collect()));
+    let _ = writeln!(
+        out,
+        "{}",
+        line(COLUMNS.iter().map(|(h, _)| h.to_string()).collect())
+    );
     for row in cells {
         let _ = writeln!(out, "{}", line(row));
     }
@@ -211,7 +230,12 @@ mod tests {
 
     #[test]
     fn downsampling_keeps_the_ends_and_the_bound() {
-        let samples: Vec<StepSample> = (0..1234).map(|i| StepSample { step: i, ..Default::default() }).collect();
+        let samples: Vec<StepSample> = (0..1234)
+            .map(|i| StepSample {
+                step: i,
+                ..Default::default()
+            })
+            .collect();
         let d = downsample(&samples, 100);
         assert!(d.len() <= 100, "{}", d.len());
         assert_eq!((d[0].step, d.last().unwrap().step), (0, 1233));

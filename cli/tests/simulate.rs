@@ -8,23 +8,59 @@ use common::{pagedkv, workspace_root};
 fn no_arguments_print_the_default_comparison() {
     let run = pagedkv(&["simulate"]);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
-    assert!(run.stderr.is_empty(), "no progress bar when stderr is not a terminal: {}", run.stderr);
-    assert!(run.stdout.contains("<embedded sharegpt_first_turn.csv> (11811 requests"), "{}", run.stdout);
-    let header = run.stdout.lines().find(|l| l.starts_with("policy")).expect("a table header");
+    assert!(
+        run.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal: {}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("<embedded sharegpt_first_turn.csv> (11811 requests"),
+        "{}",
+        run.stdout
+    );
+    let header = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("policy"))
+        .expect("a table header");
     for column in ["tokens", "frag", "waste", "batch", "preempt", "rejected", "tok/s"] {
         assert!(header.contains(column), "{header}");
     }
-    for policy in ["paged16 ", "reserve-max ", "reserve-pow2 ", "reserve-oracle ", "paged1 ", "paged128 "] {
-        assert!(run.stdout.lines().any(|l| l.starts_with(policy)), "{policy} missing:\n{}", run.stdout);
+    for policy in [
+        "paged16 ",
+        "reserve-max ",
+        "reserve-pow2 ",
+        "reserve-oracle ",
+        "paged1 ",
+        "paged128 ",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l.starts_with(policy)),
+            "{policy} missing:\n{}",
+            run.stdout
+        );
     }
     // Aligned: every row of the table is as long as the header or shorter only by trailing cells.
-    let rows: Vec<&str> = run.stdout.lines().skip_while(|l| !l.starts_with("policy")).take(10).collect();
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("policy"))
+        .take(10)
+        .collect();
     assert!(rows.iter().all(|r| r.len() == header.len()), "{rows:#?}");
 }
 
 #[test]
 fn json_parses_and_carries_summaries_and_series() {
-    let run = pagedkv(&["simulate", "--limit", "500", "--policies", "paged16,reserve-oracle", "--json"]);
+    let run = pagedkv(&[
+        "simulate",
+        "--limit",
+        "500",
+        "--policies",
+        "paged16,reserve-oracle",
+        "--json",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
     assert_eq!(v["workload"]["requests"], 500);
@@ -39,7 +75,14 @@ fn json_parses_and_carries_summaries_and_series() {
 
 #[test]
 fn csv_has_one_row_per_policy() {
-    let run = pagedkv(&["simulate", "--limit", "100", "--policies", "paged8,reserve-max", "--csv"]);
+    let run = pagedkv(&[
+        "simulate",
+        "--limit",
+        "100",
+        "--policies",
+        "paged8,reserve-max",
+        "--csv",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3);
@@ -82,21 +125,39 @@ fn bad_arguments_exit_2_naming_the_flag() {
     for (args, flag) in [
         (&["simulate", "--policies", "paged16,lru"][..], "--policies"),
         (&["simulate", "--rate", "0"][..], "--rate"),
-        (&["simulate", "--max-num-batched-tokens", "100"][..], "--max-num-batched-tokens"),
+        (
+            &["simulate", "--max-num-batched-tokens", "100"][..],
+            "--max-num-batched-tokens",
+        ),
         (&["simulate", "--num-requests", "5"][..], "--synthetic"),
     ] {
         let run = pagedkv(args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
         assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
     }
-    assert!(workspace_root().join("data/traces/sharegpt_first_turn.csv").exists());
+    assert!(workspace_root()
+        .join("data/traces/sharegpt_first_turn.csv")
+        .exists());
 }
 
 #[test]
 fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
     let run = pagedkv(&[
-        "simulate", "--synthetic", "--num-requests", "200", "--turns", "4", "--system-prompt-len", "200",
-        "--rate", "5", "--seed", "3", "--policies", "paged16-prefix,paged16", "--json",
+        "simulate",
+        "--synthetic",
+        "--num-requests",
+        "200",
+        "--turns",
+        "4",
+        "--system-prompt-len",
+        "200",
+        "--rate",
+        "5",
+        "--seed",
+        "3",
+        "--policies",
+        "paged16-prefix,paged16",
+        "--json",
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();

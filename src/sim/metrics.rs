@@ -210,7 +210,11 @@ impl Recorder {
             s.token_slots + s.internal_fragmentation + s.reservation_waste,
             "reserved = tokens + fragmentation + waste"
         );
-        debug_assert_eq!(s.total_slots, s.reserved_slots + s.free_slots, "total = reserved + free");
+        debug_assert_eq!(
+            s.total_slots,
+            s.reserved_slots + s.free_slots,
+            "total = reserved + free"
+        );
         s.step = self.summary.steps;
         s.time = self.time;
         s.preemptions = self.summary.preemptions;
@@ -239,7 +243,11 @@ impl Recorder {
         s.free_share = ratio(self.sum_free, self.sum_total);
         s.mean_running = ratio(self.sum_running, s.steps as u128);
         s.tokens_per_step = ratio(s.generated_tokens as u128, s.steps as u128);
-        s.tokens_per_s = if self.time > 0.0 { s.generated_tokens as f64 / self.time } else { 0.0 };
+        s.tokens_per_s = if self.time > 0.0 {
+            s.generated_tokens as f64 / self.time
+        } else {
+            0.0
+        };
         RunResult {
             summary: self.summary,
             samples: self.samples,

@@ -120,7 +120,8 @@ impl Scenario {
         if self.max_num_seqs == 0 {
             return bad("max_num_seqs", "must be at least 1".into());
         }
-        if self.max_num_batched_tokens < self.max_model_len || self.max_num_batched_tokens < self.max_num_seqs {
+        if self.max_num_batched_tokens < self.max_model_len || self.max_num_batched_tokens < self.max_num_seqs
+        {
             return bad(
                 "max_num_batched_tokens",
                 format!(
@@ -135,10 +136,16 @@ impl Scenario {
         }
         let t = &self.time_model;
         if !(t.base_s >= 0.0 && t.per_token_s >= 0.0 && t.base_s + t.per_token_s > 0.0) {
-            return bad("time_model", format!("{t:?}: both terms must be ≥ 0 and one > 0, e.g. 0.020 s + 0.00015 s/token"));
+            return bad(
+                "time_model",
+                format!("{t:?}: both terms must be ≥ 0 and one > 0, e.g. 0.020 s + 0.00015 s/token"),
+            );
         }
         if let KvSize::Blocks { num_blocks: 0, .. } | KvSize::Blocks { block_size: 0, .. } = self.kv {
-            return bad("num_blocks", "the KV memory needs at least one block of at least one token".into());
+            return bad(
+                "num_blocks",
+                "the KV memory needs at least one block of at least one token".into(),
+            );
         }
         Ok(())
     }
@@ -147,7 +154,10 @@ impl Scenario {
     pub fn token_slots(&self) -> Result<u64, SimError> {
         match &self.kv {
             KvSize::Plan { spec, budget } => Ok(CachePlan::new(spec, 1, budget)?.num_blocks()),
-            KvSize::Blocks { num_blocks, block_size } => Ok(num_blocks * *block_size as u64),
+            KvSize::Blocks {
+                num_blocks,
+                block_size,
+            } => Ok(num_blocks * *block_size as u64),
         }
     }
 
@@ -173,12 +183,18 @@ pub struct Progress<'a> {
 impl<'a> Progress<'a> {
     /// No reporting.
     pub fn none() -> Self {
-        Progress { report: None, steps: 0 }
+        Progress {
+            report: None,
+            steps: 0,
+        }
     }
 
     /// Report through `f(done, total)`.
     pub fn new(f: &'a mut dyn FnMut(u64, u64)) -> Self {
-        Progress { report: Some(f), steps: 0 }
+        Progress {
+            report: Some(f),
+            steps: 0,
+        }
     }
 
     pub(crate) fn tick(&mut self, summary: &RunSummary) {
@@ -205,7 +221,11 @@ pub fn simulate_with_progress(
     progress: &mut Progress<'_>,
 ) -> Result<RunResult, SimError> {
     scenario.validate()?;
-    if let Some(r) = workload.requests.iter().find(|r| r.n == 0 || r.n > u16::MAX as u32) {
+    if let Some(r) = workload
+        .requests
+        .iter()
+        .find(|r| r.n == 0 || r.n > u16::MAX as u32)
+    {
         return Err(SimError::InvalidConfig {
             field: "n",
             reason: format!("request {} has {} parallel samples; use 1..=65535", r.id, r.n),
@@ -218,6 +238,10 @@ pub fn simulate_with_progress(
 }
 
 /// Runs every policy on the same workload, in order.
-pub fn compare(scenario: &Scenario, workload: &Workload, policies: &[Policy]) -> Result<Vec<RunResult>, SimError> {
+pub fn compare(
+    scenario: &Scenario,
+    workload: &Workload,
+    policies: &[Policy],
+) -> Result<Vec<RunResult>, SimError> {
     policies.iter().map(|p| simulate(scenario, workload, p)).collect()
 }

@@ -100,10 +100,16 @@ pub(crate) fn run_paged(
         });
     }
     let num_blocks = scenario.num_blocks(policy.block_size)?;
-    let num_blocks = u32::try_from(num_blocks).ok().filter(|&n| n <= MAX_BLOCKS).ok_or_else(|| SimError::InvalidConfig {
-        field: "block_size",
-        reason: format!("{num_blocks} blocks of {} tokens exceed a pool's {MAX_BLOCKS}; use a larger block size", policy.block_size),
-    })?;
+    let num_blocks = u32::try_from(num_blocks)
+        .ok()
+        .filter(|&n| n <= MAX_BLOCKS)
+        .ok_or_else(|| SimError::InvalidConfig {
+            field: "block_size",
+            reason: format!(
+                "{num_blocks} blocks of {} tokens exceed a pool's {MAX_BLOCKS}; use a larger block size",
+                policy.block_size
+            ),
+        })?;
     let kv = KvCacheManager::new(KvCacheConfig {
         num_blocks,
         block_size: policy.block_size,
@@ -128,7 +134,10 @@ pub(crate) fn run_paged(
     let mut next = 0;
     loop {
         while next < reqs.len() && reqs[next].arrival <= run.rec.time {
-            run.waiting.push_back(Group { req: next, generated: 0 });
+            run.waiting.push_back(Group {
+                req: next,
+                generated: 0,
+            });
             next += 1;
         }
         if run.running.is_empty() && run.waiting.is_empty() {
@@ -164,7 +173,11 @@ impl Run<'_> {
             let g = self.running[i];
             let req = &self.reqs[g.req];
             for s in 0..req.n {
-                let token = if self.caching { req.output_token(s, g.generated) } else { 0 };
+                let token = if self.caching {
+                    req.output_token(s, g.generated)
+                } else {
+                    0
+                };
                 loop {
                     match self.kv.append(seq_id(g.req, s), &[token]) {
                         Ok(()) => break,
@@ -265,7 +278,11 @@ impl Run<'_> {
                 self.waiting.pop_front();
                 continue;
             }
-            let cached = if self.caching { self.kv.cached_prefix_len(&tokens, &self.keys) } else { 0 };
+            let cached = if self.caching {
+                self.kv.cached_prefix_len(&tokens, &self.keys)
+            } else {
+                0
+            };
             let prefill = tokens.len() as u64 - cached + (n - 1) * g.generated as u64;
             if self.running_seqs + n > scenario.max_num_seqs as u64
                 || decoded + batched + prefill > scenario.max_num_batched_tokens as u64
@@ -342,7 +359,10 @@ mod tests {
 
     fn scenario(num_blocks: u64, block_size: u32) -> Scenario {
         Scenario {
-            kv: KvSize::Blocks { num_blocks, block_size },
+            kv: KvSize::Blocks {
+                num_blocks,
+                block_size,
+            },
             max_model_len: 256,
             max_num_seqs: 16,
             max_num_batched_tokens: 256,
@@ -360,14 +380,20 @@ mod tests {
     }
 
     fn run(s: &Scenario, policy: &str, spec: SyntheticSpec) -> RunResult {
-        let Policy::Paged(p) = policy.parse().unwrap() else { panic!("paged") };
+        let Policy::Paged(p) = policy.parse().unwrap() else {
+            panic!("paged")
+        };
         run_paged(s, &spec.generate().unwrap(), &p, &mut Progress::none()).unwrap()
     }
 
     #[test]
     fn one_request_fills_blocks_as_it_grows() {
         let r = run(&scenario(10, 4), "paged4-wm0", fixed(1, 5, 4));
-        let got: Vec<_> = r.samples.iter().map(|s| (s.token_slots, s.internal_fragmentation)).collect();
+        let got: Vec<_> = r
+            .samples
+            .iter()
+            .map(|s| (s.token_slots, s.internal_fragmentation))
+            .collect();
         assert_eq!(got, [(5, 3), (6, 2), (7, 1), (8, 0), (9, 3)]);
         assert_eq!((r.summary.finished, r.summary.generated_tokens), (1, 4));
         assert_eq!(r.summary.preemptions, 0);
@@ -380,27 +406,50 @@ mod tests {
         let s = &r.summary;
         assert_eq!(s.finished, 2);
         assert!(s.preemptions >= 1 && s.recomputed_tokens >= 8, "{s:?}");
-        assert_eq!(s.generated_tokens, 32, "a preempted request keeps what it generated");
+        assert_eq!(
+            s.generated_tokens, 32,
+            "a preempted request keeps what it generated"
+        );
     }
 
     #[test]
     fn a_group_that_cannot_fit_alone_is_rejected_not_looped() {
         // n = 4 samples of 4 + 20 tokens = 24 blocks of 4 > 16 blocks.
-        let r = run(&scenario(16, 4), "paged4-wm0", SyntheticSpec { n: 4, ..fixed(1, 4, 20) });
+        let r = run(
+            &scenario(16, 4),
+            "paged4-wm0",
+            SyntheticSpec {
+                n: 4,
+                ..fixed(1, 4, 20)
+            },
+        );
         assert_eq!((r.summary.finished, r.summary.rejected_too_large), (0, 1));
     }
 
     #[test]
     fn parallel_samples_share_the_prompt() {
-        let r = run(&scenario(64, 4), "paged4-wm0", SyntheticSpec { n: 3, ..fixed(1, 8, 2) });
-        assert_eq!(r.samples[0].token_slots, 8, "three samples, one copy of the prompt");
+        let r = run(
+            &scenario(64, 4),
+            "paged4-wm0",
+            SyntheticSpec {
+                n: 3,
+                ..fixed(1, 8, 2)
+            },
+        );
+        assert_eq!(
+            r.samples[0].token_slots, 8,
+            "three samples, one copy of the prompt"
+        );
         assert_eq!(r.samples[0].running, 3);
         assert_eq!(r.summary.generated_tokens, 6);
     }
 
     #[test]
     fn prefix_caching_hits_a_shared_system_prompt() {
-        let spec = SyntheticSpec { system_prompt_len: 64, ..fixed(20, 8, 4) };
+        let spec = SyntheticSpec {
+            system_prompt_len: 64,
+            ..fixed(20, 8, 4)
+        };
         let r = run(&scenario(64, 16), "paged16-prefix", spec.clone());
         assert!(r.summary.prefix_hit_rate > 0.7, "{}", r.summary.prefix_hit_rate);
         let cold = run(&scenario(64, 16), "paged16", spec);
@@ -409,7 +458,9 @@ mod tests {
 
     #[test]
     fn unsupported_modes_are_refused_with_a_reason() {
-        let Policy::Paged(p) = "paged16-swap".parse().unwrap() else { panic!() };
+        let Policy::Paged(p) = "paged16-swap".parse().unwrap() else {
+            panic!()
+        };
         let w = fixed(1, 4, 4).generate().unwrap();
         let err = run_paged(&scenario(8, 16), &w, &p, &mut Progress::none()).unwrap_err();
         assert!(err.to_string().contains("scheduler"), "{err}");

@@ -186,7 +186,9 @@ impl FromStr for Policy {
         }
         let usage = "use paged<B>[-prefix][-recompute|-swap|-auto][-most-blocks][-wm<F>] (B in 1..=128, \
                      e.g. paged16-prefix) or reserve-max, reserve-pow2, reserve-oracle";
-        let rest = name.strip_prefix("paged").ok_or_else(|| bad(format!("unknown policy; {usage}")))?;
+        let rest = name
+            .strip_prefix("paged")
+            .ok_or_else(|| bad(format!("unknown policy; {usage}")))?;
         let mut parts = rest.split('-');
         let block_size: u32 = parts
             .next()
@@ -210,7 +212,9 @@ impl FromStr for Policy {
                         .parse::<f64>()
                         .ok()
                         .filter(|w| (0.0..1.0).contains(w))
-                        .ok_or_else(|| bad(format!("watermark {:?} is not a fraction in [0, 1)", &wm[2..])))?;
+                        .ok_or_else(|| {
+                            bad(format!("watermark {:?} is not a fraction in [0, 1)", &wm[2..]))
+                        })?;
                 }
                 other => return Err(bad(format!("unknown option {other:?}; {usage}"))),
             }

@@ -92,7 +92,10 @@ pub(crate) fn run_reserve(
                 waiting.pop_front();
                 continue;
             }
-            if reserved + per_seq * n > total_slots || running_seqs + n > max_seqs || batched + prompt > budget {
+            if reserved + per_seq * n > total_slots
+                || running_seqs + n > max_seqs
+                || batched + prompt > budget
+            {
                 break;
             }
             waiting.pop_front();
@@ -146,7 +149,10 @@ mod tests {
 
     fn scenario(slots: u64) -> Scenario {
         Scenario {
-            kv: KvSize::Blocks { num_blocks: slots, block_size: 1 },
+            kv: KvSize::Blocks {
+                num_blocks: slots,
+                block_size: 1,
+            },
             max_model_len: 64,
             max_num_seqs: 8,
             max_num_batched_tokens: 64,
@@ -171,10 +177,24 @@ mod tests {
     #[test]
     fn oracle_accounting_of_one_request() {
         let r = run(100, ReserveKind::Oracle, fixed(1, 10, 3));
-        let s: Vec<_> = r.samples.iter().map(|s| (s.token_slots, s.reservation_waste, s.internal_fragmentation)).collect();
+        let s: Vec<_> = r
+            .samples
+            .iter()
+            .map(|s| (s.token_slots, s.reservation_waste, s.internal_fragmentation))
+            .collect();
         assert_eq!(s, [(10, 3, 0), (11, 2, 0), (12, 1, 0), (13, 0, 0)]);
-        assert_eq!((r.summary.finished, r.summary.generated_tokens, r.summary.prefill_tokens), (1, 3, 10));
-        assert!(r.samples.iter().all(|s| s.reserved_slots == 13 && s.free_slots == 87));
+        assert_eq!(
+            (
+                r.summary.finished,
+                r.summary.generated_tokens,
+                r.summary.prefill_tokens
+            ),
+            (1, 3, 10)
+        );
+        assert!(r
+            .samples
+            .iter()
+            .all(|s| s.reserved_slots == 13 && s.free_slots == 87));
     }
 
     #[test]
@@ -184,7 +204,10 @@ mod tests {
         assert_eq!(max.samples[0].internal_fragmentation, 64 - 13);
         assert_eq!(pow2.samples[0].internal_fragmentation, 16 - 13);
         for s in max.samples.iter().chain(&pow2.samples) {
-            assert_eq!(s.reserved_slots, s.token_slots + s.reservation_waste + s.internal_fragmentation);
+            assert_eq!(
+                s.reserved_slots,
+                s.token_slots + s.reservation_waste + s.internal_fragmentation
+            );
         }
         assert!(max.summary.token_share < pow2.summary.token_share);
     }
@@ -196,13 +219,30 @@ mod tests {
         assert_eq!(r.summary.max_running, 1);
         assert_eq!((r.summary.finished, r.summary.steps), (3, 12));
         // Too long for max_model_len 64; too large for 20 slots.
-        assert_eq!(run(100, ReserveKind::Oracle, fixed(2, 60, 10)).summary.rejected_too_long, 2);
-        assert_eq!(run(20, ReserveKind::Oracle, fixed(2, 20, 10)).summary.rejected_too_large, 2);
+        assert_eq!(
+            run(100, ReserveKind::Oracle, fixed(2, 60, 10))
+                .summary
+                .rejected_too_long,
+            2
+        );
+        assert_eq!(
+            run(20, ReserveKind::Oracle, fixed(2, 20, 10))
+                .summary
+                .rejected_too_large,
+            2
+        );
     }
 
     #[test]
     fn parallel_samples_reserve_each() {
-        let r = run(100, ReserveKind::Oracle, SyntheticSpec { n: 3, ..fixed(1, 10, 2) });
+        let r = run(
+            100,
+            ReserveKind::Oracle,
+            SyntheticSpec {
+                n: 3,
+                ..fixed(1, 10, 2)
+            },
+        );
         assert_eq!(r.samples[0].reserved_slots, 36);
         assert_eq!(r.samples[0].running, 3);
         assert_eq!(r.summary.generated_tokens, 6);

@@ -35,8 +35,11 @@ impl LengthDist {
             LengthDist::Fixed(_) => Ok(()),
             LengthDist::Uniform { min, max } if min > max => bad(format!("uniform min {min} > max {max}")),
             LengthDist::LogNormal { median, sigma, max } => {
-                if !(median >= 1.0 && median.is_finite()) || !(sigma >= 0.0 && sigma.is_finite()) || max == 0 {
-                    bad(format!("lognormal needs median ≥ 1, sigma ≥ 0 and max ≥ 1 (got {median}, {sigma}, {max})"))
+                let ok = median >= 1.0 && median.is_finite() && sigma >= 0.0 && sigma.is_finite();
+                if !ok || max == 0 {
+                    bad(format!(
+                        "lognormal needs median ≥ 1, sigma ≥ 0 and max ≥ 1 (got {median}, {sigma}, {max})"
+                    ))
                 } else {
                     Ok(())
                 }
@@ -96,8 +99,16 @@ impl Default for SyntheticSpec {
     fn default() -> Self {
         SyntheticSpec {
             num_requests: 1000,
-            prompt_len: LengthDist::LogNormal { median: 128.0, sigma: 1.0, max: 1024 },
-            output_len: LengthDist::LogNormal { median: 256.0, sigma: 0.7, max: 1024 },
+            prompt_len: LengthDist::LogNormal {
+                median: 128.0,
+                sigma: 1.0,
+                max: 1024,
+            },
+            output_len: LengthDist::LogNormal {
+                median: 256.0,
+                sigma: 0.7,
+                max: 1024,
+            },
             system_prompt_len: 0,
             system_prompt_fraction: 1.0,
             n: 1,
@@ -114,7 +125,10 @@ impl SyntheticSpec {
         self.output_len.validate("output_len")?;
         let bad = |field, reason: String| Err(SimError::InvalidConfig { field, reason });
         if !(0.0..=1.0).contains(&self.system_prompt_fraction) {
-            return bad("system_prompt_fraction", format!("{} is outside [0, 1]", self.system_prompt_fraction));
+            return bad(
+                "system_prompt_fraction",
+                format!("{} is outside [0, 1]", self.system_prompt_fraction),
+            );
         }
         if self.n == 0 || self.n > u16::MAX as u32 {
             return bad("n", format!("{} parallel samples; use 1..=65535", self.n));
@@ -159,7 +173,10 @@ impl SyntheticSpec {
                 output_key,
                 source_line: 0,
             });
-            history.push(Segment { key: output_key, len: output_len });
+            history.push(Segment {
+                key: output_key,
+                len: output_len,
+            });
         }
         Ok(Workload::new(self.name(), requests, self.seed))
     }
@@ -178,7 +195,11 @@ impl SyntheticSpec {
             dist(&self.output_len)
         );
         if self.system_prompt_len > 0 {
-            s += &format!(", system prompt {} for {:.0}%", self.system_prompt_len, self.system_prompt_fraction * 100.0);
+            s += &format!(
+                ", system prompt {} for {:.0}%",
+                self.system_prompt_len,
+                self.system_prompt_fraction * 100.0
+            );
         }
         if self.n > 1 {
             s += &format!(", n={}", self.n);
@@ -225,7 +246,10 @@ mod tests {
 
     #[test]
     fn lengths_follow_their_distribution_and_the_seed() {
-        let spec = SyntheticSpec { num_requests: 5000, ..Default::default() };
+        let spec = SyntheticSpec {
+            num_requests: 5000,
+            ..Default::default()
+        };
         let w = spec.generate().unwrap();
         let mut lens: Vec<u32> = w.requests.iter().map(|r| r.prompt.len()).collect();
         lens.sort_unstable();
@@ -233,20 +257,48 @@ mod tests {
         assert!((110..150).contains(&median), "median {median}");
         assert!(*lens.last().unwrap() <= 1024 && lens[0] >= 1);
         assert_eq!(w, spec.generate().unwrap());
-        assert_ne!(w, SyntheticSpec { seed: 1, ..spec.clone() }.generate().unwrap());
-        let u = SyntheticSpec { prompt_len: LengthDist::Uniform { min: 5, max: 9 }, ..spec }.generate().unwrap();
+        assert_ne!(
+            w,
+            SyntheticSpec {
+                seed: 1,
+                ..spec.clone()
+            }
+            .generate()
+            .unwrap()
+        );
+        let u = SyntheticSpec {
+            prompt_len: LengthDist::Uniform { min: 5, max: 9 },
+            ..spec
+        }
+        .generate()
+        .unwrap();
         assert!(u.requests.iter().all(|r| (5..=9).contains(&r.prompt.len())));
     }
 
     #[test]
     fn bad_settings_name_the_field() {
         let bad = [
-            SyntheticSpec { n: 0, ..Default::default() },
-            SyntheticSpec { turns: 0, ..Default::default() },
-            SyntheticSpec { system_prompt_fraction: 1.5, ..Default::default() },
-            SyntheticSpec { prompt_len: LengthDist::Uniform { min: 9, max: 5 }, ..Default::default() },
+            SyntheticSpec {
+                n: 0,
+                ..Default::default()
+            },
+            SyntheticSpec {
+                turns: 0,
+                ..Default::default()
+            },
+            SyntheticSpec {
+                system_prompt_fraction: 1.5,
+                ..Default::default()
+            },
+            SyntheticSpec {
+                prompt_len: LengthDist::Uniform { min: 9, max: 5 },
+                ..Default::default()
+            },
         ];
-        for (spec, field) in bad.iter().zip(["n", "turns", "system_prompt_fraction", "prompt_len"]) {
+        for (spec, field) in bad
+            .iter()
+            .zip(["n", "turns", "system_prompt_fraction", "prompt_len"])
+        {
             let err = spec.generate().unwrap_err();
             assert!(err.to_string().contains(field), "{err}");
         }

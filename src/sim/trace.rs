@@ -25,21 +25,12 @@ use crate::sim::error::SimError;
 use crate::sim::workload::{segment_key, Prompt, Segment, SegmentKind, SimRequest, Workload};
 
 /// How to read a trace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceOptions {
     /// Seed of the token ids (0).
     pub seed: u64,
     /// Drop rows outside vLLM's benchmark filter (false: keep every row).
     pub vllm_filter: bool,
-}
-
-impl Default for TraceOptions {
-    fn default() -> Self {
-        TraceOptions {
-            seed: 0,
-            vllm_filter: false,
-        }
-    }
 }
 
 /// vLLM's benchmark sampling filter: prompt ≥ 4, output ≥ 4, prompt ≤ 1024,
@@ -80,10 +71,16 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
         line,
         reason,
     };
-    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
-    let (_, header) = lines
-        .find(|(_, l)| !l.trim().is_empty())
-        .ok_or_else(|| err(1, "the trace is empty; expected a header such as conversation,prompt_tokens,output_tokens".into()))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
+    let (_, header) = lines.find(|(_, l)| !l.trim().is_empty()).ok_or_else(|| {
+        err(
+            1,
+            "the trace is empty; expected a header such as conversation,prompt_tokens,output_tokens".into(),
+        )
+    })?;
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
     let col = |name: &str| columns.iter().position(|c| *c == name);
     let (conv, arrival, output) = (col("conversation"), col("arrival"), col("output_tokens"));
@@ -102,7 +99,12 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
     };
     let (conv, output) = match (conv, output) {
         (Some(c), Some(o)) => (c, o),
-        _ => return Err(err(1, format!("header {header:?} lacks the conversation or output_tokens column"))),
+        _ => {
+            return Err(err(
+                1,
+                format!("header {header:?} lacks the conversation or output_tokens column"),
+            ))
+        }
     };
 
     let mut requests = Vec::new();
@@ -118,16 +120,31 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
         if fields.len() != columns.len() {
             return Err(err(
                 line,
-                format!("{} fields, but the header has {} columns", fields.len(), columns.len()),
+                format!(
+                    "{} fields, but the header has {} columns",
+                    fields.len(),
+                    columns.len()
+                ),
             ));
         }
         let int = |i: usize| -> Result<u64, SimError> {
             fields[i].parse::<u64>().map_err(|_| {
-                err(line, format!("column {}: {:?} is not a non-negative integer", columns[i], fields[i]))
+                err(
+                    line,
+                    format!(
+                        "column {}: {:?} is not a non-negative integer",
+                        columns[i], fields[i]
+                    ),
+                )
             })
         };
         let tokens = |i: usize| -> Result<u32, SimError> {
-            u32::try_from(int(i)?).map_err(|_| err(line, format!("column {}: {} tokens is absurdly many", columns[i], fields[i])))
+            u32::try_from(int(i)?).map_err(|_| {
+                err(
+                    line,
+                    format!("column {}: {} tokens is absurdly many", columns[i], fields[i]),
+                )
+            })
         };
         let conversation = int(conv)?;
         let output_len = tokens(output)?;
@@ -135,13 +152,27 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
             None => 0.0,
             Some(i) => match fields[i].parse::<f64>() {
                 Ok(t) if t >= 0.0 && t.is_finite() => t,
-                _ => return Err(err(line, format!("column arrival: {:?} is not a non-negative number of seconds", fields[i]))),
+                _ => {
+                    return Err(err(
+                        line,
+                        format!(
+                            "column arrival: {:?} is not a non-negative number of seconds",
+                            fields[i]
+                        ),
+                    ))
+                }
             },
         };
         let (prompt, turn) = match layout {
             Layout::FirstTurn { prompt } => {
                 let key = segment_key(options.seed, SegmentKind::User, conversation, 0);
-                (Prompt::new(vec![Segment { key, len: tokens(prompt)? }]), 0)
+                (
+                    Prompt::new(vec![Segment {
+                        key,
+                        len: tokens(prompt)?,
+                    }]),
+                    0,
+                )
             }
             Layout::MultiTurn { turn, user } => {
                 let turn = int(turn)?;
@@ -162,10 +193,16 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
                     history.clear();
                 }
                 let key = segment_key(options.seed, SegmentKind::User, conversation, turn);
-                history.push(Segment { key, len: tokens(user)? });
+                history.push(Segment {
+                    key,
+                    len: tokens(user)?,
+                });
                 let prompt = Prompt::new(history.clone());
                 let out_key = segment_key(options.seed, SegmentKind::Output, conversation, turn);
-                history.push(Segment { key: out_key, len: output_len });
+                history.push(Segment {
+                    key: out_key,
+                    len: output_len,
+                });
                 (prompt, turn)
             }
         };
@@ -184,7 +221,11 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
             source_line: line,
         });
     }
-    let name = if file.starts_with('<') { file } else { file.rsplit(['/', '\\']).next().unwrap_or(file) };
+    let name = if file.starts_with('<') {
+        file
+    } else {
+        file.rsplit(['/', '\\']).next().unwrap_or(file)
+    };
     let mut workload = Workload::new(name, requests, options.seed);
     workload.filtered_out = filtered_out;
     Ok(workload)
@@ -225,7 +266,10 @@ mod tests {
         let head = "conversation,prompt_tokens,output_tokens\n";
         let (line, reason) = line_of(parse(&format!("{head}0,1,2\n1,-3,4\n")).unwrap_err());
         assert_eq!(line, 3);
-        assert!(reason.contains("prompt_tokens") && reason.contains("-3"), "{reason}");
+        assert!(
+            reason.contains("prompt_tokens") && reason.contains("-3"),
+            "{reason}"
+        );
         let (line, reason) = line_of(parse(&format!("{head}0,1,2\n1,2\n")).unwrap_err());
         assert_eq!(line, 3);
         assert!(reason.contains("2 fields"), "{reason}");
@@ -269,7 +313,10 @@ mod tests {
     #[test]
     fn vllm_filter_counts_what_it_drops() {
         let text = "conversation,prompt_tokens,output_tokens\n0,3,100\n1,100,100\n2,1025,5\n3,1000,1100\n";
-        let opts = TraceOptions { vllm_filter: true, ..Default::default() };
+        let opts = TraceOptions {
+            vllm_filter: true,
+            ..Default::default()
+        };
         let w = parse_trace("t.csv", text, &opts).unwrap();
         assert_eq!((w.requests.len(), w.filtered_out), (1, 3));
         assert_eq!(parse(text).unwrap().requests.len(), 4);
