@@ -52,7 +52,10 @@ fn no_arguments_print_the_default_comparison() {
     // The README shows this very table.
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     for row in rows {
-        assert!(readme.contains(row), "README.md's simulate table is stale; this row is missing:\n{row}");
+        assert!(
+            readme.contains(row),
+            "README.md's simulate table is stale; this row is missing:\n{row}"
+        );
     }
 }
 
