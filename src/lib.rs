@@ -7,6 +7,7 @@ pub mod ids;
 pub mod manager;
 pub mod pool;
 pub mod prefix;
+pub mod sim;
 pub mod sizing;
 pub mod table;
 

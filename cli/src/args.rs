@@ -23,7 +23,11 @@ pub enum Command {
     /// Size the KV cache: how many blocks and tokens fit on one GPU, whether
     /// max_model_len fits, how many sequences run at once. Exit 0: fits;
     /// 1: does not fit (with the fixes); 2: unusable input.
-    Plan(PlanArgs),
+    Plan(Box<PlanArgs>),
+    /// Replay a request trace (default: the embedded ShareGPT first turns) through
+    /// allocation policies and compare their KV memory: token states, fragmentation,
+    /// reservation waste, batch size, preemptions. Exit 0: done; 2: unusable input.
+    Simulate(Box<crate::sim_args::SimulateArgs>),
 }
 
 /// `--kv-dtype`: a dtype, or `auto` for the model's own.
@@ -35,7 +39,7 @@ pub enum DtypeChoice {
     Dtype(KvDtype),
 }
 
-fn parse_dtype_choice(s: &str) -> Result<DtypeChoice, String> {
+pub fn parse_dtype_choice(s: &str) -> Result<DtypeChoice, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(DtypeChoice::Auto);
     }

@@ -3,6 +3,11 @@
 //! `pagedkv plan` sizes a paged KV cache for a model on a GPU. Exit codes:
 //! 0 the configuration fits, 1 it does not (the library's refusal with its
 //! fixes is printed), 2 the input is unusable (one line naming the flag or field).
+//!
+//! `pagedkv simulate` replays a request trace through allocation policies and
+//! compares what their KV memory holds. Exit codes: 0 done, 1 the simulator
+//! failed (a bug: please report it), 2 unusable input (a flag, or a trace's
+//! file, line and reason).
 
 mod args;
 mod error;
@@ -10,7 +15,11 @@ mod estimate;
 mod gpus;
 mod hf_config;
 mod plan;
+mod plot;
 mod report;
+mod sim_args;
+mod sim_report;
+mod simulate;
 mod size;
 
 use std::io::Write;
@@ -20,6 +29,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::args::{Cli, Command, PlanArgs};
+use crate::sim_args::SimulateArgs;
 
 /// Exit code for unusable input.
 const EXIT_INPUT: u8 = 2;
@@ -31,6 +41,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Plan(args) => run_plan(&args),
+        Command::Simulate(args) => run_simulate(&args),
     }
 }
 
@@ -48,11 +59,15 @@ fn clap_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{line} (see pagedkv plan --help)");
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines.next().unwrap_or("error: invalid arguments").to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if line.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    line = format!("{line} {next}");
+                }
+            }
+            eprintln!("{line} (see pagedkv --help)");
             ExitCode::from(EXIT_INPUT)
         }
     }
@@ -74,4 +89,39 @@ fn run_plan(args: &PlanArgs) -> ExitCode {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     ExitCode::from(report.exit_code())
+}
+
+fn run_simulate(args: &SimulateArgs) -> ExitCode {
+    let setup = match simulate::resolve(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let results = match simulate::run(&setup) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(path) = &args.plot {
+        if let Err(e) = plot::write_svg(path, &results) {
+            eprintln!("error: --plot {}: {e}", path.display());
+            return ExitCode::from(EXIT_INPUT);
+        }
+    }
+    let text = if args.json {
+        format!(
+            "{:#}\n",
+            sim_report::render_json(&setup.workload, &setup.scenario, &results)
+        )
+    } else if args.csv {
+        sim_report::render_csv(&results)
+    } else {
+        sim_report::render_text(&setup.workload, &setup.scenario, &results)
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,175 @@
+//! `pagedkv simulate` end to end: the no-argument comparison, JSON, the plot,
+//! and a malformed trace.
+
+mod common;
+use common::{pagedkv, workspace_root};
+
+#[test]
+fn no_arguments_print_the_default_comparison() {
+    let run = pagedkv(&["simulate"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal: {}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("<embedded sharegpt_first_turn.csv> (11811 requests"),
+        "{}",
+        run.stdout
+    );
+    let header = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("policy"))
+        .expect("a table header");
+    for column in ["tokens", "frag", "waste", "batch", "preempt", "rejected", "tok/s"] {
+        assert!(header.contains(column), "{header}");
+    }
+    for policy in [
+        "paged16 ",
+        "reserve-max ",
+        "reserve-pow2 ",
+        "reserve-oracle ",
+        "paged1 ",
+        "paged128 ",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l.starts_with(policy)),
+            "{policy} missing:\n{}",
+            run.stdout
+        );
+    }
+    // Aligned: every row of the table is as long as the header or shorter only by trailing cells.
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("policy"))
+        .take(10)
+        .collect();
+    assert!(rows.iter().all(|r| r.len() == header.len()), "{rows:#?}");
+    // The README shows this very table.
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    for row in rows {
+        assert!(
+            readme.contains(row),
+            "README.md's simulate table is stale; this row is missing:\n{row}"
+        );
+    }
+}
+
+#[test]
+fn json_parses_and_carries_summaries_and_series() {
+    let run = pagedkv(&[
+        "simulate",
+        "--limit",
+        "500",
+        "--policies",
+        "paged16,reserve-oracle",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(v["workload"]["requests"], 500);
+    assert_eq!(v["scenario"]["token_slots"], 13_745);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["policy"], "paged16");
+    assert!(runs[0]["token_share"].as_f64().unwrap() > 0.96);
+    let series = runs[1]["series"].as_array().unwrap();
+    assert!(!series.is_empty() && series.len() <= 500);
+}
+
+#[test]
+fn csv_has_one_row_per_policy() {
+    let run = pagedkv(&[
+        "simulate",
+        "--limit",
+        "100",
+        "--policies",
+        "paged8,reserve-max",
+        "--csv",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("policy,token_share,"));
+    assert!(lines[1].starts_with("paged8,") && lines[2].starts_with("reserve-max,"));
+}
+
+#[test]
+fn plot_writes_an_svg() {
+    let path = std::env::temp_dir().join(format!("pagedkv-sim-{}.svg", std::process::id()));
+    let run = pagedkv(&[
+        "simulate",
+        "--limit",
+        "300",
+        "--policies",
+        "paged16,reserve-pow2",
+        "--plot",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let svg = std::fs::read_to_string(&path).expect("the plot was written");
+    std::fs::remove_file(&path).ok();
+    assert!(svg.contains("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.contains("paged16") && svg.contains("reserve-pow2") && svg.contains("token states"));
+}
+
+#[test]
+fn malformed_trace_exits_2_with_file_line_and_reason() {
+    let path = std::env::temp_dir().join(format!("pagedkv-bad-trace-{}.csv", std::process::id()));
+    std::fs::write(&path, "conversation,prompt_tokens,output_tokens\n0,10,20\n1,12\n").unwrap();
+    let run = pagedkv(&["simulate", "--trace", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let expected = format!("{}:3: 2 fields, but the header has 3 columns", path.display());
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+}
+
+#[test]
+fn bad_arguments_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (&["simulate", "--policies", "paged16,lru"][..], "--policies"),
+        (&["simulate", "--rate", "0"][..], "--rate"),
+        (
+            &["simulate", "--max-num-batched-tokens", "100"][..],
+            "--max-num-batched-tokens",
+        ),
+        (&["simulate", "--num-requests", "5"][..], "--synthetic"),
+    ] {
+        let run = pagedkv(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
+        assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
+    }
+    assert!(workspace_root()
+        .join("data/traces/sharegpt_first_turn.csv")
+        .exists());
+}
+
+#[test]
+fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
+    let run = pagedkv(&[
+        "simulate",
+        "--synthetic",
+        "--num-requests",
+        "200",
+        "--turns",
+        "4",
+        "--system-prompt-len",
+        "200",
+        "--rate",
+        "5",
+        "--seed",
+        "3",
+        "--policies",
+        "paged16-prefix,paged16",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let hit = v["runs"][0]["prefix_hit_rate"].as_f64().unwrap();
+    assert!(hit > 0.5, "{hit}");
+    assert_eq!(v["runs"][1]["prefix_hit_rate"].as_f64().unwrap(), 0.0);
+}
