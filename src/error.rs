@@ -4,6 +4,8 @@
 use thiserror::Error;
 
 use crate::ids::{BlockId, SeqId};
+use crate::manager::AdmissionRefusal;
+use crate::scheduler::RequestId;
 use crate::sizing::{CapacityAdvice, NoKvMemory};
 
 /// Why a capacity plan cannot be made or does not fit.
@@ -202,6 +204,57 @@ pub enum KvError {
         pos: u64,
         /// Its length.
         num_tokens: u64,
+    },
+}
+
+/// A caller mistake at the scheduler layer, or a request that can never run.
+/// The scheduler is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// A budget is unusable; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The offending setting.
+        field: &'static str,
+        /// What is wrong with it and what would work.
+        reason: String,
+    },
+    /// The request can never run to completion in this cache; nothing was enqueued.
+    #[error("request {} rejected: {reason}", request.0)]
+    Rejected {
+        /// The request.
+        request: RequestId,
+        /// Why, with what to change.
+        reason: AdmissionRefusal,
+    },
+    /// A field of the request is unusable.
+    #[error("request {} is invalid: {reason}", request.0)]
+    InvalidRequest {
+        /// The request.
+        request: RequestId,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+    /// The request id is still in use.
+    #[error("request {} is already queued or running: use a new id per request", request.0)]
+    DuplicateRequest {
+        /// The request.
+        request: RequestId,
+    },
+    /// A sampled token for a sequence that the last plan did not ask to sample.
+    #[error("sequence {seq} was not asked for a sample by the last plan (or was reported twice); report one token per sample of each scheduled sequence with num_samples > 0")]
+    UnexpectedOutput {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// Not one sampled token per sample the last plan asked for.
+    #[error("the last plan asked for {expected} sampled tokens but {got} were reported; report one per sample (num_samples of each scheduled sequence)")]
+    OutputCountMismatch {
+        /// Samples the plan asked for.
+        expected: u64,
+        /// Tokens reported.
+        got: u64,
     },
 }
 

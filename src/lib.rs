@@ -7,10 +7,11 @@ pub mod ids;
 pub mod manager;
 pub mod pool;
 pub mod prefix;
+pub mod scheduler;
 pub mod sizing;
 pub mod table;
 
-pub use error::{InvariantViolation, KvError, PlanError, PoolError};
+pub use error::{InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
 pub use ids::{BlockId, SeqId, Slot, TokenId};
 pub use manager::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
@@ -22,4 +23,5 @@ pub use sizing::{
     blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
     KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,
 };
+pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use table::BlockTable;

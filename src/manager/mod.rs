@@ -78,7 +78,7 @@ impl Hasher for SeqIdHasher {
     }
 }
 
-type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
+pub(crate) type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
 /// One allocated sequence: its block table, and (with prefix caching on) its
 /// tokens and block hashes.
