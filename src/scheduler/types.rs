@@ -75,7 +75,9 @@ pub struct SchedulerConfig {
     /// Guard against chunked-prefill thrash (true): admit a prompt only when
     /// blocks for all of it are free now (allocated at once), and preempt a
     /// sequence in the middle of its prefill only when no other victim is left.
-    /// Off: blocks are taken chunk by chunk, as vLLM v1 does.
+    /// (With prefix caching on, blocks are still taken chunk by chunk, since a
+    /// block is cached as soon as it is allocated; the check is on the whole prompt.)
+    /// Off: blocks are checked and taken chunk by chunk, as vLLM v1 does.
     pub admit_whole_prompt: bool,
     /// Guard against head-of-line preemption (true): when a sequence cannot
     /// grow and more than one victim would have to go, it waits this step
