@@ -7,7 +7,8 @@
 //!    or one decode token; a sequence that cannot grow preempts victims (chosen
 //!    by the [`VictimPolicy`] among the running sequences not yet scheduled this
 //!    step, preempted as the [`PreemptionModePolicy`] says) or, with the
-//!    `isolate_growth` guard, waits this step when it would take more than one;
+//!    `isolate_growth` guard, waits this step when it would take more than one
+//!    (if every running sequence waited, the pass is redone without guards);
 //! 2. when nothing was preempted, swapped sequences come back (first in queue order);
 //! 3. when nothing was preempted, waiting requests are admitted in queue order
 //!    (requests preempted by recompute first), stopping at the first that does
@@ -356,11 +357,19 @@ impl Scheduler {
         let mut budget = self.config.max_num_batched_tokens;
         let max_seqs = self.config.max_num_seqs as usize;
 
-        let mut i = 0;
-        while i < self.running.len() && plan.scheduled.len() < max_seqs && budget > 0 {
-            match self.schedule_running(i, &mut budget, plan) {
-                Outcome::Scheduled | Outcome::Deferred => i += 1,
-                Outcome::PreemptedItself => {}
+        // The guards only make sequences wait; if every running sequence
+        // waited, nothing would ever free a block, so the step runs again
+        // without them (deferring changes nothing, so this is safe).
+        for force in [false, true] {
+            let mut i = 0;
+            while i < self.running.len() && plan.scheduled.len() < max_seqs && budget > 0 {
+                match self.schedule_running(i, force, &mut budget, plan) {
+                    Outcome::Scheduled | Outcome::Deferred => i += 1,
+                    Outcome::PreemptedItself => {}
+                }
+            }
+            if !plan.scheduled.is_empty() || self.running.is_empty() || self.preempted_this_step {
+                break;
             }
         }
         if !self.preempted_this_step {
@@ -371,7 +380,7 @@ impl Scheduler {
     }
 
     /// Plans `running[i]`; may preempt running sequences after position `i`.
-    fn schedule_running(&mut self, i: usize, budget: &mut u32, plan: &mut StepPlan) -> Outcome {
+    fn schedule_running(&mut self, i: usize, force: bool, budget: &mut u32, plan: &mut StepPlan) -> Outcome {
         let idx = self.running[i];
         let (n, append_to) = {
             let s = self.s(idx);
@@ -401,14 +410,23 @@ impl Scheduler {
                 .append_blocks_needed(id, (append_to - s.in_kv) as u64)
                 .expect("running sequences are on the device");
             let deficit = need.saturating_sub(self.kv.num_free_blocks() as u64);
-            if self.config.isolate_growth && i != 0 {
+            if self.config.isolate_growth && !force {
                 let (count, enough) = self.victims_needed(i, deficit);
                 if victims + count > 1 || !enough {
                     self.stats.deferred += 1;
                     return Outcome::Deferred;
                 }
             }
-            match self.pick_victim(i) {
+            let victim = self.pick_victim(i);
+            // Under the whole-prompt guard a prompt in the middle of its prefill
+            // is not preempted for another's growth: the grower waits instead.
+            if let (Some(v), true) = (victim, self.config.admit_whole_prompt && !force) {
+                if self.candidate(v).0 == 0 {
+                    self.stats.deferred += 1;
+                    return Outcome::Deferred;
+                }
+            }
+            match victim {
                 Some(v) => {
                     self.preempt(v, plan);
                     victims += 1;

@@ -81,9 +81,9 @@ pub struct SchedulerConfig {
     pub admit_whole_prompt: bool,
     /// Guard against head-of-line preemption (true): when a sequence cannot
     /// grow and more than one victim would have to go, it waits this step
-    /// (keeping its blocks) instead, unless it is the first in the running
-    /// order (which always proceeds, so nothing livelocks). Off: victims are
-    /// preempted until it fits.
+    /// (keeping its blocks) instead. When every running sequence would wait,
+    /// the step is planned again without the guards, so nothing livelocks.
+    /// Off: victims are preempted until it fits.
     pub isolate_growth: bool,
 }
 
