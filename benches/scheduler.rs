@@ -3,8 +3,8 @@
 //! - `decode_256`: a step of 256 running decodes (append, slots, plan) plus
 //!   `on_step_output`, against the floor of the manager's raw decode appends
 //!   and slot lookups for the same 256 sequences.
-//! - `preempt_swap`: a step that swaps a victim out to make room, then the
-//!   victim coming back (swap in) when the grower is truncated again (untimed).
+//! - `preempt_swap`: a step whose first decode must swap the other sequence
+//!   out (4 blocks) to get a block (setup untimed).
 //!
 //! Run: `cargo bench --bench scheduler`.
 
@@ -50,7 +50,7 @@ fn decode_256(c: &mut Criterion) {
             kv.drain_ops(&mut ops);
             black_box(&slots);
             n += 1;
-            if n % 30_000 == 0 {
+            if n % 2_000 == 0 {
                 for s in 0..SEQS {
                     kv.truncate(SeqId(s), 32).expect("live");
                 }
@@ -58,27 +58,13 @@ fn decode_256(c: &mut Criterion) {
         })
     });
 
-    // The scheduler: 256 requests that never finish within the bench.
+    // The scheduler: 256 decoding requests, rebuilt (untimed) every CYCLE steps.
+    const CYCLE: u64 = 1_000;
     let config = SchedulerConfig {
         max_num_seqs: SEQS as u32,
         max_num_batched_tokens: 1 << 14,
         ..Default::default()
     };
-    let mut sched = Scheduler::new(manager(1 << 16, 0), config).expect("valid");
-    for r in 0..SEQS {
-        sched
-            .add_request(Request {
-                id: RequestId(r),
-                prompt: vec![1; 32],
-                max_new_tokens: 60_000,
-                priority: 0,
-                arrival: r,
-                n: 1,
-            })
-            .expect("fits");
-    }
-    let mut plan = StepPlan::default();
-    let mut out: Vec<SampledToken> = Vec::new();
     let step = |sched: &mut Scheduler, plan: &mut StepPlan, out: &mut Vec<SampledToken>| {
         sched.step(plan);
         out.clear();
@@ -89,13 +75,44 @@ fn decode_256(c: &mut Criterion) {
         }));
         sched.on_step_output(out).expect("one per sequence");
     };
-    step(&mut sched, &mut plan, &mut out); // prefill
-    for _ in 0..64 {
-        step(&mut sched, &mut plan, &mut out); // warm the buffers
-    }
-    assert_eq!(plan.scheduled.len(), SEQS as usize);
+    let fresh = |plan: &mut StepPlan, out: &mut Vec<SampledToken>| {
+        let mut sched = Scheduler::new(manager(1 << 16, 0), config.clone()).expect("valid");
+        for r in 0..SEQS {
+            sched
+                .add_request(Request {
+                    id: RequestId(r),
+                    prompt: vec![1; 32],
+                    max_new_tokens: 4_000,
+                    priority: 0,
+                    arrival: r,
+                    n: 1,
+                })
+                .expect("fits");
+        }
+        for _ in 0..64 {
+            step(&mut sched, plan, out); // prefill, then warm the buffers
+        }
+        assert_eq!(plan.scheduled.len(), SEQS as usize);
+        sched
+    };
+    let mut plan = StepPlan::default();
+    let mut out: Vec<SampledToken> = Vec::new();
     g.bench_function("scheduler_step_and_output", |b| {
-        b.iter(|| step(&mut sched, &mut plan, &mut out))
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let mut sched = fresh(&mut plan, &mut out);
+                let n = left.min(CYCLE);
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    step(&mut sched, &mut plan, &mut out);
+                }
+                total += t.elapsed();
+                left -= n;
+            }
+            total
+        })
     });
     g.finish();
 }
@@ -107,7 +124,7 @@ fn preempt_swap(c: &mut Criterion) {
         max_num_batched_tokens: 1 << 12,
         ..Default::default()
     };
-    g.bench_function("step_with_swap_out_then_swap_in", |b| {
+    g.bench_function("step_preempting_by_swap_out", |b| {
         b.iter_batched(
             || {
                 // Two sequences of 4 blocks each fill an 8-block pool exactly;
@@ -120,7 +137,7 @@ fn preempt_swap(c: &mut Criterion) {
                         .add_request(Request {
                             id: RequestId(r),
                             prompt: vec![1; 64],
-                            max_new_tokens: 100,
+                            max_new_tokens: 60,
                             priority: 0,
                             arrival: r,
                             n: 1,
