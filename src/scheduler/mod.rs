@@ -36,8 +36,6 @@ use crate::manager::{Admission, KvCacheManager, SeqMap};
 use crate::prefix::PrefixKeys;
 
 mod policy;
-#[cfg(test)]
-mod tests;
 mod types;
 
 pub use policy::{
