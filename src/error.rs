@@ -4,6 +4,8 @@
 use thiserror::Error;
 
 use crate::ids::{BlockId, SeqId};
+use crate::manager::AdmissionRefusal;
+use crate::scheduler::RequestId;
 use crate::sizing::{CapacityAdvice, NoKvMemory};
 
 /// Why a capacity plan cannot be made or does not fit.
@@ -147,6 +149,52 @@ pub enum KvError {
         /// Its current length.
         num_tokens: u64,
     },
+    /// The sequence is swapped out to the host tier: swap it in first.
+    #[error("sequence {seq} is swapped out to the host tier: call swap_in (when can_swap_in says it fits) before using it, or free it")]
+    SequenceSwapped {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// `swap_in` of a sequence that is not swapped out.
+    #[error("sequence {seq} is not swapped out (it is on the device or not allocated); only swap_in what swap_out moved")]
+    NotSwapped {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// `swap_out` with no host tier configured.
+    #[error("cannot swap out sequence {seq}: there is no host tier; set num_host_blocks (e.g. from CachePlan::num_host_blocks with a host swap budget) or preempt by recompute (free it)")]
+    NoHostTier {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// Not enough free host blocks to swap the sequence out.
+    #[error("out of host blocks: swapping out sequence {seq} needs {needed} free host blocks but only {free} are free; preempt it by recompute (free it) instead, swap in or free swapped sequences, or give the host tier more blocks")]
+    HostOutOfBlocks {
+        /// The sequence.
+        seq: SeqId,
+        /// Host blocks the swap-out needs.
+        needed: u64,
+        /// Host blocks free now.
+        free: u64,
+    },
+    /// A queued copy (copy-on-write or swap-in) still has to write one of the
+    /// sequence's blocks, so a swap-out queued now would read it too early.
+    #[error("cannot swap out sequence {seq} yet: block {block} is the destination of a copy queued this step; swap it out before appending to or swapping it in this step, or after drain_ops")]
+    PendingWrite {
+        /// The sequence.
+        seq: SeqId,
+        /// The block a queued copy writes.
+        block: BlockId,
+    },
+    /// A queued copy-on-write reads a block that has been freed since; a
+    /// swap-in now could take it and overwrite it before the copy runs.
+    #[error("cannot swap in sequence {seq} yet: freed block {block} is the source of a copy-on-write queued this step; swap in before appending or freeing this step, or after drain_ops")]
+    SwapInWouldOverwrite {
+        /// The sequence.
+        seq: SeqId,
+        /// The freed block a queued copy still reads.
+        block: BlockId,
+    },
     /// A token position or range past the end of the sequence.
     #[error("position {pos} is past the end of sequence {seq} ({num_tokens} tokens)")]
     PositionOutOfRange {
@@ -156,6 +204,57 @@ pub enum KvError {
         pos: u64,
         /// Its length.
         num_tokens: u64,
+    },
+}
+
+/// A caller mistake at the scheduler layer, or a request that can never run.
+/// The scheduler is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// A budget is unusable; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The offending setting.
+        field: &'static str,
+        /// What is wrong with it and what would work.
+        reason: String,
+    },
+    /// The request can never run to completion in this cache; nothing was enqueued.
+    #[error("request {} rejected: {reason}", request.0)]
+    Rejected {
+        /// The request.
+        request: RequestId,
+        /// Why, with what to change.
+        reason: AdmissionRefusal,
+    },
+    /// A field of the request is unusable.
+    #[error("request {} is invalid: {reason}", request.0)]
+    InvalidRequest {
+        /// The request.
+        request: RequestId,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+    /// The request id is still in use.
+    #[error("request {} is already queued or running: use a new id per request", request.0)]
+    DuplicateRequest {
+        /// The request.
+        request: RequestId,
+    },
+    /// A sampled token for a sequence that the last plan did not ask to sample.
+    #[error("sequence {seq} was not asked for a sample by the last plan (or was reported twice); report one token per sample of each scheduled sequence with num_samples > 0")]
+    UnexpectedOutput {
+        /// The sequence.
+        seq: SeqId,
+    },
+    /// Not one sampled token per sample the last plan asked for.
+    #[error("the last plan asked for {expected} sampled tokens but {got} were reported; report one per sample (num_samples of each scheduled sequence)")]
+    OutputCountMismatch {
+        /// Samples the plan asked for.
+        expected: u64,
+        /// Tokens reported.
+        got: u64,
     },
 }
 

@@ -7,11 +7,12 @@ pub mod ids;
 pub mod manager;
 pub mod pool;
 pub mod prefix;
+pub mod scheduler;
 pub mod sim;
 pub mod sizing;
 pub mod table;
 
-pub use error::{InvariantViolation, KvError, PlanError, PoolError};
+pub use error::{InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
 pub use ids::{BlockId, SeqId, Slot, TokenId};
 pub use manager::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
@@ -19,6 +20,7 @@ pub use manager::{
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
 pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
+pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
     blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
     KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,

@@ -121,6 +121,7 @@ impl KvCacheManager {
                 "queued copy {c:?} names an unknown block"
             )));
         }
+        self.check_host_invariants()?;
         self.check_prefix_invariants()
     }
 }

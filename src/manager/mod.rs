@@ -17,6 +17,11 @@
 //!   hash each sequence computed for its full blocks matches its tokens;
 //! - a partially filled block that a sequence may write in place carries no hash.
 //!
+//! With a host tier (`num_host_blocks > 0`, see `swap.rs`), also: the host
+//! pool's invariants, host ref counts equal to the swapped tables holding each
+//! host block (plus blocks held until the next drain), and a consistent
+//! device ↔ host association of blocks with identical content.
+//!
 //! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
 //! copy-on-write rule.
 
@@ -34,6 +39,9 @@ use crate::table::{BlockTable, BlockVec};
 mod accounting;
 mod caching;
 mod shared;
+mod swap;
+#[cfg(test)]
+mod swap_tests;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -70,7 +78,7 @@ impl Hasher for SeqIdHasher {
     }
 }
 
-type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
+pub(crate) type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
 /// One allocated sequence: its block table, and (with prefix caching on) its
 /// tokens and block hashes, boxed so that the map entries the hot path walks
@@ -82,6 +90,7 @@ struct Seq {
 }
 
 use caching::{PrefixState, SeqCache};
+use swap::HostTier;
 
 /// The paged KV cache manager.
 ///
@@ -113,6 +122,10 @@ pub struct KvCacheManager {
     /// Storage of freed sequences, reused by the next allocation or fork.
     spare: Vec<(BlockVec, Option<Box<SeqCache>>)>,
     copies: Vec<BlockCopy>,
+    /// The host (swap) tier; `None` when `num_host_blocks` is 0.
+    host: Option<HostTier>,
+    /// Swapped-out sequences; their tables hold host block ids.
+    swapped: SeqMap<Seq>,
     /// Prefix index and KV events; `None` when prefix caching is off.
     prefix: Option<PrefixState>,
     stats: KvStats,
@@ -126,6 +139,7 @@ impl KvCacheManager {
             BlockPool::new(config.num_blocks).expect("validate() bounds num_blocks to the pool's range");
         let watermark_blocks = (config.watermark * config.num_blocks as f64).floor() as u32;
         let prefix = config.enable_prefix_caching.then(|| PrefixState::new(&config));
+        let host = HostTier::new(&config);
         Ok(KvCacheManager {
             config,
             watermark_blocks,
@@ -133,6 +147,8 @@ impl KvCacheManager {
             seqs: SeqMap::default(),
             spare: Vec::new(),
             copies: Vec::new(),
+            host,
+            swapped: SeqMap::default(),
             prefix,
             stats: KvStats::default(),
         })
@@ -282,7 +298,7 @@ impl KvCacheManager {
         prompt: &[TokenId],
         keys: &PrefixKeys,
     ) -> Result<Allocation, KvError> {
-        if self.seqs.contains_key(&seq) {
+        if self.seqs.contains_key(&seq) || self.swapped.contains_key(&seq) {
             return Err(KvError::DuplicateSequence { seq });
         }
         if prompt.is_empty() {
@@ -327,7 +343,9 @@ impl KvCacheManager {
     #[inline]
     pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
         let max_model_len = self.config.max_model_len;
-        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return Err(self.absent(seq));
+        };
         let table = &mut s.table;
         let new_len = table.num_tokens as u64 + tokens.len() as u64;
         if new_len > max_model_len as u64 {
@@ -407,9 +425,13 @@ impl KvCacheManager {
             self.stats.cow_copies += 1;
         } else if filled != 0 {
             // An in-place write: the block's content changes, so it must not
-            // stay cached (it can carry a hash only after a truncate into it).
+            // stay cached (it can carry a hash only after a truncate into it),
+            // nor stay associated with a host copy of its old content.
             if let (Some(p), Some(b)) = (&mut self.prefix, last) {
                 p.uncache(b);
+            }
+            if let (Some(h), Some(b)) = (&mut self.host, last) {
+                h.forget_device(b);
             }
         }
         for _ in 0..grow {
@@ -430,13 +452,12 @@ impl KvCacheManager {
     /// before the fork: a later copy-on-write copies slots as they are at the
     /// start of the step that runs it.
     pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<(), KvError> {
-        if self.seqs.contains_key(&child) {
+        if self.seqs.contains_key(&child) || self.swapped.contains_key(&child) {
             return Err(KvError::DuplicateSequence { seq: child });
         }
-        let src = self
-            .seqs
-            .get(&parent)
-            .ok_or(KvError::UnknownSequence { seq: parent })?;
+        let Some(src) = self.seqs.get(&parent) else {
+            return Err(self.absent(parent));
+        };
         let (storage, spare_cache) = self.spare.pop().unwrap_or_default();
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
         table.blocks.extend_from_slice(&src.table.blocks);
@@ -465,7 +486,9 @@ impl KvCacheManager {
     /// end, last block first. Shared blocks stay with their other holders.
     pub fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
         let bs = self.config.block_size as u64;
-        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return Err(self.absent(seq));
+        };
         let table = &mut s.table;
         let num_tokens = table.num_tokens as u64;
         if new_len > num_tokens {
@@ -478,9 +501,13 @@ impl KvCacheManager {
         let keep = blocks_for(new_len, bs) as usize;
         while table.blocks.len() > keep {
             let b = table.blocks.pop().expect("len > keep >= 0");
-            release(&mut self.pool, &self.prefix, b);
+            release(&mut self.pool, &self.prefix, &mut self.host, b);
         }
         table.num_tokens = new_len as u32;
+        // A new partially filled tail may be written in place: its host copy goes stale.
+        if let (Some(h), Some(&b), true) = (&mut self.host, table.blocks.last(), new_len % bs != 0) {
+            h.forget_device(b);
+        }
         // An inner block can be shared; it may now be the partially filled last one.
         table.tail_maybe_shared = table
             .blocks
@@ -498,10 +525,15 @@ impl KvCacheManager {
 
     /// Frees a sequence: drops its references, last block first (so a prefix
     /// outlives its suffix in the free queue's eviction order).
+    ///
+    /// A swapped-out sequence can be freed too: its host blocks are released
+    /// (they return to the host pool at the next [`Self::drain_ops`]).
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let Seq { table, cache } = self.seqs.remove(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let Some(Seq { table, cache }) = self.seqs.remove(&seq) else {
+            return self.free_swapped(seq);
+        };
         for &b in table.blocks.iter().rev() {
-            release(&mut self.pool, &self.prefix, b);
+            release(&mut self.pool, &self.prefix, &mut self.host, b);
         }
         self.spare.push((table.into_storage(), cache));
         self.stats.sequences_freed += 1;
@@ -511,10 +543,17 @@ impl KvCacheManager {
     /// Moves the block operations queued since the last call into `ops`
     /// (clearing it first). Once `ops` has capacity, this allocates nothing.
     /// The engine runs them, in order, before the step's kernels.
+    ///
+    /// Also returns to the host pool the host blocks released since the last
+    /// call (held until now so that no swap-out can overwrite a host block a
+    /// queued swap-in still reads).
     pub fn drain_ops(&mut self, ops: &mut BlockOps) {
         ops.clear();
         ops.copies.extend_from_slice(&self.copies);
         self.copies.clear();
+        if let Some(h) = &mut self.host {
+            h.drain_into(ops);
+        }
     }
 
     /// Block operations queued and not yet drained.
@@ -540,10 +579,10 @@ impl KvCacheManager {
     /// The sequence's table.
     #[inline]
     pub fn table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
-        self.seqs
-            .get(&seq)
-            .map(|s| &s.table)
-            .ok_or(KvError::UnknownSequence { seq })
+        match self.seqs.get(&seq) {
+            Some(s) => Ok(&s.table),
+            None => Err(self.absent(seq)),
+        }
     }
 
     /// The sequence's blocks, in logical order, for the attention kernel.
@@ -670,6 +709,15 @@ impl KvCacheConfig {
                 "KV events describe the prefix cache; set enable_prefix_caching = true as well".into(),
             );
         }
+        if self.num_host_blocks > MAX_BLOCKS {
+            return bad(
+                "num_host_blocks",
+                format!(
+                    "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
+                    self.num_host_blocks
+                ),
+            );
+        }
         if !(self.watermark >= 0.0 && self.watermark < 1.0) {
             return bad(
                 "watermark",
@@ -698,17 +746,21 @@ fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mu
 
 /// Drops one reference. With prefix caching on, a block that becomes free
 /// keeps its hash and joins the LRU tail, or, holding nothing cached, goes to
-/// the head to be reused first.
+/// the head to be reused first. A block that becomes free loses its
+/// association with a host copy.
 #[inline]
-fn release(pool: &mut BlockPool, prefix: &Option<PrefixState>, b: BlockId) {
+fn release(pool: &mut BlockPool, prefix: &Option<PrefixState>, host: &mut Option<HostTier>, b: BlockId) {
     let cached = match prefix {
         None => true,
         Some(p) => p.index.hash_of(b).is_some(),
     };
-    if cached {
+    let freed = if cached {
         pool.decref(b)
     } else {
         pool.decref_evict_first(b)
     }
     .expect("a live table's blocks are allocated");
+    if let (true, Some(h)) = (freed, host) {
+        h.forget_device(b);
+    }
 }

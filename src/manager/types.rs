@@ -36,12 +36,16 @@ pub struct KvCacheConfig {
     pub hash_algorithm: HashAlgorithm,
     /// Queue [`crate::KvEvent`]s for a cache-aware router (false; needs prefix caching).
     pub enable_kv_events: bool,
+    /// Host (CPU) blocks of the swap tier, like vLLM's `swap_space` (0: no host
+    /// tier, and `swap_out` is refused). Size it with
+    /// [`crate::CachePlan::num_host_blocks`] (what [`Self::from_plan`] does).
+    pub num_host_blocks: u32,
 }
 
 impl KvCacheConfig {
-    /// A configuration sized by a capacity plan: its block count and block size,
-    /// with `max_model_len` checked against the plan's capacity (the error then
-    /// carries the planner's advice).
+    /// A configuration sized by a capacity plan: its block count, block size and
+    /// host (swap) blocks, with `max_model_len` checked against the plan's
+    /// capacity (the error then carries the planner's advice).
     ///
     /// ```
     /// use pagedkv::{CachePlan, CacheSpec, KvCacheConfig, KvDtype, MemoryBudget};
@@ -67,6 +71,8 @@ impl KvCacheConfig {
             num_blocks,
             block_size: plan.block_size(),
             max_model_len,
+            // A host tier larger than a pool holds is capped, not refused: it is only swap room.
+            num_host_blocks: plan.num_host_blocks().min(MAX_BLOCKS as u64) as u32,
             ..Default::default()
         })
     }
@@ -82,6 +88,7 @@ impl Default for KvCacheConfig {
             enable_prefix_caching: false,
             hash_algorithm: HashAlgorithm::default(),
             enable_kv_events: false,
+            num_host_blocks: 0,
         }
     }
 }
@@ -187,6 +194,10 @@ pub struct Allocation {
 
 /// Copy the first `num_slots` slots of block `src` into block `dst`.
 ///
+/// In [`BlockOps::swap_out`] `src` is a device block and `dst` a host block; in
+/// [`BlockOps::swap_in`] the reverse. Swap copies always carry the whole block
+/// (`num_slots == block_size`): a transfer moves whole blocks anyway.
+///
 /// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 3]` u32 tensor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -205,19 +216,25 @@ pub struct BlockCopy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BlockOps {
-    /// Device → device copies (copy-on-write), to run in order.
+    /// Device → host copies (`src` device block, `dst` host block): run first.
+    pub swap_out: Vec<BlockCopy>,
+    /// Host → device copies (`src` host block, `dst` device block): run second.
+    pub swap_in: Vec<BlockCopy>,
+    /// Device → device copies (copy-on-write), to run in order, after the swaps.
     pub copies: Vec<BlockCopy>,
 }
 
 impl BlockOps {
     /// Empties every list, keeping capacity.
     pub fn clear(&mut self) {
+        self.swap_out.clear();
+        self.swap_in.clear();
         self.copies.clear();
     }
 
     /// Whether there is nothing to run.
     pub fn is_empty(&self) -> bool {
-        self.copies.is_empty()
+        self.swap_out.is_empty() && self.swap_in.is_empty() && self.copies.is_empty()
     }
 }
 
@@ -261,6 +278,14 @@ pub struct KvStats {
     pub prefix_hit_tokens: u64,
     /// Cached free blocks evicted to hold new content.
     pub prefix_evictions: u64,
+    /// Successful `swap_out` calls.
+    pub swap_outs: u64,
+    /// Successful `swap_in` calls.
+    pub swap_ins: u64,
+    /// Device → host block copies queued (a shared block counts once).
+    pub swap_out_copies: u64,
+    /// Host → device block copies queued (a shared block counts once).
+    pub swap_in_copies: u64,
 }
 
 impl KvStats {

@@ -1,0 +1,369 @@
+//! Property test of the scheduler on random request traces, with an engine
+//! that really runs the plans on simulated device and host memory.
+//!
+//! proptest draws a small cache (4..=32 blocks, so preemption is common), an
+//! optional host tier, prefix caching on or off, budgets, both guards on or
+//! off, each victim policy, preemption mode and queue order, and a trace of
+//! requests (prompt length, max new tokens, priority, arrival step, n). The
+//! engine adds each request at its arrival step, runs every plan — swap-out,
+//! swap-in and copy-on-write copies block by block, then writes each new
+//! token's content at its slot — and samples fresh tokens. It checks:
+//!
+//! - content: a slot holds a hash of the sequence's tokens up to that position
+//!   (so a block holds the right tokens *and* the right prefix); every
+//!   scheduled sequence must read back its whole context through its block
+//!   table, whether it was preempted by swap (its blocks went through host
+//!   memory) or by recompute (prefilled again, partly from the prefix cache);
+//!   its tokens must be its prompt plus exactly the tokens sampled for it;
+//! - budgets: tokens per step ≤ `max_num_batched_tokens`, sequences per step
+//!   and running ≤ `max_num_seqs`;
+//! - rejections: `add_request` rejects exactly the requests that can never
+//!   fit (longer than `max_model_len`, more blocks than the pool, a prompt
+//!   above the watermark of an empty pool); every other one finishes, all its
+//!   samples, within a bounded number of steps (no livelock);
+//! - `check_invariants()` of the scheduler and the manager after every step.
+//!
+//! Default 400 cases; `PAGEDKV_PROPTEST_CASES` sets the count.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pagedkv::scheduler::{
+    AlwaysRecompute, AlwaysSwap, Automatic, Fcfs, LatestArrival, LowestPriority, MostBlocks, PriorityOrder,
+};
+use pagedkv::{
+    KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
+    SchedulerError, SeqId, StepPlan,
+};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+fn cases() -> u32 {
+    std::env::var("PAGEDKV_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400)
+}
+
+#[derive(Clone, Debug)]
+struct Setup {
+    num_blocks: u32,
+    block_size: u32,
+    host_blocks: u32,
+    watermark: f64,
+    prefix_caching: bool,
+    max_num_seqs: u32,
+    max_num_batched_tokens: u32,
+    chunked: bool,
+    whole_prompt: bool,
+    isolate: bool,
+    victim: u8,
+    mode: u8,
+    priority_order: bool,
+}
+
+const MAX_MODEL_LEN: u32 = 64;
+
+#[derive(Clone, Debug)]
+struct Req {
+    prompt_len: u32,
+    max_new: u32,
+    priority: i32,
+    arrival: u64,
+    n: u32,
+    /// Prompts draw from a small alphabet so that prefixes repeat (cache hits).
+    alphabet: u32,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        (
+            4u32..=32,
+            prop::sample::select(vec![1u32, 2, 4, 8]),
+            prop::sample::select(vec![0u32, 6, 32]),
+        ),
+        (
+            prop::sample::select(vec![0.0, 0.1]),
+            any::<bool>(),
+            1u32..=8,
+            4u32..=48,
+            any::<bool>(),
+        ),
+        (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()),
+    )
+        .prop_map(
+            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po))| Setup {
+                num_blocks: nb,
+                block_size: bs,
+                host_blocks: hb,
+                watermark: wm,
+                prefix_caching: pc,
+                max_num_seqs: seqs,
+                max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
+                chunked,
+                whole_prompt: wp,
+                isolate: iso,
+                victim: v,
+                mode: m,
+                priority_order: po,
+            },
+        )
+}
+
+fn req() -> impl Strategy<Value = Req> {
+    (
+        1u32..=48,
+        1u32..=20,
+        0i32..3,
+        0u64..24,
+        prop_oneof![3 => Just(1u32), 1 => 2u32..=3],
+        1u32..=3,
+    )
+        .prop_map(|(prompt_len, max_new, priority, arrival, n, alphabet)| Req {
+            prompt_len,
+            max_new,
+            priority,
+            arrival,
+            n,
+            alphabet,
+        })
+}
+
+/// The content of a slot: a hash of the tokens up to and including it.
+fn mix(prev: u64, token: u32) -> u64 {
+    (prev ^ token as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(23)
+        | 1
+}
+
+fn never_fits(s: &Setup, r: &Req) -> bool {
+    let total = (r.prompt_len + r.max_new) as u64;
+    let bs = s.block_size as u64;
+    let wm = (s.watermark * s.num_blocks as f64).floor() as u64;
+    total > MAX_MODEL_LEN as u64
+        || total.div_ceil(bs) > s.num_blocks as u64
+        || (r.prompt_len as u64).div_ceil(bs) + wm > s.num_blocks as u64
+}
+
+fn fail(e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
+    let kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: s.num_blocks,
+        block_size: s.block_size,
+        num_host_blocks: s.host_blocks,
+        max_model_len: MAX_MODEL_LEN,
+        watermark: s.watermark,
+        enable_prefix_caching: s.prefix_caching,
+        ..Default::default()
+    })
+    .map_err(fail)?;
+    let config = SchedulerConfig {
+        max_num_seqs: s.max_num_seqs,
+        max_num_batched_tokens: s.max_num_batched_tokens,
+        enable_chunked_prefill: s.chunked,
+        admit_whole_prompt: s.whole_prompt,
+        isolate_growth: s.isolate,
+    };
+    let mut sched = Scheduler::new(kv, config).map_err(fail)?;
+    sched = match s.victim {
+        0 => sched.with_victim_policy(LatestArrival),
+        1 => sched.with_victim_policy(LowestPriority),
+        _ => sched.with_victim_policy(MostBlocks),
+    };
+    sched = match s.mode {
+        0 => sched.with_preemption_mode(AlwaysRecompute),
+        1 => sched.with_preemption_mode(AlwaysSwap),
+        _ => sched.with_preemption_mode(Automatic::default()),
+    };
+    sched = if s.priority_order {
+        sched.with_queue_order(PriorityOrder)
+    } else {
+        sched.with_queue_order(Fcfs)
+    };
+
+    let bs = s.block_size as usize;
+    let mut device = vec![0u64; s.num_blocks as usize * bs];
+    let mut host = vec![0u64; s.host_blocks as usize * bs];
+    // The oracle: every live sequence's expected tokens.
+    let mut expected: BTreeMap<SeqId, Vec<u32>> = BTreeMap::new();
+    let mut samples_left: HashMap<RequestId, u32> = HashMap::new();
+    let mut max_new: HashMap<RequestId, u32> = HashMap::new();
+    let mut next_token = 1_000u32;
+    let mut plan = StepPlan::default();
+    let mut out = Vec::new();
+    let work: u64 = reqs
+        .iter()
+        .map(|r| (r.n * (r.prompt_len + r.max_new)) as u64)
+        .sum();
+    let last_arrival = reqs.iter().map(|r| r.arrival).max().unwrap_or(0);
+    let bound = last_arrival + 4 * work + 100;
+    let mut step = 0u64;
+    loop {
+        for (i, r) in reqs.iter().enumerate().filter(|(_, r)| r.arrival == step) {
+            let id = RequestId(i as u64);
+            let prompt: Vec<u32> = (0..r.prompt_len)
+                .map(|p| (p * 7 + i as u32 % r.alphabet) % r.alphabet)
+                .collect();
+            let res = sched.add_request(Request {
+                id,
+                prompt: prompt.clone(),
+                max_new_tokens: r.max_new,
+                priority: r.priority,
+                arrival: r.arrival,
+                n: r.n,
+            });
+            match res {
+                Ok(()) => {
+                    prop_assert!(r.n <= s.max_num_seqs);
+                    prop_assert!(
+                        !never_fits(&s, r),
+                        "admitted a request that can never fit: {:?}",
+                        r
+                    );
+                    expected.insert(id.seq(0), prompt);
+                    samples_left.insert(id, r.n);
+                    max_new.insert(id, r.max_new);
+                }
+                Err(SchedulerError::Rejected { .. }) => {
+                    prop_assert!(never_fits(&s, r), "rejected a request that fits: {:?}", r)
+                }
+                Err(SchedulerError::InvalidRequest { .. }) if r.n > s.max_num_seqs => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        if step > last_arrival && sched.is_idle() {
+            break;
+        }
+        prop_assert!(
+            step <= bound,
+            "livelock: {} requests still live after {} steps",
+            samples_left.len(),
+            step
+        );
+        step += 1;
+
+        sched.step(&mut plan);
+        sched.check_invariants().map_err(fail)?;
+        // Budgets.
+        prop_assert!(plan.num_batched_tokens <= s.max_num_batched_tokens);
+        prop_assert_eq!(
+            plan.scheduled.iter().map(|e| e.num_new_tokens).sum::<u32>(),
+            plan.num_batched_tokens
+        );
+        prop_assert!(plan.scheduled.len() <= s.max_num_seqs as usize);
+        prop_assert!(sched.queue_lens().0 <= s.max_num_seqs as usize);
+        for &f in &plan.finished {
+            prop_assert!(!expected.contains_key(&f), "{:?} reported finished twice", f);
+        }
+
+        // Run the plan: swap-out, swap-in, copies, then the new tokens.
+        for c in &plan.ops.swap_out {
+            let (d, h) = (c.src.index() * bs, c.dst.index() * bs);
+            host[h..h + bs].copy_from_slice(&device[d..d + bs]);
+        }
+        for c in &plan.ops.swap_in {
+            let (h, d) = (c.src.index() * bs, c.dst.index() * bs);
+            device[d..d + bs].copy_from_slice(&host[h..h + bs]);
+        }
+        for c in &plan.ops.copies {
+            let (a, b) = (c.src.index() * bs, c.dst.index() * bs);
+            device.copy_within(a..a + c.num_slots as usize, b);
+        }
+        for (i, e) in plan.scheduled.iter().enumerate() {
+            let toks = &expected[&e.seq];
+            prop_assert_eq!(sched.tokens(e.seq).unwrap(), &toks[..], "{:?}'s tokens", e.seq);
+            let mut v = 0;
+            let mut values = Vec::with_capacity(toks.len());
+            for &t in toks {
+                v = mix(v, t);
+                values.push(v);
+            }
+            for (k, &slot) in plan.slots_of(i).iter().enumerate() {
+                device[slot as usize] = values[e.start as usize + k];
+            }
+        }
+        // Attention runs after every new token of the step is written.
+        for e in &plan.scheduled {
+            let toks = &expected[&e.seq];
+            let mut v = 0;
+            let values: Vec<u64> = toks
+                .iter()
+                .map(|&t| {
+                    v = mix(v, t);
+                    v
+                })
+                .collect();
+            // The whole context reads back through the block table.
+            let table = sched.block_table(e.seq).map_err(fail)?;
+            for p in 0..(e.start + e.num_new_tokens) as usize {
+                let slot = table[p / bs].index() * bs + p % bs;
+                prop_assert_eq!(
+                    device[slot],
+                    values[p],
+                    "{:?} position {} reads wrong content",
+                    e.seq,
+                    p
+                );
+            }
+        }
+        // Sample.
+        out.clear();
+        for e in &plan.scheduled {
+            let (req, _) = RequestId::of(e.seq);
+            for k in 0..e.num_samples {
+                let seq = if e.num_samples > 1 { req.seq(k) } else { e.seq };
+                next_token += 1;
+                out.push(SampledToken {
+                    seq,
+                    token: next_token,
+                    stop: next_token % 23 == 0,
+                });
+            }
+        }
+        for o in &out {
+            let (req, _) = RequestId::of(o.seq);
+            if !expected.contains_key(&o.seq) {
+                let parent = expected[&req.seq(0)].clone();
+                expected.insert(o.seq, parent);
+            }
+        }
+        for o in &out {
+            expected.get_mut(&o.seq).unwrap().push(o.token);
+        }
+        sched.on_step_output(&out).map_err(fail)?;
+        sched.check_invariants().map_err(fail)?;
+        // Finished sequences leave the oracle; check they generated within limits.
+        for o in &out {
+            if sched.tokens(o.seq).is_none() {
+                let (req, _) = RequestId::of(o.seq);
+                let toks = expected.remove(&o.seq).unwrap();
+                let generated = toks.len() as u32 - reqs[req.0 as usize].prompt_len;
+                prop_assert!(generated >= 1 && generated <= max_new[&req]);
+                prop_assert!(o.stop || generated == max_new[&req]);
+                let left = samples_left.get_mut(&req).unwrap();
+                *left -= 1;
+                if *left == 0 {
+                    samples_left.remove(&req);
+                }
+            }
+        }
+    }
+    prop_assert!(samples_left.is_empty(), "unfinished requests: {:?}", samples_left);
+    prop_assert_eq!(sched.kv().num_free_blocks(), s.num_blocks);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn every_admitted_request_finishes_with_identical_content(
+        s in setup(),
+        reqs in prop::collection::vec(req(), 1..=10),
+    ) {
+        run(s, reqs)?;
+    }
+}
