@@ -187,6 +187,7 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
             base_s: args.step_time_base_ms / 1e3,
             per_token_s: args.step_time_per_token_ms / 1e3,
         },
+        ..Scenario::default()
     };
     scenario.validate().map_err(sim_input)?;
     scenario

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::error::{KvError, PlanError};
+use crate::error::{KvError, PlanError, SchedulerError};
 
 /// Why a simulation cannot run. Every message names what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -50,4 +50,7 @@ pub enum SimError {
     /// The KV cache manager refused a call the runner relies on (a bug in the runner).
     #[error("KV cache manager: {0}")]
     Kv(#[from] KvError),
+    /// The scheduler refused its configuration or a call the runner relies on.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] SchedulerError),
 }

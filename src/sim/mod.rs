@@ -14,8 +14,8 @@
 //! traces), [`synthetic`] (generated workloads), [`policy`] (what is
 //! compared), [`metrics`] (samples, summaries, the step-time model), and the
 //! runners: `reserve.rs` (reservation baselines) and `paged.rs` (paged
-//! allocation through [`crate::KvCacheManager`]; the seam where the reference
-//! scheduler plugs in).
+//! allocation: the reference [`crate::scheduler::Scheduler`] over a
+//! [`crate::KvCacheManager`], the simulator playing the engine).
 
 pub mod error;
 pub mod metrics;
@@ -71,6 +71,11 @@ pub struct Scenario {
     pub max_num_batched_tokens: u32,
     /// Seconds per step.
     pub time_model: StepTimeModel,
+    /// Host memory for swapped-out blocks (vLLM's `swap_space`, 4 GiB), used
+    /// by the swap and automatic preemption modes. With [`KvSize::Blocks`] the
+    /// byte size of a block is unknown: the host tier then gets as many blocks
+    /// as the device.
+    pub swap_space_bytes: u64,
 }
 
 /// Bytes per token of the default model: OPT-13B's 40 layers × (K + V) × 5120 × 2 bytes.
@@ -106,6 +111,7 @@ impl Default for Scenario {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             time_model: StepTimeModel::default(),
+            swap_space_bytes: 4 * GIB,
         }
     }
 }
@@ -158,6 +164,22 @@ impl Scenario {
                 num_blocks,
                 block_size,
             } => Ok(num_blocks * *block_size as u64),
+        }
+    }
+
+    /// Host blocks of `block_size` tokens the swap space holds.
+    ///
+    /// ```
+    /// let s = pagedkv::sim::Scenario::default(); // 4 GiB of 800 KiB tokens
+    /// assert_eq!(s.num_host_blocks(16).unwrap(), 4 * 1024 * 1024 / (800 * 16));
+    /// ```
+    pub fn num_host_blocks(&self, block_size: u32) -> Result<u64, SimError> {
+        match &self.kv {
+            KvSize::Plan { spec, budget } => {
+                let budget = (*budget).with_host_swap(self.swap_space_bytes);
+                Ok(CachePlan::new(spec, block_size, &budget)?.num_host_blocks())
+            }
+            KvSize::Blocks { .. } => self.num_blocks(block_size),
         }
     }
 
