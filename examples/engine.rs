@@ -401,6 +401,10 @@ pub struct Report {
     pub prefix_queried_tokens: u64,
     /// Parallel samples forked.
     pub forks: u64,
+    /// Scheduled sequences whose context (before their new tokens) lies partly
+    /// in a block another sequence of the same batch fills: prefix-cache hits on
+    /// blocks computed in the same step, which need write-before-attend per layer.
+    pub same_step_reads: u64,
     /// Sequences (samples) checked against the dense reference.
     pub verified_sequences: u64,
     /// Sampled tokens checked (each with its logits).
@@ -512,6 +516,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
             }
         }
         report.computed_tokens += batch.len() as u64;
+        report.same_step_reads += reads_of_blocks_filled_this_step(&sched, &plan, &batch, bs)?;
         let mut xs: Vec<Vec<f32>> = batch.iter().map(|t| model.embed(t.token)).collect();
         for l in 0..N_LAYERS {
             // (3a) Write the layer's keys and values of every new token first:
@@ -594,6 +599,25 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
 
     verify(&model, w, &sampled, &mut report)?;
     Ok(report)
+}
+
+/// How many scheduled sequences read, before their new tokens, a block that
+/// another sequence of the batch writes this step (see [`Report::same_step_reads`]).
+fn reads_of_blocks_filled_this_step(
+    sched: &Scheduler,
+    plan: &StepPlan,
+    batch: &[BatchToken],
+    bs: usize,
+) -> Result<u64, Box<dyn Error>> {
+    let mut count = 0;
+    for (i, e) in plan.scheduled.iter().enumerate() {
+        let table = sched.block_table(e.seq)?;
+        let context = &table[..(e.start as usize).div_ceil(bs)];
+        let filled_by_other =
+            |t: &BatchToken| t.entry != i && context.iter().any(|b| b.index() == t.slot / bs);
+        count += batch.iter().any(filled_by_other) as u64;
+    }
+    Ok(count)
 }
 
 // ---------------------------------------------------------------------------
@@ -693,6 +717,11 @@ impl fmt::Display for Report {
             f,
             "prefix cache hits     {} of {} prompt tokens",
             self.prefix_hit_tokens, self.prefix_queried_tokens
+        )?;
+        writeln!(
+            f,
+            "  on blocks filled in the same step: {} sequences",
+            self.same_step_reads
         )?;
         writeln!(f, "forks                 {}", self.forks)?;
         writeln!(f, "copy-on-write copies  {}", self.cow_copies)?;
