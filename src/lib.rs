@@ -19,9 +19,9 @@ pub use manager::{
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
 pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
+pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
     blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
     KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,
 };
-pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use table::BlockTable;

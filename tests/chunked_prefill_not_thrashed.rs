@@ -21,7 +21,11 @@ fn without_the_guard_the_long_prompt_thrashes() {
     let r = run(false);
     let long = RequestId(2).seq(0);
     let mid: Vec<_> = r.preemptions.iter().filter(|p| p.1 == long && p.3).collect();
-    assert!(mid.len() >= 2, "expected repeated mid-prefill preemptions, got {:?}", r.preemptions);
+    assert!(
+        mid.len() >= 2,
+        "expected repeated mid-prefill preemptions, got {:?}",
+        r.preemptions
+    );
 }
 
 #[test]

@@ -22,7 +22,12 @@ fn run(isolate: bool) -> Run {
         .unwrap()
         .with_queue_order(PriorityOrder)
         .with_victim_policy(LowestPriority);
-    let mut reqs: Vec<_> = (0..8).map(|i| Request { priority: 1, ..request(i, 4, 30, 0) }).collect();
+    let mut reqs: Vec<_> = (0..8)
+        .map(|i| Request {
+            priority: 1,
+            ..request(i, 4, 30, 0)
+        })
+        .collect();
     reqs.push(request(8, 100, 1, 3));
     drive(&mut sched, reqs, 5_000)
 }

@@ -76,43 +76,64 @@ struct Req {
 
 fn setup() -> impl Strategy<Value = Setup> {
     (
-        (4u32..=32, prop::sample::select(vec![1u32, 2, 4, 8]), prop::sample::select(vec![0u32, 6, 32])),
-        (prop::sample::select(vec![0.0, 0.1]), any::<bool>(), 1u32..=8, 4u32..=48, any::<bool>()),
+        (
+            4u32..=32,
+            prop::sample::select(vec![1u32, 2, 4, 8]),
+            prop::sample::select(vec![0u32, 6, 32]),
+        ),
+        (
+            prop::sample::select(vec![0.0, 0.1]),
+            any::<bool>(),
+            1u32..=8,
+            4u32..=48,
+            any::<bool>(),
+        ),
         (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()),
     )
-        .prop_map(|((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po))| Setup {
-            num_blocks: nb,
-            block_size: bs,
-            host_blocks: hb,
-            watermark: wm,
-            prefix_caching: pc,
-            max_num_seqs: seqs,
-            max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
-            chunked,
-            whole_prompt: wp,
-            isolate: iso,
-            victim: v,
-            mode: m,
-            priority_order: po,
-        })
+        .prop_map(
+            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po))| Setup {
+                num_blocks: nb,
+                block_size: bs,
+                host_blocks: hb,
+                watermark: wm,
+                prefix_caching: pc,
+                max_num_seqs: seqs,
+                max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
+                chunked,
+                whole_prompt: wp,
+                isolate: iso,
+                victim: v,
+                mode: m,
+                priority_order: po,
+            },
+        )
 }
 
 fn req() -> impl Strategy<Value = Req> {
-    (1u32..=48, 1u32..=20, 0i32..3, 0u64..24, prop_oneof![3 => Just(1u32), 1 => 2u32..=3], 1u32..=3).prop_map(
-        |(prompt_len, max_new, priority, arrival, n, alphabet)| Req {
+    (
+        1u32..=48,
+        1u32..=20,
+        0i32..3,
+        0u64..24,
+        prop_oneof![3 => Just(1u32), 1 => 2u32..=3],
+        1u32..=3,
+    )
+        .prop_map(|(prompt_len, max_new, priority, arrival, n, alphabet)| Req {
             prompt_len,
             max_new,
             priority,
             arrival,
             n,
             alphabet,
-        },
-    )
+        })
 }
 
 /// The content of a slot: a hash of the tokens up to and including it.
 fn mix(prev: u64, token: u32) -> u64 {
-    (prev ^ token as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23) | 1
+    (prev ^ token as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(23)
+        | 1
 }
 
 fn never_fits(s: &Setup, r: &Req) -> bool {
@@ -173,14 +194,19 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
     let mut next_token = 1_000u32;
     let mut plan = StepPlan::default();
     let mut out = Vec::new();
-    let work: u64 = reqs.iter().map(|r| (r.n * (r.prompt_len + r.max_new)) as u64).sum();
+    let work: u64 = reqs
+        .iter()
+        .map(|r| (r.n * (r.prompt_len + r.max_new)) as u64)
+        .sum();
     let last_arrival = reqs.iter().map(|r| r.arrival).max().unwrap_or(0);
     let bound = last_arrival + 4 * work + 100;
     let mut step = 0u64;
     loop {
         for (i, r) in reqs.iter().enumerate().filter(|(_, r)| r.arrival == step) {
             let id = RequestId(i as u64);
-            let prompt: Vec<u32> = (0..r.prompt_len).map(|p| (p * 7 + i as u32 % r.alphabet) % r.alphabet).collect();
+            let prompt: Vec<u32> = (0..r.prompt_len)
+                .map(|p| (p * 7 + i as u32 % r.alphabet) % r.alphabet)
+                .collect();
             let res = sched.add_request(Request {
                 id,
                 prompt: prompt.clone(),
@@ -192,7 +218,11 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
             match res {
                 Ok(()) => {
                     prop_assert!(r.n <= s.max_num_seqs);
-                    prop_assert!(!never_fits(&s, r), "admitted a request that can never fit: {:?}", r);
+                    prop_assert!(
+                        !never_fits(&s, r),
+                        "admitted a request that can never fit: {:?}",
+                        r
+                    );
                     expected.insert(id.seq(0), prompt);
                     samples_left.insert(id, r.n);
                     max_new.insert(id, r.max_new);
@@ -207,14 +237,22 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         if step > last_arrival && sched.is_idle() {
             break;
         }
-        prop_assert!(step <= bound, "livelock: {} requests still live after {} steps", samples_left.len(), step);
+        prop_assert!(
+            step <= bound,
+            "livelock: {} requests still live after {} steps",
+            samples_left.len(),
+            step
+        );
         step += 1;
 
         sched.step(&mut plan);
         sched.check_invariants().map_err(fail)?;
         // Budgets.
         prop_assert!(plan.num_batched_tokens <= s.max_num_batched_tokens);
-        prop_assert_eq!(plan.scheduled.iter().map(|e| e.num_new_tokens).sum::<u32>(), plan.num_batched_tokens);
+        prop_assert_eq!(
+            plan.scheduled.iter().map(|e| e.num_new_tokens).sum::<u32>(),
+            plan.num_batched_tokens
+        );
         prop_assert!(plan.scheduled.len() <= s.max_num_seqs as usize);
         prop_assert!(sched.queue_lens().0 <= s.max_num_seqs as usize);
         for &f in &plan.finished {
@@ -251,12 +289,24 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         for e in &plan.scheduled {
             let toks = &expected[&e.seq];
             let mut v = 0;
-            let values: Vec<u64> = toks.iter().map(|&t| { v = mix(v, t); v }).collect();
+            let values: Vec<u64> = toks
+                .iter()
+                .map(|&t| {
+                    v = mix(v, t);
+                    v
+                })
+                .collect();
             // The whole context reads back through the block table.
             let table = sched.block_table(e.seq).map_err(fail)?;
             for p in 0..(e.start + e.num_new_tokens) as usize {
                 let slot = table[p / bs].index() * bs + p % bs;
-                prop_assert_eq!(device[slot], values[p], "{:?} position {} reads wrong content", e.seq, p);
+                prop_assert_eq!(
+                    device[slot],
+                    values[p],
+                    "{:?} position {} reads wrong content",
+                    e.seq,
+                    p
+                );
             }
         }
         // Sample.

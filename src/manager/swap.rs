@@ -103,7 +103,9 @@ impl HostTier {
             self.forget_host(h);
             self.release_on_drain.push(h);
         } else {
-            self.pool.decref(h).expect("a swapped table's blocks are allocated");
+            self.pool
+                .decref(h)
+                .expect("a swapped table's blocks are allocated");
         }
     }
 
@@ -211,7 +213,10 @@ impl KvCacheManager {
     /// device through a sharer are shared, not copied again). Pure.
     pub fn swap_in_blocks_needed(&self, seq: SeqId) -> Result<u64, KvError> {
         let t = self.swapped_table(seq)?;
-        let host = self.host.as_ref().expect("a swapped sequence implies a host tier");
+        let host = self
+            .host
+            .as_ref()
+            .expect("a swapped sequence implies a host tier");
         Ok(t.blocks.iter().filter(|&&h| host.dev_of(h).is_none()).count() as u64)
     }
 
@@ -332,7 +337,10 @@ impl KvCacheManager {
         let bs = self.config.block_size;
         for b in s.table.blocks.iter_mut() {
             let h = *b;
-            let host = self.host.as_mut().expect("a swapped sequence implies a host tier");
+            let host = self
+                .host
+                .as_mut()
+                .expect("a swapped sequence implies a host tier");
             let d = match host.dev_of(h) {
                 Some(d) => {
                     self.pool.incref(d).expect("an associated device block is held");
@@ -376,7 +384,10 @@ impl KvCacheManager {
             .swapped
             .remove(&seq)
             .ok_or(KvError::UnknownSequence { seq })?;
-        let host = self.host.as_mut().expect("a swapped sequence implies a host tier");
+        let host = self
+            .host
+            .as_mut()
+            .expect("a swapped sequence implies a host tier");
         for &h in table.blocks.iter().rev() {
             host.release_host(h);
         }
@@ -447,13 +458,17 @@ impl KvCacheManager {
             }
             let (dev, hb) = (BlockId(d as u32), BlockId(h));
             if host.dev_of.get(h as usize) != Some(&(d as u32)) {
-                return bad(format!("device block {d} is associated with host block {h} but not back"));
+                return bad(format!(
+                    "device block {d} is associated with host block {h} but not back"
+                ));
             }
             if self.pool.ref_count(dev) == Ok(0) || host.pool.ref_count(hb) == Ok(0) {
                 return bad(format!("association {dev:?} <-> host {hb:?} names a free block"));
             }
             if host.release_on_drain.contains(&hb) {
-                return bad(format!("association {dev:?} <-> host {hb:?} names a released host block"));
+                return bad(format!(
+                    "association {dev:?} <-> host {hb:?} names a released host block"
+                ));
             }
         }
         let linked = host.dev_of.iter().filter(|&&d| d != NIL).count();
@@ -480,7 +495,11 @@ impl KvCacheManager {
             .swap_out
             .iter()
             .find(|c| c.src.index() >= dn || c.dst.index() >= hn)
-            .or_else(|| host.swap_in.iter().find(|c| c.src.index() >= hn || c.dst.index() >= dn))
+            .or_else(|| {
+                host.swap_in
+                    .iter()
+                    .find(|c| c.src.index() >= hn || c.dst.index() >= dn)
+            })
         {
             return bad(format!("queued swap copy {c:?} names an unknown block"));
         }

@@ -29,8 +29,15 @@ fn state(kv: &KvCacheManager) -> String {
         .collect();
     host.sort_by_key(|x| x.0);
     let free: Vec<_> = kv.pool().free_blocks().collect();
-    let hfree: Vec<_> = kv.host_pool().map(|p| p.free_blocks().collect()).unwrap_or_default();
-    format!("{dev:?}{host:?}{free:?}{hfree:?}{:?}{:?}", kv.pending_copies(), kv.pending_swaps())
+    let hfree: Vec<_> = kv
+        .host_pool()
+        .map(|p| p.free_blocks().collect())
+        .unwrap_or_default();
+    format!(
+        "{dev:?}{host:?}{free:?}{hfree:?}{:?}{:?}",
+        kv.pending_copies(),
+        kv.pending_swaps()
+    )
 }
 
 #[test]
@@ -56,12 +63,24 @@ fn host_pool_exhausted_is_typed_and_changes_nothing() {
 fn no_host_tier_and_wrong_states_are_refused() {
     let mut plain = kv(8, 4, 0);
     plain.allocate(SeqId(1), &toks(3)).unwrap();
-    assert_eq!(plain.swap_out(SeqId(1)), Err(KvError::NoHostTier { seq: SeqId(1) }));
-    assert_eq!(plain.swap_in(SeqId(1)), Err(KvError::NotSwapped { seq: SeqId(1) }));
+    assert_eq!(
+        plain.swap_out(SeqId(1)),
+        Err(KvError::NoHostTier { seq: SeqId(1) })
+    );
+    assert_eq!(
+        plain.swap_in(SeqId(1)),
+        Err(KvError::NotSwapped { seq: SeqId(1) })
+    );
 
     let mut kv = kv(8, 4, 8);
-    assert_eq!(kv.swap_out(SeqId(9)), Err(KvError::UnknownSequence { seq: SeqId(9) }));
-    assert_eq!(kv.swap_in(SeqId(9)), Err(KvError::UnknownSequence { seq: SeqId(9) }));
+    assert_eq!(
+        kv.swap_out(SeqId(9)),
+        Err(KvError::UnknownSequence { seq: SeqId(9) })
+    );
+    assert_eq!(
+        kv.swap_in(SeqId(9)),
+        Err(KvError::UnknownSequence { seq: SeqId(9) })
+    );
     kv.allocate(SeqId(1), &toks(3)).unwrap();
     kv.swap_out(SeqId(1)).unwrap();
     let before = state(&kv);
@@ -71,10 +90,16 @@ fn no_host_tier_and_wrong_states_are_refused() {
     assert_eq!(kv.fork(SeqId(1), SeqId(2)), Err(swapped.clone()));
     assert_eq!(kv.truncate(SeqId(1), 1), Err(swapped.clone()));
     assert_eq!(kv.block_table(SeqId(1)), Err(swapped.clone()));
-    assert_eq!(kv.allocate(SeqId(1), &[1]), Err(KvError::DuplicateSequence { seq: SeqId(1) }));
+    assert_eq!(
+        kv.allocate(SeqId(1), &[1]),
+        Err(KvError::DuplicateSequence { seq: SeqId(1) })
+    );
     assert_eq!(state(&kv), before);
     kv.allocate(SeqId(3), &[1]).unwrap();
-    assert_eq!(kv.fork(SeqId(3), SeqId(1)), Err(KvError::DuplicateSequence { seq: SeqId(1) }));
+    assert_eq!(
+        kv.fork(SeqId(3), SeqId(1)),
+        Err(KvError::DuplicateSequence { seq: SeqId(1) })
+    );
     kv.check_invariants().unwrap();
 }
 
@@ -178,7 +203,10 @@ fn unsafe_orders_within_a_step_are_refused() {
     kv.swap_out(SeqId(3)).unwrap();
     kv.free(SeqId(1)).unwrap();
     let before = state(&kv);
-    assert!(matches!(kv.swap_in(SeqId(3)), Err(KvError::SwapInWouldOverwrite { .. })));
+    assert!(matches!(
+        kv.swap_in(SeqId(3)),
+        Err(KvError::SwapInWouldOverwrite { .. })
+    ));
     assert_eq!(state(&kv), before);
     let mut ops = BlockOps::default();
     kv.drain_ops(&mut ops);

@@ -36,8 +36,6 @@ use crate::manager::{Admission, KvCacheManager, SeqMap};
 use crate::prefix::PrefixKeys;
 
 mod policy;
-#[cfg(test)]
-mod tests;
 mod types;
 
 pub use policy::{
@@ -259,14 +257,15 @@ impl Scheduler {
             })
         };
         if r.id.0 >= RequestId::LIMIT {
-            return invalid(format!("its id must be below 2^56 (the sample index takes the low 8 bits of a SeqId), got {}", r.id.0));
+            return invalid(format!(
+                "its id must be below 2^56 (the sample index takes the low 8 bits of a SeqId), got {}",
+                r.id.0
+            ));
         }
         if r.n == 0 || r.n > MAX_SAMPLES || r.n > self.config.max_num_seqs {
             return invalid(format!(
                 "n = {} samples; use 1..={} (at most max_num_seqs = {})",
-                r.n,
-                MAX_SAMPLES,
-                self.config.max_num_seqs
+                r.n, MAX_SAMPLES, self.config.max_num_seqs
             ));
         }
         if r.max_new_tokens == 0 {
@@ -396,7 +395,10 @@ impl Scheduler {
             if append_to <= s.in_kv {
                 break;
             }
-            match self.kv.append(s.id, &s.tokens[s.in_kv as usize..append_to as usize]) {
+            match self
+                .kv
+                .append(s.id, &s.tokens[s.in_kv as usize..append_to as usize])
+            {
                 Ok(()) => {
                     s.in_kv = append_to;
                     break;
@@ -551,9 +553,14 @@ impl Scheduler {
                 return;
             }
             let append_to = (s.num_computed + n).max(s.in_kv) as u64;
-            let grow = crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
+            let grow =
+                crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
             let needed = self.kv.swap_in_blocks_needed(s.id).expect("swapped") + grow;
-            let watermark = if self.running.is_empty() { 0 } else { self.kv.watermark_blocks() as u64 };
+            let watermark = if self.running.is_empty() {
+                0
+            } else {
+                self.kv.watermark_blocks() as u64
+            };
             if needed + watermark > self.kv.num_free_blocks() as u64 || self.kv.swap_in(s.id).is_err() {
                 return;
             }
@@ -613,7 +620,10 @@ impl Scheduler {
             };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
-            let now = self.kv.check_admission_for(&s.tokens[..checked as usize], &keys, 0) == Admission::Now;
+            let now = self
+                .kv
+                .check_admission_for(&s.tokens[..checked as usize], &keys, 0)
+                == Admission::Now;
             let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;
@@ -630,7 +640,9 @@ impl Scheduler {
             s.num_computed = a.cached_tokens;
             s.in_kv = alloc_len;
             s.status = Status::Running;
-            let n = (len - s.num_computed).min(*budget).min(alloc_len - s.num_computed);
+            let n = (len - s.num_computed)
+                .min(*budget)
+                .min(alloc_len - s.num_computed);
             Self::insert_by_key(&self.slab, &mut self.running, idx);
             self.push_entry(idx, n, budget, plan);
         }
@@ -714,7 +726,10 @@ impl Scheduler {
             return s.samples_expected > 0;
         }
         let (req, sample) = RequestId::of(seq);
-        sample > 0 && self.state(req.seq(0)).is_some_and(|p| sample < p.samples_expected)
+        sample > 0
+            && self
+                .state(req.seq(0))
+                .is_some_and(|p| sample < p.samples_expected)
     }
 
     fn fork_sample(&mut self, o: &SampledToken) {
@@ -750,7 +765,9 @@ impl Scheduler {
             return;
         }
         let id = s.id;
-        self.kv.free(id).expect("a sequence that just ran is on the device");
+        self.kv
+            .free(id)
+            .expect("a sequence that just ran is on the device");
         let pos = self.running.iter().position(|&r| r == idx).expect("running");
         self.running.remove(pos);
         self.index.remove(&id);
@@ -784,24 +801,35 @@ impl Scheduler {
                     .as_ref()
                     .ok_or_else(|| V::new(format!("queue entry {idx} is empty")))?;
                 if s.status != status || self.index.get(&s.id) != Some(&idx) {
-                    return Err(V::new(format!("{:?} is queued as {status:?} but is {:?}", s.id, s.status)));
+                    return Err(V::new(format!(
+                        "{:?} is queued as {status:?} but is {:?}",
+                        s.id, s.status
+                    )));
                 }
                 let ok = match status {
                     Status::Running => self.kv.num_tokens(s.id) == Ok(s.in_kv as u64),
-                    Status::Swapped => self.kv.swapped_table(s.id).is_ok_and(|t| t.num_tokens() == s.in_kv),
-                    Status::Waiting => {
-                        !self.kv.contains(s.id) && !self.kv.is_swapped(s.id) && s.in_kv == 0
-                    }
+                    Status::Swapped => self
+                        .kv
+                        .swapped_table(s.id)
+                        .is_ok_and(|t| t.num_tokens() == s.in_kv),
+                    Status::Waiting => !self.kv.contains(s.id) && !self.kv.is_swapped(s.id) && s.in_kv == 0,
                 };
                 let counts = s.in_kv as usize <= s.tokens.len()
                     && (status == Status::Waiting || s.num_computed <= s.in_kv);
                 if !ok || !counts {
-                    return Err(V::new(format!("{:?} ({status:?}) disagrees with the manager", s.id)));
+                    return Err(V::new(format!(
+                        "{:?} ({status:?}) disagrees with the manager",
+                        s.id
+                    )));
                 }
             }
         }
-        if n != self.index.len() || self.kv.num_seqs() + self.kv.num_swapped() != self.running.len() + self.swapped.len() {
-            return Err(V::new("the queues, the index and the manager disagree on the sequences".to_string()));
+        if n != self.index.len()
+            || self.kv.num_seqs() + self.kv.num_swapped() != self.running.len() + self.swapped.len()
+        {
+            return Err(V::new(
+                "the queues, the index and the manager disagree on the sequences".to_string(),
+            ));
         }
         Ok(())
     }

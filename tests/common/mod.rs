@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use pagedkv::scheduler::PreemptionMode;
-use pagedkv::{KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId, StepPlan};
+use pagedkv::{
+    KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId,
+    StepPlan,
+};
 
 /// The token every sample draws (never a prompt token).
 pub const SAMPLED: u32 = u32::MAX;
@@ -72,7 +75,9 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
     let mut out = Vec::new();
     while !sched.is_idle() || !requests.is_empty() {
         // Each request arrives at the step numbered by its `arrival`.
-        for r in requests.extract_if(.., |r| r.arrival <= run.steps) {
+        let (now, later): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| r.arrival <= run.steps);
+        requests = later;
+        for r in now {
             sched.add_request(r).unwrap();
         }
         assert!(run.steps < max_steps, "not done after {max_steps} steps");
@@ -86,7 +91,8 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
         run.steps += 1;
         sched.check_invariants().unwrap();
         for p in &plan.preempted {
-            run.preemptions.push((run.steps, p.seq, p.mode, mid.contains(&p.seq)));
+            run.preemptions
+                .push((run.steps, p.seq, p.mode, mid.contains(&p.seq)));
         }
         run.finished.extend_from_slice(&plan.finished);
         out.clear();
@@ -94,7 +100,11 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
             let (req, _) = RequestId::of(e.seq);
             for k in 0..e.num_samples {
                 let seq = if e.num_samples > 1 { req.seq(k) } else { e.seq };
-                out.push(SampledToken { seq, token: SAMPLED, stop: false });
+                out.push(SampledToken {
+                    seq,
+                    token: SAMPLED,
+                    stop: false,
+                });
             }
         }
         sched.on_step_output(&out).unwrap();
@@ -104,4 +114,3 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
     run.finished.extend_from_slice(&plan.finished);
     run
 }
-
