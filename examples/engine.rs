@@ -337,9 +337,9 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Ten requests, six sharing a 18-token system prompt, three with `n = 4`,
-    /// arriving over the first steps, on a pool of 36 blocks of 4 tokens
-    /// (half of what they need at once) and 12 host blocks.
+    /// Ten requests, six sharing an 18-token system prompt, three with `n = 4`
+    /// (19 sequences), two arriving per step, on a pool of 36 device blocks of
+    /// 4 tokens and 12 host blocks: small enough to preempt both ways.
     pub fn demo() -> Workload {
         let mut rng = SplitMix64(SEED + 1);
         let mut tokens = |n: usize| -> Vec<TokenId> {
@@ -383,13 +383,13 @@ pub struct Report {
     pub steps: u64,
     /// Tokens whose K/V the engine computed (prefill chunks, re-prefills and decodes).
     pub computed_tokens: u64,
-    /// Preemptions by swap and by recompute.
+    /// Preemptions by swap.
     pub preempted_swap: u64,
     /// Preemptions by recompute.
     pub preempted_recompute: u64,
     /// Computed tokens recompute preemptions dropped.
     pub recomputed_tokens: u64,
-    /// Block copies run: device → host, host → device, copy-on-write.
+    /// Device → host block copies run.
     pub swap_out_copies: u64,
     /// Host → device block copies run.
     pub swap_in_copies: u64,
