@@ -701,38 +701,40 @@ fn verify(
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "steps                 {}", self.steps)?;
-        writeln!(f, "tokens computed       {}", self.computed_tokens)?;
+        writeln!(f, "steps                   {}", self.steps)?;
+        writeln!(f, "tokens computed         {}", self.computed_tokens)?;
         writeln!(
             f,
-            "preempted by swap     {} ({} blocks out, {} blocks in)",
+            "preempted by swap       {} ({} blocks out, {} blocks in)",
             self.preempted_swap, self.swap_out_copies, self.swap_in_copies
         )?;
         writeln!(
             f,
-            "preempted, recompute  {} ({} tokens dropped)",
+            "preempted by recompute  {} ({} computed tokens dropped)",
             self.preempted_recompute, self.recomputed_tokens
         )?;
         writeln!(
             f,
-            "prefix cache hits     {} of {} prompt tokens",
-            self.prefix_hit_tokens, self.prefix_queried_tokens
+            "prefix-cache hits       {} of {} prompt tokens ({} sequences read blocks filled in the same step)",
+            self.prefix_hit_tokens, self.prefix_queried_tokens, self.same_step_reads
         )?;
         writeln!(
             f,
-            "  on blocks filled in the same step: {} sequences",
-            self.same_step_reads
+            "parallel samples        {} forks, {} copy-on-write copies",
+            self.forks, self.cow_copies
         )?;
-        writeln!(f, "forks                 {}", self.forks)?;
-        writeln!(f, "copy-on-write copies  {}", self.cow_copies)?;
+        let max = if self.max_abs_dlogit == 0.0 {
+            "0".to_string()
+        } else {
+            format!("{:.1e}", self.max_abs_dlogit)
+        };
         write!(
             f,
-            "verified: {} sequences, {} tokens, max |Δlogit| = {:e}{}",
+            "verified: {} sequences, {} tokens, max |Δlogit| = {max}{}",
             self.verified_sequences,
             self.verified_tokens,
-            self.max_abs_dlogit,
             if self.bitwise_equal {
-                " (bitwise equal)"
+                " (bitwise equal to the dense reference)"
             } else {
                 ""
             }
