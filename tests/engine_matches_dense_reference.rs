@@ -35,6 +35,11 @@ fn paged_engine_matches_dense_reference() {
         report.same_step_reads > 0,
         "no hit on blocks filled in the same step:\n{report}"
     );
+    // The README shows this run's output (`cargo run --release --example engine`).
+    assert!(
+        include_str!("../README.md").contains(&report.to_string()),
+        "README's engine output is stale; paste the new one:\n{report}"
+    );
 }
 
 #[test]
