@@ -504,7 +504,9 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
         // chunks (possibly a re-prefill after recompute) and decodes alike.
         let mut batch = Vec::new();
         for (i, e) in plan.scheduled.iter().enumerate() {
-            let tokens = sched.tokens(e.seq).ok_or("a scheduled sequence has tokens")?;
+            let tokens = sched
+                .tokens(e.seq)
+                .ok_or("the scheduler has no tokens for a scheduled sequence")?;
             for (k, &slot) in plan.slots_of(i).iter().enumerate() {
                 let pos = e.start as usize + k;
                 batch.push(BatchToken {
@@ -554,7 +556,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
             let last = batch
                 .iter()
                 .rposition(|t| t.entry == i)
-                .ok_or("a scheduled sequence has tokens")?;
+                .ok_or("the scheduler has no tokens for a scheduled sequence")?;
             let logits = model.logits(&xs[last]);
             let (request, first) = RequestId::of(e.seq);
             let pos = e.start as usize + e.num_new_tokens as usize; // the position the token takes
