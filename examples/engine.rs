@@ -1,0 +1,764 @@
+//! An inference engine loop over pagedkv, end to end, on the CPU: a tiny
+//! decoder whose KV cache lives in paged slabs, driven by the reference
+//! [`Scheduler`], and verified against the same model with a dense cache.
+//!
+//! Every step the engine
+//! 1. asks the scheduler for a plan ([`Scheduler::step`]);
+//! 2. runs the plan's block operations on its KV memory, in order: swap-out
+//!    (device → host), swap-in (host → device), copy-on-write copies
+//!    (device → device);
+//! 3. runs the model on the batch, layer by layer: first it writes every new
+//!    token's keys and values at the token's slot, then each token attends to
+//!    positions `0..=pos` of its own sequence, reading them through the
+//!    sequence's block table (`slot = table[p / block_size] * block_size + p % block_size`);
+//! 4. samples a token for every sequence that finished its prompt or decoded,
+//!    and reports them back ([`Scheduler::on_step_output`]).
+//!
+//! The workload forces everything the cache manager can do to real data:
+//! parallel sampling (`n = 4`: the samples share the prompt's blocks and
+//! copy-on-write the partial last one), a shared system prompt (prefix-cache
+//! hits, some on blocks computed in the same step), and a pool small enough
+//! that sequences are preempted both by swap (their blocks go through host
+//! memory and back) and by recompute (prefilled again, partly from the prefix
+//! cache). Every sampled token and its logits must equal those of a reference
+//! run with a plain `Vec` per sequence as its KV cache.
+//!
+//! Sampling is greedy (argmax) for every sequence except samples 1.. of an
+//! `n`-sample request: those would all repeat sample 0 under greedy decoding,
+//! which would leave copy-on-write untested, so they use Gumbel-max sampling
+//! (argmax of logits + Gumbel noise, an exact draw from the softmax) with the
+//! noise seeded by (request, sample, position), which the reference reproduces.
+//!
+//! Run: `cargo run --release --example engine`. The integration test
+//! `tests/engine_matches_dense_reference.rs` runs the same code.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt;
+use std::ops::Range;
+
+use pagedkv::scheduler::Automatic;
+use pagedkv::{
+    BlockCopy, BlockId, CachePlan, CacheSpec, KvCacheConfig, KvCacheManager, KvDtype, MemoryBudget, Request,
+    RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId, StepPlan, TokenId,
+};
+
+// ---------------------------------------------------------------------------
+// 1. The model: a 2-layer decoder with grouped-query attention and RoPE.
+// ---------------------------------------------------------------------------
+
+const VOCAB: usize = 96;
+const D_MODEL: usize = 32;
+const N_LAYERS: usize = 2;
+/// Query heads; every `N_HEADS / N_KV_HEADS` of them share one key/value head (GQA).
+const N_HEADS: usize = 4;
+const N_KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 8;
+const D_FF: usize = 64;
+/// f32s of one token's keys (or values) in one layer: one row of a KV slab.
+const KV_WIDTH: usize = N_KV_HEADS * HEAD_DIM;
+const ROPE_THETA: f32 = 10_000.0;
+/// Sampling this token ends a sequence.
+const EOS: TokenId = 0;
+const SEED: u64 = 0x5EED_CAFE;
+
+/// The splitmix64 generator: fixed-seed weights and sampling noise without dependencies.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// `n` values uniform in [-scale, scale).
+    fn fill(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| (2.0 * self.unit() - 1.0) * scale).collect()
+    }
+}
+
+/// One transformer layer; matrices are `[out][in]`, row-major.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    wo: Vec<f32>,
+    mlp_norm: Vec<f32>,
+    w_up: Vec<f32>,
+    w_down: Vec<f32>,
+}
+
+struct Model {
+    /// `[VOCAB][D_MODEL]`, also the output head (tied).
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+}
+
+fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+    w.chunks_exact(x.len()).map(|row| dot(row, x)).collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn rms_norm(x: &[f32], gain: &[f32]) -> Vec<f32> {
+    let inv = 1.0 / (dot(x, x) / x.len() as f32 + 1e-6).sqrt();
+    x.iter().zip(gain).map(|(v, g)| v * inv * g).collect()
+}
+
+/// Rotary position embedding, applied to every head of `v` in place.
+fn rope(v: &mut [f32], pos: usize) {
+    for head in v.chunks_exact_mut(HEAD_DIM) {
+        for i in 0..HEAD_DIM / 2 {
+            let freq = ROPE_THETA.powf(-((2 * i) as f32) / HEAD_DIM as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos - b * sin;
+            head[2 * i + 1] = a * sin + b * cos;
+        }
+    }
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+impl Model {
+    fn new(seed: u64) -> Model {
+        let mut rng = SplitMix64(seed);
+        let scaled =
+            |rng: &mut SplitMix64, out: usize, inp: usize| rng.fill(out * inp, 1.0 / (inp as f32).sqrt());
+        let gain = |rng: &mut SplitMix64| rng.fill(D_MODEL, 0.1).iter().map(|g| 1.0 + g).collect();
+        let embed = rng.fill(VOCAB * D_MODEL, 1.0);
+        let layers = (0..N_LAYERS)
+            .map(|_| Layer {
+                attn_norm: gain(&mut rng),
+                wq: scaled(&mut rng, N_HEADS * HEAD_DIM, D_MODEL),
+                wk: scaled(&mut rng, KV_WIDTH, D_MODEL),
+                wv: scaled(&mut rng, KV_WIDTH, D_MODEL),
+                wo: scaled(&mut rng, D_MODEL, N_HEADS * HEAD_DIM),
+                mlp_norm: gain(&mut rng),
+                w_up: scaled(&mut rng, D_FF, D_MODEL),
+                w_down: scaled(&mut rng, D_MODEL, D_FF),
+            })
+            .collect();
+        let final_norm = gain(&mut rng);
+        Model {
+            embed,
+            layers,
+            final_norm,
+        }
+    }
+
+    /// The residual stream of a token entering layer 0.
+    fn embed(&self, token: TokenId) -> Vec<f32> {
+        self.embed[token as usize * D_MODEL..][..D_MODEL].to_vec()
+    }
+
+    /// First half of layer `l` for one token at `pos`: its query, key and value (rotated by RoPE).
+    fn qkv(&self, l: usize, x: &[f32], pos: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let layer = &self.layers[l];
+        let h = rms_norm(x, &layer.attn_norm);
+        let (mut q, mut k, v) = (
+            matvec(&layer.wq, &h),
+            matvec(&layer.wk, &h),
+            matvec(&layer.wv, &h),
+        );
+        rope(&mut q, pos);
+        rope(&mut k, pos);
+        (q, k, v)
+    }
+
+    /// Second half of layer `l`: the attention output into the residual stream, then the MLP.
+    fn finish_layer(&self, l: usize, x: &mut [f32], attn: &[f32]) {
+        let layer = &self.layers[l];
+        for (xi, o) in x.iter_mut().zip(matvec(&layer.wo, attn)) {
+            *xi += o;
+        }
+        let h = rms_norm(x, &layer.mlp_norm);
+        let up: Vec<f32> = matvec(&layer.w_up, &h)
+            .iter()
+            .map(|u| u / (1.0 + (-u).exp()))
+            .collect(); // SiLU
+        for (xi, d) in x.iter_mut().zip(matvec(&layer.w_down, &up)) {
+            *xi += d;
+        }
+    }
+
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        matvec(&self.embed, &rms_norm(x, &self.final_norm))
+    }
+}
+
+/// Attention of one token's query heads over positions `0..n_ctx` of its
+/// sequence. `keys` and `values` are rows of `KV_WIDTH` f32s; `row(p)` says
+/// which row holds position `p`. The paged engine and the dense reference call
+/// this same function, so only where the rows come from differs.
+fn attend(q: &[f32], keys: &[f32], values: &[f32], n_ctx: usize, row: impl Fn(usize) -> usize) -> Vec<f32> {
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let mut out = vec![0.0; N_HEADS * HEAD_DIM];
+    let mut weights = vec![0.0; n_ctx];
+    for h in 0..N_HEADS {
+        let kv_head = h / (N_HEADS / N_KV_HEADS);
+        let at = |p: usize| row(p) * KV_WIDTH + kv_head * HEAD_DIM;
+        let q_h = &q[h * HEAD_DIM..][..HEAD_DIM];
+        for (p, w) in weights.iter_mut().enumerate() {
+            *w = dot(q_h, &keys[at(p)..][..HEAD_DIM]) * scale;
+        }
+        softmax(&mut weights);
+        let out_h = &mut out[h * HEAD_DIM..][..HEAD_DIM];
+        for (p, w) in weights.iter().enumerate() {
+            for (o, v) in out_h.iter_mut().zip(&values[at(p)..][..HEAD_DIM]) {
+                *o += w * v;
+            }
+        }
+    }
+    out
+}
+
+/// The token sample `sample` of request `request` draws at position `pos`:
+/// greedy for sample 0, seeded Gumbel-max for the others (see the module docs).
+fn sample(logits: &[f32], request: RequestId, sample: u32, pos: usize) -> TokenId {
+    let mut noise = SplitMix64(SEED ^ (request.0 << 40) ^ ((sample as u64) << 32) ^ pos as u64);
+    let score = |(t, &l): (usize, &f32)| {
+        let gumbel = if sample == 0 {
+            0.0
+        } else {
+            -(-(noise.unit() + 1e-9).ln()).ln()
+        };
+        (t, l + gumbel)
+    };
+    let best = logits
+        .iter()
+        .enumerate()
+        .map(score)
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |best, c| {
+                if c.1 > best.1 {
+                    c
+                } else {
+                    best
+                }
+            },
+        );
+    best.0 as TokenId
+}
+
+// ---------------------------------------------------------------------------
+// 2. KV memory: slabs shaped [num_blocks, block_size, N_KV_HEADS, HEAD_DIM]
+//    per layer, for keys and for values; one on the device, one on the host.
+// ---------------------------------------------------------------------------
+
+struct KvSlab {
+    block_size: usize,
+    /// Per layer, `num_blocks * block_size` rows of `KV_WIDTH` f32s; row = slot.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl KvSlab {
+    fn new(num_blocks: usize, block_size: usize) -> KvSlab {
+        // NaN, so that reading a slot nobody wrote poisons the logits.
+        let layer = vec![f32::NAN; num_blocks * block_size * KV_WIDTH];
+        KvSlab {
+            block_size,
+            keys: vec![layer.clone(); N_LAYERS],
+            values: vec![layer; N_LAYERS],
+        }
+    }
+
+    /// The f32s of the first `num_slots` slots of `block`, in one layer.
+    fn span(&self, block: BlockId, num_slots: u32) -> Range<usize> {
+        let start = block.index() * self.block_size * KV_WIDTH;
+        start..start + num_slots as usize * KV_WIDTH
+    }
+
+    fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
+        self.keys[layer][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(k);
+        self.values[layer][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(v);
+    }
+
+    /// A swap: `c.src` of `from` into `c.dst` of `to`, every layer, keys and values.
+    fn transfer(from: &KvSlab, to: &mut KvSlab, c: &BlockCopy) {
+        let (src, dst) = (from.span(c.src, c.num_slots), to.span(c.dst, c.num_slots));
+        for l in 0..N_LAYERS {
+            to.keys[l][dst.clone()].copy_from_slice(&from.keys[l][src.clone()]);
+            to.values[l][dst.clone()].copy_from_slice(&from.values[l][src.clone()]);
+        }
+    }
+
+    /// A copy-on-write copy inside this slab.
+    fn copy(&mut self, c: &BlockCopy) {
+        let (src, dst) = (self.span(c.src, c.num_slots), self.span(c.dst, c.num_slots).start);
+        for l in 0..N_LAYERS {
+            self.keys[l].copy_within(src.clone(), dst);
+            self.values[l].copy_within(src.clone(), dst);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. The engine loop.
+// ---------------------------------------------------------------------------
+
+/// What to run: the pool, the budgets and the requests.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Tokens per block.
+    pub block_size: u32,
+    /// Device blocks.
+    pub num_blocks: u64,
+    /// Host (swap) blocks.
+    pub num_host_blocks: u64,
+    /// Tokens per step (prompts longer than this are prefilled in chunks).
+    pub max_num_batched_tokens: u32,
+    /// Requests; each is added at the step numbered by its `arrival`.
+    pub requests: Vec<Request>,
+}
+
+impl Workload {
+    /// Ten requests, six sharing an 18-token system prompt, three with `n = 4`
+    /// (19 sequences), two arriving per step, on a pool of 36 device blocks of
+    /// 4 tokens and 12 host blocks: small enough to preempt both ways.
+    pub fn demo() -> Workload {
+        let mut rng = SplitMix64(SEED + 1);
+        let mut tokens = |n: usize| -> Vec<TokenId> {
+            (0..n)
+                .map(|_| 1 + (rng.next_u64() % (VOCAB as u64 - 1)) as TokenId)
+                .collect()
+        };
+        let system = tokens(18);
+        let requests = (0..10u64)
+            .map(|i| {
+                let user = tokens(3 + (i as usize * 5) % 9);
+                let prompt = if i % 5 < 3 {
+                    [&system[..], &user[..]].concat()
+                } else {
+                    [tokens(8), user].concat()
+                };
+                Request {
+                    id: RequestId(i),
+                    prompt,
+                    max_new_tokens: 14 + (i as u32 * 7) % 11,
+                    priority: 0,
+                    arrival: i / 2,
+                    n: if i % 3 == 1 { 4 } else { 1 },
+                }
+            })
+            .collect();
+        Workload {
+            block_size: 4,
+            num_blocks: 36,
+            num_host_blocks: 12,
+            max_num_batched_tokens: 32,
+            requests,
+        }
+    }
+}
+
+/// What happened, and what the verification found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scheduler steps.
+    pub steps: u64,
+    /// Tokens whose K/V the engine computed (prefill chunks, re-prefills and decodes).
+    pub computed_tokens: u64,
+    /// Preemptions by swap.
+    pub preempted_swap: u64,
+    /// Preemptions by recompute.
+    pub preempted_recompute: u64,
+    /// Computed tokens recompute preemptions dropped.
+    pub recomputed_tokens: u64,
+    /// Device → host block copies run.
+    pub swap_out_copies: u64,
+    /// Host → device block copies run.
+    pub swap_in_copies: u64,
+    /// Copy-on-write block copies run.
+    pub cow_copies: u64,
+    /// Prompt tokens found in the prefix cache (their prefill skipped).
+    pub prefix_hit_tokens: u64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queried_tokens: u64,
+    /// Parallel samples forked.
+    pub forks: u64,
+    /// Scheduled sequences whose context (before their new tokens) lies partly
+    /// in a block another sequence of the same batch fills: prefix-cache hits on
+    /// blocks computed in the same step, which need write-before-attend per layer.
+    pub same_step_reads: u64,
+    /// Sequences (samples) checked against the dense reference.
+    pub verified_sequences: u64,
+    /// Sampled tokens checked (each with its logits).
+    pub verified_tokens: u64,
+    /// Largest |engine logit − reference logit|.
+    pub max_abs_dlogit: f32,
+    /// Whether every logit was bitwise equal to the reference's.
+    pub bitwise_equal: bool,
+}
+
+/// One sampled position of a sequence: the token and the logits it came from.
+#[derive(Clone, Debug)]
+struct Sampled {
+    pos: usize,
+    token: TokenId,
+    logits: Vec<f32>,
+}
+
+/// A token of the step's batch.
+struct BatchToken {
+    /// Index in `plan.scheduled`.
+    entry: usize,
+    pos: usize,
+    token: TokenId,
+    slot: usize,
+}
+
+const MAX_MODEL_LEN: u32 = 96;
+
+/// Runs the workload through the scheduler and the paged engine, then checks
+/// every sampled token and its logits against the dense reference.
+pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
+    let model = Model::new(SEED);
+
+    // Size the pool from the model's attention shape, as an engine would with
+    // its memory budget (here: exactly `num_blocks` and `num_host_blocks`).
+    let spec = CacheSpec::new(N_LAYERS as u32, N_KV_HEADS as u32, HEAD_DIM as u32, KvDtype::F32);
+    let per_block = spec.bytes_per_block(w.block_size);
+    let budget = MemoryBudget::direct(w.num_blocks * per_block).with_host_swap(w.num_host_blocks * per_block);
+    let cache_plan = CachePlan::new(&spec, w.block_size, &budget)?;
+    let config = KvCacheConfig {
+        enable_prefix_caching: true,
+        ..KvCacheConfig::from_plan(&cache_plan, MAX_MODEL_LEN)?
+    };
+    let bs = config.block_size as usize;
+    let mut device = KvSlab::new(config.num_blocks as usize, bs);
+    let mut host = KvSlab::new(config.num_host_blocks as usize, bs);
+
+    let scheduler_config = SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: w.max_num_batched_tokens,
+        ..Default::default()
+    };
+    // Swap a victim when recomputing it would cost more than moving its blocks
+    // (cached prefix tokens are free to recompute), recompute otherwise or when
+    // the host tier is full.
+    let mut sched =
+        Scheduler::new(KvCacheManager::new(config)?, scheduler_config)?.with_preemption_mode(Automatic {
+            transfer_cost_per_token: 0.5,
+        });
+
+    let mut pending: Vec<&Request> = w.requests.iter().collect();
+    let mut plan = StepPlan::default();
+    let mut outputs: Vec<SampledToken> = Vec::new();
+    let mut sampled: BTreeMap<SeqId, Vec<Sampled>> = BTreeMap::new();
+    let mut report = Report::default();
+
+    loop {
+        let step = report.steps;
+        for r in pending.iter().filter(|r| r.arrival == step) {
+            sched.add_request((*r).clone())?;
+        }
+        pending.retain(|r| r.arrival > step);
+        if sched.is_idle() && pending.is_empty() {
+            break;
+        }
+
+        // (1) The plan.
+        sched.step(&mut plan);
+        report.steps += 1;
+
+        // (2) Block operations, in this order, before anything reads the cache.
+        for c in &plan.ops.swap_out {
+            KvSlab::transfer(&device, &mut host, c);
+        }
+        for c in &plan.ops.swap_in {
+            KvSlab::transfer(&host, &mut device, c);
+        }
+        for c in &plan.ops.copies {
+            device.copy(c);
+        }
+        report.swap_out_copies += plan.ops.swap_out.len() as u64;
+        report.swap_in_copies += plan.ops.swap_in.len() as u64;
+        report.cow_copies += plan.ops.copies.len() as u64;
+
+        // (3) The forward pass over every new token of the batch: prefill
+        // chunks (possibly a re-prefill after recompute) and decodes alike.
+        let mut batch = Vec::new();
+        for (i, e) in plan.scheduled.iter().enumerate() {
+            let tokens = sched
+                .tokens(e.seq)
+                .ok_or("the scheduler has no tokens for a scheduled sequence")?;
+            for (k, &slot) in plan.slots_of(i).iter().enumerate() {
+                let pos = e.start as usize + k;
+                batch.push(BatchToken {
+                    entry: i,
+                    pos,
+                    token: tokens[pos],
+                    slot: slot as usize,
+                });
+            }
+        }
+        report.computed_tokens += batch.len() as u64;
+        report.same_step_reads += reads_of_blocks_filled_this_step(&sched, &plan, &batch, bs)?;
+        let mut xs: Vec<Vec<f32>> = batch.iter().map(|t| model.embed(t.token)).collect();
+        for l in 0..N_LAYERS {
+            // (3a) Write the layer's keys and values of every new token first:
+            // a prompt may hit prefix blocks that another sequence fills in this
+            // very step, and a prefill chunk attends to its own new tokens.
+            let mut queries = Vec::with_capacity(batch.len());
+            for (t, x) in batch.iter().zip(&xs) {
+                let (q, k, v) = model.qkv(l, x, t.pos);
+                device.write(l, t.slot, &k, &v);
+                queries.push(q);
+            }
+            // (3b) Paged attention: each token reads positions 0..=pos of its
+            // sequence through the sequence's block table.
+            for ((t, x), q) in batch.iter().zip(&mut xs).zip(&queries) {
+                let table = sched.block_table(plan.scheduled[t.entry].seq)?;
+                let row = |p: usize| table[p / bs].index() * bs + p % bs;
+                debug_assert_eq!(
+                    row(t.pos),
+                    t.slot,
+                    "the plan's slot is where the block table maps the position"
+                );
+                let attn = attend(q, &device.keys[l], &device.values[l], t.pos + 1, row);
+                model.finish_layer(l, x, &attn);
+            }
+        }
+
+        // (4) Sample from the last token of every sequence that asked for it:
+        // one token per decode, `n` when an `n`-sample request finishes its
+        // prompt (the samples are forked by `on_step_output`).
+        outputs.clear();
+        for (i, e) in plan.scheduled.iter().enumerate() {
+            if e.num_samples == 0 {
+                continue; // a prefill chunk that does not finish the prompt
+            }
+            let last = batch
+                .iter()
+                .rposition(|t| t.entry == i)
+                .ok_or("the scheduler has no tokens for a scheduled sequence")?;
+            let logits = model.logits(&xs[last]);
+            let (request, first) = RequestId::of(e.seq);
+            let pos = e.start as usize + e.num_new_tokens as usize; // the position the token takes
+            for k in 0..e.num_samples {
+                let (seq, index) = if e.num_samples > 1 {
+                    (request.seq(k), k)
+                } else {
+                    (e.seq, first)
+                };
+                let token = sample(&logits, request, index, pos);
+                outputs.push(SampledToken {
+                    seq,
+                    token,
+                    stop: token == EOS,
+                });
+                let logits = logits.clone();
+                sampled
+                    .entry(seq)
+                    .or_default()
+                    .push(Sampled { pos, token, logits });
+            }
+        }
+        sched.on_step_output(&outputs)?;
+        sched.check_invariants()?;
+    }
+
+    let stats = sched.stats();
+    report.preempted_swap = stats.preempted_swap;
+    report.preempted_recompute = stats.preempted_recompute;
+    report.recomputed_tokens = stats.recomputed_tokens;
+    let kv = sched.kv().stats();
+    report.prefix_hit_tokens = kv.prefix_hit_tokens;
+    report.prefix_queried_tokens = kv.prefix_queried_tokens;
+    report.forks = kv.forks;
+    if sched.kv().num_free_blocks() as u64 != w.num_blocks {
+        return Err(format!(
+            "{} blocks leaked",
+            w.num_blocks - sched.kv().num_free_blocks() as u64
+        )
+        .into());
+    }
+
+    verify(&model, w, &sampled, &mut report)?;
+    Ok(report)
+}
+
+/// How many scheduled sequences read, before their new tokens, a block that
+/// another sequence of the batch writes this step (see [`Report::same_step_reads`]).
+fn reads_of_blocks_filled_this_step(
+    sched: &Scheduler,
+    plan: &StepPlan,
+    batch: &[BatchToken],
+    bs: usize,
+) -> Result<u64, Box<dyn Error>> {
+    let mut count = 0;
+    for (i, e) in plan.scheduled.iter().enumerate() {
+        let table = sched.block_table(e.seq)?;
+        let context = &table[..(e.start as usize).div_ceil(bs)];
+        let filled_by_other =
+            |t: &BatchToken| t.entry != i && context.iter().any(|b| b.index() == t.slot / bs);
+        count += batch.iter().any(filled_by_other) as u64;
+    }
+    Ok(count)
+}
+
+// ---------------------------------------------------------------------------
+// 4. The dense reference and the comparison.
+// ---------------------------------------------------------------------------
+
+/// Generates sample `index` of request `r` alone, with a plain `Vec` of K/V
+/// rows per layer as its cache: the prompt one token at a time, then each
+/// sampled token, until EOS or `max_new_tokens`.
+fn reference(model: &Model, r: &Request, index: u32) -> Vec<Sampled> {
+    let mut keys = vec![Vec::new(); N_LAYERS];
+    let mut values = vec![Vec::new(); N_LAYERS];
+    let mut tokens = r.prompt.clone();
+    let mut out = Vec::new();
+    for pos in 0.. {
+        let mut x = model.embed(tokens[pos]);
+        for l in 0..N_LAYERS {
+            let (q, k, v) = model.qkv(l, &x, pos);
+            keys[l].extend_from_slice(&k);
+            values[l].extend_from_slice(&v);
+            let attn = attend(&q, &keys[l], &values[l], pos + 1, |p| p);
+            model.finish_layer(l, &mut x, &attn);
+        }
+        if pos + 1 < tokens.len() {
+            continue; // still in the prompt
+        }
+        let logits = model.logits(&x);
+        let token = sample(&logits, r.id, index, pos + 1);
+        out.push(Sampled {
+            pos: pos + 1,
+            token,
+            logits,
+        });
+        tokens.push(token);
+        if token == EOS || out.len() == r.max_new_tokens as usize {
+            return out;
+        }
+    }
+    unreachable!("generation ends at EOS or max_new_tokens")
+}
+
+/// Every sample of every request: the same tokens as the reference, at the
+/// same positions, with logits within 1e-5.
+fn verify(
+    model: &Model,
+    w: &Workload,
+    sampled: &BTreeMap<SeqId, Vec<Sampled>>,
+    report: &mut Report,
+) -> Result<(), Box<dyn Error>> {
+    report.bitwise_equal = true;
+    for r in &w.requests {
+        for index in 0..r.n {
+            let seq = r.id.seq(index);
+            let got = sampled.get(&seq).map_or(&[][..], |v| &v[..]);
+            let want = reference(model, r, index);
+            let tokens = |s: &[Sampled]| s.iter().map(|s| s.token).collect::<Vec<_>>();
+            if tokens(got) != tokens(&want) || got.iter().zip(&want).any(|(g, w)| g.pos != w.pos) {
+                return Err(format!(
+                    "{seq:?}: engine sampled {:?}, the dense reference {:?}",
+                    tokens(got),
+                    tokens(&want)
+                )
+                .into());
+            }
+            for (g, w) in got.iter().zip(&want) {
+                for (a, b) in g.logits.iter().zip(&w.logits) {
+                    let d = (a - b).abs();
+                    if d.is_nan() || d > 1e-5 {
+                        return Err(format!("{seq:?} position {}: logit {a} vs reference {b}", g.pos).into());
+                    }
+                    report.max_abs_dlogit = report.max_abs_dlogit.max(d);
+                    report.bitwise_equal &= a.to_bits() == b.to_bits();
+                }
+            }
+            report.verified_sequences += 1;
+            report.verified_tokens += got.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "steps                   {}", self.steps)?;
+        writeln!(f, "tokens computed         {}", self.computed_tokens)?;
+        writeln!(
+            f,
+            "preempted by swap       {} ({} blocks out, {} blocks in)",
+            self.preempted_swap, self.swap_out_copies, self.swap_in_copies
+        )?;
+        writeln!(
+            f,
+            "preempted by recompute  {} ({} computed tokens dropped)",
+            self.preempted_recompute, self.recomputed_tokens
+        )?;
+        writeln!(
+            f,
+            "prefix-cache hits       {} of {} prompt tokens ({} sequences read blocks filled in the same step)",
+            self.prefix_hit_tokens, self.prefix_queried_tokens, self.same_step_reads
+        )?;
+        writeln!(
+            f,
+            "parallel samples        {} forks, {} copy-on-write copies",
+            self.forks, self.cow_copies
+        )?;
+        let max = if self.max_abs_dlogit == 0.0 {
+            "0".to_string()
+        } else {
+            format!("{:.1e}", self.max_abs_dlogit)
+        };
+        write!(
+            f,
+            "verified: {} sequences, {} tokens, max |Δlogit| = {max}{}",
+            self.verified_sequences,
+            self.verified_tokens,
+            if self.bitwise_equal {
+                " (bitwise equal to the dense reference)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let w = Workload::demo();
+    let sequences: u32 = w.requests.iter().map(|r| r.n).sum();
+    println!(
+        "pagedkv engine: {N_LAYERS}-layer decoder, {N_HEADS} query heads over {N_KV_HEADS} KV heads of {HEAD_DIM}, f32 KV cache"
+    );
+    println!(
+        "pool: {} device + {} host blocks of {} tokens, prefix caching on; {} requests, {} sequences",
+        w.num_blocks,
+        w.num_host_blocks,
+        w.block_size,
+        w.requests.len(),
+        sequences
+    );
+    let report = run(&w)?;
+    println!("{report}");
+    Ok(())
+}

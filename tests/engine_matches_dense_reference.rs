@@ -1,0 +1,67 @@
+//! The engine example (`examples/engine.rs`) as a test: a CPU paged-attention
+//! engine driven by the scheduler must sample exactly the tokens, with the
+//! same logits, as the same model with a dense per-sequence KV cache, while
+//! its workload goes through every path that moves KV data.
+
+#[allow(dead_code)]
+#[path = "../examples/engine.rs"]
+mod engine;
+
+#[test]
+fn paged_engine_matches_dense_reference() {
+    let workload = engine::Workload::demo();
+    let samples: u64 = workload.requests.iter().map(|r| r.n as u64).sum();
+    let report = engine::run(&workload).unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(report.verified_sequences, samples);
+    assert!(report.max_abs_dlogit <= 1e-5, "{report}");
+    // The workload must keep exercising every path that moves KV data, or the
+    // comparison proves less than it says.
+    assert!(report.preempted_swap > 0, "no preemption by swap:\n{report}");
+    assert!(
+        report.swap_out_copies > 0 && report.swap_in_copies > 0,
+        "no swap copies:\n{report}"
+    );
+    assert!(
+        report.preempted_recompute > 0,
+        "no preemption by recompute:\n{report}"
+    );
+    assert!(
+        report.forks > 0 && report.cow_copies > 0,
+        "no copy-on-write:\n{report}"
+    );
+    assert!(report.prefix_hit_tokens > 0, "no prefix-cache hit:\n{report}");
+    assert!(
+        report.same_step_reads > 0,
+        "no hit on blocks filled in the same step:\n{report}"
+    );
+    // The README shows this run's output (`cargo run --release --example engine`).
+    assert!(
+        include_str!("../README.md").contains(&report.to_string()),
+        "README's engine output is stale; paste the new one:\n{report}"
+    );
+}
+
+#[test]
+fn paged_engine_matches_dense_reference_at_every_block_size() {
+    for block_size in [1u32, 2, 8, 16] {
+        let demo = engine::Workload::demo();
+        // The same token capacity as the demo's pool (144 device, 48 host tokens).
+        let tokens = |blocks: u64| blocks * demo.block_size as u64 / block_size as u64;
+        let workload = engine::Workload {
+            block_size,
+            num_blocks: tokens(demo.num_blocks),
+            num_host_blocks: tokens(demo.num_host_blocks),
+            ..demo
+        };
+        let report = engine::run(&workload).unwrap_or_else(|e| panic!("block size {block_size}: {e}"));
+        assert!(
+            report.max_abs_dlogit <= 1e-5,
+            "block size {block_size}:\n{report}"
+        );
+        assert!(
+            report.preempted_swap + report.preempted_recompute > 0,
+            "block size {block_size}:\n{report}"
+        );
+    }
+}
