@@ -25,19 +25,19 @@
 //! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
 //! copy-on-write rule.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 use crate::error::KvError;
 use crate::ids::{BlockId, SeqId, Slot, TokenId};
-use crate::pool::{BlockPool, MAX_BLOCKS};
+use crate::pool::BlockPool;
 use crate::prefix::{KvEvent, PrefixKeys};
-use crate::sizing::{blocks_for, MAX_BLOCK_SIZE};
+use crate::sizing::blocks_for;
 use crate::table::{BlockTable, BlockVec};
 
 mod accounting;
+mod admission;
 mod caching;
+mod seq_map;
 mod shared;
 mod swap;
 #[cfg(test)]
@@ -46,39 +46,11 @@ mod swap_tests;
 mod tests;
 mod types;
 
+pub(crate) use seq_map::SeqMap;
 pub use shared::SharedKvCacheManager;
 pub use types::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
 };
-
-/// A multiplicative hasher for engine-chosen `u64` sequence ids: one multiply and
-/// a fold, several times cheaper than SipHash on the hot path. Sequence ids come
-/// from the engine, not from untrusted clients, so flooding is not a concern.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct SeqIdHasher(u64);
-
-impl Hasher for SeqIdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        let h = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // Fold the well-mixed high bits into the low bits the table indexes by.
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-pub(crate) type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
 /// One allocated sequence: its block table, and (with prefix caching on) its
 /// tokens and block hashes, boxed so that the map entries the hot path walks
@@ -184,89 +156,6 @@ impl KvCacheManager {
     #[inline]
     fn blocks_for(&self, num_tokens: u64) -> u64 {
         blocks_for(num_tokens, self.config.block_size as u64)
-    }
-
-    /// Whether a request with `prompt_len` prompt tokens that may generate
-    /// `max_new_tokens` more can start now, later, or never.
-    ///
-    /// - `Never` when it can never run to completion: longer than
-    ///   `max_model_len`, more blocks than the whole pool, or a prompt that even
-    ///   an empty pool could not take while keeping the watermark.
-    /// - `Now` when the prompt's blocks are free with the watermark to spare
-    ///   (generated tokens take blocks one at a time, as paged attention intends).
-    /// - `Later` otherwise: it fits once running sequences finish.
-    ///
-    /// Pure: it changes nothing. With prefix caching on, use
-    /// [`Self::check_admission_for`], which counts cached blocks.
-    pub fn check_admission(&self, prompt_len: u64, max_new_tokens: u64) -> Admission {
-        self.admission(prompt_len, max_new_tokens, 0)
-    }
-
-    /// [`Self::check_admission`] for a concrete prompt: blocks of its cached
-    /// prefix that running sequences hold need no free block, so a prompt
-    /// whose prefix is cached may start now where a cold one would wait.
-    ///
-    /// ```
-    /// use pagedkv::{Admission, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
-    /// let mut kv = KvCacheManager::new(KvCacheConfig {
-    ///     num_blocks: 4, block_size: 4, watermark: 0.0, enable_prefix_caching: true, ..Default::default()
-    /// }).unwrap();
-    /// let system: Vec<u32> = (0..12).collect();
-    /// kv.allocate(SeqId(1), &system).unwrap();                 // 3 of 4 blocks
-    /// let mut prompt = system.clone();
-    /// prompt.extend([100, 101]);                               // 14 tokens: 4 blocks cold
-    /// let keys = PrefixKeys::default();
-    /// assert_eq!(kv.check_admission(14, 0), Admission::Later);
-    /// assert_eq!(kv.check_admission_for(&prompt, &keys, 0), Admission::Now); // 3 blocks shared
-    /// ```
-    pub fn check_admission_for(
-        &self,
-        prompt: &[TokenId],
-        keys: &PrefixKeys,
-        max_new_tokens: u64,
-    ) -> Admission {
-        let held = self.cached_prefix(prompt, keys).held_blocks;
-        self.admission(prompt.len() as u64, max_new_tokens, held)
-    }
-
-    /// Admission with `held` leading prompt blocks already held by running
-    /// sequences (shared, so they take no free block).
-    fn admission(&self, prompt_len: u64, max_new_tokens: u64, held: u64) -> Admission {
-        let total = prompt_len.saturating_add(max_new_tokens);
-        if prompt_len == 0 {
-            return Admission::Never(AdmissionRefusal::EmptyPrompt);
-        }
-        if total > self.config.max_model_len as u64 {
-            return Admission::Never(AdmissionRefusal::ExceedsMaxModelLen {
-                tokens: total,
-                max_model_len: self.config.max_model_len,
-            });
-        }
-        let num_blocks = self.pool.num_blocks() as u64;
-        let total_blocks = self.blocks_for(total);
-        if total_blocks > num_blocks {
-            return Admission::Never(AdmissionRefusal::ExceedsPool {
-                tokens: total,
-                blocks_needed: total_blocks,
-                num_blocks,
-                block_size: self.config.block_size,
-            });
-        }
-        let prompt_blocks = self.blocks_for(prompt_len);
-        let watermark = self.watermark_blocks as u64;
-        if prompt_blocks + watermark > num_blocks {
-            return Admission::Never(AdmissionRefusal::PromptAboveWatermark {
-                prompt_tokens: prompt_len,
-                blocks_needed: prompt_blocks,
-                num_blocks,
-                watermark_blocks: self.watermark_blocks,
-            });
-        }
-        if prompt_blocks - held + watermark <= self.pool.num_free() as u64 {
-            Admission::Now
-        } else {
-            Admission::Later
-        }
     }
 
     /// Allocates blocks for a new sequence's prompt (with prefix caching on,
@@ -673,59 +562,6 @@ impl KvCacheManager {
         if needed > free {
             self.stats.out_of_blocks += 1;
             return Err(KvError::OutOfBlocks { needed, free });
-        }
-        Ok(())
-    }
-}
-
-impl KvCacheConfig {
-    /// Checks every field; the error names the field and the accepted range.
-    pub fn validate(&self) -> Result<(), KvError> {
-        let bad = |field: &'static str, reason: String| Err(KvError::InvalidConfig { field, reason });
-        if self.num_blocks == 0 || self.num_blocks > MAX_BLOCKS {
-            return bad(
-                "num_blocks",
-                format!(
-                    "{} is outside 1..={MAX_BLOCKS}; size the pool with CachePlan::num_blocks()",
-                    self.num_blocks
-                ),
-            );
-        }
-        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
-            return bad(
-                "block_size",
-                format!(
-                    "{} is outside 1..={MAX_BLOCK_SIZE}; 16 is the usual choice",
-                    self.block_size
-                ),
-            );
-        }
-        if self.max_model_len == 0 {
-            return bad("max_model_len", "must be at least 1 token".into());
-        }
-        if self.enable_kv_events && !self.enable_prefix_caching {
-            return bad(
-                "enable_kv_events",
-                "KV events describe the prefix cache; set enable_prefix_caching = true as well".into(),
-            );
-        }
-        if self.num_host_blocks > MAX_BLOCKS {
-            return bad(
-                "num_host_blocks",
-                format!(
-                    "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
-                    self.num_host_blocks
-                ),
-            );
-        }
-        if !(self.watermark >= 0.0 && self.watermark < 1.0) {
-            return bad(
-                "watermark",
-                format!(
-                    "{} is outside [0, 1); it is the fraction of blocks kept free for growth, e.g. 0.01",
-                    self.watermark
-                ),
-            );
         }
         Ok(())
     }
