@@ -231,6 +231,47 @@ impl KvCacheManager {
     /// [`KvError::ExceedsMaxModelLen`], [`KvError::OutOfBlocks`].
     #[inline]
     pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, None)
+    }
+
+    /// [`Self::append`], then the slots of positions `range` of the sequence
+    /// (as it is after the append) pushed to `out`, with one lookup of the
+    /// sequence: a scheduler's per-sequence work in a step (for a decode,
+    /// `len..len + 1`; for a prefill chunk whose blocks were taken earlier,
+    /// `tokens` may be empty).
+    ///
+    /// Errors (nothing changes, nothing is pushed): those of `append`, and
+    /// [`KvError::PositionOutOfRange`] when `range` passes the new length.
+    ///
+    /// ```
+    /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4]).unwrap();
+    /// let mut slots = Vec::new();
+    /// kv.append_and_slots_into(SeqId(1), &[5], 4..5, &mut slots).unwrap(); // a decode
+    /// assert_eq!(slots, [kv.slot(SeqId(1), 4).unwrap()]);
+    /// assert!(kv.append_and_slots_into(SeqId(1), &[6], 4..7, &mut slots).is_err());
+    /// assert_eq!((kv.num_tokens(SeqId(1)).unwrap(), slots.len()), (5, 1));
+    /// ```
+    #[inline]
+    pub fn append_and_slots_into(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        range: Range<u64>,
+        out: &mut Vec<Slot>,
+    ) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, Some((range, out)))
+    }
+
+    /// `append`, and with `slots` also the slots of a range after it.
+    #[inline(always)]
+    fn append_then_slots(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        slots: Option<(Range<u64>, &mut Vec<Slot>)>,
+    ) -> Result<(), KvError> {
         let max_model_len = self.config.max_model_len;
         let Some(s) = self.seqs.get_mut(&seq) else {
             return Err(self.absent(seq));
@@ -244,10 +285,19 @@ impl KvCacheManager {
                 max_model_len,
             });
         }
+        if let Some((range, _)) = &slots {
+            if range.start > range.end || range.end > new_len {
+                return Err(KvError::PositionOutOfRange {
+                    seq,
+                    pos: range.end,
+                    num_tokens: new_len,
+                });
+            }
+        }
         // Fast path (almost every decode step): the tokens fit in the free
         // slots of a last block this table holds alone. No division, no pool access.
-        let slots = table.blocks.len() as u64 * self.config.block_size as u64;
-        if new_len <= slots && !table.tail_maybe_shared {
+        let capacity = table.blocks.len() as u64 * self.config.block_size as u64;
+        if new_len <= capacity && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
             if let Some(p) = &mut self.prefix {
                 let cache = s
@@ -256,19 +306,30 @@ impl KvCacheManager {
                     .expect("caching on: the sequence has a cache");
                 p.record_tokens(cache, &s.table, tokens);
             }
+            if let Some((range, out)) = slots {
+                // Both ends are <= num_tokens, which is a u32.
+                let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
+                debug_assert!(ok);
+            }
             return Ok(());
         }
-        if tokens.is_empty() {
+        if tokens.is_empty() && slots.is_none() {
             return Ok(());
         }
-        self.append_slow(seq, new_len)?;
-        if let Some(p) = &mut self.prefix {
-            let s = self.seqs.get_mut(&seq).expect("append_slow succeeded");
+        if !tokens.is_empty() {
+            self.append_slow(seq, new_len)?;
+        }
+        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        if let (Some(p), false) = (&mut self.prefix, tokens.is_empty()) {
             let cache = s
                 .cache
                 .as_deref_mut()
                 .expect("caching on: the sequence has a cache");
             p.record_tokens(cache, &s.table, tokens);
+        }
+        if let Some((range, out)) = slots {
+            let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
+            debug_assert!(ok);
         }
         Ok(())
     }
