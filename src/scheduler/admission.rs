@@ -123,5 +123,4 @@ impl Scheduler {
             self.push_entry(idx, n, budget, plan);
         }
     }
-
 }

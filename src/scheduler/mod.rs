@@ -81,6 +81,15 @@ struct SeqState {
     resumed: bool,
 }
 
+/// One sampled token a plan asked for: of sequence `seq`, the `sample`-th
+/// sample of the sequence in slab entry `idx` (sample > 0: a child to fork).
+#[derive(Clone, Copy, Debug)]
+struct Expected {
+    seq: SeqId,
+    idx: usize,
+    sample: u32,
+}
+
 impl SeqState {
     fn pending(&self) -> u32 {
         self.tokens.len() as u32 - self.num_computed
@@ -138,7 +147,12 @@ pub struct Scheduler {
     swapped: Vec<usize>,
     finished: Vec<SeqId>,
     rejected: Vec<RequestId>,
-    expected_outputs: u64,
+    /// The outputs the plans since the last `on_step_output` asked for, in
+    /// plan order (so outputs reported in that order are checked without lookups).
+    expected: Vec<Expected>,
+    /// A step was planned while outputs were still expected: check outputs
+    /// the general way.
+    expected_stale: bool,
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
     seen: Vec<SeqId>,
@@ -166,7 +180,8 @@ impl Scheduler {
             swapped: Vec::new(),
             finished: Vec::new(),
             rejected: Vec::new(),
-            expected_outputs: 0,
+            expected: Vec::new(),
+            expected_stale: false,
             preempted_this_step: false,
             scratch: Vec::new(),
             seen: Vec::new(),
@@ -345,6 +360,7 @@ impl Scheduler {
     /// A decode-only step allocates nothing once `plan` has grown.
     pub fn step(&mut self, plan: &mut StepPlan) {
         plan.clear();
+        self.expected_stale |= !self.expected.is_empty();
         plan.finished.append(&mut self.finished);
         plan.rejected.append(&mut self.rejected);
         self.stats.steps += 1;
@@ -376,16 +392,38 @@ impl Scheduler {
 
     /// Adds a planned sequence to the batch with its new slots.
     fn push_entry(&mut self, idx: usize, n: u32, budget: &mut u32, plan: &mut StepPlan) {
-        let s = self.slab[idx].as_mut().expect("live");
-        let start = s.num_computed;
+        let s = self.s(idx);
+        let start = s.num_computed as u64;
         let from = plan.slots.len() as u32;
         self.kv
-            .slots_into(s.id, start as u64..(start + n) as u64, &mut plan.slots)
+            .slots_into(s.id, start..start + n as u64, &mut plan.slots)
             .expect("planned tokens are in the manager");
+        self.record_entry(idx, n, from, budget, plan);
+    }
+
+    /// Adds a planned sequence to the batch whose new slots are
+    /// `plan.slots[from..]`, and notes the samples it will report.
+    #[inline]
+    fn record_entry(&mut self, idx: usize, n: u32, from: u32, budget: &mut u32, plan: &mut StepPlan) {
+        let s = self.slab[idx].as_mut().expect("live");
+        let start = s.num_computed;
         s.num_computed += n;
         let samples = if s.pending() == 0 { 1 + s.forks_left } else { 0 };
         s.samples_expected = samples;
-        self.expected_outputs += samples as u64;
+        if samples == 1 {
+            self.expected.push(Expected {
+                seq: s.id,
+                idx,
+                sample: 0,
+            });
+        } else {
+            let (req, _) = RequestId::of(s.id);
+            self.expected.extend((0..samples).map(|sample| Expected {
+                seq: req.seq(sample),
+                idx,
+                sample,
+            }));
+        }
         let is_decode = n == 1 && samples > 0 && start >= s.prompt_len;
         plan.scheduled.push(ScheduledSeq {
             seq: s.id,

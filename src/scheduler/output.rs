@@ -14,12 +14,59 @@ impl Scheduler {
     ///
     /// Errors (nothing changes): `OutputCountMismatch`, `UnexpectedOutput`.
     pub fn on_step_output(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
-        if outputs.len() as u64 != self.expected_outputs {
+        if outputs.len() != self.expected.len() {
             return Err(SchedulerError::OutputCountMismatch {
-                expected: self.expected_outputs,
+                expected: self.expected.len() as u64,
                 got: outputs.len() as u64,
             });
         }
+        // The usual case: one output per sample in plan order. Equal to the
+        // list of distinct expected outputs, they need no further check.
+        let slab = &self.slab;
+        let in_plan_order = !self.expected_stale
+            && outputs.iter().zip(&self.expected).all(|(o, e)| {
+                o.seq == e.seq
+                    && slab[e.idx]
+                        .as_ref()
+                        .is_some_and(|s| s.samples_expected > e.sample)
+            });
+        if in_plan_order {
+            self.take_outputs_in_plan_order(outputs);
+        } else {
+            self.check_outputs(outputs)?;
+            self.take_outputs(outputs);
+        }
+        self.expected.clear();
+        self.expected_stale = false;
+        Ok(())
+    }
+
+    /// `take_outputs` for outputs equal to `self.expected`: no lookups.
+    fn take_outputs_in_plan_order(&mut self, outputs: &[SampledToken]) {
+        let expected = std::mem::take(&mut self.expected);
+        // Forks first: a child copies its parent's computed tokens.
+        if expected.iter().any(|e| e.sample > 0) {
+            for (o, e) in outputs.iter().zip(&expected) {
+                if e.sample > 0 {
+                    self.fork_sample(o);
+                }
+            }
+        }
+        for (o, e) in outputs.iter().zip(&expected) {
+            if e.sample > 0 {
+                continue; // a child forked above
+            }
+            let s = self.s_mut(e.idx);
+            s.samples_expected = 0;
+            s.forks_left = 0;
+            s.tokens.push(o.token);
+            self.finish_if_done(e.idx, o.stop);
+        }
+        self.expected = expected;
+    }
+
+    /// Outputs in any order: each one expected, none twice.
+    fn check_outputs(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
         self.seen.clear();
         self.seen.extend(outputs.iter().map(|o| o.seq));
         self.seen.sort_unstable();
@@ -31,6 +78,11 @@ impl Scheduler {
                 return Err(SchedulerError::UnexpectedOutput { seq: o.seq });
             }
         }
+        Ok(())
+    }
+
+    /// Forks the new samples, appends every sampled token, frees the finished.
+    fn take_outputs(&mut self, outputs: &[SampledToken]) {
         // Forks first: a child copies its parent's computed tokens.
         for o in outputs {
             if !self.index.contains_key(&o.seq) {
@@ -50,8 +102,6 @@ impl Scheduler {
             s.tokens.push(o.token);
             self.finish_if_done(idx, o.stop);
         }
-        self.expected_outputs = 0;
-        Ok(())
     }
 
     fn expects(&self, seq: SeqId) -> bool {
@@ -92,12 +142,17 @@ impl Scheduler {
         self.finish_if_done(idx, o.stop);
     }
 
+    #[inline]
     fn finish_if_done(&mut self, idx: usize, stop: bool) {
         let s = self.s(idx);
-        if !stop && s.generated() < s.max_new {
-            return;
+        if stop || s.generated() >= s.max_new {
+            self.finish(idx);
         }
-        let id = s.id;
+    }
+
+    /// Frees a sequence that stopped or reached `max_new_tokens`.
+    fn finish(&mut self, idx: usize) {
+        let id = self.s(idx).id;
         self.kv
             .free(id)
             .expect("a sequence that just ran is on the device");
@@ -116,5 +171,4 @@ impl Scheduler {
         self.finished.push(id);
         self.stats.finished += 1;
     }
-
 }

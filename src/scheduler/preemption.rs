@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 
-use super::{Candidate, PreemptionCost, PreemptionMode, Preempted, Scheduler, Status, StepPlan};
+use super::{Candidate, Preempted, PreemptionCost, PreemptionMode, Scheduler, Status, StepPlan};
 use crate::error::KvError;
 use crate::prefix::PrefixKeys;
 
@@ -18,7 +18,13 @@ pub(super) enum Outcome {
 
 impl Scheduler {
     /// Plans `running[i]`; may preempt running sequences after position `i`.
-    pub(super) fn schedule_running(&mut self, i: usize, force: bool, budget: &mut u32, plan: &mut StepPlan) -> Outcome {
+    pub(super) fn schedule_running(
+        &mut self,
+        i: usize,
+        force: bool,
+        budget: &mut u32,
+        plan: &mut StepPlan,
+    ) -> Outcome {
         let idx = self.running[i];
         let (n, append_to) = {
             let s = self.s(idx);
@@ -29,15 +35,18 @@ impl Scheduler {
             (n, (s.num_computed + n).max(s.in_kv))
         };
         let mut victims = 0u32;
+        let from = plan.slots.len() as u32;
         loop {
             let s = self.slab[idx].as_mut().expect("live");
-            if append_to <= s.in_kv {
-                break;
-            }
-            match self
-                .kv
-                .append(s.id, &s.tokens[s.in_kv as usize..append_to as usize])
-            {
+            // One lookup: the tokens not yet in the manager (none when its
+            // blocks were taken earlier), then the slots of this step's tokens.
+            let start = s.num_computed as u64;
+            match self.kv.append_and_slots_into(
+                s.id,
+                &s.tokens[s.in_kv as usize..append_to as usize],
+                start..start + n as u64,
+                &mut plan.slots,
+            ) {
                 Ok(()) => {
                     s.in_kv = append_to;
                     break;
@@ -78,7 +87,7 @@ impl Scheduler {
                 }
             }
         }
-        self.push_entry(idx, n, budget, plan);
+        self.record_entry(idx, n, from, budget, plan);
         Outcome::Scheduled
     }
 
@@ -171,5 +180,4 @@ impl Scheduler {
         }
         plan.preempted.push(Preempted { seq: id, mode });
     }
-
 }
