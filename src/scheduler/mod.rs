@@ -36,6 +36,8 @@ mod admission;
 mod output;
 mod policy;
 mod preemption;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use preemption::Outcome;
