@@ -60,7 +60,9 @@ impl Scheduler {
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
-            self.finish_if_done(e.idx, o.stop);
+            if o.stop || s.generated() >= s.max_new {
+                self.finish(e.idx);
+            }
         }
         self.expected = expected;
     }
