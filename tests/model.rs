@@ -1,11 +1,15 @@
 //! Property-based state-machine test of `KvCacheManager` against a reference model.
 //!
 //! proptest generates a small cache (1..=40 blocks of 1, 2, 4 or 16 tokens, a
-//! short `max_model_len`, a watermark) and a sequence of operations over a
+//! short `max_model_len`, a watermark, a host tier of 0..=48 blocks) and a
+//! sequence of operations (allocate, append, fork, truncate, free, swap out,
+//! swap in, check admission) over a
 //! small id space (so ids collide: duplicate allocations, unknown and double
 //! frees, forks onto live ids). Each operation runs on the real manager and on
 //! [`Model`], a deliberately naive reference: a map from sequence id to its
-//! token values and its list of block handles, nothing else. After every step
+//! token values, its list of block handles and whether it is swapped out (its
+//! handles are then host blocks), plus the documented device ↔ host association
+//! of blocks with identical content (so that shared blocks move once). After every step
 //! the test checks:
 //!
 //! - the result: `Ok` / the exact `KvError` (with its numbers) / the exact `Admission`;
@@ -20,13 +24,20 @@
 //!   wastes fewer than `block_size` slots, used blocks equal the distinct blocks
 //!   across tables, `usage()` equals the model's (shared slots counted once),
 //!   a fork takes no block and queues no copy;
-//! - content: a simulated device memory executes the drained copies and then
-//!   writes each new token's value at the slot the manager assigns (the engine
-//!   contract); every live sequence must read back exactly its own values
-//!   through its block table. Every token gets a globally unique value and a
-//!   fork shares its parent's values, so a missed or wrong copy-on-write, or a
-//!   block handed to two owners, shows up as a wrong value. Free blocks are
-//!   poisoned, so reading a freed block also fails.
+//! - swaps: a swapped-out sequence keeps its tokens, cannot be appended to,
+//!   forked, truncated or read (`SequenceSwapped`), can be freed; swap-out and
+//!   swap-in queue exactly the model's copies; `HostOutOfBlocks` and a
+//!   swap-in's `OutOfBlocks` carry the model's numbers;
+//! - content: simulated device and host memories execute the drained
+//!   operations in the engine contract's order (swap-out device → host,
+//!   swap-in host → device, then the copy-on-write copies) and then write each
+//!   new token's value at the slot the manager assigns; every live sequence on
+//!   the device must read back exactly its own values through its block table,
+//!   and every swapped-out one through its host table. Every token gets a
+//!   globally unique value and a fork shares its parent's values, so a missed
+//!   or wrong copy-on-write or swap copy, or a block handed to two owners,
+//!   shows up as a wrong value. Free blocks (device and host) are poisoned, so
+//!   reading a freed block also fails.
 //!
 //! At the end of each case everything is freed (the pool must be all free
 //! again) and the recorded calls are replayed on a fresh manager, which must
@@ -83,6 +94,12 @@ enum Op {
     Free {
         seq: Pick,
     },
+    SwapOut {
+        seq: Pick,
+    },
+    SwapIn {
+        seq: Pick,
+    },
     Admission {
         prompt_len: u64,
         max_new: u64,
@@ -94,8 +111,10 @@ enum Op {
 /// against the model when the operation runs, so every run is reproducible.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Pick {
-    /// The `k % live`-th live sequence in id order (a raw id when none is live).
+    /// The `k % n`-th of the `n` sequences on the device, in id order (a raw id when there is none).
     Live(usize),
+    /// The `k % n`-th of the `n` swapped-out sequences, in id order (a raw id when there is none).
+    Swapped(usize),
     /// This id, whether allocated or not.
     Id(u64),
 }
@@ -118,6 +137,8 @@ struct Setup {
     block_size: u32,
     max_model_len: u32,
     watermark: f64,
+    /// 0: no host tier.
+    num_host_blocks: u32,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -126,13 +147,17 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::sample::select(vec![1u32, 2, 4, 16]),
         1u32..=96,
         prop::sample::select(vec![0.0, 0.01, 0.1, 0.25, 0.5]),
+        prop_oneof![1 => Just(0u32), 3 => 1u32..=12, 1 => Just(48u32)],
     )
-        .prop_map(|(num_blocks, block_size, max_model_len, watermark)| Setup {
-            num_blocks,
-            block_size,
-            max_model_len,
-            watermark,
-        })
+        .prop_map(
+            |(num_blocks, block_size, max_model_len, watermark, num_host_blocks)| Setup {
+                num_blocks,
+                block_size,
+                max_model_len,
+                watermark,
+                num_host_blocks,
+            },
+        )
 }
 
 fn op(s: Setup) -> impl Strategy<Value = Op> {
@@ -140,7 +165,13 @@ fn op(s: Setup) -> impl Strategy<Value = Op> {
     let bs = s.block_size as usize;
     let id = (0..NUM_IDS).prop_map(Pick::Id);
     let live = prop_oneof![
-        4 => (0..NUM_IDS as usize).prop_map(Pick::Live),
+        8 => (0..NUM_IDS as usize).prop_map(Pick::Live),
+        1 => (0..NUM_IDS as usize).prop_map(Pick::Swapped),
+        2 => (0..NUM_IDS).prop_map(Pick::Id),
+    ];
+    let swapped = prop_oneof![
+        4 => (0..NUM_IDS as usize).prop_map(Pick::Swapped),
+        1 => (0..NUM_IDS as usize).prop_map(Pick::Live),
         1 => (0..NUM_IDS).prop_map(Pick::Id),
     ];
     let prompt_len = prop_oneof![
@@ -169,7 +200,9 @@ fn op(s: Setup) -> impl Strategy<Value = Op> {
         10 => (live.clone(), append_n).prop_map(|(seq, n)| Op::Append { seq, n }),
         3 => (live.clone(), id).prop_map(|(parent, child)| Op::Fork { parent, child }),
         2 => (live.clone(), truncate_to).prop_map(|(seq, to)| Op::Truncate { seq, to }),
-        1 => live.prop_map(|seq| Op::Free { seq }),
+        1 => live.clone().prop_map(|seq| Op::Free { seq }),
+        2 => live.prop_map(|seq| Op::SwapOut { seq }),
+        2 => swapped.prop_map(|seq| Op::SwapIn { seq }),
         1 => admission.prop_map(|(prompt_len, max_new)| Op::Admission { prompt_len, max_new }),
     ]
 }
@@ -187,11 +220,13 @@ fn scenario() -> impl Strategy<Value = (Setup, Vec<Op>)> {
 type Handle = u64;
 
 /// One sequence: the value of each of its tokens (content), and the handle of
-/// each of its logical blocks.
+/// each of its logical blocks: device blocks, or host blocks when swapped out.
+/// Device and host handles come from one counter, so they never collide.
 #[derive(Clone, Debug, Default)]
 struct ModelSeq {
     values: Vec<u64>,
     blocks: Vec<Handle>,
+    swapped: bool,
 }
 
 /// What a successful model operation expects the engine to do this step.
@@ -202,6 +237,10 @@ struct Effect {
     new_tokens: Option<(SeqId, usize)>,
     /// Copy-on-write copies: (source handle, destination handle, slots).
     copies: Vec<(Handle, Handle, u32)>,
+    /// Swap-out copies: (device handle, host handle).
+    swap_out: Vec<(Handle, Handle)>,
+    /// Swap-in copies: (host handle, device handle).
+    swap_in: Vec<(Handle, Handle)>,
 }
 
 #[derive(Debug)]
@@ -210,7 +249,13 @@ struct Model {
     num_blocks: u64,
     max_model_len: u64,
     watermark_blocks: u64,
+    /// 0: no host tier.
+    num_host_blocks: u64,
     seqs: BTreeMap<SeqId, ModelSeq>,
+    /// The association documented in `swap.rs`: a device block and a host
+    /// block holding the same content, while both are held and the device
+    /// block was not written in place since. Shared blocks move once through it.
+    host_of: BTreeMap<Handle, Handle>,
     next_handle: Handle,
     stats: KvStats,
 }
@@ -223,7 +268,9 @@ impl Model {
             max_model_len: s.max_model_len as u64,
             // The documented rule: the watermark fraction floored to whole blocks.
             watermark_blocks: (s.watermark * s.num_blocks as f64).floor() as u64,
+            num_host_blocks: s.num_host_blocks as u64,
             seqs: BTreeMap::new(),
+            host_of: BTreeMap::new(),
             next_handle: 0,
             stats: KvStats::default(),
         }
@@ -237,15 +284,45 @@ impl Model {
         self.seqs.values().filter(|s| s.blocks.contains(&h)).count()
     }
 
-    fn distinct_blocks(&self) -> BTreeSet<Handle> {
+    /// Distinct blocks of one tier (`swapped`: host blocks).
+    fn distinct_blocks(&self, swapped: bool) -> BTreeSet<Handle> {
         self.seqs
             .values()
+            .filter(|s| s.swapped == swapped)
             .flat_map(|s| s.blocks.iter().copied())
             .collect()
     }
 
     fn num_free(&self) -> u64 {
-        self.num_blocks - self.distinct_blocks().len() as u64
+        self.num_blocks - self.distinct_blocks(false).len() as u64
+    }
+
+    fn num_free_host(&self) -> u64 {
+        self.num_host_blocks - self.distinct_blocks(true).len() as u64
+    }
+
+    /// The device block associated with host block `h`.
+    fn dev_of(&self, h: Handle) -> Option<Handle> {
+        self.host_of.iter().find(|&(_, &v)| v == h).map(|(&d, _)| d)
+    }
+
+    /// Drops the associations of blocks nobody holds any more.
+    fn forget_unheld(&mut self) {
+        let held: BTreeSet<Handle> = self
+            .seqs
+            .values()
+            .flat_map(|s| s.blocks.iter().copied())
+            .collect();
+        self.host_of.retain(|d, h| held.contains(d) && held.contains(h));
+    }
+
+    /// The sequence, on the device.
+    fn on_device(&self, seq: SeqId) -> Result<&ModelSeq, KvError> {
+        match self.seqs.get(&seq) {
+            None => Err(KvError::UnknownSequence { seq }),
+            Some(s) if s.swapped => Err(KvError::SequenceSwapped { seq }),
+            Some(s) => Ok(s),
+        }
     }
 
     fn fresh(&mut self) -> Handle {
@@ -285,6 +362,7 @@ impl Model {
             ModelSeq {
                 values: values.to_vec(),
                 blocks,
+                swapped: false,
             },
         );
         self.stats.sequences_allocated += 1;
@@ -294,14 +372,16 @@ impl Model {
                 cached_tokens: 0,
             }),
             new_tokens: Some((seq, values.len())),
-            copies: vec![],
+            ..Effect::default()
         })
     }
 
     /// Appending into a partially filled last block that another sequence
     /// also holds copies that block first; full shared blocks stay shared.
+    /// A write into a partially filled last block held alone changes its
+    /// content in place: its host copy, if any, is no longer associated.
     fn append(&mut self, seq: SeqId, values: &[u64]) -> Result<Effect, KvError> {
-        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let s = self.on_device(seq)?;
         let len = s.values.len() as u64;
         let new_len = len + values.len() as u64;
         if new_len > self.max_model_len {
@@ -324,6 +404,9 @@ impl Model {
             new_tokens: Some((seq, values.len())),
             ..Effect::default()
         };
+        if filled != 0 && !cow {
+            self.host_of.remove(&last.expect("a partial block exists"));
+        }
         if cow {
             let dst = self.fresh();
             let s = self.seqs.get_mut(&seq).expect("checked");
@@ -347,11 +430,7 @@ impl Model {
         if self.seqs.contains_key(&child) {
             return Err(KvError::DuplicateSequence { seq: child });
         }
-        let p = self
-            .seqs
-            .get(&parent)
-            .ok_or(KvError::UnknownSequence { seq: parent })?
-            .clone();
+        let p = self.on_device(parent)?.clone();
         self.seqs.insert(child, p);
         self.stats.forks += 1;
         Ok(Effect::default())
@@ -359,7 +438,8 @@ impl Model {
 
     fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<Effect, KvError> {
         let keep = self.blocks_needed(new_len) as usize;
-        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        self.on_device(seq)?;
+        let s = self.seqs.get_mut(&seq).expect("checked");
         let num_tokens = s.values.len() as u64;
         if new_len > num_tokens {
             return Err(KvError::TruncateBeyondLength {
@@ -370,13 +450,95 @@ impl Model {
         }
         s.values.truncate(new_len as usize);
         s.blocks.truncate(keep);
+        // A new partially filled tail may be written in place.
+        let partial_tail = (new_len % self.block_size != 0).then(|| s.blocks.last().copied());
+        if let Some(Some(last)) = partial_tail {
+            self.host_of.remove(&last);
+        }
+        self.forget_unheld();
         Ok(Effect::default())
     }
 
+    /// Frees a sequence on either tier.
     fn free(&mut self, seq: SeqId) -> Result<Effect, KvError> {
         self.seqs.remove(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        self.forget_unheld();
         self.stats.sequences_freed += 1;
         Ok(Effect::default())
+    }
+
+    /// Each device block moves to a host block: the one associated with it
+    /// (a sharer copied it already) or a fresh one, copied, and associated
+    /// when other device holders remain. Last block first.
+    fn swap_out(&mut self, seq: SeqId) -> Result<Effect, KvError> {
+        let s = self.on_device(seq)?;
+        if self.num_host_blocks == 0 {
+            return Err(KvError::NoHostTier { seq });
+        }
+        let needed = s.blocks.iter().filter(|d| !self.host_of.contains_key(d)).count() as u64;
+        let free = self.num_free_host();
+        if needed > free {
+            return Err(KvError::HostOutOfBlocks { seq, needed, free });
+        }
+        let blocks = s.blocks.clone();
+        let mut effect = Effect::default();
+        let mut host = vec![0; blocks.len()];
+        for (i, &d) in blocks.iter().enumerate().rev() {
+            host[i] = match self.host_of.get(&d) {
+                Some(&h) => h,
+                None => {
+                    let h = self.fresh();
+                    effect.swap_out.push((d, h));
+                    self.stats.swap_out_copies += 1;
+                    if self.holders(d) > 1 {
+                        self.host_of.insert(d, h);
+                    }
+                    h
+                }
+            };
+        }
+        let s = self.seqs.get_mut(&seq).expect("checked");
+        s.blocks = host;
+        s.swapped = true;
+        self.forget_unheld();
+        self.stats.swap_outs += 1;
+        Ok(effect)
+    }
+
+    /// Each host block comes back to the device block associated with it (a
+    /// sharer brought it back or still holds the original) or to a fresh one,
+    /// copied, and associated when other swapped holders remain.
+    fn swap_in(&mut self, seq: SeqId) -> Result<Effect, KvError> {
+        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        if !s.swapped {
+            return Err(KvError::NotSwapped { seq });
+        }
+        let blocks = s.blocks.clone();
+        let needed = blocks.iter().filter(|&&h| self.dev_of(h).is_none()).count() as u64;
+        self.out_of_blocks(needed)?;
+        let mut effect = Effect::default();
+        let mut device = Vec::with_capacity(blocks.len());
+        for &h in &blocks {
+            let others_hold = self.holders(h) > 1;
+            device.push(match self.dev_of(h) {
+                Some(d) => d,
+                None => {
+                    let d = self.fresh();
+                    effect.swap_in.push((h, d));
+                    self.stats.swap_in_copies += 1;
+                    if others_hold {
+                        self.host_of.insert(d, h);
+                    }
+                    d
+                }
+            });
+        }
+        let s = self.seqs.get_mut(&seq).expect("checked");
+        s.blocks = device;
+        s.swapped = false;
+        self.forget_unheld();
+        self.stats.swap_ins += 1;
+        Ok(effect)
     }
 
     /// The rule documented on `KvCacheManager::check_admission`, in its order.
@@ -420,7 +582,7 @@ impl Model {
     fn usage(&self) -> KvUsage {
         let bs = self.block_size;
         let mut filled: BTreeMap<Handle, u64> = BTreeMap::new();
-        for s in self.seqs.values() {
+        for s in self.seqs.values().filter(|s| !s.swapped) {
             let len = s.values.len() as u64;
             for (i, &h) in s.blocks.iter().enumerate() {
                 let here = (len - i as u64 * bs).min(bs);
@@ -434,8 +596,13 @@ impl Model {
             num_blocks: self.num_blocks,
             free_blocks: self.num_blocks - used,
             used_blocks: used,
-            num_seqs: self.seqs.len() as u64,
-            logical_tokens: self.seqs.values().map(|s| s.values.len() as u64).sum(),
+            num_seqs: self.seqs.values().filter(|s| !s.swapped).count() as u64,
+            logical_tokens: self
+                .seqs
+                .values()
+                .filter(|s| !s.swapped)
+                .map(|s| s.values.len() as u64)
+                .sum(),
             stored_tokens: stored,
             internal_fragmentation: used * bs - stored,
         }
@@ -451,8 +618,12 @@ impl Model {
 struct Snapshot {
     usage: KvUsage,
     tables: Vec<(SeqId, Vec<BlockId>, u64)>,
+    /// Swapped-out sequences' host tables.
+    swapped: Vec<(SeqId, Vec<BlockId>, u32)>,
     free_queue: Vec<BlockId>,
+    host_free_queue: Vec<BlockId>,
     pending: Vec<BlockCopy>,
+    pending_swaps: (Vec<BlockCopy>, Vec<BlockCopy>),
 }
 
 fn snapshot(kv: &KvCacheManager) -> Snapshot {
@@ -461,11 +632,26 @@ fn snapshot(kv: &KvCacheManager) -> Snapshot {
         .map(|s| (s, kv.block_table(s).unwrap().to_vec(), kv.num_tokens(s).unwrap()))
         .collect();
     tables.sort();
+    let mut swapped: Vec<_> = kv
+        .swapped_ids()
+        .map(|s| {
+            let t = kv.swapped_table(s).unwrap();
+            (s, t.blocks().to_vec(), t.num_tokens())
+        })
+        .collect();
+    swapped.sort();
+    let (swap_out, swap_in) = kv.pending_swaps();
     Snapshot {
         usage: kv.usage(),
         tables,
+        swapped,
         free_queue: kv.pool().free_blocks().collect(),
+        host_free_queue: kv
+            .host_pool()
+            .map(|p| p.free_blocks().collect())
+            .unwrap_or_default(),
         pending: kv.pending_copies().to_vec(),
+        pending_swaps: (swap_out.to_vec(), swap_in.to_vec()),
     }
 }
 
@@ -478,8 +664,13 @@ struct Harness {
     block_size: u64,
     /// The simulated KV cache: one value per slot, `None` when poisoned.
     device: Vec<Option<u64>>,
-    /// Model handle -> real block, as of the last step.
+    /// The simulated host (swap) memory, likewise.
+    host: Vec<Option<u64>>,
+    /// Model handle -> real device block, for every handle seen so far
+    /// (handles are never reused, so a freed one keeps its last block).
     handle_to_block: HashMap<Handle, BlockId>,
+    /// Model handle -> real host block, likewise.
+    handle_to_host: HashMap<Handle, BlockId>,
     next_value: u64,
     ops: BlockOps,
     slots: Vec<Slot>,
@@ -490,7 +681,7 @@ struct Harness {
 fn id(p: Pick) -> SeqId {
     match p {
         Pick::Id(id) => SeqId(id),
-        Pick::Live(_) => unreachable!("operations are resolved before they run"),
+        Pick::Live(_) | Pick::Swapped(_) => unreachable!("operations are resolved before they run"),
     }
 }
 
@@ -505,6 +696,7 @@ impl Harness {
             block_size: s.block_size,
             max_model_len: s.max_model_len,
             watermark: s.watermark,
+            num_host_blocks: s.num_host_blocks,
             ..Default::default()
         })
         .expect("the generated config is valid");
@@ -513,7 +705,9 @@ impl Harness {
             model: Model::new(s),
             block_size: s.block_size as u64,
             device: vec![None; s.num_blocks as usize * s.block_size as usize],
+            host: vec![None; s.num_host_blocks as usize * s.block_size as usize],
             handle_to_block: HashMap::new(),
+            handle_to_host: HashMap::new(),
             next_value: 0,
             ops: BlockOps::default(),
             slots: Vec::new(),
@@ -536,12 +730,23 @@ impl Harness {
     }
 
     fn pick(&self, p: Pick) -> Pick {
+        let nth = |k: usize, swapped: bool| {
+            let ids: Vec<SeqId> = self
+                .model
+                .seqs
+                .iter()
+                .filter(|(_, s)| s.swapped == swapped)
+                .map(|(&id, _)| id)
+                .collect();
+            match ids.len() {
+                0 => k as u64 % NUM_IDS,
+                n => ids[k % n].0,
+            }
+        };
         Pick::Id(match p {
             Pick::Id(id) => id,
-            Pick::Live(k) => match self.model.seqs.len() {
-                0 => k as u64 % NUM_IDS,
-                n => self.model.seqs.keys().nth(k % n).expect("k % n < n").0,
-            },
+            Pick::Live(k) => nth(k, false),
+            Pick::Swapped(k) => nth(k, true),
         })
     }
 
@@ -574,6 +779,8 @@ impl Harness {
                 }
             }
             Op::Free { seq } => Op::Free { seq: self.pick(seq) },
+            Op::SwapOut { seq } => Op::SwapOut { seq: self.pick(seq) },
+            Op::SwapIn { seq } => Op::SwapIn { seq: self.pick(seq) },
             op @ Op::Admission { .. } => op,
         }
     }
@@ -623,6 +830,14 @@ impl Harness {
                 let seq = id(seq);
                 (self.kv.free(seq).map(|()| None), self.model.free(seq))
             }
+            Op::SwapOut { seq } => {
+                let seq = id(seq);
+                (self.kv.swap_out(seq).map(|()| None), self.model.swap_out(seq))
+            }
+            Op::SwapIn { seq } => {
+                let seq = id(seq);
+                (self.kv.swap_in(seq).map(|()| None), self.model.swap_in(seq))
+            }
             Op::Admission { prompt_len, max_new } => {
                 let real = self.kv.check_admission(prompt_len, max_new);
                 let expected = self.model.admission(prompt_len, max_new);
@@ -668,13 +883,65 @@ impl Harness {
         let kv = &self.kv;
         let mut real_ids: Vec<SeqId> = kv.seq_ids().collect();
         real_ids.sort();
-        let model_ids: Vec<SeqId> = self.model.seqs.keys().copied().collect();
+        let model_ids: Vec<SeqId> = self
+            .model
+            .seqs
+            .iter()
+            .filter(|(_, m)| !m.swapped)
+            .map(|(&id, _)| id)
+            .collect();
         prop_assert_eq!(real_ids, model_ids);
+        let mut real_swapped: Vec<SeqId> = kv.swapped_ids().collect();
+        real_swapped.sort();
+        let model_swapped: Vec<SeqId> = self
+            .model
+            .seqs
+            .iter()
+            .filter(|(_, m)| m.swapped)
+            .map(|(&id, _)| id)
+            .collect();
+        prop_assert_eq!(real_swapped, model_swapped);
+
+        // The host tier: the same shape, sharing and ref counts.
+        let mut h2h: HashMap<Handle, BlockId> = HashMap::new();
+        let mut hb2h: HashMap<BlockId, Handle> = HashMap::new();
+        for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| m.swapped) {
+            let len = m.values.len() as u64;
+            prop_assert!(kv.is_swapped(seq));
+            prop_assert_eq!(kv.block_table(seq), Err(KvError::SequenceSwapped { seq }));
+            let t = kv.swapped_table(seq).map_err(fail)?;
+            prop_assert_eq!(t.num_tokens() as u64, len, "swapped {:?} length", seq);
+            prop_assert_eq!(t.blocks().len(), m.blocks.len(), "swapped {:?} block count", seq);
+            for (&h, &b) in m.blocks.iter().zip(t.blocks()) {
+                let b_seen = *h2h.entry(h).or_insert(b);
+                let h_seen = *hb2h.entry(b).or_insert(h);
+                prop_assert!(
+                    b_seen == b && h_seen == h,
+                    "host sharing differs from the model at {:?}: model block {} vs host {:?}",
+                    seq,
+                    h,
+                    b
+                );
+            }
+        }
+        for (h, b) in &h2h {
+            if let Some(old) = self.handle_to_host.get(h) {
+                prop_assert_eq!(old, b, "model host block {} moved", h);
+            }
+            let host_pool = kv.host_pool().expect("swapped sequences imply a host tier");
+            prop_assert_eq!(
+                host_pool.ref_count(*b).map_err(fail)? as usize,
+                self.model.holders(*h),
+                "ref count of host {:?}",
+                b
+            );
+        }
+        self.handle_to_host.extend(h2h);
 
         let mut h2b: HashMap<Handle, BlockId> = HashMap::new();
         let mut b2h: HashMap<BlockId, Handle> = HashMap::new();
         let mut table_entries = 0u64;
-        for (&seq, m) in &self.model.seqs {
+        for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| !m.swapped) {
             let len = m.values.len() as u64;
             prop_assert_eq!(kv.num_tokens(seq).map_err(fail)?, len, "{:?} length", seq);
             let table = kv.block_table(seq).map_err(fail)?;
@@ -721,26 +988,58 @@ impl Harness {
         prop_assert_eq!(kv.num_free_blocks() as u64, self.model.num_free());
         prop_assert!(usage.used_blocks <= table_entries);
         prop_assert_eq!(usage, self.model.usage());
-        self.handle_to_block = h2b;
+        self.handle_to_block.extend(h2b);
         Ok(())
     }
 
-    /// Plays the engine: drain the copies, check them against the model, run
-    /// them, then write the new tokens at their slots; poison free blocks.
+    /// Plays the engine: drain the operations, check them against the model,
+    /// run them in the contract's order (swap-out, swap-in, copies), then
+    /// write the new tokens at their slots; poison free blocks of both tiers.
     fn run_engine_step(&mut self, effect: &Effect) -> Result<(), TestCaseError> {
         let bs = self.block_size as usize;
         self.kv.drain_ops(&mut self.ops);
+        let dev = |h: &Handle| self.handle_to_block[h];
+        let host = |h: &Handle| self.handle_to_host[h];
         let expected: Vec<BlockCopy> = effect
             .copies
             .iter()
             .map(|&(src, dst, num_slots)| BlockCopy {
-                src: self.handle_to_block[&src],
-                dst: self.handle_to_block[&dst],
+                src: dev(&src),
+                dst: dev(&dst),
                 num_slots,
             })
             .collect();
+        let swap_out: Vec<BlockCopy> = effect
+            .swap_out
+            .iter()
+            .map(|(d, h)| BlockCopy {
+                src: dev(d),
+                dst: host(h),
+                num_slots: bs as u32,
+            })
+            .collect();
+        let swap_in: Vec<BlockCopy> = effect
+            .swap_in
+            .iter()
+            .map(|(h, d)| BlockCopy {
+                src: host(h),
+                dst: dev(d),
+                num_slots: bs as u32,
+            })
+            .collect();
+        prop_assert_eq!(&self.ops.swap_out, &swap_out, "swap-out copies");
+        prop_assert_eq!(&self.ops.swap_in, &swap_in, "swap-in copies");
         prop_assert_eq!(&self.ops.copies, &expected, "copy-on-write copies");
         prop_assert!(self.kv.pending_copies().is_empty());
+        prop_assert_eq!(self.kv.pending_swaps(), (&[][..], &[][..]));
+        for c in &self.ops.swap_out {
+            let (d, h) = (c.src.index() * bs, c.dst.index() * bs);
+            self.host[h..h + bs].copy_from_slice(&self.device[d..d + bs]);
+        }
+        for c in &self.ops.swap_in {
+            let (h, d) = (c.src.index() * bs, c.dst.index() * bs);
+            self.device[d..d + bs].copy_from_slice(&self.host[h..h + bs]);
+        }
         for c in &self.ops.copies {
             let (src, dst) = (c.src.index() * bs, c.dst.index() * bs);
             for i in 0..c.num_slots as usize {
@@ -766,13 +1065,34 @@ impl Harness {
         for b in self.kv.pool().free_blocks() {
             self.device[b.index() * bs..(b.index() + 1) * bs].fill(None);
         }
+        // Host blocks released this step are free once drained.
+        prop_assert_eq!(self.kv.num_free_host_blocks() as u64, self.model.num_free_host());
+        if let Some(p) = self.kv.host_pool() {
+            prop_assert_eq!(p.num_free() as u64, self.model.num_free_host());
+            for b in p.free_blocks() {
+                self.host[b.index() * bs..(b.index() + 1) * bs].fill(None);
+            }
+        }
         Ok(())
     }
 
     /// Every live sequence reads back exactly its own token values.
     fn check_content(&mut self) -> Result<(), TestCaseError> {
         let bs = self.block_size;
-        for (&seq, m) in &self.model.seqs {
+        for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| m.swapped) {
+            let t = self.kv.swapped_table(seq).map_err(fail)?;
+            for (pos, &v) in m.values.iter().enumerate() {
+                let slot = t.blocks()[pos / bs as usize].index() * bs as usize + pos % bs as usize;
+                prop_assert_eq!(
+                    self.host[slot],
+                    Some(v),
+                    "swapped {:?} position {} holds the wrong token in host memory",
+                    seq,
+                    pos
+                );
+            }
+        }
+        for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| !m.swapped) {
             let len = m.values.len() as u64;
             let table = self.kv.block_table(seq).map_err(fail)?;
             self.slots.clear();
@@ -807,6 +1127,9 @@ impl Harness {
         prop_assert_eq!(self.kv.num_free_blocks() as u64, u.num_blocks);
         prop_assert_eq!(self.kv.pool().free_blocks().count() as u64, u.num_blocks);
         prop_assert!(self.device.iter().all(Option::is_none));
+        prop_assert_eq!(self.kv.num_swapped(), 0);
+        prop_assert_eq!(self.kv.num_free_host_blocks(), self.kv.num_host_blocks());
+        prop_assert!(self.host.iter().all(Option::is_none));
         Ok(())
     }
 }
@@ -838,6 +1161,8 @@ fn replay(s: Setup, calls: &[Call], final_state: &Snapshot) -> Result<(), TestCa
                 )
             }
             Op::Free { seq } => format!("{:?}", h.kv.free(id(seq)).map(|()| None::<Allocation>)),
+            Op::SwapOut { seq } => format!("{:?}", h.kv.swap_out(id(seq)).map(|()| None::<Allocation>)),
+            Op::SwapIn { seq } => format!("{:?}", h.kv.swap_in(id(seq)).map(|()| None::<Allocation>)),
             Op::Admission { prompt_len, max_new } => {
                 format!("{:?}", h.kv.check_admission(prompt_len, max_new))
             }

@@ -10,6 +10,12 @@
 //! workload, admission and frees included, and must not allocate, reallocate
 //! or free heap memory even once.
 //!
+//! The scheduler's decode step is held to the same rule: with 256 requests
+//! decoding, `Scheduler::step(&mut plan)` + `on_step_output(&outputs)` with a
+//! reused plan and outputs buffer makes no heap allocation once warm (one full
+//! pass of the same workload grows the sequences' recycled token and table
+//! storage, the queues and the plan).
+//!
 //! A counting global allocator wraps the system allocator. It counts only on
 //! the thread that is measuring (a thread-local flag and thread-local
 //! counters), so tests that the harness runs on other threads do not disturb
@@ -18,7 +24,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId, Slot};
+use pagedkv::{
+    BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
+    SeqId, Slot, StepPlan,
+};
 
 struct CountingAllocator;
 
@@ -199,6 +208,120 @@ fn warm_decode_loop_with_forks_and_copy_on_write_makes_no_heap_allocation() {
     // The copies really flow through drain_ops: all but one sample per request copy.
     assert_eq!(copies as u64, SEQS / SAMPLES * (SAMPLES - 1));
     assert_warm_pass_does_not_allocate(true, false);
+}
+
+/// Decode steps per request in the scheduler workload (enough to spill every
+/// table past its inline storage and fill many blocks).
+const SCHED_NEW_TOKENS: u32 = 300;
+
+/// What an engine driving the scheduler keeps across steps.
+struct SchedEngine {
+    sched: Scheduler,
+    plan: StepPlan,
+    out: Vec<SampledToken>,
+}
+
+impl SchedEngine {
+    fn new() -> Self {
+        let blocks_per_seq = (PROMPT + SCHED_NEW_TOKENS).div_ceil(BLOCK_SIZE);
+        let kv = KvCacheManager::new(KvCacheConfig {
+            num_blocks: SEQS as u32 * blocks_per_seq,
+            block_size: BLOCK_SIZE,
+            max_model_len: PROMPT + SCHED_NEW_TOKENS,
+            watermark: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+        let config = SchedulerConfig {
+            max_num_seqs: SEQS as u32,
+            max_num_batched_tokens: SEQS as u32 * PROMPT,
+            ..Default::default()
+        };
+        SchedEngine {
+            sched: Scheduler::new(kv, config).unwrap(),
+            plan: StepPlan::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// One engine step: plan, "run", report one sampled token per sequence.
+    fn step(&mut self) {
+        self.sched.step(&mut self.plan);
+        self.out.clear();
+        for e in &self.plan.scheduled {
+            self.out.push(SampledToken {
+                seq: e.seq,
+                token: e.start + e.num_new_tokens,
+                stop: false,
+            });
+        }
+        self.sched.on_step_output(&self.out).unwrap();
+    }
+
+    /// One pass: admit `SEQS` requests and prefill them (not measured: the
+    /// requests' prompts are the caller's allocations), then decode until all
+    /// finish, the last plan reporting them. Returns the decode steps taken and
+    /// the heap allocations and frees they made.
+    fn pass(&mut self) -> (u32, usize, usize) {
+        for r in 0..SEQS {
+            self.sched
+                .add_request(Request {
+                    id: RequestId(r),
+                    prompt: (0..PROMPT).collect(),
+                    max_new_tokens: SCHED_NEW_TOKENS,
+                    priority: 0,
+                    arrival: r,
+                    n: 1,
+                })
+                .unwrap();
+        }
+        self.step();
+        assert_eq!(self.plan.scheduled.len(), SEQS as usize);
+        assert!(self.plan.scheduled.iter().all(|e| e.is_prefill));
+        let (mut steps, mut allocs, mut deallocs) = (0, 0, 0);
+        while !self.sched.is_idle() {
+            let ((), a, d) = count_heap_calls(|| self.step());
+            assert_eq!(self.plan.scheduled.len(), SEQS as usize, "all decode together");
+            assert!(self
+                .plan
+                .scheduled
+                .iter()
+                .all(|e| !e.is_prefill && e.num_new_tokens == 1));
+            assert_eq!(self.plan.num_batched_tokens, SEQS as u32);
+            steps += 1;
+            allocs += a;
+            deallocs += d;
+        }
+        // The step after the last output reports the finished sequences.
+        let ((), a, d) = count_heap_calls(|| self.sched.step(&mut self.plan));
+        assert_eq!(self.plan.finished.len(), SEQS as usize);
+        assert!(self.plan.scheduled.is_empty());
+        (steps, allocs + a, deallocs + d)
+    }
+}
+
+#[test]
+fn warm_scheduler_decode_step_makes_no_heap_allocation() {
+    let mut engine = SchedEngine::new();
+    let (warm_steps, ..) = engine.pass();
+    assert_eq!(
+        warm_steps,
+        SCHED_NEW_TOKENS - 1,
+        "the prefill step samples the first token"
+    );
+    let (steps, allocs, deallocs) = engine.pass();
+    assert_eq!(steps, warm_steps);
+    assert_eq!(
+        (allocs, deallocs),
+        (0, 0),
+        "{steps} warm scheduler decode steps made {allocs} heap allocations and {deallocs} frees"
+    );
+    engine.sched.check_invariants().unwrap();
+    assert_eq!(
+        engine.sched.kv().usage().free_blocks,
+        engine.sched.kv().usage().num_blocks
+    );
+    assert_eq!(engine.sched.stats().finished, 2 * SEQS);
 }
 
 #[test]

@@ -25,19 +25,20 @@
 //! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
 //! copy-on-write rule.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 use crate::error::KvError;
 use crate::ids::{BlockId, SeqId, Slot, TokenId};
-use crate::pool::{BlockPool, MAX_BLOCKS};
+use crate::pool::BlockPool;
 use crate::prefix::{KvEvent, PrefixKeys};
-use crate::sizing::{blocks_for, MAX_BLOCK_SIZE};
+use crate::sizing::blocks_for;
 use crate::table::{BlockTable, BlockVec};
 
 mod accounting;
+mod admission;
 mod caching;
+mod lookup;
+mod seq_map;
 mod shared;
 mod swap;
 #[cfg(test)]
@@ -46,39 +47,11 @@ mod swap_tests;
 mod tests;
 mod types;
 
+pub(crate) use seq_map::SeqMap;
 pub use shared::SharedKvCacheManager;
 pub use types::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
 };
-
-/// A multiplicative hasher for engine-chosen `u64` sequence ids: one multiply and
-/// a fold, several times cheaper than SipHash on the hot path. Sequence ids come
-/// from the engine, not from untrusted clients, so flooding is not a concern.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct SeqIdHasher(u64);
-
-impl Hasher for SeqIdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        let h = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // Fold the well-mixed high bits into the low bits the table indexes by.
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-pub(crate) type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
 /// One allocated sequence: its block table, and (with prefix caching on) its
 /// tokens and block hashes, boxed so that the map entries the hot path walks
@@ -186,89 +159,6 @@ impl KvCacheManager {
         blocks_for(num_tokens, self.config.block_size as u64)
     }
 
-    /// Whether a request with `prompt_len` prompt tokens that may generate
-    /// `max_new_tokens` more can start now, later, or never.
-    ///
-    /// - `Never` when it can never run to completion: longer than
-    ///   `max_model_len`, more blocks than the whole pool, or a prompt that even
-    ///   an empty pool could not take while keeping the watermark.
-    /// - `Now` when the prompt's blocks are free with the watermark to spare
-    ///   (generated tokens take blocks one at a time, as paged attention intends).
-    /// - `Later` otherwise: it fits once running sequences finish.
-    ///
-    /// Pure: it changes nothing. With prefix caching on, use
-    /// [`Self::check_admission_for`], which counts cached blocks.
-    pub fn check_admission(&self, prompt_len: u64, max_new_tokens: u64) -> Admission {
-        self.admission(prompt_len, max_new_tokens, 0)
-    }
-
-    /// [`Self::check_admission`] for a concrete prompt: blocks of its cached
-    /// prefix that running sequences hold need no free block, so a prompt
-    /// whose prefix is cached may start now where a cold one would wait.
-    ///
-    /// ```
-    /// use pagedkv::{Admission, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
-    /// let mut kv = KvCacheManager::new(KvCacheConfig {
-    ///     num_blocks: 4, block_size: 4, watermark: 0.0, enable_prefix_caching: true, ..Default::default()
-    /// }).unwrap();
-    /// let system: Vec<u32> = (0..12).collect();
-    /// kv.allocate(SeqId(1), &system).unwrap();                 // 3 of 4 blocks
-    /// let mut prompt = system.clone();
-    /// prompt.extend([100, 101]);                               // 14 tokens: 4 blocks cold
-    /// let keys = PrefixKeys::default();
-    /// assert_eq!(kv.check_admission(14, 0), Admission::Later);
-    /// assert_eq!(kv.check_admission_for(&prompt, &keys, 0), Admission::Now); // 3 blocks shared
-    /// ```
-    pub fn check_admission_for(
-        &self,
-        prompt: &[TokenId],
-        keys: &PrefixKeys,
-        max_new_tokens: u64,
-    ) -> Admission {
-        let held = self.cached_prefix(prompt, keys).held_blocks;
-        self.admission(prompt.len() as u64, max_new_tokens, held)
-    }
-
-    /// Admission with `held` leading prompt blocks already held by running
-    /// sequences (shared, so they take no free block).
-    fn admission(&self, prompt_len: u64, max_new_tokens: u64, held: u64) -> Admission {
-        let total = prompt_len.saturating_add(max_new_tokens);
-        if prompt_len == 0 {
-            return Admission::Never(AdmissionRefusal::EmptyPrompt);
-        }
-        if total > self.config.max_model_len as u64 {
-            return Admission::Never(AdmissionRefusal::ExceedsMaxModelLen {
-                tokens: total,
-                max_model_len: self.config.max_model_len,
-            });
-        }
-        let num_blocks = self.pool.num_blocks() as u64;
-        let total_blocks = self.blocks_for(total);
-        if total_blocks > num_blocks {
-            return Admission::Never(AdmissionRefusal::ExceedsPool {
-                tokens: total,
-                blocks_needed: total_blocks,
-                num_blocks,
-                block_size: self.config.block_size,
-            });
-        }
-        let prompt_blocks = self.blocks_for(prompt_len);
-        let watermark = self.watermark_blocks as u64;
-        if prompt_blocks + watermark > num_blocks {
-            return Admission::Never(AdmissionRefusal::PromptAboveWatermark {
-                prompt_tokens: prompt_len,
-                blocks_needed: prompt_blocks,
-                num_blocks,
-                watermark_blocks: self.watermark_blocks,
-            });
-        }
-        if prompt_blocks - held + watermark <= self.pool.num_free() as u64 {
-            Admission::Now
-        } else {
-            Admission::Later
-        }
-    }
-
     /// Allocates blocks for a new sequence's prompt (with prefix caching on,
     /// reusing its longest cached prefix under the default [`PrefixKeys`]).
     ///
@@ -342,6 +232,47 @@ impl KvCacheManager {
     /// [`KvError::ExceedsMaxModelLen`], [`KvError::OutOfBlocks`].
     #[inline]
     pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, None)
+    }
+
+    /// [`Self::append`], then the slots of positions `range` of the sequence
+    /// (as it is after the append) pushed to `out`, with one lookup of the
+    /// sequence: a scheduler's per-sequence work in a step (for a decode,
+    /// `len..len + 1`; for a prefill chunk whose blocks were taken earlier,
+    /// `tokens` may be empty).
+    ///
+    /// Errors (nothing changes, nothing is pushed): those of `append`, and
+    /// [`KvError::PositionOutOfRange`] when `range` passes the new length.
+    ///
+    /// ```
+    /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4]).unwrap();
+    /// let mut slots = Vec::new();
+    /// kv.append_and_slots_into(SeqId(1), &[5], 4..5, &mut slots).unwrap(); // a decode
+    /// assert_eq!(slots, [kv.slot(SeqId(1), 4).unwrap()]);
+    /// assert!(kv.append_and_slots_into(SeqId(1), &[6], 4..7, &mut slots).is_err());
+    /// assert_eq!((kv.num_tokens(SeqId(1)).unwrap(), slots.len()), (5, 1));
+    /// ```
+    #[inline]
+    pub fn append_and_slots_into(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        range: Range<u64>,
+        out: &mut Vec<Slot>,
+    ) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, Some((range, out)))
+    }
+
+    /// `append`, and with `slots` also the slots of a range after it.
+    #[inline(always)]
+    fn append_then_slots(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        slots: Option<(Range<u64>, &mut Vec<Slot>)>,
+    ) -> Result<(), KvError> {
         let max_model_len = self.config.max_model_len;
         let Some(s) = self.seqs.get_mut(&seq) else {
             return Err(self.absent(seq));
@@ -355,10 +286,19 @@ impl KvCacheManager {
                 max_model_len,
             });
         }
+        if let Some((range, _)) = &slots {
+            if range.start > range.end || range.end > new_len {
+                return Err(KvError::PositionOutOfRange {
+                    seq,
+                    pos: range.end,
+                    num_tokens: new_len,
+                });
+            }
+        }
         // Fast path (almost every decode step): the tokens fit in the free
         // slots of a last block this table holds alone. No division, no pool access.
-        let slots = table.blocks.len() as u64 * self.config.block_size as u64;
-        if new_len <= slots && !table.tail_maybe_shared {
+        let capacity = table.blocks.len() as u64 * self.config.block_size as u64;
+        if new_len <= capacity && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
             if let Some(p) = &mut self.prefix {
                 let cache = s
@@ -367,19 +307,30 @@ impl KvCacheManager {
                     .expect("caching on: the sequence has a cache");
                 p.record_tokens(cache, &s.table, tokens);
             }
+            if let Some((range, out)) = slots {
+                // Both ends are <= num_tokens, which is a u32.
+                let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
+                debug_assert!(ok);
+            }
             return Ok(());
         }
-        if tokens.is_empty() {
+        if tokens.is_empty() && slots.is_none() {
             return Ok(());
         }
-        self.append_slow(seq, new_len)?;
-        if let Some(p) = &mut self.prefix {
-            let s = self.seqs.get_mut(&seq).expect("append_slow succeeded");
+        if !tokens.is_empty() {
+            self.append_slow(seq, new_len)?;
+        }
+        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        if let (Some(p), false) = (&mut self.prefix, tokens.is_empty()) {
             let cache = s
                 .cache
                 .as_deref_mut()
                 .expect("caching on: the sequence has a cache");
             p.record_tokens(cache, &s.table, tokens);
+        }
+        if let Some((range, out)) = slots {
+            let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
+            debug_assert!(ok);
         }
         Ok(())
     }
@@ -561,88 +512,6 @@ impl KvCacheManager {
         &self.copies
     }
 
-    /// Whether the sequence is allocated.
-    pub fn contains(&self, seq: SeqId) -> bool {
-        self.seqs.contains_key(&seq)
-    }
-
-    /// Allocated sequences.
-    pub fn num_seqs(&self) -> usize {
-        self.seqs.len()
-    }
-
-    /// Iterates allocated sequence ids (in no particular order).
-    pub fn seq_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.seqs.keys().copied()
-    }
-
-    /// The sequence's table.
-    #[inline]
-    pub fn table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
-        match self.seqs.get(&seq) {
-            Some(s) => Ok(&s.table),
-            None => Err(self.absent(seq)),
-        }
-    }
-
-    /// The sequence's blocks, in logical order, for the attention kernel.
-    #[inline]
-    pub fn block_table(&self, seq: SeqId) -> Result<&[BlockId], KvError> {
-        self.table(seq).map(BlockTable::blocks)
-    }
-
-    /// Tokens the sequence holds.
-    #[inline]
-    pub fn num_tokens(&self, seq: SeqId) -> Result<u64, KvError> {
-        self.table(seq).map(|t| t.num_tokens as u64)
-    }
-
-    /// The slot of position `pos` of the sequence.
-    pub fn slot(&self, seq: SeqId, pos: u64) -> Result<Slot, KvError> {
-        let t = self.table(seq)?;
-        u32::try_from(pos)
-            .ok()
-            .and_then(|p| t.slot(p))
-            .ok_or(KvError::PositionOutOfRange {
-                seq,
-                pos,
-                num_tokens: t.num_tokens as u64,
-            })
-    }
-
-    /// Appends the slots of positions `range` of the sequence to `out` (a
-    /// batch's slot mapping, built in the caller's reusable buffer).
-    pub fn slots_into(&self, seq: SeqId, range: Range<u64>, out: &mut Vec<Slot>) -> Result<(), KvError> {
-        let t = self.table(seq)?;
-        let n = t.num_tokens as u64;
-        let bad = KvError::PositionOutOfRange {
-            seq,
-            pos: range.end,
-            num_tokens: n,
-        };
-        if range.start > range.end || range.end > n {
-            return Err(bad);
-        }
-        // Both ends are <= num_tokens, which is a u32.
-        let ok = t.slots_into(range.start as u32..range.end as u32, out);
-        debug_assert!(ok);
-        Ok(())
-    }
-
-    /// Appends the slots of the sequence's last `n` tokens to `out`: where the
-    /// engine writes the keys and values of the tokens just appended.
-    pub fn new_slots_into(&self, seq: SeqId, n: u64, out: &mut Vec<Slot>) -> Result<(), KvError> {
-        let len = self.num_tokens(seq)?;
-        if n > len {
-            return Err(KvError::PositionOutOfRange {
-                seq,
-                pos: n,
-                num_tokens: len,
-            });
-        }
-        self.slots_into(seq, len - n..len, out)
-    }
-
     /// Counters since construction.
     pub fn stats(&self) -> &KvStats {
         &self.stats
@@ -673,59 +542,6 @@ impl KvCacheManager {
         if needed > free {
             self.stats.out_of_blocks += 1;
             return Err(KvError::OutOfBlocks { needed, free });
-        }
-        Ok(())
-    }
-}
-
-impl KvCacheConfig {
-    /// Checks every field; the error names the field and the accepted range.
-    pub fn validate(&self) -> Result<(), KvError> {
-        let bad = |field: &'static str, reason: String| Err(KvError::InvalidConfig { field, reason });
-        if self.num_blocks == 0 || self.num_blocks > MAX_BLOCKS {
-            return bad(
-                "num_blocks",
-                format!(
-                    "{} is outside 1..={MAX_BLOCKS}; size the pool with CachePlan::num_blocks()",
-                    self.num_blocks
-                ),
-            );
-        }
-        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
-            return bad(
-                "block_size",
-                format!(
-                    "{} is outside 1..={MAX_BLOCK_SIZE}; 16 is the usual choice",
-                    self.block_size
-                ),
-            );
-        }
-        if self.max_model_len == 0 {
-            return bad("max_model_len", "must be at least 1 token".into());
-        }
-        if self.enable_kv_events && !self.enable_prefix_caching {
-            return bad(
-                "enable_kv_events",
-                "KV events describe the prefix cache; set enable_prefix_caching = true as well".into(),
-            );
-        }
-        if self.num_host_blocks > MAX_BLOCKS {
-            return bad(
-                "num_host_blocks",
-                format!(
-                    "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
-                    self.num_host_blocks
-                ),
-            );
-        }
-        if !(self.watermark >= 0.0 && self.watermark < 1.0) {
-            return bad(
-                "watermark",
-                format!(
-                    "{} is outside [0, 1); it is the fraction of blocks kept free for growth, e.g. 0.01",
-                    self.watermark
-                ),
-            );
         }
         Ok(())
     }

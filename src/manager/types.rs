@@ -3,11 +3,11 @@
 
 use std::fmt;
 
-use crate::error::PlanError;
+use crate::error::{KvError, PlanError};
 use crate::ids::BlockId;
 use crate::pool::MAX_BLOCKS;
 use crate::prefix::HashAlgorithm;
-use crate::sizing::CachePlan;
+use crate::sizing::{CachePlan, MAX_BLOCK_SIZE};
 
 /// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
 ///
@@ -301,5 +301,58 @@ impl KvStats {
         } else {
             self.prefix_hit_tokens as f64 / self.prefix_queried_tokens as f64
         }
+    }
+}
+
+impl KvCacheConfig {
+    /// Checks every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), KvError> {
+        let bad = |field: &'static str, reason: String| Err(KvError::InvalidConfig { field, reason });
+        if self.num_blocks == 0 || self.num_blocks > MAX_BLOCKS {
+            return bad(
+                "num_blocks",
+                format!(
+                    "{} is outside 1..={MAX_BLOCKS}; size the pool with CachePlan::num_blocks()",
+                    self.num_blocks
+                ),
+            );
+        }
+        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
+            return bad(
+                "block_size",
+                format!(
+                    "{} is outside 1..={MAX_BLOCK_SIZE}; 16 is the usual choice",
+                    self.block_size
+                ),
+            );
+        }
+        if self.max_model_len == 0 {
+            return bad("max_model_len", "must be at least 1 token".into());
+        }
+        if self.enable_kv_events && !self.enable_prefix_caching {
+            return bad(
+                "enable_kv_events",
+                "KV events describe the prefix cache; set enable_prefix_caching = true as well".into(),
+            );
+        }
+        if self.num_host_blocks > MAX_BLOCKS {
+            return bad(
+                "num_host_blocks",
+                format!(
+                    "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
+                    self.num_host_blocks
+                ),
+            );
+        }
+        if !(self.watermark >= 0.0 && self.watermark < 1.0) {
+            return bad(
+                "watermark",
+                format!(
+                    "{} is outside [0, 1); it is the fraction of blocks kept free for growth, e.g. 0.01",
+                    self.watermark
+                ),
+            );
+        }
+        Ok(())
     }
 }

@@ -28,15 +28,19 @@
 //!
 //! Start reading at [`Scheduler::step`].
 
-use std::cmp::Reverse;
-
 use crate::error::{KvError, SchedulerError};
 use crate::ids::{SeqId, TokenId};
 use crate::manager::{Admission, KvCacheManager, SeqMap};
-use crate::prefix::PrefixKeys;
 
+mod admission;
+mod output;
 mod policy;
+mod preemption;
+#[cfg(test)]
+mod tests;
 mod types;
+
+use preemption::Outcome;
 
 pub use policy::{
     AlwaysRecompute, AlwaysSwap, Automatic, Candidate, Fcfs, LatestArrival, LowestPriority, MostBlocks,
@@ -79,6 +83,15 @@ struct SeqState {
     resumed: bool,
 }
 
+/// One sampled token a plan asked for: of sequence `seq`, the `sample`-th
+/// sample of the sequence in slab entry `idx` (sample > 0: a child to fork).
+#[derive(Clone, Copy, Debug)]
+struct Expected {
+    seq: SeqId,
+    idx: usize,
+    sample: u32,
+}
+
 impl SeqState {
     fn pending(&self) -> u32 {
         self.tokens.len() as u32 - self.num_computed
@@ -87,12 +100,6 @@ impl SeqState {
     fn generated(&self) -> u32 {
         self.tokens.len() as u32 - self.prompt_len
     }
-}
-
-enum Outcome {
-    Scheduled,
-    Deferred,
-    PreemptedItself,
 }
 
 /// The reference scheduler. It owns the manager; read it with [`Self::kv`].
@@ -142,7 +149,12 @@ pub struct Scheduler {
     swapped: Vec<usize>,
     finished: Vec<SeqId>,
     rejected: Vec<RequestId>,
-    expected_outputs: u64,
+    /// The outputs the plans since the last `on_step_output` asked for, in
+    /// plan order (so outputs reported in that order are checked without lookups).
+    expected: Vec<Expected>,
+    /// A step was planned while outputs were still expected: check outputs
+    /// the general way.
+    expected_stale: bool,
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
     seen: Vec<SeqId>,
@@ -170,7 +182,8 @@ impl Scheduler {
             swapped: Vec::new(),
             finished: Vec::new(),
             rejected: Vec::new(),
-            expected_outputs: 0,
+            expected: Vec::new(),
+            expected_stale: false,
             preempted_this_step: false,
             scratch: Vec::new(),
             seen: Vec::new(),
@@ -349,6 +362,7 @@ impl Scheduler {
     /// A decode-only step allocates nothing once `plan` has grown.
     pub fn step(&mut self, plan: &mut StepPlan) {
         plan.clear();
+        self.expected_stale |= !self.expected.is_empty();
         plan.finished.append(&mut self.finished);
         plan.rejected.append(&mut self.rejected);
         self.stats.steps += 1;
@@ -378,288 +392,40 @@ impl Scheduler {
         self.kv.drain_ops(&mut plan.ops);
     }
 
-    /// Plans `running[i]`; may preempt running sequences after position `i`.
-    fn schedule_running(&mut self, i: usize, force: bool, budget: &mut u32, plan: &mut StepPlan) -> Outcome {
-        let idx = self.running[i];
-        let (n, append_to) = {
-            let s = self.s(idx);
-            let n = s.pending().min(*budget);
-            if n == 0 || (!self.config.enable_chunked_prefill && n < s.pending()) {
-                return Outcome::Deferred;
-            }
-            (n, (s.num_computed + n).max(s.in_kv))
-        };
-        let mut victims = 0u32;
-        loop {
-            let s = self.slab[idx].as_mut().expect("live");
-            if append_to <= s.in_kv {
-                break;
-            }
-            match self
-                .kv
-                .append(s.id, &s.tokens[s.in_kv as usize..append_to as usize])
-            {
-                Ok(()) => {
-                    s.in_kv = append_to;
-                    break;
-                }
-                Err(KvError::OutOfBlocks { .. }) => {}
-                Err(e) => panic!("scheduler invariant: a running sequence is on the device: {e}"),
-            }
-            let id = s.id;
-            let need = self
-                .kv
-                .append_blocks_needed(id, (append_to - s.in_kv) as u64)
-                .expect("running sequences are on the device");
-            let deficit = need.saturating_sub(self.kv.num_free_blocks() as u64);
-            if self.config.isolate_growth && !force {
-                let (count, enough) = self.victims_needed(i, deficit);
-                if victims + count > 1 || !enough {
-                    self.stats.deferred += 1;
-                    return Outcome::Deferred;
-                }
-            }
-            let victim = self.pick_victim(i);
-            // Under the whole-prompt guard a prompt in the middle of its prefill
-            // is not preempted for another's growth: the grower waits instead.
-            if let (Some(v), true) = (victim, self.config.admit_whole_prompt && !force) {
-                if self.candidate(v).0 == 0 {
-                    self.stats.deferred += 1;
-                    return Outcome::Deferred;
-                }
-            }
-            match victim {
-                Some(v) => {
-                    self.preempt(v, plan);
-                    victims += 1;
-                }
-                None => {
-                    self.preempt(idx, plan);
-                    return Outcome::PreemptedItself;
-                }
-            }
-        }
-        self.push_entry(idx, n, budget, plan);
-        Outcome::Scheduled
-    }
-
-    fn candidate(&self, idx: usize) -> (u8, (i64, u64)) {
-        let s = self.s(idx);
-        let num_blocks = self.kv.table(s.id).map_or(0, |t| t.num_blocks() as u32);
-        let c = Candidate {
-            priority: s.priority,
-            arrival: s.arrival,
-            num_blocks,
-            num_computed: s.num_computed,
-        };
-        // Under the whole-prompt guard, a sequence in the middle of its prefill goes last.
-        let protected = self.config.admit_whole_prompt && s.pending() > 1;
-        (!protected as u8, self.victim.victim_key(&c))
-    }
-
-    /// The victim for `running[i]`: the policy's first among those after it.
-    fn pick_victim(&self, i: usize) -> Option<usize> {
-        self.running[i + 1..]
-            .iter()
-            .map(|&v| (self.candidate(v), Reverse(v)))
-            .max()
-            .map(|(_, Reverse(v))| v)
-    }
-
-    /// How many victims, in policy order, `running[i]` would need to free
-    /// `deficit` blocks, and whether all of them together would.
-    fn victims_needed(&mut self, i: usize, deficit: u64) -> (u32, bool) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        for &v in &self.running[i + 1..] {
-            let (p, k) = self.candidate(v);
-            scratch.push((p, k, v));
-        }
-        scratch.sort_unstable_by(|a, b| b.cmp(a));
-        let (mut freed, mut count) = (0u64, 0u32);
-        for &(_, _, v) in &scratch {
-            if freed >= deficit {
-                break;
-            }
-            let t = self.kv.table(self.s(v).id).expect("running");
-            freed += t
-                .blocks()
-                .iter()
-                .filter(|&&b| self.kv.pool().ref_count(b) == Ok(1))
-                .count() as u64;
-            count += 1;
-        }
-        self.scratch = scratch;
-        (count, freed >= deficit)
-    }
-
-    /// Preempts a running sequence (swap or recompute, as the policy says).
-    fn preempt(&mut self, idx: usize, plan: &mut StepPlan) {
-        let pos = self.running.iter().position(|&r| r == idx).expect("running");
-        self.running.remove(pos);
-        self.preempted_this_step = true;
-        let s = self.s(idx);
-        let id = s.id;
-        let computed = &s.tokens[..s.num_computed as usize];
-        let cost = PreemptionCost {
-            recompute_tokens: s.num_computed as u64,
-            expected_cached_tokens: self.kv.cached_prefix_len(computed, &PrefixKeys::default()),
-            swap_blocks: self.kv.swap_out_blocks_needed(id).ok(),
-            free_host_blocks: self.kv.num_free_host_blocks() as u64,
-            block_size: self.kv.block_size(),
-        };
-        let mode = match self.mode.choose(&cost) {
-            PreemptionMode::Swap if self.kv.swap_out(id).is_ok() => PreemptionMode::Swap,
-            _ => {
-                self.kv.free(id).expect("a running sequence is allocated");
-                PreemptionMode::Recompute
-            }
-        };
-        let s = self.slab[idx].as_mut().expect("live");
-        s.samples_expected = 0;
-        if mode == PreemptionMode::Swap {
-            s.status = Status::Swapped;
-            self.stats.preempted_swap += 1;
-            Self::insert_by_key(&self.slab, &mut self.swapped, idx);
-        } else {
-            self.stats.preempted_recompute += 1;
-            self.stats.recomputed_tokens += s.num_computed as u64;
-            s.num_computed = 0;
-            s.in_kv = 0;
-            s.status = Status::Waiting;
-            s.resumed = true;
-            self.enqueue_waiting(idx);
-        }
-        plan.preempted.push(Preempted { seq: id, mode });
-    }
-
-    /// Brings swapped sequences back while they fit (watermark kept unless
-    /// nothing runs), first in queue order.
-    fn swap_in_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
-        let max_seqs = self.config.max_num_seqs as usize;
-        let bs = self.kv.block_size() as u64;
-        if self.swapped.is_empty() {
-            return;
-        }
-        let mut reserved = self.reserved_forks();
-        while let Some(&idx) = self.swapped.first() {
-            let s = self.s(idx);
-            let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
-            if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
-                return;
-            }
-            let n = s.pending().min(*budget);
-            if n == 0 || (!self.config.enable_chunked_prefill && n < s.pending()) {
-                return;
-            }
-            let append_to = (s.num_computed + n).max(s.in_kv) as u64;
-            let grow =
-                crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
-            let needed = self.kv.swap_in_blocks_needed(s.id).expect("swapped") + grow;
-            let watermark = if self.running.is_empty() {
-                0
-            } else {
-                self.kv.watermark_blocks() as u64
-            };
-            if needed + watermark > self.kv.num_free_blocks() as u64 || self.kv.swap_in(s.id).is_err() {
-                return;
-            }
-            self.swapped.remove(0);
-            let s = self.slab[idx].as_mut().expect("live");
-            reserved += s.forks_left as usize;
-            s.status = Status::Running;
-            let (id, from) = (s.id, s.in_kv as usize);
-            let appended = self.kv.append(id, &s.tokens[from..append_to as usize]);
-            Self::insert_by_key(&self.slab, &mut self.running, idx);
-            match appended {
-                Ok(()) => {
-                    self.s_mut(idx).in_kv = append_to as u32;
-                    self.push_entry(idx, n, budget, plan);
-                }
-                // A copy-on-write of a tail shared again: it grows next step,
-                // with the running sequences (and may preempt then).
-                Err(KvError::OutOfBlocks { .. }) => {}
-                Err(e) => panic!("scheduler invariant: a swapped-in sequence is on the device: {e}"),
-            }
-        }
-    }
-
-    /// Samples running sequences will fork after their prefill (they count
-    /// against `max_num_seqs` already).
-    fn reserved_forks(&self) -> usize {
-        self.running.iter().map(|&i| self.s(i).forks_left as usize).sum()
-    }
-
-    /// Admits waiting requests in queue order while they fit.
-    fn admit_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
-        let max_seqs = self.config.max_num_seqs as usize;
-        let keys = PrefixKeys::default();
-        if self.waiting.is_empty() {
-            return;
-        }
-        let mut reserved = self.reserved_forks();
-        while let Some(&idx) = self.waiting.first() {
-            let s = self.slab[idx].as_ref().expect("live");
-            let len = s.tokens.len() as u32;
-            let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
-            if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
-                return;
-            }
-            if !self.config.enable_chunked_prefill && len > *budget {
-                return;
-            }
-            // With prefix caching on, blocks are still taken chunk by chunk: a
-            // block is cached as soon as it is allocated, so allocating a
-            // prompt's later chunks early would let another prompt hit blocks
-            // not computed yet. The guard then only checks that all of it fits.
-            let whole = self.config.admit_whole_prompt;
-            let alloc_len = if whole && !self.kv.config().enable_prefix_caching {
-                len
-            } else {
-                len.min(*budget)
-            };
-            let checked = if whole { len } else { alloc_len };
-            // The watermark is kept unless nothing runs (then anything that fits the pool may start).
-            let now = self
-                .kv
-                .check_admission_for(&s.tokens[..checked as usize], &keys, 0)
-                == Admission::Now;
-            let prompt = &s.tokens[..alloc_len as usize];
-            if !now && !self.running.is_empty() {
-                return;
-            }
-            let id = s.id;
-            let a = match self.kv.allocate(id, prompt) {
-                Ok(a) => a,
-                Err(KvError::OutOfBlocks { .. }) => return,
-                Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
-            };
-            self.waiting.remove(0);
-            let s = self.s_mut(idx);
-            reserved += s.forks_left as usize;
-            s.num_computed = a.cached_tokens;
-            s.in_kv = alloc_len;
-            s.status = Status::Running;
-            let n = (len - s.num_computed)
-                .min(*budget)
-                .min(alloc_len - s.num_computed);
-            Self::insert_by_key(&self.slab, &mut self.running, idx);
-            self.push_entry(idx, n, budget, plan);
-        }
-    }
-
     /// Adds a planned sequence to the batch with its new slots.
     fn push_entry(&mut self, idx: usize, n: u32, budget: &mut u32, plan: &mut StepPlan) {
-        let s = self.slab[idx].as_mut().expect("live");
-        let start = s.num_computed;
+        let s = self.s(idx);
+        let start = s.num_computed as u64;
         let from = plan.slots.len() as u32;
         self.kv
-            .slots_into(s.id, start as u64..(start + n) as u64, &mut plan.slots)
+            .slots_into(s.id, start..start + n as u64, &mut plan.slots)
             .expect("planned tokens are in the manager");
+        self.record_entry(idx, n, from, budget, plan);
+    }
+
+    /// Adds a planned sequence to the batch whose new slots are
+    /// `plan.slots[from..]`, and notes the samples it will report.
+    #[inline]
+    fn record_entry(&mut self, idx: usize, n: u32, from: u32, budget: &mut u32, plan: &mut StepPlan) {
+        let s = self.slab[idx].as_mut().expect("live");
+        let start = s.num_computed;
         s.num_computed += n;
         let samples = if s.pending() == 0 { 1 + s.forks_left } else { 0 };
         s.samples_expected = samples;
-        self.expected_outputs += samples as u64;
+        if samples == 1 {
+            self.expected.push(Expected {
+                seq: s.id,
+                idx,
+                sample: 0,
+            });
+        } else {
+            let (req, _) = RequestId::of(s.id);
+            self.expected.extend((0..samples).map(|sample| Expected {
+                seq: req.seq(sample),
+                idx,
+                sample,
+            }));
+        }
         let is_decode = n == 1 && samples > 0 && start >= s.prompt_len;
         plan.scheduled.push(ScheduledSeq {
             seq: s.id,
@@ -671,117 +437,6 @@ impl Scheduler {
         });
         plan.num_batched_tokens += n;
         *budget -= n;
-    }
-
-    /// Takes the tokens the engine sampled for the last plan: one per sample
-    /// (`num_samples` of each scheduled sequence; for an `n`-sample request
-    /// finishing its prompt, `request.seq(0..n)`). Appends them, forks the
-    /// parallel samples (sharing the prompt's blocks), and frees the sequences
-    /// that stopped or reached `max_new_tokens`.
-    ///
-    /// Errors (nothing changes): `OutputCountMismatch`, `UnexpectedOutput`.
-    pub fn on_step_output(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
-        if outputs.len() as u64 != self.expected_outputs {
-            return Err(SchedulerError::OutputCountMismatch {
-                expected: self.expected_outputs,
-                got: outputs.len() as u64,
-            });
-        }
-        self.seen.clear();
-        self.seen.extend(outputs.iter().map(|o| o.seq));
-        self.seen.sort_unstable();
-        if let Some(w) = self.seen.windows(2).find(|w| w[0] == w[1]) {
-            return Err(SchedulerError::UnexpectedOutput { seq: w[0] });
-        }
-        for o in outputs {
-            if !self.expects(o.seq) {
-                return Err(SchedulerError::UnexpectedOutput { seq: o.seq });
-            }
-        }
-        // Forks first: a child copies its parent's computed tokens.
-        for o in outputs {
-            if !self.index.contains_key(&o.seq) {
-                self.fork_sample(o);
-            }
-        }
-        for o in outputs {
-            let Some(&idx) = self.index.get(&o.seq) else {
-                continue; // a child forked above that finished at once
-            };
-            let s = self.s_mut(idx);
-            if s.samples_expected == 0 {
-                continue; // a child forked above
-            }
-            s.samples_expected = 0;
-            s.forks_left = 0;
-            s.tokens.push(o.token);
-            self.finish_if_done(idx, o.stop);
-        }
-        self.expected_outputs = 0;
-        Ok(())
-    }
-
-    fn expects(&self, seq: SeqId) -> bool {
-        if let Some(s) = self.state(seq) {
-            return s.samples_expected > 0;
-        }
-        let (req, sample) = RequestId::of(seq);
-        sample > 0
-            && self
-                .state(req.seq(0))
-                .is_some_and(|p| sample < p.samples_expected)
-    }
-
-    fn fork_sample(&mut self, o: &SampledToken) {
-        let (req, _) = RequestId::of(o.seq);
-        let pidx = self.index[&req.seq(0)];
-        let p = self.slab[pidx].as_ref().expect("live");
-        self.kv
-            .fork(p.id, o.seq)
-            .expect("a parent finishing its prompt is on the device");
-        let mut tokens = self.spare_tokens.pop().unwrap_or_default();
-        tokens.clear();
-        tokens.extend_from_slice(&p.tokens[..p.num_computed as usize]);
-        tokens.push(o.token);
-        let child = SeqState {
-            id: o.seq,
-            tokens,
-            key: (p.key.0, o.seq),
-            forks_left: 0,
-            samples_expected: 0,
-            resumed: false,
-            status: Status::Running,
-            ..*p
-        };
-        let idx = self.insert_state(child);
-        *self.live.get_mut(&SeqId(req.0)).expect("the parent is live") += 1;
-        Self::insert_by_key(&self.slab, &mut self.running, idx);
-        self.finish_if_done(idx, o.stop);
-    }
-
-    fn finish_if_done(&mut self, idx: usize, stop: bool) {
-        let s = self.s(idx);
-        if !stop && s.generated() < s.max_new {
-            return;
-        }
-        let id = s.id;
-        self.kv
-            .free(id)
-            .expect("a sequence that just ran is on the device");
-        let pos = self.running.iter().position(|&r| r == idx).expect("running");
-        self.running.remove(pos);
-        self.index.remove(&id);
-        let s = self.slab[idx].take().expect("live");
-        self.spare_tokens.push(s.tokens);
-        self.free_slab.push(idx);
-        let key = SeqId(RequestId::of(id).0 .0);
-        let live = self.live.get_mut(&key).expect("live request");
-        *live -= 1;
-        if *live == 0 {
-            self.live.remove(&key);
-        }
-        self.finished.push(id);
-        self.stats.finished += 1;
     }
 
     /// Checks the scheduler's invariants (module docs) and the manager's.

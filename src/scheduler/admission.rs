@@ -1,0 +1,126 @@
+//! Starting sequences when nothing was preempted: swapped sequences come back
+//! first, then waiting requests are admitted, both in queue order while they
+//! fit the budgets, `max_num_seqs` (counting samples still to fork) and the
+//! pool (keeping the watermark unless nothing runs).
+
+use super::{Scheduler, Status, StepPlan};
+use crate::error::KvError;
+use crate::manager::Admission;
+use crate::prefix::PrefixKeys;
+
+impl Scheduler {
+    /// Brings swapped sequences back while they fit (watermark kept unless
+    /// nothing runs), first in queue order.
+    pub(super) fn swap_in_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
+        let max_seqs = self.config.max_num_seqs as usize;
+        let bs = self.kv.block_size() as u64;
+        if self.swapped.is_empty() {
+            return;
+        }
+        let mut reserved = self.reserved_forks();
+        while let Some(&idx) = self.swapped.first() {
+            let s = self.s(idx);
+            let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
+            if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
+                return;
+            }
+            let n = s.pending().min(*budget);
+            if n == 0 || (!self.config.enable_chunked_prefill && n < s.pending()) {
+                return;
+            }
+            let append_to = (s.num_computed + n).max(s.in_kv) as u64;
+            let grow =
+                crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
+            let needed = self.kv.swap_in_blocks_needed(s.id).expect("swapped") + grow;
+            let watermark = if self.running.is_empty() {
+                0
+            } else {
+                self.kv.watermark_blocks() as u64
+            };
+            if needed + watermark > self.kv.num_free_blocks() as u64 || self.kv.swap_in(s.id).is_err() {
+                return;
+            }
+            self.swapped.remove(0);
+            let s = self.slab[idx].as_mut().expect("live");
+            reserved += s.forks_left as usize;
+            s.status = Status::Running;
+            let (id, from) = (s.id, s.in_kv as usize);
+            let appended = self.kv.append(id, &s.tokens[from..append_to as usize]);
+            Self::insert_by_key(&self.slab, &mut self.running, idx);
+            match appended {
+                Ok(()) => {
+                    self.s_mut(idx).in_kv = append_to as u32;
+                    self.push_entry(idx, n, budget, plan);
+                }
+                // A copy-on-write of a tail shared again: it grows next step,
+                // with the running sequences (and may preempt then).
+                Err(KvError::OutOfBlocks { .. }) => {}
+                Err(e) => panic!("scheduler invariant: a swapped-in sequence is on the device: {e}"),
+            }
+        }
+    }
+
+    /// Samples running sequences will fork after their prefill (they count
+    /// against `max_num_seqs` already).
+    fn reserved_forks(&self) -> usize {
+        self.running.iter().map(|&i| self.s(i).forks_left as usize).sum()
+    }
+
+    /// Admits waiting requests in queue order while they fit.
+    pub(super) fn admit_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
+        let max_seqs = self.config.max_num_seqs as usize;
+        let keys = PrefixKeys::default();
+        if self.waiting.is_empty() {
+            return;
+        }
+        let mut reserved = self.reserved_forks();
+        while let Some(&idx) = self.waiting.first() {
+            let s = self.slab[idx].as_ref().expect("live");
+            let len = s.tokens.len() as u32;
+            let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
+            if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
+                return;
+            }
+            if !self.config.enable_chunked_prefill && len > *budget {
+                return;
+            }
+            // With prefix caching on, blocks are still taken chunk by chunk: a
+            // block is cached as soon as it is allocated, so allocating a
+            // prompt's later chunks early would let another prompt hit blocks
+            // not computed yet. The guard then only checks that all of it fits.
+            let whole = self.config.admit_whole_prompt;
+            let alloc_len = if whole && !self.kv.config().enable_prefix_caching {
+                len
+            } else {
+                len.min(*budget)
+            };
+            let checked = if whole { len } else { alloc_len };
+            // The watermark is kept unless nothing runs (then anything that fits the pool may start).
+            let now = self
+                .kv
+                .check_admission_for(&s.tokens[..checked as usize], &keys, 0)
+                == Admission::Now;
+            let prompt = &s.tokens[..alloc_len as usize];
+            if !now && !self.running.is_empty() {
+                return;
+            }
+            let id = s.id;
+            let a = match self.kv.allocate(id, prompt) {
+                Ok(a) => a,
+                Err(KvError::OutOfBlocks { .. }) => return,
+                Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
+            };
+            self.waiting.remove(0);
+            let s = self.s_mut(idx);
+            reserved += s.forks_left as usize;
+            s.num_computed = a.cached_tokens;
+            s.in_kv = alloc_len;
+            s.status = Status::Running;
+            let n = (len - s.num_computed)
+                .min(*budget)
+                .min(alloc_len - s.num_computed);
+            Self::insert_by_key(&self.slab, &mut self.running, idx);
+            self.push_entry(idx, n, budget, plan);
+        }
+    }
+}

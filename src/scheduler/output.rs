@@ -1,0 +1,176 @@
+//! Taking the engine's sampled tokens: validating them against the last plan,
+//! forking the parallel samples after a prefill, appending the tokens and
+//! freeing finished sequences.
+
+use super::{RequestId, SampledToken, Scheduler, SchedulerError, SeqState, Status};
+use crate::ids::SeqId;
+
+impl Scheduler {
+    /// Takes the tokens the engine sampled for the last plan: one per sample
+    /// (`num_samples` of each scheduled sequence; for an `n`-sample request
+    /// finishing its prompt, `request.seq(0..n)`). Appends them, forks the
+    /// parallel samples (sharing the prompt's blocks), and frees the sequences
+    /// that stopped or reached `max_new_tokens`.
+    ///
+    /// Errors (nothing changes): `OutputCountMismatch`, `UnexpectedOutput`.
+    pub fn on_step_output(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
+        if outputs.len() != self.expected.len() {
+            return Err(SchedulerError::OutputCountMismatch {
+                expected: self.expected.len() as u64,
+                got: outputs.len() as u64,
+            });
+        }
+        // The usual case: one output per sample in plan order. Equal to the
+        // list of distinct expected outputs, they need no further check.
+        let slab = &self.slab;
+        let in_plan_order = !self.expected_stale
+            && outputs.iter().zip(&self.expected).all(|(o, e)| {
+                o.seq == e.seq
+                    && slab[e.idx]
+                        .as_ref()
+                        .is_some_and(|s| s.samples_expected > e.sample)
+            });
+        if in_plan_order {
+            self.take_outputs_in_plan_order(outputs);
+        } else {
+            self.check_outputs(outputs)?;
+            self.take_outputs(outputs);
+        }
+        self.expected.clear();
+        self.expected_stale = false;
+        Ok(())
+    }
+
+    /// `take_outputs` for outputs equal to `self.expected`: no lookups.
+    fn take_outputs_in_plan_order(&mut self, outputs: &[SampledToken]) {
+        let expected = std::mem::take(&mut self.expected);
+        // Forks first: a child copies its parent's computed tokens.
+        if expected.iter().any(|e| e.sample > 0) {
+            for (o, e) in outputs.iter().zip(&expected) {
+                if e.sample > 0 {
+                    self.fork_sample(o);
+                }
+            }
+        }
+        for (o, e) in outputs.iter().zip(&expected) {
+            if e.sample > 0 {
+                continue; // a child forked above
+            }
+            let s = self.s_mut(e.idx);
+            s.samples_expected = 0;
+            s.forks_left = 0;
+            s.tokens.push(o.token);
+            if o.stop || s.generated() >= s.max_new {
+                self.finish(e.idx);
+            }
+        }
+        self.expected = expected;
+    }
+
+    /// Outputs in any order: each one expected, none twice.
+    fn check_outputs(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
+        self.seen.clear();
+        self.seen.extend(outputs.iter().map(|o| o.seq));
+        self.seen.sort_unstable();
+        if let Some(w) = self.seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(SchedulerError::UnexpectedOutput { seq: w[0] });
+        }
+        for o in outputs {
+            if !self.expects(o.seq) {
+                return Err(SchedulerError::UnexpectedOutput { seq: o.seq });
+            }
+        }
+        Ok(())
+    }
+
+    /// Forks the new samples, appends every sampled token, frees the finished.
+    fn take_outputs(&mut self, outputs: &[SampledToken]) {
+        // Forks first: a child copies its parent's computed tokens.
+        for o in outputs {
+            if !self.index.contains_key(&o.seq) {
+                self.fork_sample(o);
+            }
+        }
+        for o in outputs {
+            let Some(&idx) = self.index.get(&o.seq) else {
+                continue; // a child forked above that finished at once
+            };
+            let s = self.s_mut(idx);
+            if s.samples_expected == 0 {
+                continue; // a child forked above
+            }
+            s.samples_expected = 0;
+            s.forks_left = 0;
+            s.tokens.push(o.token);
+            self.finish_if_done(idx, o.stop);
+        }
+    }
+
+    fn expects(&self, seq: SeqId) -> bool {
+        if let Some(s) = self.state(seq) {
+            return s.samples_expected > 0;
+        }
+        let (req, sample) = RequestId::of(seq);
+        sample > 0
+            && self
+                .state(req.seq(0))
+                .is_some_and(|p| sample < p.samples_expected)
+    }
+
+    fn fork_sample(&mut self, o: &SampledToken) {
+        let (req, _) = RequestId::of(o.seq);
+        let pidx = self.index[&req.seq(0)];
+        let p = self.slab[pidx].as_ref().expect("live");
+        self.kv
+            .fork(p.id, o.seq)
+            .expect("a parent finishing its prompt is on the device");
+        let mut tokens = self.spare_tokens.pop().unwrap_or_default();
+        tokens.clear();
+        tokens.extend_from_slice(&p.tokens[..p.num_computed as usize]);
+        tokens.push(o.token);
+        let child = SeqState {
+            id: o.seq,
+            tokens,
+            key: (p.key.0, o.seq),
+            forks_left: 0,
+            samples_expected: 0,
+            resumed: false,
+            status: Status::Running,
+            ..*p
+        };
+        let idx = self.insert_state(child);
+        *self.live.get_mut(&SeqId(req.0)).expect("the parent is live") += 1;
+        Self::insert_by_key(&self.slab, &mut self.running, idx);
+        self.finish_if_done(idx, o.stop);
+    }
+
+    #[inline]
+    fn finish_if_done(&mut self, idx: usize, stop: bool) {
+        let s = self.s(idx);
+        if stop || s.generated() >= s.max_new {
+            self.finish(idx);
+        }
+    }
+
+    /// Frees a sequence that stopped or reached `max_new_tokens`.
+    fn finish(&mut self, idx: usize) {
+        let id = self.s(idx).id;
+        self.kv
+            .free(id)
+            .expect("a sequence that just ran is on the device");
+        let pos = self.running.iter().position(|&r| r == idx).expect("running");
+        self.running.remove(pos);
+        self.index.remove(&id);
+        let s = self.slab[idx].take().expect("live");
+        self.spare_tokens.push(s.tokens);
+        self.free_slab.push(idx);
+        let key = SeqId(RequestId::of(id).0 .0);
+        let live = self.live.get_mut(&key).expect("live request");
+        *live -= 1;
+        if *live == 0 {
+            self.live.remove(&key);
+        }
+        self.finished.push(id);
+        self.stats.finished += 1;
+    }
+}
