@@ -23,7 +23,7 @@
 //!   samples, within a bounded number of steps (no livelock);
 //! - `check_invariants()` of the scheduler and the manager after every step.
 //!
-//! Default 400 cases; `PAGEDKV_PROPTEST_CASES` sets the count.
+//! Default 1500 cases (about half a second); `PAGEDKV_PROPTEST_CASES` sets the count.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,7 +41,7 @@ fn cases() -> u32 {
     std::env::var("PAGEDKV_PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(400)
+        .unwrap_or(1500)
 }
 
 #[derive(Clone, Debug)]
