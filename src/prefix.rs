@@ -193,9 +193,14 @@ const TAG_MM: u8 = 3;
 /// of the block before it (`None` for the first block), `tokens` the block's
 /// `block_size` token ids. Deterministic across runs and machines.
 ///
-/// Input format: parent (16 bytes, or a fixed seed), the token ids as
-/// little-endian u32, then the extra keys of [`PrefixKeys::extra_keys_for`],
-/// each tagged. See [`BlockHash`] for the example.
+/// The block's own input is its token ids as little-endian u32, then the
+/// extra keys of [`PrefixKeys::extra_keys_for`], each tagged. With XXH3-128
+/// the parent is folded in after hashing that input:
+/// `xxh3_128(input) ^ mix(parent)`, where `mix` is a bijection of 128-bit
+/// values (so different parents never give equal hashes for the same block,
+/// and a 16-token block hashes 64 bytes instead of 80). With SHA-256 the
+/// parent's 16 bytes are hashed first, as part of the input, so a crafted
+/// collision stays as hard as SHA-256 allows. See [`BlockHash`] for the example.
 pub fn hash_block(
     algo: HashAlgorithm,
     parent: Option<BlockHash>,
@@ -205,22 +210,21 @@ pub fn hash_block(
     keys: &PrefixKeys,
 ) -> BlockHash {
     let parent = match parent {
-        Some(p) => p.get().to_le_bytes(),
-        None => ROOT_SEED,
+        Some(p) => p.get(),
+        None => u128::from_le_bytes(ROOT_SEED),
     };
     // The common case (no extra keys, blocks of up to 64 tokens) hashes from a
-    // stack buffer filled without per-byte bounds checks.
-    const FAST_TOKENS: usize = 64;
-    if keys.is_empty() && tokens.len() <= FAST_TOKENS {
-        let mut buf = [0u8; 16 + 4 * FAST_TOKENS];
-        buf[..16].copy_from_slice(&parent);
-        for (dst, t) in buf[16..].chunks_exact_mut(4).zip(tokens) {
-            dst.copy_from_slice(&t.to_le_bytes());
+    // stack buffer sized to the block (zeroing 256 bytes for a 16-token block
+    // costs as much as hashing it).
+    if keys.is_empty() {
+        if tokens.len() <= 16 {
+            return hash_on_stack::<{ 4 * 16 }>(algo, parent, tokens);
         }
-        return BlockHash::from_u128(digest(algo, &buf[..16 + 4 * tokens.len()]));
+        if tokens.len() <= 64 {
+            return hash_on_stack::<{ 4 * 64 }>(algo, parent, tokens);
+        }
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(16 + 4 * tokens.len() + 64);
-    buf.extend_from_slice(&parent);
+    let mut buf: Vec<u8> = Vec::with_capacity(4 * tokens.len() + 64);
     for t in tokens {
         buf.extend_from_slice(&t.to_le_bytes());
     }
@@ -242,21 +246,43 @@ pub fn hash_block(
         buf.extend_from_slice(&m.hash.to_le_bytes());
         buf.extend_from_slice(&m.offset.to_le_bytes());
     }
-    BlockHash::from_u128(digest(algo, &buf))
+    chained(algo, parent, &buf)
 }
 
-fn digest(algo: HashAlgorithm, bytes: &[u8]) -> u128 {
+/// `hash_block` of a block without extra keys whose input fits in `N` bytes.
+#[inline]
+fn hash_on_stack<const N: usize>(algo: HashAlgorithm, parent: u128, tokens: &[TokenId]) -> BlockHash {
+    let mut buf = [0u8; N];
+    for (dst, t) in buf.chunks_exact_mut(4).zip(tokens) {
+        dst.copy_from_slice(&t.to_le_bytes());
+    }
+    chained(algo, parent, &buf[..4 * tokens.len()])
+}
+
+/// The hash of a block's own input, chained to its parent's hash.
+#[inline]
+fn chained(algo: HashAlgorithm, parent: u128, input: &[u8]) -> BlockHash {
     match algo {
-        HashAlgorithm::Xxh3_128 => xxhash_rust::xxh3::xxh3_128(bytes),
+        HashAlgorithm::Xxh3_128 => BlockHash::from_u128(xxhash_rust::xxh3::xxh3_128(input) ^ mix(parent)),
         #[cfg(feature = "sha256")]
         HashAlgorithm::Sha256 => {
             use sha2::Digest;
-            let d = sha2::Sha256::digest(bytes);
+            let d = sha2::Sha256::new()
+                .chain_update(parent.to_le_bytes())
+                .chain_update(input)
+                .finalize();
             let mut first = [0u8; 16];
             first.copy_from_slice(&d[..16]);
-            u128::from_le_bytes(first)
+            BlockHash::from_u128(u128::from_le_bytes(first))
         }
     }
+}
+
+/// A bijection of 128-bit values that spreads every bit (an xorshift, then a
+/// multiplication by an odd constant, both invertible).
+#[inline]
+const fn mix(x: u128) -> u128 {
+    (x ^ (x >> 67)).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
 }
 
 /// What a cache-aware router needs to know of an engine's cache, drained with
