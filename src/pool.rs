@@ -126,24 +126,15 @@ impl BlockPool {
     /// Takes the block at the head of the free queue and gives it one reference.
     #[inline]
     pub fn allocate(&mut self) -> Result<BlockId, PoolError> {
-        let i = self.head;
-        // NIL (u32::MAX) is never a valid index: one bounds check covers the empty queue.
-        let Some(m) = self.meta.get_mut(i as usize) else {
+        if self.head == NIL {
             return Err(PoolError::Exhausted {
                 num_blocks: self.num_blocks(),
             });
-        };
-        let next = m.next;
-        debug_assert!(m.ref_count == 0 && m.prev == NIL, "the head is free and first");
-        m.ref_count = 1;
-        m.next = NIL;
-        self.head = next;
-        match self.meta.get_mut(next as usize) {
-            Some(n) => n.prev = NIL,
-            None => self.tail = NIL,
         }
-        self.num_free -= 1;
-        Ok(BlockId(i))
+        let block = BlockId(self.head);
+        self.unlink(block.0);
+        self.meta[block.index()].ref_count = 1;
+        Ok(block)
     }
 
     /// Takes a specific free block out of the middle of the queue in O(1) and
@@ -177,13 +168,10 @@ impl BlockPool {
     /// block is [`PoolError::DoubleFree`] and changes nothing.
     #[inline]
     pub fn decref(&mut self, block: BlockId) -> Result<bool, PoolError> {
-        let num_blocks = self.num_blocks();
-        let Some(m) = self.meta.get_mut(block.index()) else {
-            return Err(PoolError::UnknownBlock { block, num_blocks });
-        };
-        if m.ref_count == 0 {
+        if self.meta(block)?.ref_count == 0 {
             return Err(PoolError::DoubleFree { block });
         }
+        let m = &mut self.meta[block.index()];
         m.ref_count -= 1;
         if m.ref_count > 0 {
             return Ok(false);
@@ -238,12 +226,15 @@ impl BlockPool {
 
     fn push_tail(&mut self, i: u32) {
         let tail = self.tail;
-        let m = &mut self.meta[i as usize];
-        m.prev = tail;
-        m.next = NIL;
-        match self.meta.get_mut(tail as usize) {
-            Some(t) => t.next = i,
-            None => self.head = i,
+        {
+            let m = &mut self.meta[i as usize];
+            m.prev = tail;
+            m.next = NIL;
+        }
+        if tail == NIL {
+            self.head = i;
+        } else {
+            self.meta[tail as usize].next = i;
         }
         self.tail = i;
         self.num_free += 1;

@@ -483,8 +483,15 @@ impl KvCacheManager {
         let Some(Seq { table, cache }) = self.seqs.remove(&seq) else {
             return self.free_swapped(seq);
         };
-        for &b in table.blocks.iter().rev() {
-            release(&mut self.pool, &self.prefix, &mut self.host, b);
+        if self.prefix.is_none() && self.host.is_none() {
+            // The plain allocator: nothing to keep cached, no host copy to forget.
+            for &b in table.blocks.iter().rev() {
+                self.pool.decref(b).expect("a live table's blocks are allocated");
+            }
+        } else {
+            for &b in table.blocks.iter().rev() {
+                release(&mut self.pool, &self.prefix, &mut self.host, b);
+            }
         }
         self.spare.push((table.into_storage(), cache));
         self.stats.sequences_freed += 1;
