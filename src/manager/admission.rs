@@ -45,7 +45,7 @@ impl KvCacheManager {
         keys: &PrefixKeys,
         max_new_tokens: u64,
     ) -> Admission {
-        let held = self.cached_prefix(prompt, keys).held_blocks;
+        let held = self.cached_prefix(prompt, keys, true).held_blocks;
         self.admission(prompt.len() as u64, max_new_tokens, held)
     }
 

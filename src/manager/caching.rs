@@ -264,7 +264,8 @@ impl KvCacheManager {
     }
 
     /// The cached prefix of a prompt, without changing anything.
-    pub(super) fn cached_prefix(&self, prompt: &[TokenId], keys: &PrefixKeys) -> CachedPrefix {
+    /// With `count_held` false, `held_blocks` stays 0 (and the pool is not read).
+    pub(super) fn cached_prefix(&self, prompt: &[TokenId], keys: &PrefixKeys, count_held: bool) -> CachedPrefix {
         let mut out = CachedPrefix::default();
         let Some(p) = &self.prefix else { return out };
         if prompt.is_empty() {
@@ -276,7 +277,9 @@ impl KvCacheManager {
             let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
             let Some(b) = p.index.get(h) else { break };
             out.hit_blocks += 1;
-            out.held_blocks += (self.pool.ref_count(b) != Ok(0)) as u64;
+            if count_held {
+                out.held_blocks += (self.pool.ref_count(b) != Ok(0)) as u64;
+            }
             parent = Some(h);
         }
         out
@@ -298,7 +301,7 @@ impl KvCacheManager {
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::salted("other")), 0);
     /// ```
     pub fn cached_prefix_len(&self, prompt: &[TokenId], keys: &PrefixKeys) -> u64 {
-        self.cached_prefix(prompt, keys).hit_blocks * self.config.block_size as u64
+        self.cached_prefix(prompt, keys, false).hit_blocks * self.config.block_size as u64
     }
 
     /// The hash a block carries, if it is cached (prefix caching on).
