@@ -558,14 +558,11 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
                 .rposition(|t| t.entry == i)
                 .ok_or("the scheduler has no tokens for a scheduled sequence")?;
             let logits = model.logits(&xs[last]);
-            let (request, first) = RequestId::of(e.seq);
-            let pos = e.start as usize + e.num_new_tokens as usize; // the position the token takes
+            let pos = e.sampled_pos() as usize; // the position the token takes
             for k in 0..e.num_samples {
-                let (seq, index) = if e.num_samples > 1 {
-                    (request.seq(k), k)
-                } else {
-                    (e.seq, first)
-                };
+                // Sample 0 finishing an n-sample prompt samples once per sample.
+                let seq = e.sample_seq(k);
+                let (request, index) = RequestId::of(seq);
                 let token = sample(&logits, request, index, pos);
                 outputs.push(SampledToken {
                     seq,

@@ -312,9 +312,8 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         // Sample.
         out.clear();
         for e in &plan.scheduled {
-            let (req, _) = RequestId::of(e.seq);
             for k in 0..e.num_samples {
-                let seq = if e.num_samples > 1 { req.seq(k) } else { e.seq };
+                let seq = e.sample_seq(k);
                 next_token += 1;
                 out.push(SampledToken {
                     seq,

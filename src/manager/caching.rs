@@ -265,7 +265,12 @@ impl KvCacheManager {
 
     /// The cached prefix of a prompt, without changing anything.
     /// With `count_held` false, `held_blocks` stays 0 (and the pool is not read).
-    pub(super) fn cached_prefix(&self, prompt: &[TokenId], keys: &PrefixKeys, count_held: bool) -> CachedPrefix {
+    pub(super) fn cached_prefix(
+        &self,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+        count_held: bool,
+    ) -> CachedPrefix {
         let mut out = CachedPrefix::default();
         let Some(p) = &self.prefix else { return out };
         if prompt.is_empty() {

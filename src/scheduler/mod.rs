@@ -119,11 +119,9 @@ impl SeqState {
 ///     //     sched.block_table(seq) ...
 ///     out.clear();
 ///     for s in &plan.scheduled {
-///         let (req, _) = RequestId::of(s.seq);
-///         for i in 0..s.num_samples {
-///             // sample 0 of an n-sample request reports one token per sample
-///             let seq = if s.num_samples > 1 { req.seq(i) } else { s.seq };
-///             out.push(SampledToken { seq, token: 7, stop: false });
+///         // sample 0 finishing an n-sample prompt reports one token per sample
+///         for k in 0..s.num_samples {
+///             out.push(SampledToken { seq: s.sample_seq(k), token: 7, stop: false });
 ///         }
 ///     }
 ///     sched.on_step_output(&out).unwrap();

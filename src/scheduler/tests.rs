@@ -32,9 +32,8 @@ fn request(id: u64, prompt_len: u32, max_new_tokens: u32, n: u32) -> Request {
 fn outputs(plan: &StepPlan, token: TokenId) -> Vec<SampledToken> {
     let mut out = Vec::new();
     for e in &plan.scheduled {
-        let (req, _) = RequestId::of(e.seq);
         for k in 0..e.num_samples {
-            let seq = if e.num_samples > 1 { req.seq(k) } else { e.seq };
+            let seq = e.sample_seq(k);
             out.push(SampledToken {
                 seq,
                 token,

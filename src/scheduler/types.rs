@@ -142,6 +142,37 @@ pub struct ScheduledSeq {
     pub slots: Range<u32>,
 }
 
+impl ScheduledSeq {
+    /// The sequence the `k`-th token sampled for this entry belongs to
+    /// (`k < num_samples`): `seq` itself, or, when sample 0 finishes the
+    /// prompt of an `n`-sample request, sample `k` of that request (forked
+    /// from it by `on_step_output`).
+    ///
+    /// ```
+    /// use pagedkv::{scheduler::{RequestId, ScheduledSeq}, SeqId};
+    /// let prefill = ScheduledSeq { seq: RequestId(5).seq(0), start: 0, num_new_tokens: 40,
+    ///                              is_prefill: true, num_samples: 3, slots: 0..40 };
+    /// assert_eq!(prefill.sample_seq(2), RequestId(5).seq(2));
+    /// assert_eq!(prefill.sampled_pos(), 40);
+    /// let decode = ScheduledSeq { seq: RequestId(5).seq(2), start: 41, num_new_tokens: 1,
+    ///                             is_prefill: false, num_samples: 1, slots: 40..41 };
+    /// assert_eq!(decode.sample_seq(0), RequestId(5).seq(2));
+    /// ```
+    pub fn sample_seq(&self, k: u32) -> SeqId {
+        if self.num_samples > 1 {
+            RequestId::of(self.seq).0.seq(k)
+        } else {
+            self.seq
+        }
+    }
+
+    /// The position a token sampled from this step's logits takes in its
+    /// sequence (`start + num_new_tokens`).
+    pub fn sampled_pos(&self) -> u32 {
+        self.start + self.num_new_tokens
+    }
+}
+
 /// A preempted sequence and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Preempted {

@@ -178,15 +178,11 @@ pub(crate) fn run_paged(
             if s.is_prefill {
                 rec.summary.prefill_tokens += s.num_new_tokens as u64;
             }
-            let (rid, sample) = RequestId::of(s.seq);
-            let req = rid.0 as usize;
             for i in 0..s.num_samples {
                 // Sample 0 finishing a prompt reports one token per sample.
-                let (seq, sample) = if s.num_samples > 1 {
-                    (rid.seq(i), i)
-                } else {
-                    (s.seq, sample)
-                };
+                let seq = s.sample_seq(i);
+                let (rid, sample) = RequestId::of(seq);
+                let req = rid.0 as usize;
                 let k = &mut generated[first_sample[req] + sample as usize];
                 let token = if caching {
                     reqs[req].output_token(sample, *k)

@@ -97,9 +97,8 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
         run.finished.extend_from_slice(&plan.finished);
         out.clear();
         for e in &plan.scheduled {
-            let (req, _) = RequestId::of(e.seq);
             for k in 0..e.num_samples {
-                let seq = if e.num_samples > 1 { req.seq(k) } else { e.seq };
+                let seq = e.sample_seq(k);
                 out.push(SampledToken {
                     seq,
                     token: SAMPLED,
