@@ -300,18 +300,7 @@ impl KvCacheManager {
         let capacity = table.blocks.len() as u64 * self.config.block_size as u64;
         if new_len <= capacity && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
-            if let Some(p) = &mut self.prefix {
-                let cache = s
-                    .cache
-                    .as_deref_mut()
-                    .expect("caching on: the sequence has a cache");
-                p.record_tokens(cache, &s.table, tokens);
-            }
-            if let Some((range, out)) = slots {
-                // Both ends are <= num_tokens, which is a u32.
-                let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
-                debug_assert!(ok);
-            }
+            after_append(&mut self.prefix, s, tokens, slots);
             return Ok(());
         }
         if tokens.is_empty() && slots.is_none() {
@@ -321,17 +310,7 @@ impl KvCacheManager {
             self.append_slow(seq, new_len)?;
         }
         let s = self.seqs.get_mut(&seq).expect("looked up above");
-        if let (Some(p), false) = (&mut self.prefix, tokens.is_empty()) {
-            let cache = s
-                .cache
-                .as_deref_mut()
-                .expect("caching on: the sequence has a cache");
-            p.record_tokens(cache, &s.table, tokens);
-        }
-        if let Some((range, out)) = slots {
-            let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
-            debug_assert!(ok);
-        }
+        after_append(&mut self.prefix, s, tokens, slots);
         Ok(())
     }
 
@@ -551,6 +530,29 @@ impl KvCacheManager {
             return Err(KvError::OutOfBlocks { needed, free });
         }
         Ok(())
+    }
+}
+
+/// The rest of an append once the table holds the tokens: remember them for
+/// prefix caching (hashing blocks they filled) and push the asked slots.
+#[inline(always)]
+fn after_append(
+    prefix: &mut Option<PrefixState>,
+    s: &mut Seq,
+    tokens: &[TokenId],
+    slots: Option<(Range<u64>, &mut Vec<Slot>)>,
+) {
+    if let (Some(p), false) = (prefix, tokens.is_empty()) {
+        let cache = s
+            .cache
+            .as_deref_mut()
+            .expect("caching on: the sequence has a cache");
+        p.record_tokens(cache, &s.table, tokens);
+    }
+    if let Some((range, out)) = slots {
+        // Both ends were checked against the new length, which is a u32.
+        let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
+        debug_assert!(ok);
     }
 }
 
