@@ -189,13 +189,13 @@ pub fn render_text(r: &Report) -> String {
         row(
             &mut out,
             "full length at once",
-            format!("{} sequences of {} tokens", c.full_length_seqs, c.max_model_len),
+            format!("{} of {} tokens", seqs(c.full_length_seqs), c.max_model_len),
         );
         if let (Some(l), Some(n)) = (c.avg_seq_len, c.avg_length_seqs) {
             row(
                 &mut out,
                 "average length",
-                format!("{n} sequences of {l} tokens ({})", i.avg_seq_len_origin.label()),
+                format!("{} of {l} tokens ({})", seqs(n), i.avg_seq_len_origin.label()),
             );
         }
     }
@@ -217,8 +217,8 @@ pub fn render_text(r: &Report) -> String {
                 if m > c.full_length_seqs {
                     let _ = writeln!(
                         out,
-                        "  max_num_seqs={m} does NOT fit at full length: only {} sequences of {} tokens fit at once (more run only while sequences are short; the rest are preempted).",
-                        c.full_length_seqs, c.max_model_len
+                        "  max_num_seqs={m} does NOT fit at full length: only {} of {} tokens fit at once (more run only while sequences are short; the rest are preempted).",
+                        seqs(c.full_length_seqs), c.max_model_len
                     );
                 } else {
                     let _ = writeln!(
@@ -356,4 +356,13 @@ pub fn render_json(r: &Report) -> Value {
         "advice": advice,
         "notes": i.notes,
     })
+}
+
+/// "1 sequence", "2 sequences".
+fn seqs(n: u64) -> String {
+    if n == 1 {
+        "1 sequence".to_string()
+    } else {
+        format!("{n} sequences")
+    }
 }

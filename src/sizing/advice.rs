@@ -125,9 +125,16 @@ impl fmt::Display for CapacityAdvice {
             )?;
         }
         if let Some((tp, c)) = self.tensor_parallel {
+            // A device budget (utilization advice present) frees half the weights per GPU;
+            // a direct KV budget is taken as the same per GPU.
+            let assumption = if self.utilization.is_some() {
+                "weights split across GPUs, activation and non-torch memory per GPU unchanged"
+            } else {
+                "the same KV cache budget on each GPU"
+            };
             write!(
                 f,
-                "\n  - tensor_parallel_size={tp} would hold {c} tokens per GPU ({}; weights split across GPUs, activation and non-torch memory per GPU unchanged)",
+                "\n  - tensor_parallel_size={tp} would hold {c} tokens per GPU ({}; {assumption})",
                 fits(c)
             )?;
         }
@@ -195,10 +202,14 @@ pub struct ConcurrencyAdvice {
 
 impl fmt::Display for ConcurrencyAdvice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, noun, verb) = match self.full_length_seqs {
+            1 => (1, "sequence", "fits"),
+            n => (n, "sequences", "fit"),
+        };
         write!(
             f,
-            "{} sequences of the full {} tokens fit at once",
-            self.full_length_seqs, self.max_model_len
+            "{n} {noun} of the full {} tokens {verb} at once",
+            self.max_model_len
         )?;
         if let (Some(l), Some(n)) = (self.avg_seq_len, self.avg_length_seqs) {
             write!(f, "; {n} of {l} tokens")?;

@@ -263,3 +263,12 @@ fn absurd_shapes_and_lengths_are_errors_not_overflows() {
     assert_eq!(a.needed_kv_bytes, u64::MAX);
     assert!(matches!(a.utilization, Some(UtilizationAdvice::CannotFit { .. })));
 }
+
+#[test]
+fn tensor_parallel_advice_states_its_assumption_per_budget_kind() {
+    let spec = CacheSpec::new(28, 2, 128, KvDtype::Bf16);
+    let direct = CachePlan::new(&spec, 16, &MemoryBudget::direct(2_246_049_792)).unwrap();
+    let msg = direct.check_max_model_len(128_000).unwrap_err().to_string();
+    assert!(msg.contains("the same KV cache budget on each GPU"), "{msg}");
+    assert!(!msg.contains("weights split"), "{msg}");
+}
