@@ -168,23 +168,20 @@ impl BlockPool {
     /// block is [`PoolError::DoubleFree`] and changes nothing.
     #[inline]
     pub fn decref(&mut self, block: BlockId) -> Result<bool, PoolError> {
-        if self.meta(block)?.ref_count == 0 {
-            return Err(PoolError::DoubleFree { block });
-        }
-        let m = &mut self.meta[block.index()];
-        m.ref_count -= 1;
-        if m.ref_count > 0 {
-            return Ok(false);
-        }
-        self.push_tail(block.0);
-        Ok(true)
+        self.drop_ref(block, false)
     }
 
     /// Like [`Self::decref`], but a block that becomes free goes to the head of
     /// the queue, to be reused first: the prefix cache frees blocks that hold
     /// nothing worth keeping (no cached hash) this way, so the LRU order of the
     /// cached ones is kept.
+    #[inline]
     pub fn decref_evict_first(&mut self, block: BlockId) -> Result<bool, PoolError> {
+        self.drop_ref(block, true)
+    }
+
+    #[inline(always)]
+    fn drop_ref(&mut self, block: BlockId, to_head: bool) -> Result<bool, PoolError> {
         if self.meta(block)?.ref_count == 0 {
             return Err(PoolError::DoubleFree { block });
         }
@@ -193,7 +190,11 @@ impl BlockPool {
         if m.ref_count > 0 {
             return Ok(false);
         }
-        self.push_head(block.0);
+        if to_head {
+            self.push_head(block.0);
+        } else {
+            self.push_tail(block.0);
+        }
         Ok(true)
     }
 
