@@ -3,27 +3,13 @@
 //! sentence and the fixes.
 
 mod common;
-use common::{number_after, pagedkv};
+use common::{number_after, plan_seed};
 
 const VLLM_SENTENCE: &str = "The model's max seq len (128000) is larger than the maximum number of tokens that can be stored in KV cache (78336).";
 
 #[test]
 fn direct_budget_gives_vllms_message_and_fixes() {
-    let run = pagedkv(&[
-        "plan",
-        "--layers",
-        "28",
-        "--kv-heads",
-        "2",
-        "--head-dim",
-        "128",
-        "--kv-dtype",
-        "bf16",
-        "--kv-cache-memory",
-        "2246049792",
-        "--max-model-len",
-        "128000",
-    ]);
+    let run = plan_seed(&["--kv-cache-memory", "2246049792", "--max-model-len", "128000"]);
     assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     let all = format!("{}{}", run.stdout, run.stderr);
     assert!(all.contains(VLLM_SENTENCE), "{all}");
@@ -35,16 +21,7 @@ fn direct_budget_gives_vllms_message_and_fixes() {
 
 #[test]
 fn device_profile_at_0_9_holds_about_78336_and_suggests_0_96() {
-    let run = pagedkv(&[
-        "plan",
-        "--layers",
-        "28",
-        "--kv-heads",
-        "2",
-        "--head-dim",
-        "128",
-        "--kv-dtype",
-        "bf16",
+    let run = plan_seed(&[
         "--gpu",
         "rtx4090",
         "--gpu-memory-utilization",

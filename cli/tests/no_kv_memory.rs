@@ -2,20 +2,11 @@
 //! the tool exits 1 and shows the breakdown.
 
 mod common;
-use common::pagedkv;
+use common::plan_seed;
 
 #[test]
 fn nothing_left_for_the_cache_exits_1_with_the_breakdown() {
-    let run = pagedkv(&[
-        "plan",
-        "--layers",
-        "28",
-        "--kv-heads",
-        "2",
-        "--head-dim",
-        "128",
-        "--kv-dtype",
-        "bf16",
+    let run = plan_seed(&[
         "--gpu",
         "rtx4090",
         "--gpu-memory-utilization",
@@ -50,21 +41,7 @@ fn nothing_left_for_the_cache_exits_1_with_the_breakdown() {
 
 #[test]
 fn less_than_one_block_exits_1() {
-    let run = pagedkv(&[
-        "plan",
-        "--layers",
-        "28",
-        "--kv-heads",
-        "2",
-        "--head-dim",
-        "128",
-        "--kv-dtype",
-        "bf16",
-        "--kv-cache-memory",
-        "458751",
-        "--max-model-len",
-        "16",
-    ]);
+    let run = plan_seed(&["--kv-cache-memory", "458751", "--max-model-len", "16"]);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("smaller than one block (458752 bytes)"),

@@ -15,6 +15,29 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The seed case's attention shape as `plan` flags: 28 layers, 2 KV heads of
+/// 128, bf16 (28,672 bytes per token).
+#[allow(dead_code)] // not every test file uses it
+pub const SEED_SHAPE: [&str; 8] = [
+    "--layers",
+    "28",
+    "--kv-heads",
+    "2",
+    "--head-dim",
+    "128",
+    "--kv-dtype",
+    "bf16",
+];
+
+/// Runs `pagedkv plan` with the seed shape followed by `args`.
+#[allow(dead_code)] // not every test file uses it
+pub fn plan_seed(args: &[&str]) -> Run {
+    let mut all = vec!["plan"];
+    all.extend(SEED_SHAPE);
+    all.extend_from_slice(args);
+    pagedkv(&all)
+}
+
 /// Runs `pagedkv` with `args` from the workspace root.
 pub fn pagedkv(args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_pagedkv"))
