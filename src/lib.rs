@@ -22,7 +22,8 @@ pub use pool::{BlockPool, MAX_BLOCKS};
 pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
 pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
-    blocks_for, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice, DeviceMemory, KvDtype,
-    KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice, GIB, MAX_BLOCK_SIZE,
+    blocks_for, AttentionKind, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice,
+    DeviceMemory, KvDtype, KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice,
+    GIB, MAX_BLOCK_SIZE,
 };
 pub use table::BlockTable;

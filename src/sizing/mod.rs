@@ -14,11 +14,13 @@ use std::fmt;
 use crate::error::PlanError;
 
 mod advice;
+mod attention;
 #[cfg(test)]
 mod tests;
 
 use advice::utilization_to_fit;
 pub use advice::{ByteSize, CapacityAdvice, ConcurrencyAdvice, NoKvMemory, UtilizationAdvice};
+pub use attention::AttentionKind;
 
 /// Bytes in one GiB (2^30), the unit vLLM and PyTorch report memory in.
 pub const GIB: u64 = 1 << 30;

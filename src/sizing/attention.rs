@@ -1,0 +1,204 @@
+//! Attention kinds: which earlier tokens a layer's attention reads, and so
+//! which of a sequence's KV blocks a layer of that kind must keep.
+//!
+//! A hybrid model mixes kinds (Gemma 2/3 and gpt-oss alternate sliding-window
+//! and full layers, Llama 4 mixes chunked local and full layers). Layers of one
+//! kind form a KV cache group; the manager keeps one block table per group and
+//! releases the blocks a group's kind will never read again. The arithmetic
+//! here is shared by the manager (releasing blocks, prefix hits, admission) and
+//! the planner (sizing a pool that every group draws from).
+
+use std::fmt;
+
+use crate::error::PlanError;
+
+use super::blocks_for;
+
+/// Which earlier tokens a layer's attention reads.
+///
+/// ```
+/// use pagedkv::AttentionKind;
+/// let swa = AttentionKind::SlidingWindow { window: 8 };
+/// // The query at position 20 reads positions 13..=20: blocks of 4 from block 3 on.
+/// assert_eq!(swa.first_needed_block(20, 4), 3);
+/// assert_eq!(AttentionKind::Full.first_needed_block(20, 4), 0);
+/// // Llama 4's local layers: position 20 reads its own chunk of 16, 16..=20.
+/// assert_eq!(AttentionKind::ChunkedLocal { chunk: 16 }.first_needed_block(20, 4), 4);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AttentionKind {
+    /// Every earlier token (full causal attention; also MLA, which stores one
+    /// latent per token but reads all of them).
+    #[default]
+    Full,
+    /// The last `window` tokens: position `p` reads positions
+    /// `p + 1 - window ..= p` (Mistral-7B, Gemma 2/3, gpt-oss local layers).
+    SlidingWindow {
+        /// Tokens a query attends to, itself included (≥ 1).
+        window: u32,
+    },
+    /// Fixed chunks of `chunk` tokens: position `p` reads only the tokens of its
+    /// own chunk, `p - p % chunk ..= p` (Llama 4's local attention layers).
+    ChunkedLocal {
+        /// Tokens per attention chunk (≥ 1).
+        chunk: u32,
+    },
+}
+
+impl AttentionKind {
+    /// Whether blocks before the window are never read again (sliding or chunked).
+    #[inline]
+    pub const fn releases_blocks(self) -> bool {
+        !matches!(self, AttentionKind::Full)
+    }
+
+    /// The first position a query at position `pos` (or any later one) reads.
+    #[inline]
+    pub const fn first_needed_pos(self, pos: u64) -> u64 {
+        match self {
+            AttentionKind::Full => 0,
+            // (A zero window or chunk is refused by `validate`; it reads like 1 here.)
+            AttentionKind::SlidingWindow { window } => pos.saturating_sub((window as u64).saturating_sub(1)),
+            AttentionKind::ChunkedLocal { chunk: 0 } => pos,
+            AttentionKind::ChunkedLocal { chunk } => pos - pos % chunk as u64,
+        }
+    }
+
+    /// The first block a query at position `pos` (or any later one) reads:
+    /// every block before it can be released once `pos` is the next position
+    /// to compute.
+    #[inline]
+    pub const fn first_needed_block(self, pos: u64, block_size: u32) -> u64 {
+        self.first_needed_pos(pos) / block_size as u64
+    }
+
+    /// The most blocks one sequence of this kind ever holds at once, when it
+    /// grows to `max_len` tokens computing at most `max_step_tokens` tokens per
+    /// step (its prefill chunk, or 1 for decodes; blocks are released before
+    /// each step's tokens are added). Full attention: all of `max_len`.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// // gpt-oss's 128-token windows, blocks of 16, prefill chunks of 2048 tokens:
+    /// let swa = AttentionKind::SlidingWindow { window: 128 };
+    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.max_blocks_per_seq(40, 2048, 16), 3); // never more than the sequence itself
+    /// assert_eq!(AttentionKind::Full.max_blocks_per_seq(100_000, 2048, 16), 6250);
+    /// ```
+    pub const fn max_blocks_per_seq(self, max_len: u64, max_step_tokens: u64, block_size: u32) -> u64 {
+        let bs = block_size as u64;
+        let all = blocks_for(max_len, bs);
+        let window = match self {
+            AttentionKind::Full => return all,
+            AttentionKind::SlidingWindow { window } => window as u64,
+            AttentionKind::ChunkedLocal { chunk } => chunk as u64,
+        };
+        // A step computing positions a..b keeps positions from
+        // first_needed_pos(a) >= a - (window - 1) to b - 1: at most
+        // window - 1 + (b - a) tokens, starting anywhere in a block (+1),
+        // unless chunks start on block boundaries.
+        let aligned =
+            matches!(self, AttentionKind::ChunkedLocal { chunk } if chunk != 0 && chunk as u64 % bs == 0);
+        let steady = blocks_for(window.saturating_sub(1).saturating_add(max_step_tokens), bs)
+            + if aligned { 0 } else { 1 };
+        // (`steady` cannot overflow: blocks_for divides by a block size of at least 1.)
+        if steady < all {
+            steady
+        } else {
+            all
+        }
+    }
+
+    /// Checks the window or chunk size; the error names the field.
+    pub fn validate(self) -> Result<(), PlanError> {
+        match self {
+            AttentionKind::SlidingWindow { window: 0 } => Err(PlanError::InvalidConfig {
+                field: "sliding_window",
+                reason: "a sliding window of 0 tokens reads nothing; use the model's window (e.g. 4096), \
+                         or full attention"
+                    .into(),
+            }),
+            AttentionKind::ChunkedLocal { chunk: 0 } => Err(PlanError::InvalidConfig {
+                field: "attention_chunk_size",
+                reason:
+                    "an attention chunk of 0 tokens reads nothing; use the model's chunk size (e.g. 8192)"
+                        .into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A short name for reports and errors: `full`, `sliding_window(4096)`, `chunked_local(8192)`.
+    pub fn label(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for AttentionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AttentionKind::Full => f.write_str("full"),
+            AttentionKind::SlidingWindow { window } => write!(f, "sliding_window({window})"),
+            AttentionKind::ChunkedLocal { chunk } => write!(f, "chunked_local({chunk})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The brute-force peak: replay a sequence growing to `len` in steps of
+    /// `step` tokens, releasing before each step, and track the blocks held.
+    fn brute_peak(kind: AttentionKind, len: u64, step: u64, bs: u32) -> u64 {
+        let mut peak = 0;
+        let mut a = 0;
+        while a < len {
+            let b = (a + step).min(len);
+            let held = blocks_for(b, bs as u64) - kind.first_needed_block(a, bs);
+            peak = peak.max(held);
+            a = b;
+        }
+        peak
+    }
+
+    #[test]
+    fn max_blocks_bounds_every_replay() {
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                for step in [1u64, 2, 7, 16, 40] {
+                    for len in [1u64, 5, 16, 17, 100, 333] {
+                        for kind in [
+                            AttentionKind::SlidingWindow { window: w },
+                            AttentionKind::ChunkedLocal { chunk: w },
+                            AttentionKind::Full,
+                        ] {
+                            let bound = kind.max_blocks_per_seq(len, step, bs);
+                            let peak = brute_peak(kind, len, step, bs);
+                            assert!(
+                                peak <= bound,
+                                "{kind} len {len} step {step} bs {bs}: {peak} > {bound}"
+                            );
+                            assert!(bound <= blocks_for(len, bs as u64));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_windows_are_refused() {
+        assert!(AttentionKind::SlidingWindow { window: 0 }.validate().is_err());
+        assert!(AttentionKind::ChunkedLocal { chunk: 0 }.validate().is_err());
+        assert!(AttentionKind::SlidingWindow { window: 1 }.validate().is_ok());
+    }
+
+    #[test]
+    fn window_of_one_needs_only_the_current_position() {
+        let k = AttentionKind::SlidingWindow { window: 1 };
+        assert_eq!(k.first_needed_pos(9), 9);
+        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 2);
+    }
+}
