@@ -236,7 +236,8 @@ pub struct KvUsage {
     pub internal_fragmentation: u64,
 }
 
-/// Counters since the manager was created.
+/// Counters since the manager was created. A refused call changes none of
+/// them except `out_of_blocks`, which counts exactly those refusals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KvStats {
     /// Successful `allocate` calls.
@@ -247,7 +248,7 @@ pub struct KvStats {
     pub forks: u64,
     /// Copy-on-write copies queued.
     pub cow_copies: u64,
-    /// Calls refused with `OutOfBlocks`.
+    /// Calls refused with `OutOfBlocks` (the one counter a refusal changes).
     pub out_of_blocks: u64,
     /// Prompts allocated with prefix caching on (each one lookup).
     pub prefix_lookups: u64,

@@ -271,7 +271,9 @@ pub struct SampledToken {
     pub stop: bool,
 }
 
-/// Counters since the scheduler was created.
+/// Counters since the scheduler was created. A refused call changes none of
+/// them except `rejected`, which counts requests refused as never runnable
+/// (`add_request` then returns `Rejected`, and the next plan lists them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
     /// `step` calls.
