@@ -163,6 +163,26 @@ pub enum KvError {
         /// The sequence.
         seq: SeqId,
     },
+    /// A KV cache group index past the manager's groups.
+    #[error("KV cache group {group} does not exist: the manager has {num_groups} groups (0..{num_groups}, in the order of KvCacheConfig::groups)")]
+    UnknownGroup {
+        /// The group asked for.
+        group: u32,
+        /// Groups the manager has.
+        num_groups: u32,
+    },
+    /// `truncate` below what a sliding-window or chunked local group can still serve.
+    #[error("cannot truncate sequence {seq} to {new_len} tokens: KV cache group {group}'s window released blocks the next token would read; truncate to at least {min_len} tokens (roll back only tokens the current window still holds)")]
+    TruncateIntoReleasedWindow {
+        /// The sequence.
+        seq: SeqId,
+        /// The group whose released blocks are missing.
+        group: u32,
+        /// The requested length.
+        new_len: u64,
+        /// The shortest length the group can still serve.
+        min_len: u64,
+    },
     /// `truncate` to more tokens than the sequence has.
     #[error("cannot truncate sequence {seq} to {new_len} tokens: it holds only {num_tokens}")]
     TruncateBeyondLength {

@@ -1035,6 +1035,7 @@ impl Harness {
                 src: dev(&src),
                 dst: dev(&dst),
                 num_slots,
+                group: 0,
             })
             .collect();
         let swap_out: Vec<BlockCopy> = effect
@@ -1044,6 +1045,7 @@ impl Harness {
                 src: dev(d),
                 dst: host(h),
                 num_slots: bs as u32,
+                group: 0,
             })
             .collect();
         let swap_in: Vec<BlockCopy> = effect
@@ -1053,6 +1055,7 @@ impl Harness {
                 src: host(h),
                 dst: dev(d),
                 num_slots: bs as u32,
+                group: 0,
             })
             .collect();
         prop_assert_eq!(&self.ops.swap_out, &swap_out, "swap-out copies");
