@@ -117,7 +117,7 @@ impl AttentionKind {
     /// use pagedkv::AttentionKind;
     /// // gpt-oss's 128-token windows, blocks of 16, prefill chunks of 2048 tokens:
     /// let swa = AttentionKind::SlidingWindow { window: 128 };
-    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048 + 15_u64).div_ceil(16));
     /// assert_eq!(swa.max_blocks_per_seq(40, 2048, 16), 3); // never more than the sequence itself
     /// assert_eq!(AttentionKind::Full.max_blocks_per_seq(100_000, 2048, 16), 6250);
     /// ```
@@ -130,14 +130,18 @@ impl AttentionKind {
             AttentionKind::ChunkedLocal { chunk } => chunk as u64,
         };
         // A step computing positions a..b keeps positions from
-        // first_needed_pos(a) >= a - (window - 1) to b - 1: at most
-        // window - 1 + (b - a) tokens, starting anywhere in a block (+1),
-        // unless chunks start on block boundaries.
+        // first_needed_pos(a) >= a - (window - 1) to b - 1: a span of at most
+        // window - 1 + (b - a) tokens, which covers the most blocks when it
+        // starts at the last slot of a block (bs - 1 more), unless it always
+        // starts on a block boundary (chunks that are whole blocks).
+        let span = window.saturating_sub(1).saturating_add(max_step_tokens);
         let aligned =
             matches!(self, AttentionKind::ChunkedLocal { chunk } if chunk != 0 && chunk as u64 % bs == 0);
-        let steady = blocks_for(window.saturating_sub(1).saturating_add(max_step_tokens), bs)
-            + if aligned { 0 } else { 1 };
-        // (`steady` cannot overflow: blocks_for divides by a block size of at least 1.)
+        let steady = if aligned {
+            blocks_for(span, bs)
+        } else {
+            blocks_for(span.saturating_add(bs - 1), bs)
+        };
         if steady < all {
             steady
         } else {
@@ -258,6 +262,23 @@ mod tests {
     fn window_of_one_needs_only_the_current_position() {
         let k = AttentionKind::SlidingWindow { window: 1 };
         assert_eq!(k.first_needed_pos(9), 9);
-        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 2);
+        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 1);
+        assert_eq!(k.max_blocks_per_seq(1000, 2, 4), 2);
+    }
+
+    #[test]
+    fn max_blocks_is_reached_by_some_length() {
+        // The bound is tight for decodes: some sequence length reaches it.
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                let kind = AttentionKind::SlidingWindow { window: w };
+                let bound = kind.max_blocks_per_seq(10_000, 1, bs);
+                let reached = (0..200)
+                    .map(|len| brute_peak(kind, 2000 + len, 1, bs))
+                    .max()
+                    .unwrap();
+                assert_eq!(reached, bound, "window {w} block size {bs}");
+            }
+        }
     }
 }
