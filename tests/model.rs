@@ -606,12 +606,30 @@ impl Model {
         if self.num_host_blocks == 0 {
             return Err(KvError::NoHostTier { seq });
         }
-        let needed = s.live().filter(|d| !self.host_of.contains_key(d)).count() as u64;
+        // Blocks a window no longer reads (its next token at `len`) are
+        // released instead of copied.
+        let len = s.values.len() as u64;
+        let mut tables = s.blocks.clone();
+        let mut released_now = 0;
+        for (g, &kind) in self.groups.iter().enumerate() {
+            let to = (first_read(kind, len) / self.block_size) as usize;
+            for h in tables[g].iter_mut().take(to).filter(|h| **h != NULL) {
+                *h = NULL;
+                released_now += 1;
+            }
+        }
+        let needed = tables
+            .iter()
+            .flatten()
+            .filter(|&&d| d != NULL && !self.host_of.contains_key(&d))
+            .count() as u64;
         let free = self.num_free_host();
         if needed > free {
             return Err(KvError::HostOutOfBlocks { seq, needed, free });
         }
-        let tables = s.blocks.clone();
+        self.seqs.get_mut(&seq).expect("checked").blocks = tables.clone();
+        self.stats.window_released_blocks += released_now;
+        self.forget_unheld();
         let mut effect = Effect::default();
         let mut host_tables = tables.clone();
         for (g, blocks) in tables.iter().enumerate() {
@@ -712,8 +730,9 @@ impl Model {
                     AttentionKind::ChunkedLocal { chunk } => (chunk as u64, chunk as u64 % bs == 0),
                     _ => return all,
                 };
-                // The span a step keeps: the window before its first token and its tokens.
-                let span = window - 1 + prompt_len;
+                // The span a step keeps: the window before its first token and
+                // its tokens (all of a context prefilled again after a recompute).
+                let span = window - 1 + stored;
                 let blocks = if aligned {
                     span.div_ceil(bs)
                 } else {

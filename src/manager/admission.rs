@@ -130,7 +130,9 @@ impl KvCacheManager {
         }
         let stored = prompt_len + max_new_tokens.saturating_sub(1);
         let num_blocks = self.pool.num_blocks() as u64;
-        let step = chunk.clamp(1, prompt_len);
+        // A sequence preempted by recompute prefills its whole context again:
+        // up to `stored` tokens in flight, in chunks of at most `chunk`.
+        let step = chunk.clamp(1, stored);
         let bs = self.config.block_size;
         let peak: u64 = self
             .config
