@@ -360,6 +360,7 @@ fn resolve_budget(
         weights_bytes,
         non_torch_bytes,
         activation_peak_bytes,
+        cudagraph_bytes: 0,
     };
     MemoryBudget::device(memory).validate().map_err(invalid)?;
     Ok(Budget::Device {
