@@ -42,6 +42,31 @@ pub struct MlaProjections {
     pub v_head_dim: u64,
 }
 
+/// A config's RoPE scaling (`rope_scaling`, or `rope_parameters` in newer configs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    /// `rope_type` (or the older `type`), e.g. `llama3`, `yarn`, `linear`.
+    pub rope_type: String,
+    /// `factor`, when given.
+    pub factor: Option<f64>,
+    /// `original_max_position_embeddings`, when given.
+    pub original_max_position_embeddings: Option<u64>,
+}
+
+/// The keys vLLM 0.33.0 reads a model's maximum length from, in its order
+/// (`derive_max_model_len_and_key`); the smallest present wins.
+pub const MAX_LEN_KEYS: [&str; 9] = [
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+];
+
 /// What the planner reads from a `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -50,6 +75,9 @@ pub struct ModelConfig {
     pub section: Option<&'static str>,
     /// `model_type`, when given.
     pub model_type: Option<String>,
+    /// The language model's `model_type` (its section's, else the top level's):
+    /// what vLLM's per-model rules (MLA, sliding layers) look at.
+    pub text_model_type: Option<String>,
     /// `num_hidden_layers`.
     pub num_layers: u32,
     /// `num_attention_heads`.
@@ -71,8 +99,23 @@ pub struct ModelConfig {
     /// MLA projection sizes, when `mla` is set.
     pub mla_projections: Option<MlaProjections>,
     /// `sliding_window` when sliding-window attention is on (not when
-    /// `use_sliding_window` is false, as in Qwen2).
+    /// `use_sliding_window` is false, as in Qwen2, nor when it is 0, which vLLM
+    /// reads as off).
     pub sliding_window: Option<u64>,
+    /// `layer_types` (`sliding_attention`, `full_attention`, `chunked_attention`, ...), when given.
+    pub layer_types: Option<Vec<String>>,
+    /// `no_rope_layers` (Llama 4: 0 marks a global-attention layer), when given and not empty.
+    pub no_rope_layers: Option<Vec<u64>>,
+    /// `no_rope_layer_interval` (Llama 4's default pattern, 4), when given.
+    pub no_rope_layer_interval: Option<u64>,
+    /// `sliding_window_pattern` (Gemma 3's default pattern, 6), when given.
+    pub sliding_window_pattern: Option<u64>,
+    /// `attention_chunk_size` (Llama 4's chunked local attention), when given and not 0.
+    pub attention_chunk_size: Option<u64>,
+    /// The maximum-length keys present (from [`MAX_LEN_KEYS`]) with their values.
+    pub max_len_keys: Vec<(&'static str, u64)>,
+    /// RoPE scaling, when given.
+    pub rope: Option<RopeScaling>,
     /// `hidden_size`.
     pub hidden_size: Option<u64>,
     /// `intermediate_size` (the dense MLP's).
@@ -147,6 +190,67 @@ impl Fields<'_> {
                 format!("missing from {}; add it or pass {flag}", self.path),
             )
         })
+    }
+
+    /// A list of strings (`layer_types`).
+    fn strings(&self, name: &str) -> Result<Option<Vec<String>>, InputError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let err = || {
+            InputError::new(
+                self.qualified(name),
+                format!("expected a list of strings in {}, found {v}", self.path),
+            )
+        };
+        let items = v.as_array().ok_or_else(err)?;
+        items
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(err))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// A list of non-negative integers (`no_rope_layers`).
+    fn integers(&self, name: &str) -> Result<Option<Vec<u64>>, InputError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let items = v.as_array().ok_or_else(|| {
+            InputError::new(
+                self.qualified(name),
+                format!("expected a list of integers in {}, found {v}", self.path),
+            )
+        })?;
+        items
+            .iter()
+            .map(|x| self.as_u64(name, x))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn rope(&self) -> Result<Option<RopeScaling>, InputError> {
+        let name = if self.get("rope_scaling").is_some() {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let Some(m) = v.as_object() else {
+            return Err(InputError::new(
+                self.qualified(name),
+                format!("expected an object in {}, found {v}", self.path),
+            ));
+        };
+        let rope_type = m
+            .get("rope_type")
+            .or_else(|| m.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        Ok(Some(RopeScaling {
+            rope_type,
+            factor: m.get("factor").and_then(Value::as_f64),
+            original_max_position_embeddings: m
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64),
+        }))
     }
 
     fn bool_or_root(&self, name: &str) -> Result<Option<bool>, InputError> {
@@ -264,8 +368,20 @@ impl ModelConfig {
 
         let sliding_window = match f.bool_or_root("use_sliding_window")? {
             Some(false) => None,
-            _ => f.u64("sliding_window")?,
+            _ => f.u64("sliding_window")?.filter(|&w| w > 0),
         };
+        let mut max_len_keys = Vec::new();
+        for key in MAX_LEN_KEYS {
+            // max_position_embeddings falls back to the top level (multimodal configs).
+            let v = if key == "max_position_embeddings" {
+                max_position_embeddings
+            } else {
+                f.u64(key)?
+            };
+            if let Some(v) = v {
+                max_len_keys.push((key, v));
+            }
+        }
 
         let intermediate_size = f.u64("intermediate_size")?;
         let mut num_experts = None;
@@ -291,9 +407,15 @@ impl ModelConfig {
             }
         };
 
+        let model_type = root.get("model_type").and_then(Value::as_str).map(str::to_string);
         Ok(ModelConfig {
             section: section_name,
-            model_type: root.get("model_type").and_then(Value::as_str).map(str::to_string),
+            text_model_type: section
+                .get("model_type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| model_type.clone()),
+            model_type,
             num_layers,
             num_attention_heads,
             num_kv_heads,
@@ -305,6 +427,13 @@ impl ModelConfig {
             mla,
             mla_projections,
             sliding_window,
+            layer_types: f.strings("layer_types")?,
+            no_rope_layers: f.integers("no_rope_layers")?.filter(|l| !l.is_empty()),
+            no_rope_layer_interval: f.u64("no_rope_layer_interval")?,
+            sliding_window_pattern: f.u64("sliding_window_pattern")?,
+            attention_chunk_size: f.u64("attention_chunk_size")?.filter(|&c| c > 0),
+            max_len_keys,
+            rope: f.rope()?,
             hidden_size,
             intermediate_size,
             vocab_size: f.u64("vocab_size")?,

@@ -45,6 +45,10 @@ GIB = 1 << 30
 BUDGETS = [2 * GIB, 10 * GIB]
 KV_DTYPES = ["auto", "fp8"]
 TENSOR_PARALLEL = [1, 2]
+# Pipeline parallel cases: these configs x stages x BUDGETS, dtype auto, TP 1.
+PP_CONFIGS = ["gpt-oss-20b.json", "Llama-4-Scout-17B-16E-Instruct.json", "gemma-2-9b.json",
+              "Qwen2.5-7B-Instruct.json", "DeepSeek-V2-Lite.json"]
+PIPELINE_PARALLEL = [2, 3]
 BLOCK_SIZE = 16
 MAX_NUM_BATCHED_TOKENS = 2048
 
@@ -54,7 +58,8 @@ ASSUMPTIONS = [
     "max_num_batched_tokens 2048 and async scheduling (vLLM's default): 2 concurrent batches",
     "max_model_len: vLLM's derived default for the config (no --max-model-len)",
     "dtype=auto on a CUDA device supporting bfloat16, float16 and float32",
-    "hybrid KV cache manager on (vLLM's default for these models), pipeline parallel 1",
+    "hybrid KV cache manager on (vLLM's default for these models)",
+    "pipeline parallel 1, except pp_cases: layers split by get_pp_indices, V2 model runner (pp + 1 batches in flight)",
 ]
 
 
@@ -336,7 +341,7 @@ def main():
         speculative_config = None
         use_v2_model_runner = True
 
-        def __init__(self, max_model_len, tp):
+        def __init__(self, max_model_len, tp, pp=1):
             self.model_config = ns(dict(max_model_len=max_model_len,
                                         original_max_model_len=max_model_len,
                                         supports_kv_cache_grouping=False))
@@ -350,7 +355,7 @@ def main():
             self.scheduler_config = ns(dict(disable_hybrid_kv_cache_manager=False,
                                             max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
                                             async_scheduling=True))
-            self.parallel_config = ns(dict(tensor_parallel_size=tp, pipeline_parallel_size=1,
+            self.parallel_config = ns(dict(tensor_parallel_size=tp, pipeline_parallel_size=pp,
                                            decode_context_parallel_size=1))
             self.attention_config = ns(dict(hisparse_config=None))
             self.device_config = ns(dict(device_type="cuda"))
@@ -485,6 +490,45 @@ def main():
         case["available_gib"] = format_gib(check_memory)
         return case
 
+    from vllm.distributed.utils import get_pp_indices
+
+    def plan_pp_case(m, config_name, budget, pp):
+        cfg = FakeVllmConfig(m["max_model_len"], 1, pp)
+        specs, kv_dtype = specs_for(m, "auto", 1)
+        names = list(specs)
+        workers = []
+        for rank in range(pp):
+            start, end = get_pp_indices(len(names), rank, pp)
+            workers.append({n: specs[n] for n in names[start:end]})
+        groups = P.get_global_kv_cache_groups(cfg, [dict(w) for w in workers])
+        projected = [P._project_kv_cache_groups_to_worker(groups, w) for w in workers]
+        bpbs = [P._pool_bytes_per_block_from_builder(builder, cfg, g) for g in projected]
+        case = dict(
+            config=config_name,
+            kv_cache_memory_bytes=budget,
+            pipeline_parallel_size=pp,
+            max_model_len=m["max_model_len"],
+            stage_layers=[len(w) for w in workers],
+            groups=[dict(kind=kind_label(g.kv_cache_spec), layers=len(g.layer_names)) for g in groups],
+            bytes_per_block=max(bpbs),
+            num_blocks=min(budget // b for b in bpbs),
+            max_in_flight_tokens=cfg.max_in_flight_tokens,
+        )
+        try:
+            configs_ = P.get_kv_cache_configs(cfg, [dict(w) for w in workers], [budget] * pp, groups)
+            assert configs_[0].num_blocks == case["num_blocks"]
+            case.update(fits=True, error=None)
+        except ValueError as e:
+            case.update(fits=False, error=str(e))
+        return case
+
+    pp_cases = []
+    for config_name in PP_CONFIGS:
+        m = resolve_model(configs[config_name])
+        for pp in PIPELINE_PARALLEL:
+            for budget in BUDGETS:
+                pp_cases.append(plan_pp_case(m, config_name, budget, pp))
+
     cases = []
     for config_name, entry in configs.items():
         m = resolve_model(entry)
@@ -510,6 +554,7 @@ def main():
         stubbed_modules=sorted({s.split(".")[0] for s in STUBBED}),
         seed=seed_case,
         cases=cases,
+        pp_cases=pp_cases,
     ), sys.stdout, indent=1)
     sys.stdout.write("\n")
 
