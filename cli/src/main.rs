@@ -12,6 +12,7 @@
 //! file, line and reason).
 
 mod args;
+mod budget;
 mod checks;
 mod error;
 mod estimate;
