@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 
 use pagedkv::{
-    AttentionKind, ByteSize, CachePlan, CapacityAdvice, EngineRules, PlanError, UtilizationAdvice,
+    AttentionKind, ByteSize, CachePlan, CapacityAdvice, EngineRules, MemoryBudget, PlanError,
+    UtilizationAdvice,
 };
 use serde_json::{json, Value};
 
@@ -25,6 +26,18 @@ fn size_row(out: &mut String, label: &str, bytes: u64, note: Option<String>) {
         Some(n) => row(out, label, format!("{:>10}  ({n})", ByteSize(bytes).to_string())),
         None => row(out, label, format!("{:>10}", ByteSize(bytes).to_string())),
     }
+}
+
+/// The plan's shape when the budget could not be sized (nothing left for the
+/// cache): the same layout and rules over an unlimited budget, for the spec rows.
+fn shape_only(i: &Inputs) -> Option<CachePlan> {
+    CachePlan::for_engine(
+        &i.layout,
+        i.block_size,
+        &MemoryBudget::direct(u64::MAX / 2),
+        i.rules,
+    )
+    .ok()
 }
 
 /// "12 sliding_window(128), 12 full": the layers per kind, in order of first appearance.
@@ -106,8 +119,8 @@ fn spec_section(out: &mut String, i: &Inputs, plan: Option<&CachePlan>) {
         );
     }
     row(out, "block size", format!("{} tokens", i.block_size));
-    match plan {
-        Some(p) => {
+    if let Some(p) = plan {
+        {
             let b = p.breakdown();
             row(out, "bytes per token", b.bytes_per_token);
             let groups = p.groups();
@@ -129,9 +142,6 @@ fn spec_section(out: &mut String, i: &Inputs, plan: Option<&CachePlan>) {
                 }
             }
             row(out, "bytes per block", b.bytes_per_block);
-        }
-        None => {
-            row(out, "bytes per token", i.layout.bytes_per_token());
         }
     }
     if let Some(w) = i.sliding_window {
@@ -262,7 +272,8 @@ pub fn render_text(r: &Report) -> String {
         i.model,
         engine_label(i.engine)
     );
-    spec_section(&mut out, i, plan);
+    let shape = shape_only(i);
+    spec_section(&mut out, i, plan.or(shape.as_ref()));
     out.push('\n');
     budget_section(&mut out, i);
     out.push('\n');
@@ -432,6 +443,8 @@ pub fn render_json(r: &Report) -> Value {
     let i = &r.inputs;
     let s = &i.spec;
     let plan = r.plan();
+    let shape = shape_only(i);
+    let sized = plan.or(shape.as_ref());
     let spec = json!({
         "num_layers": s.num_layers,
         "num_kv_heads": s.mla.map_or(Some(s.num_kv_heads), |_| None),
@@ -443,11 +456,11 @@ pub fn render_json(r: &Report) -> Value {
         "tensor_parallel_size": s.tensor_parallel_size,
         "pipeline_parallel_size": s.pipeline_parallel_size,
         "block_size": i.block_size,
-        "bytes_per_token": plan.map_or(i.layout.bytes_per_token(), |p| p.breakdown().bytes_per_token),
-        "bytes_per_block": plan.map(|p| p.breakdown().bytes_per_block),
+        "bytes_per_token": i.layout.bytes_per_token(),
+        "bytes_per_block": sized.map(|p| p.breakdown().bytes_per_block),
         "sliding_window": i.sliding_window,
         "layer_kinds": i.layout.layers.iter().map(|l| l.kind.to_string()).collect::<Vec<_>>(),
-        "groups": plan.map(|p| p.groups().iter().map(|g| json!({
+        "groups": sized.map(|p| p.groups().iter().map(|g| json!({
             "kind": g.kind.to_string(),
             "layers": g.layers,
             "num_padded_layers": g.num_padded_layers,
