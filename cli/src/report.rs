@@ -141,7 +141,20 @@ fn spec_section(out: &mut String, i: &Inputs, plan: Option<&CachePlan>) {
                     row(out, "padding", format!("{padding} layer slots unused per block"));
                 }
             }
-            row(out, "bytes per block", b.bytes_per_block);
+            if groups.len() > 1 {
+                let page = i.layout.page_bytes(0, i.block_size);
+                row(
+                    out,
+                    "bytes per block",
+                    format!(
+                        "{} ({} layers × {page}-byte pages)",
+                        b.bytes_per_block,
+                        b.bytes_per_block / page
+                    ),
+                );
+            } else {
+                row(out, "bytes per block", b.bytes_per_block);
+            }
         }
     }
     if let Some(w) = i.sliding_window {
