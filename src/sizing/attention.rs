@@ -149,6 +149,52 @@ impl AttentionKind {
         }
     }
 
+    /// The blocks vLLM 0.33.0 reserves per request for one layer of this kind
+    /// (`max_admission_blocks_per_request` of its KV cache specs), which both
+    /// sizes the pool at start-up and gates admission:
+    ///
+    /// - full: `ceil(max_model_len / block_size)`;
+    /// - sliding window `W`: `ceil(min(W - 1 + in_flight, max_model_len) / block_size) + 1`
+    ///   (the window need not start on a block boundary);
+    /// - chunked local `C`: `ceil(min(C + in_flight, max_model_len) / block_size)`,
+    ///
+    /// where `in_flight` is `max_in_flight_tokens`: tokens scheduled but not yet
+    /// processed, `max_num_batched_tokens` × the batches in flight (2 under
+    /// vLLM's default async scheduling). Unlike [`max_blocks_per_seq`](Self::max_blocks_per_seq)
+    /// this is vLLM's formula, including its `+ 1` when the window covers the
+    /// whole sequence.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// // gpt-oss's 128-token windows, 2 × 2048 tokens in flight, blocks of 16:
+    /// let swa = AttentionKind::SlidingWindow { window: 128 };
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(131_072, 4096, 16), (127 + 4096_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(100, 4096, 16), 7 + 1);
+    /// let chunked = AttentionKind::ChunkedLocal { chunk: 8192 };
+    /// assert_eq!(chunked.vllm_max_blocks_per_seq(10_485_760, 4096, 16), 768);
+    /// assert_eq!(AttentionKind::Full.vllm_max_blocks_per_seq(128_000, 4096, 16), 8000);
+    /// ```
+    pub const fn vllm_max_blocks_per_seq(
+        self,
+        max_model_len: u64,
+        max_in_flight_tokens: u64,
+        block_size: u32,
+    ) -> u64 {
+        let bs = block_size as u64;
+        let (held, extra) = match self {
+            AttentionKind::Full => return blocks_for(max_model_len, bs),
+            AttentionKind::SlidingWindow { window } => (
+                (window as u64)
+                    .saturating_sub(1)
+                    .saturating_add(max_in_flight_tokens),
+                1,
+            ),
+            AttentionKind::ChunkedLocal { chunk } => ((chunk as u64).saturating_add(max_in_flight_tokens), 0),
+        };
+        let tokens = if held < max_model_len { held } else { max_model_len };
+        blocks_for(tokens, bs) + extra
+    }
+
     /// Checks the window or chunk size; the error names the field.
     pub fn validate(self) -> Result<(), PlanError> {
         match self {
