@@ -137,8 +137,9 @@ fn decode_step_256(c: &mut Criterion) {
     g.finish();
 }
 
-/// (d) fork a 100-token sequence, diverge the child (copy-on-write of the
-/// shared partial block), drain, free both.
+/// (d) allocate a 100-token sequence, hand its prefill step over (drain),
+/// fork it, diverge the child (copy-on-write of the shared partial block),
+/// drain, free both.
 fn fork_cow_free(c: &mut Criterion) {
     let mut g = c.benchmark_group("d_fork_cow_free");
     let blocks = 100usize.div_ceil(BLOCK_SIZE as usize);
@@ -165,6 +166,7 @@ fn fork_cow_free(c: &mut Criterion) {
     g.bench_function("manager", |b| {
         b.iter(|| {
             kv.allocate(SeqId(1), black_box(&prompt)).expect("room");
+            kv.drain_ops(&mut ops); // the prefill step: its tokens may be forked from now on
             kv.fork(SeqId(1), SeqId(2)).expect("new child");
             kv.append(SeqId(2), &[5]).expect("room");
             kv.drain_ops(&mut ops);
@@ -175,6 +177,7 @@ fn fork_cow_free(c: &mut Criterion) {
     });
     g.bench_function("manager_fork_only_parent_kept", |b| {
         kv.allocate(SeqId(1), &prompt).expect("room");
+        kv.drain_ops(&mut ops);
         b.iter_batched(
             || (),
             |()| {

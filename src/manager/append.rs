@@ -255,7 +255,13 @@ impl KvCacheManager {
                 let release_to = kind.first_needed_block(base, bs) as u32;
                 for i in t.num_released..release_to {
                     let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
-                    release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                    release(
+                        &mut self.pool,
+                        &mut self.prefix,
+                        &mut self.host,
+                        &mut self.stats,
+                        b,
+                    );
                     self.stats.window_released_blocks += 1;
                 }
                 t.num_released = release_to;

@@ -415,6 +415,7 @@ impl KvCacheManager {
                     self.pool
                         .take_free(b)
                         .expect("a free indexed block is in the queue");
+                    self.stats.blocks_taken += 1;
                 } else {
                     self.pool.incref(b).expect("an indexed block in use is allocated");
                 }

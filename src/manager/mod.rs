@@ -307,6 +307,7 @@ impl KvCacheManager {
             }
             t.num_tokens = tokens as u32;
         }
+        self.stats.blocks_taken += needed;
         self.seqs.insert(
             seq,
             Seq {
@@ -425,7 +426,13 @@ impl KvCacheManager {
         for t in s.tables.iter_mut() {
             while t.blocks.len() > keep {
                 let b = t.blocks.pop().expect("len > keep >= 0");
-                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                release(
+                    &mut self.pool,
+                    &mut self.prefix,
+                    &mut self.host,
+                    &mut self.stats,
+                    b,
+                );
             }
             t.num_tokens = new_len as u32;
             let last = t.blocks.last().copied().filter(|b| !b.is_null());
@@ -462,13 +469,20 @@ impl KvCacheManager {
             // The plain allocator: nothing to keep cached, no host copy to forget.
             for t in &tables {
                 for &b in t.live_blocks().iter().rev() {
-                    self.pool.decref(b).expect("a live table's blocks are allocated");
+                    let freed = self.pool.decref(b).expect("a live table's blocks are allocated");
+                    self.stats.blocks_returned += freed as u64;
                 }
             }
         } else {
             for t in &tables {
                 for &b in t.live_blocks().iter().rev() {
-                    release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                    release(
+                        &mut self.pool,
+                        &mut self.prefix,
+                        &mut self.host,
+                        &mut self.stats,
+                        b,
+                    );
                 }
             }
         }
@@ -584,6 +598,7 @@ fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mu
     let b = pool
         .allocate()
         .expect("free blocks were counted before allocating");
+    stats.blocks_taken += 1;
     if let Some(p) = prefix {
         p.evicted(b, stats);
     }
@@ -595,7 +610,13 @@ fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mu
 /// the head to be reused first. A block that becomes free loses its
 /// association with a host copy.
 #[inline]
-fn release(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, host: &mut Option<HostTier>, b: BlockId) {
+fn release(
+    pool: &mut BlockPool,
+    prefix: &mut Option<PrefixState>,
+    host: &mut Option<HostTier>,
+    stats: &mut KvStats,
+    b: BlockId,
+) {
     let cached = match prefix {
         None => true,
         Some(p) => p.index.hash_of(b).is_some(),
@@ -607,6 +628,7 @@ fn release(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, host: &mut Op
     }
     .expect("a live table's blocks are allocated");
     if freed {
+        stats.blocks_returned += 1;
         // A pending block freed before its step was handed over was never
         // written: it must not become hittable.
         if let (false, Some(p)) = (cached, prefix) {

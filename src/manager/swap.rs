@@ -357,7 +357,13 @@ impl KvCacheManager {
             let release_to = keep_from(t, kind);
             for i in t.num_released as usize..release_to {
                 let b = std::mem::replace(&mut t.blocks[i], BlockId::NULL);
-                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                release(
+                    &mut self.pool,
+                    &mut self.prefix,
+                    &mut self.host,
+                    &mut self.stats,
+                    b,
+                );
                 self.stats.window_released_blocks += 1;
             }
             t.num_released = release_to as u32;
@@ -390,7 +396,13 @@ impl KvCacheManager {
                         h
                     }
                 };
-                release(&mut self.pool, &mut self.prefix, &mut self.host, d);
+                release(
+                    &mut self.pool,
+                    &mut self.prefix,
+                    &mut self.host,
+                    &mut self.stats,
+                    d,
+                );
                 *b = h;
             }
             t.tail_maybe_shared = false;

@@ -1,5 +1,7 @@
 use std::ops::Range;
 
+use crate::sizing::AttentionKind;
+
 use super::*;
 use crate::pool::MAX_BLOCKS;
 
@@ -479,4 +481,41 @@ fn a_hybrid_plan_configures_its_groups() {
     kv.allocate(SeqId(1), &toks(300)).unwrap();
     assert_eq!(kv.blocks_by_group(), [19, 19]);
     kv.check_invariants().unwrap();
+}
+
+#[test]
+fn a_window_takes_and_returns_no_more_blocks_per_token_than_full_attention() {
+    // Over a sequence's life (allocate, decode 2000 tokens, free), a
+    // sliding-window group takes and returns one block per 16 tokens, as full
+    // attention does: it only returns them earlier, so it holds far fewer.
+    let run = |kind: AttentionKind| {
+        let mut kv = KvCacheManager::new(KvCacheConfig {
+            num_blocks: 256,
+            block_size: 16,
+            max_model_len: 4096,
+            watermark: 0.0,
+            groups: vec![kind],
+            ..Default::default()
+        })
+        .unwrap();
+        kv.allocate(SeqId(1), &toks(20)).unwrap();
+        let mut held = 0;
+        for t in 0..2000 {
+            settle(&mut kv);
+            kv.append(SeqId(1), &[t]).unwrap();
+            held = held.max(kv.usage().used_blocks);
+        }
+        kv.free(SeqId(1)).unwrap();
+        let s = kv.stats();
+        (s.blocks_taken, s.blocks_returned, held)
+    };
+    let (full_taken, full_returned, full_held) = run(AttentionKind::Full);
+    let (win_taken, win_returned, win_held) = run(AttentionKind::SlidingWindow { window: 64 });
+    assert_eq!((full_taken, full_returned), (127, 127));
+    assert_eq!((win_taken, win_returned), (full_taken, full_returned));
+    assert_eq!(full_held, 127);
+    assert_eq!(
+        win_held,
+        AttentionKind::SlidingWindow { window: 64 }.max_blocks_per_seq(2020, 1, 16)
+    );
 }

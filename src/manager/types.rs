@@ -291,6 +291,10 @@ pub struct KvStats {
     /// Blocks sliding-window and chunked local groups released as their
     /// sequences grew past them (freed for other sequences, or shared on).
     pub window_released_blocks: u64,
+    /// Device blocks taken from the free queue (fresh, or a free cached block hit).
+    pub blocks_taken: u64,
+    /// Device blocks returned to the free queue (their last reference dropped).
+    pub blocks_returned: u64,
 }
 
 impl KvStats {
