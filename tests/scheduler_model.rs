@@ -166,6 +166,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         enable_chunked_prefill: s.chunked,
         admit_whole_prompt: s.whole_prompt,
         isolate_growth: s.isolate,
+        cap_output_at_max_model_len: false,
     };
     let mut sched = Scheduler::new(kv, config).map_err(fail)?;
     sched = match s.victim {

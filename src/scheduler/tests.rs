@@ -278,3 +278,40 @@ fn outputs_in_any_order_are_taken_and_wrong_ones_change_nothing() {
     s.step(&mut plan);
     assert_eq!(plan.scheduled.len(), 5);
 }
+
+#[test]
+fn capping_at_max_model_len_serves_what_would_be_rejected() {
+    let capped = SchedulerConfig {
+        cap_output_at_max_model_len: true,
+        ..SchedulerConfig::default()
+    };
+    let mut s = sched(128, 4, capped);
+    // 200 + 100 > max_model_len 256: served with 56 new tokens instead of rejected.
+    s.add_request(request(1, 200, 100, 1)).unwrap();
+    // A prompt of max_model_len tokens leaves no room for output: still rejected.
+    let err = s.add_request(request(2, 256, 1, 1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SchedulerError::Rejected {
+                reason: AdmissionRefusal::ExceedsMaxModelLen { tokens: 257, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut plan = StepPlan::default();
+    let mut generated = 0;
+    while !s.is_idle() {
+        s.step(&mut plan);
+        let out = outputs(&plan, 7);
+        generated += out.len();
+        s.on_step_output(&out).unwrap();
+        s.check_invariants().unwrap();
+    }
+    assert_eq!(generated, 56);
+    assert_eq!((s.stats().finished, s.stats().rejected), (1, 1));
+    // Off (the default), the same request is rejected.
+    let mut s = sched(128, 4, SchedulerConfig::default());
+    assert!(s.add_request(request(1, 200, 100, 1)).is_err());
+}

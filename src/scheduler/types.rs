@@ -62,6 +62,7 @@ pub struct Request {
 /// ```
 /// let c = pagedkv::scheduler::SchedulerConfig::default();
 /// assert!(c.admit_whole_prompt && c.isolate_growth && c.enable_chunked_prefill);
+/// assert!(!c.cap_output_at_max_model_len);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
@@ -85,6 +86,12 @@ pub struct SchedulerConfig {
     /// the step is planned again without the guards, so nothing livelocks.
     /// Off: victims are preempted until it fits.
     pub isolate_growth: bool,
+    /// Cap `max_new_tokens` at `max_model_len − prompt` instead of rejecting a
+    /// request whose prompt fits but whose prompt + output does not (false).
+    /// vLLM's server does this (it clamps `max_tokens`; only a prompt of
+    /// `max_model_len` tokens or more is refused); off, such a request is
+    /// rejected with `ExceedsMaxModelLen`.
+    pub cap_output_at_max_model_len: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -95,6 +102,7 @@ impl Default for SchedulerConfig {
             enable_chunked_prefill: true,
             admit_whole_prompt: true,
             isolate_growth: true,
+            cap_output_at_max_model_len: false,
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn config(max_num_batched_tokens: u32, guards: bool) -> SchedulerConfig {
         enable_chunked_prefill: true,
         admit_whole_prompt: guards,
         isolate_growth: guards,
+        cap_output_at_max_model_len: false,
     }
 }
 
