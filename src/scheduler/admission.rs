@@ -88,11 +88,19 @@ impl Scheduler {
             // block is cached as soon as it is allocated, so allocating a
             // prompt's later chunks early would let another prompt hit blocks
             // not computed yet. The guard then only checks that all of it fits.
+            // A chunk is the budget's worth of tokens past the cached prefix
+            // (the hit costs no budget).
             let whole = self.config.admit_whole_prompt;
-            let alloc_len = if whole && !self.kv.config().enable_prefix_caching {
+            let caching = self.kv.config().enable_prefix_caching;
+            let alloc_len = if whole && !caching {
                 len
             } else {
-                len.min(*budget)
+                let hit = if caching {
+                    self.kv.cached_prefix_len(&s.tokens, &keys) as u32
+                } else {
+                    0
+                };
+                len.min(hit.saturating_add(*budget))
             };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
