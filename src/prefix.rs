@@ -9,9 +9,16 @@
 //! hence into every hash after it), and the content hash of each multimodal
 //! span (image, audio) overlapping the block.
 //!
+//! A block's hash becomes hittable in two stages: when the block fills it is
+//! *pending* (it carries its hash, but no lookup finds it), and it is
+//! *committed* (entered in the hash → block map) once the step that computes
+//! it has been handed to the engine (`drain_ops`): a prompt can never hit KV
+//! that nobody wrote.
+//!
 //! Invariants (checked by [`PrefixIndex::check_invariants`]):
-//! - a block carries a hash exactly when the index maps that hash to it, so
-//!   the index and the per-block hashes are two views of one bijection;
+//! - a committed block carries a hash exactly when the index maps that hash
+//!   to it, so the map and the committed per-block hashes are two views of
+//!   one bijection; a pending block is in no map entry;
 //! - only blocks whose content is final carry a hash (the manager strips the
 //!   hash of a block before any in-place write: see `manager::caching`).
 //!
@@ -287,7 +294,8 @@ const fn mix(x: u128) -> u128 {
 
 /// What a cache-aware router needs to know of an engine's cache, drained with
 /// [`crate::KvCacheManager::drain_events`] when `enable_kv_events` is on (the
-/// information vLLM publishes as KV events).
+/// information vLLM publishes as KV events). Each event names the KV cache
+/// group its blocks belong to (0 unless the model mixes attention kinds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KvEvent {
@@ -303,11 +311,15 @@ pub enum KvEvent {
         block_size: u32,
         /// Each block's extra keys, in hashing order.
         extra_keys: Vec<Vec<ExtraKey>>,
+        /// The KV cache group of the blocks.
+        group: u32,
     },
     /// Blocks stopped being cached (evicted, reset, or about to be rewritten).
     BlockRemoved {
         /// Their hashes.
         block_hashes: Vec<BlockHash>,
+        /// The KV cache group of the blocks.
+        group: u32,
     },
     /// Every cached block was dropped.
     AllCleared,
@@ -336,11 +348,30 @@ impl Hasher for BlockHashHasher {
     }
 }
 
-/// The prefix index: which block holds which hash, both ways.
+/// The index key of `hash` in KV cache group `group`: the hash itself in
+/// group 0, and in group `g` the hash xor a fixed per-group constant (a
+/// bijection, so keys of one group never collide; across groups a collision
+/// needs two random 128-bit hashes to differ by that constant).
+#[inline]
+fn key(hash: BlockHash, group: u32) -> BlockHash {
+    if group == 0 {
+        hash
+    } else {
+        BlockHash::from_u128(hash.get() ^ mix(group as u128))
+    }
+}
+
+/// The prefix index: which block holds which hash in which KV cache group,
+/// both ways, and which blocks wait to be committed.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
     map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
+    /// The hash each block carries, committed or pending.
     hashes: Vec<Option<BlockHash>>,
+    /// The group of each block that carries a hash.
+    groups: Vec<u8>,
+    /// Whether the block's hash is pending (carried, not in `map`).
+    pending: Vec<bool>,
 }
 
 impl PrefixIndex {
@@ -349,22 +380,43 @@ impl PrefixIndex {
         PrefixIndex {
             map: HashMap::default(),
             hashes: vec![None; num_blocks as usize],
+            groups: vec![0; num_blocks as usize],
+            pending: vec![false; num_blocks as usize],
         }
     }
 
-    /// The block holding `hash`, if cached.
+    /// The block holding `hash` in `group`, if cached.
     #[inline]
-    pub fn get(&self, hash: BlockHash) -> Option<BlockId> {
-        self.map.get(&hash).copied()
+    pub fn get(&self, group: u32, hash: BlockHash) -> Option<BlockId> {
+        self.map.get(&key(hash, group)).copied()
     }
 
-    /// The hash `block` carries, if it is cached.
+    /// The hash `block` carries, if it is cached (committed).
     #[inline]
     pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        self.hashes.get(block.index()).copied().flatten()
+        match self.pending.get(block.index()) {
+            Some(false) => self.hashes[block.index()],
+            _ => None,
+        }
     }
 
-    /// Cached blocks.
+    /// The KV cache group of a block that carries a hash (committed or pending).
+    #[inline]
+    pub fn group_of(&self, block: BlockId) -> Option<u32> {
+        let i = block.index();
+        self.hashes.get(i)?.map(|_| self.groups[i] as u32)
+    }
+
+    /// The hash `block` carries while it waits to be committed.
+    #[inline]
+    pub fn pending_hash_of(&self, block: BlockId) -> Option<BlockHash> {
+        match self.pending.get(block.index()) {
+            Some(true) => self.hashes[block.index()],
+            _ => None,
+        }
+    }
+
+    /// Cached (committed) blocks.
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -374,41 +426,81 @@ impl PrefixIndex {
         self.map.is_empty()
     }
 
-    /// Caches `block` under `hash`. Returns false, changing nothing, when the
-    /// hash is already cached in another block (the same content computed
-    /// twice): that block keeps the entry and `block` stays uncached.
-    pub(crate) fn insert(&mut self, hash: BlockHash, block: BlockId) -> bool {
-        debug_assert!(self.hash_of(block).is_none(), "a block carries at most one hash");
-        if self.map.contains_key(&hash) {
-            return false;
-        }
-        self.map.insert(hash, block);
+    /// Marks `block` of `group` as holding content whose chained hash is
+    /// `hash`, not yet hittable (its step has not been handed to the engine).
+    pub(crate) fn insert_pending(&mut self, group: u32, hash: BlockHash, block: BlockId) {
+        debug_assert!(
+            self.hashes[block.index()].is_none(),
+            "a block carries at most one hash"
+        );
         self.hashes[block.index()] = Some(hash);
-        true
+        self.groups[block.index()] = group as u8;
+        self.pending[block.index()] = true;
     }
 
-    /// Uncaches `block`, returning the hash it carried.
-    #[inline]
-    pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<BlockHash> {
-        let h = self.hashes.get_mut(block.index())?.take()?;
-        self.map.remove(&h);
+    /// Commits a pending block: its hash becomes hittable in its group.
+    /// Returns the hash, or `None` (changing nothing) when the block is not
+    /// pending any more (freed or rewritten since) or when its hash is already
+    /// cached in another block of the group (the same content computed twice):
+    /// that block keeps the entry and `block` stays uncached.
+    pub(crate) fn commit(&mut self, block: BlockId) -> Option<BlockHash> {
+        let h = self.pending_hash_of(block)?;
+        self.pending[block.index()] = false;
+        let k = key(h, self.groups[block.index()] as u32);
+        if self.map.contains_key(&k) {
+            self.hashes[block.index()] = None;
+            return None;
+        }
+        self.map.insert(k, block);
         Some(h)
     }
 
-    /// Checks that the map and the per-block hashes describe the same bijection.
+    /// Caches `block` under `hash` at once (committed). Returns false,
+    /// changing nothing, when the hash is already cached in another block.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, group: u32, hash: BlockHash, block: BlockId) -> bool {
+        self.insert_pending(group, hash, block);
+        self.commit(block).is_some()
+    }
+
+    /// Uncaches `block`, returning the hash it carried and its group if it
+    /// was committed (a pending hash is dropped silently: nobody could see it).
+    #[inline]
+    pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<(BlockHash, u32)> {
+        let h = self.hashes.get_mut(block.index())?.take()?;
+        if std::mem::replace(&mut self.pending[block.index()], false) {
+            return None;
+        }
+        let group = self.groups[block.index()] as u32;
+        self.map.remove(&key(h, group));
+        Some((h, group))
+    }
+
+    /// Checks that the map and the committed per-block hashes describe the
+    /// same bijection, and that pending flags go with carried hashes.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        for (&h, &b) in &self.map {
-            if self.hash_of(b) != Some(h) {
+        for (&k, &b) in &self.map {
+            let carried = self.hash_of(b).map(|h| key(h, self.groups[b.index()] as u32));
+            if carried != Some(k) {
                 return Err(InvariantViolation::new(format!(
-                    "hash {h:?} is indexed to block {b:?}, which carries {:?}",
-                    self.hash_of(b)
+                    "key {k:?} is indexed to block {b:?}, which carries {:?} in group {} (pending: {})",
+                    self.hashes.get(b.index()).copied().flatten(),
+                    self.groups.get(b.index()).copied().unwrap_or(0),
+                    self.pending.get(b.index()).copied().unwrap_or(false)
                 )));
             }
         }
-        let carried = self.hashes.iter().filter(|h| h.is_some()).count();
+        if let Some(b) = (0..self.hashes.len()).find(|&b| self.pending[b] && self.hashes[b].is_none()) {
+            return Err(InvariantViolation::new(format!(
+                "block {b} is pending but carries no hash"
+            )));
+        }
+        let carried = (0..self.hashes.len())
+            .filter(|&b| !self.pending[b] && self.hashes[b].is_some())
+            .count();
         if carried != self.map.len() {
             return Err(InvariantViolation::new(format!(
-                "{carried} blocks carry a hash but the index holds {}",
+                "{carried} blocks carry a committed hash but the index holds {}",
                 self.map.len()
             )));
         }
@@ -525,13 +617,22 @@ mod tests {
     fn index_is_a_bijection() {
         let mut ix = PrefixIndex::new(4);
         let h = BlockHash::from_u128(5);
-        assert!(ix.insert(h, BlockId(1)));
-        assert!(!ix.insert(h, BlockId(2)), "duplicate content stays uncached");
-        assert_eq!(ix.get(h), Some(BlockId(1)));
+        assert!(ix.insert(0, h, BlockId(1)));
+        assert!(!ix.insert(0, h, BlockId(2)), "duplicate content stays uncached");
+        assert_eq!(ix.get(0, h), Some(BlockId(1)));
         assert_eq!(ix.hash_of(BlockId(2)), None);
+        // The same content in another group is another entry.
+        assert_eq!(ix.get(1, h), None);
+        assert!(ix.insert(1, h, BlockId(3)));
+        assert_eq!(
+            (ix.get(1, h), ix.group_of(BlockId(3))),
+            (Some(BlockId(3)), Some(1))
+        );
         ix.check_invariants().unwrap();
-        assert_eq!(ix.remove_block(BlockId(1)), Some(h));
+        assert_eq!(ix.remove_block(BlockId(1)), Some((h, 0)));
         assert_eq!(ix.remove_block(BlockId(1)), None);
+        assert_eq!(ix.get(1, h), Some(BlockId(3)));
+        assert_eq!(ix.remove_block(BlockId(3)), Some((h, 1)));
         assert!(ix.is_empty());
         ix.check_invariants().unwrap();
     }

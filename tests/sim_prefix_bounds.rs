@@ -1,9 +1,10 @@
 //! The prefix-cache bounds hold for real runs: at every capacity a run's hit
 //! rate is at most the offline optimum's, which is at most the infinite
 //! cache's, and a pool that never needs to evict reaches the infinite
-//! cache's rate exactly (the simulator and the bounds count the same
-//! tokens). On closed-loop synthetic chats and on the first 400 requests of
-//! the Mooncake trace.
+//! cache's rate (exactly when no two requests in flight share a block still
+//! being computed, which becomes hittable only once its step is handed over:
+//! the simulator and the bounds count the same tokens). On closed-loop
+//! synthetic chats and on the first 400 requests of the Mooncake trace.
 
 use pagedkv::sim::prefix_bounds::BlockTrace;
 use pagedkv::sim::synthetic::{LengthDist, SyntheticSpec};
@@ -14,7 +15,7 @@ fn check(
     base: &Scenario,
     policies: &[&str],
     capacities: &[u64],
-    huge: u64,
+    (huge, slack): (u64, f64),
     shared: f64,
 ) {
     let t = BlockTrace::new(workload, 16, base.max_model_len).unwrap();
@@ -42,10 +43,10 @@ fn check(
                 "{policy} at {c} blocks: {run} <= {opt} <= {infinite}"
             );
         }
+        let all = hit(huge);
         assert!(
-            (hit(huge) - infinite).abs() < 1e-12,
-            "{policy}: {} vs {infinite}",
-            hit(huge)
+            all <= infinite + 1e-12 && all >= infinite - slack,
+            "{policy}: {all} vs {infinite}"
         );
     }
 }
@@ -75,7 +76,7 @@ fn closed_loop_chats_stay_within_the_bounds() {
         &Scenario::default(),
         &["paged16-prefix", "paged16-vllm"],
         &[150, 300, 600],
-        1 << 20,
+        (1 << 20, 1e-12),
         0.3,
     );
 }
@@ -89,12 +90,13 @@ fn a_mooncake_prefix_stays_within_the_bounds() {
     let w = trace::load_trace(path.as_ref(), &Default::default())
         .unwrap()
         .truncated(400);
+    // Requests arriving together share blocks still being computed: a few hits wait.
     check(
         &w,
         &Scenario::mooncake(),
         &["paged16-vllm"],
         &[6_000],
-        1 << 21,
+        (1 << 21, 0.005),
         0.05,
     );
 }

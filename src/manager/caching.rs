@@ -2,21 +2,38 @@
 //! block hashes, prefix hits at allocation, caching blocks as they fill,
 //! eviction in LRU order, and KV events.
 //!
-//! The rule that keeps cached content safe: a block carries a hash only while
-//! its content is final. Blocks are hashed when they fill; a block that is
-//! about to be written in place (the partially filled tail after a truncate)
-//! loses its hash first. Freed blocks keep their hash and wait in the free
-//! queue in LRU order (the pool's queue); taking one for new content evicts it.
+//! The rules that keep cached content safe:
+//! - a block carries a hash only while its content is final. Blocks are hashed
+//!   when they fill; a block that is about to be written in place (the
+//!   partially filled tail after a truncate) loses its hash first;
+//! - a block becomes hittable only once the step that computes it has been
+//!   handed to the engine: filled blocks are *pending* until the next
+//!   `drain_ops` commits them (and announces them in KV events). A sequence
+//!   freed before that (its step abandoned) leaves nothing cached, and two
+//!   prompts admitted in the same step never share blocks that step writes.
+//!
+//! Each KV cache group caches its own blocks (a block's hash is the same in
+//! every group: it stands for the same tokens; the index is keyed by group).
+//! A hit of `L` tokens needs, in each group, the blocks that group's attention
+//! reads from position `L` on: all of them for full attention, the window
+//! before `L` for a sliding window, `L`'s chunk for chunked local attention.
+//! The hit is the longest `L` every group agrees on (see `find_hit`).
+//!
+//! Freed blocks keep their hash and wait in the free queue in LRU order (the
+//! pool's queue); taking one for new content evicts it. So do blocks a window
+//! released.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
+use smallvec::SmallVec;
+
+use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
-use crate::prefix::{hash_block, BlockHash, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
-use crate::sizing::blocks_for;
+use crate::prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
+use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
 
 static NO_KEYS: PrefixKeys = PrefixKeys {
@@ -33,6 +50,20 @@ pub(super) struct PrefixState {
     block_size: u32,
     /// Queued KV events; `None` when nobody asked for them.
     pub(super) events: Option<Vec<KvEvent>>,
+    /// Blocks filled since the last drain, in fill order (group by group), with their hash.
+    pending: Vec<(BlockId, BlockHash)>,
+    /// With KV events on: what each pending block's `BlockStored` needs.
+    pending_events: Vec<PendingEvent>,
+    /// The token ids of the pending blocks (events only), `block_size` each.
+    pending_tokens: Vec<TokenId>,
+}
+
+/// What a pending block's `BlockStored` event needs beside its hash.
+#[derive(Debug, Clone)]
+struct PendingEvent {
+    parent: Option<BlockHash>,
+    extra_keys: Vec<ExtraKey>,
+    group: u32,
 }
 
 /// What prefix caching remembers of one sequence: its tokens (to hash blocks
@@ -60,12 +91,13 @@ impl SeqCache {
 }
 
 /// How much of a prompt is cached.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct CachedPrefix {
-    /// Leading full blocks found in the index.
+    /// Leading full blocks of the hit (every group agrees on them).
     pub(super) hit_blocks: u64,
-    /// How many of them running sequences hold (they take no free block).
-    pub(super) held_blocks: u64,
+    /// Blocks of the hit in each group that running sequences hold (they
+    /// take no free block); empty unless asked for.
+    pub(super) held_blocks: SmallVec<[u64; 4]>,
 }
 
 impl PrefixState {
@@ -75,6 +107,9 @@ impl PrefixState {
             algo: config.hash_algorithm,
             block_size: config.block_size,
             events: config.enable_kv_events.then(Vec::new),
+            pending: Vec::new(),
+            pending_events: Vec::new(),
+            pending_tokens: Vec::new(),
         }
     }
 
@@ -97,36 +132,105 @@ impl PrefixState {
         }
     }
 
-    /// Caches blocks `from..` of the sequence's hashed blocks. A hash already
-    /// cached elsewhere (the same content computed twice) leaves the block uncached.
-    fn index_blocks(&mut self, cache: &SeqCache, blocks: &[BlockId], from: usize) {
-        let mut run: Option<usize> = None;
-        for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate().skip(from) {
-            let stored = self.index.insert(h, b);
-            if self.events.is_some() {
-                if stored {
-                    run.get_or_insert(i);
-                } else if let Some(start) = run.take() {
-                    self.emit_stored(cache, start..i);
+    /// Marks blocks `from..` of the sequence's hashed blocks, in every group,
+    /// as pending: they become hittable at the next [`Self::commit_pending`].
+    fn index_blocks(&mut self, cache: &SeqCache, tables: &[BlockTable], from: usize) {
+        let bs = self.block_size as usize;
+        for (group, t) in tables.iter().enumerate() {
+            for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate().skip(from) {
+                if b.is_null() {
+                    continue; // released by a window: no content to cache
+                }
+                self.index.insert_pending(group as u32, h, b);
+                self.pending.push((b, h));
+                if self.events.is_some() {
+                    self.pending_events.push(PendingEvent {
+                        parent: i.checked_sub(1).map(|p| cache.hashes[p]),
+                        extra_keys: cache.keys().extra_keys_for(
+                            i as u32,
+                            (i * bs) as u64,
+                            ((i + 1) * bs) as u64,
+                        ),
+                        group: group as u32,
+                    });
+                    self.pending_tokens
+                        .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
                 }
             }
         }
-        if let Some(start) = run {
-            self.emit_stored(cache, start..cache.hashes.len());
-        }
     }
 
-    fn emit_stored(&mut self, cache: &SeqCache, blocks: Range<usize>) {
-        let bs = self.block_size as usize;
-        let keys = cache.keys();
+    /// Commits the blocks filled since the last call (their step has just
+    /// been handed to the engine): each still pending becomes hittable,
+    /// unless its hash is cached in another block of its group already (the
+    /// same content computed twice: that block keeps the entry). With KV
+    /// events on, each run of consecutive blocks of one sequence and group is
+    /// announced as one `BlockStored`.
+    pub(super) fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        if self.events.is_none() {
+            for &(b, h) in &pending {
+                if self.index.pending_hash_of(b) == Some(h) {
+                    self.index.commit(b);
+                }
+            }
+        } else {
+            let infos = std::mem::take(&mut self.pending_events);
+            let tokens = std::mem::take(&mut self.pending_tokens);
+            let bs = self.block_size as usize;
+            // The run being built: indexes into `pending` of consecutive committed blocks.
+            let mut run: Option<Range<usize>> = None;
+            for (i, &(b, h)) in pending.iter().enumerate() {
+                let committed = self.index.pending_hash_of(b) == Some(h) && self.index.commit(b).is_some();
+                let continues = run.as_ref().is_some_and(|r| {
+                    r.end == i
+                        && infos[i].parent == Some(pending[i - 1].1)
+                        && infos[i].group == infos[i - 1].group
+                });
+                match (committed, continues) {
+                    (true, true) => run.as_mut().expect("continues").end += 1,
+                    (true, false) => {
+                        if let Some(r) = run.replace(i..i + 1) {
+                            self.emit_stored(&pending, &infos, &tokens, r, bs);
+                        }
+                    }
+                    (false, _) => {
+                        if let Some(r) = run.take() {
+                            self.emit_stored(&pending, &infos, &tokens, r, bs);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = run {
+                self.emit_stored(&pending, &infos, &tokens, r, bs);
+            }
+            self.pending_events = infos;
+            self.pending_events.clear();
+            self.pending_tokens = tokens;
+            self.pending_tokens.clear();
+        }
+        pending.clear();
+        self.pending = pending;
+    }
+
+    fn emit_stored(
+        &mut self,
+        pending: &[(BlockId, BlockHash)],
+        infos: &[PendingEvent],
+        tokens: &[TokenId],
+        run: Range<usize>,
+        bs: usize,
+    ) {
         let event = KvEvent::BlockStored {
-            block_hashes: cache.hashes[blocks.clone()].to_vec(),
-            parent_block_hash: blocks.start.checked_sub(1).map(|p| cache.hashes[p]),
-            token_ids: cache.tokens[blocks.start * bs..blocks.end * bs].to_vec(),
+            block_hashes: pending[run.clone()].iter().map(|&(_, h)| h).collect(),
+            parent_block_hash: infos[run.start].parent,
+            token_ids: tokens[run.start * bs..run.end * bs].to_vec(),
             block_size: self.block_size,
-            extra_keys: blocks
-                .map(|i| keys.extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64))
-                .collect(),
+            extra_keys: infos[run.clone()].iter().map(|e| e.extra_keys.clone()).collect(),
+            group: infos[run.start].group,
         };
         self.push_event(event);
     }
@@ -137,38 +241,41 @@ impl PrefixState {
         }
     }
 
-    /// Records tokens just appended to `table`, caching the blocks they filled.
+    /// Records tokens just appended to `tables`, caching the blocks they filled.
     #[inline]
-    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, table: &BlockTable, tokens: &[TokenId]) {
+    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, tables: &[BlockTable], tokens: &[TokenId]) {
         cache.tokens.extend_from_slice(tokens);
-        debug_assert_eq!(cache.tokens.len(), table.num_tokens() as usize);
+        debug_assert_eq!(cache.tokens.len(), tables[0].num_tokens() as usize);
         let from = cache.hashes.len();
         // No division on the hot path: has the next block filled?
         if (from + 1) * self.block_size as usize <= cache.tokens.len() {
             self.hash_full_blocks(cache);
-            self.index_blocks(cache, table.blocks(), from);
+            self.index_blocks(cache, tables, from);
         }
     }
 
     /// Follows a truncate: forgets the dropped tokens and hashes, and uncaches a
     /// new partially filled tail this sequence holds alone (it will be rewritten).
-    pub(super) fn truncated(&mut self, cache: &mut SeqCache, table: &BlockTable, pool: &BlockPool) {
-        let n = table.num_tokens() as usize;
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &[BlockTable], pool: &BlockPool) {
+        let n = tables[0].num_tokens() as usize;
         cache.tokens.truncate(n);
         cache.hashes.truncate(n / self.block_size as usize);
         if n % self.block_size as usize != 0 {
-            let last = *table.blocks().last().expect("a partial tail exists");
-            if pool.ref_count(last) == Ok(1) {
-                self.uncache(last);
+            for t in tables {
+                let last = *t.blocks().last().expect("a partial tail exists");
+                if pool.ref_count(last) == Ok(1) {
+                    self.uncache(last);
+                }
             }
         }
     }
 
     /// Drops the block's hash before its content changes in place.
     pub(super) fn uncache(&mut self, block: BlockId) {
-        if let Some(h) = self.index.remove_block(block) {
+        if let Some((h, group)) = self.index.remove_block(block) {
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
+                group,
             });
         }
     }
@@ -176,16 +283,79 @@ impl PrefixState {
     /// A free block was taken for new content: drop the hash it carried.
     #[inline]
     pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
-        if let Some(h) = self.index.remove_block(block) {
+        if let Some((h, group)) = self.index.remove_block(block) {
             stats.prefix_evictions += 1;
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
+                group,
             });
         }
     }
 }
 
 impl KvCacheManager {
+    /// The longest hit, in blocks (at most `max_blocks`), that every group
+    /// agrees on: in each group, the blocks its attention reads from the hit
+    /// point on are cached. Full groups give an upper bound by their leading
+    /// run of cached blocks; each windowed group then lowers it to the longest
+    /// length whose window is cached, until no group lowers it (each group's
+    /// set of good lengths is searched downwards, so the fixpoint is the
+    /// largest length good for all).
+    fn find_hit(&self, p: &PrefixState, hashes: &[BlockHash], max_blocks: usize) -> usize {
+        let bs = self.config.block_size;
+        let mut hit = max_blocks.min(hashes.len());
+        for (g, kind) in self.config.groups.iter().enumerate() {
+            if *kind == AttentionKind::Full {
+                hit = (0..hit)
+                    .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
+                    .unwrap_or(hit);
+            }
+        }
+        loop {
+            let before = hit;
+            for (g, kind) in self.config.groups.iter().enumerate() {
+                if *kind == AttentionKind::Full {
+                    continue;
+                }
+                // The largest l <= hit whose blocks [first_needed(l), l) are cached:
+                // a missing block m rules out every l in (m, hit], so jump to m.
+                while hit > 0 {
+                    let from = kind.first_needed_block(hit as u64 * bs as u64, bs) as usize;
+                    match (from..hit)
+                        .rev()
+                        .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
+                    {
+                        None => break,
+                        Some(missing) => hit = missing,
+                    }
+                }
+            }
+            if hit == before {
+                return hit;
+            }
+        }
+    }
+
+    /// Held blocks of a hit of `hit` blocks, in each group.
+    fn held_blocks(&self, p: &PrefixState, hashes: &[BlockHash], hit: usize) -> SmallVec<[u64; 4]> {
+        let bs = self.config.block_size;
+        let mut held = SmallVec::new();
+        for (g, kind) in self.config.groups.iter().enumerate() {
+            let from = kind.first_needed_block(hit as u64 * bs as u64, bs) as usize;
+            held.push(
+                hashes[from..hit]
+                    .iter()
+                    .filter(|&&h| {
+                        p.index
+                            .get(g as u32, h)
+                            .is_some_and(|b| self.pool.ref_count(b) != Ok(0))
+                    })
+                    .count() as u64,
+            );
+        }
+        held
+    }
+
     /// `allocate_with` when prefix caching is on; the caller checked the
     /// sequence id, the empty prompt and the length.
     pub(super) fn allocate_cached(
@@ -194,58 +364,64 @@ impl KvCacheManager {
         prompt: &[TokenId],
         keys: &PrefixKeys,
     ) -> Result<Allocation, KvError> {
-        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
-        let bs = self.config.block_size as u64;
+        let bs = self.config.block_size;
         let num_tokens = prompt.len() as u64;
-        let (storage, cache) = self.spare.pop().unwrap_or_default();
+        let (mut tables, cache) = self.new_seq_storage();
         let mut cache = cache.unwrap_or_default();
         cache.tokens.clear();
         cache.tokens.extend_from_slice(prompt);
         cache.hashes.clear();
         cache.keys = (!keys.is_empty()).then(|| Arc::new(keys.clone()));
+        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         p.hash_full_blocks(&mut cache);
 
-        // The longest cached chain, leaving at least one token to compute.
-        let max_hit = ((num_tokens - 1) / bs) as usize;
-        let mut hits = 0usize;
-        let mut held = 0u64;
-        for &h in &cache.hashes[..max_hit] {
-            let Some(b) = p.index.get(h) else { break };
-            hits += 1;
-            held += (self.pool.ref_count(b) != Ok(0)) as u64;
-        }
-        let total = blocks_for(num_tokens, bs);
-        let needed = total - held;
-        let free = self.pool.num_free() as u64;
-        if needed > free {
-            self.spare.push((storage, Some(cache)));
-            self.stats.out_of_blocks += 1;
-            return Err(KvError::OutOfBlocks { needed, free });
+        // The longest cached prefix every group agrees on, leaving at least one token to compute.
+        let max_hit = ((num_tokens - 1) / bs as u64) as usize;
+        let hits = self.find_hit(p, &cache.hashes, max_hit);
+        let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
+        let total = blocks_for(num_tokens, bs as u64);
+        let placeholders: u64 = self
+            .config
+            .groups
+            .iter()
+            .map(|k| k.first_needed_block(hits as u64 * bs as u64, bs))
+            .sum();
+        let needed = total * self.num_groups() as u64 - placeholders - held;
+        if let Err(e) = self.check_start(seq, needed) {
+            self.spare.push((tables, Some(cache)));
+            return Err(e);
         }
 
-        let mut table = BlockTable::with_storage(storage, self.config.block_size);
-        // Hits first: a fresh allocation could otherwise evict a free hit block.
-        for &h in &cache.hashes[..hits] {
-            let b = p.index.get(h).expect("hit blocks were found above");
-            if self.pool.ref_count(b) == Ok(0) {
-                self.pool
-                    .take_free(b)
-                    .expect("a free indexed block is in the queue");
-            } else {
-                self.pool.incref(b).expect("an indexed block in use is allocated");
+        let p = self.prefix.as_ref().expect("checked above");
+        for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+            // Hits first: a fresh allocation could otherwise evict a free hit block.
+            let from = kind.first_needed_block(hits as u64 * bs as u64, bs) as usize;
+            t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
+            for &h in &cache.hashes[from..hits] {
+                let b = p.index.get(g as u32, h).expect("hit blocks were found above");
+                if self.pool.ref_count(b) == Ok(0) {
+                    self.pool
+                        .take_free(b)
+                        .expect("a free indexed block is in the queue");
+                } else {
+                    self.pool.incref(b).expect("an indexed block in use is allocated");
+                }
+                t.blocks.push(b);
             }
-            table.blocks.push(b);
+            t.num_released = from as u32;
+            t.release_at = release_at(*kind, from as u32, bs);
         }
-        for _ in hits as u64..total {
-            table
-                .blocks
-                .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+        for t in tables.iter_mut() {
+            for _ in hits as u64..total {
+                t.blocks
+                    .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+            }
+            t.num_tokens = num_tokens as u32;
         }
-        table.num_tokens = num_tokens as u32;
         let p = self.prefix.as_mut().expect("checked above");
-        p.index_blocks(&cache, &table.blocks, hits);
+        p.index_blocks(&cache, &tables, hits);
 
-        let cached_tokens = hits as u64 * bs;
+        let cached_tokens = hits as u64 * bs as u64;
         self.stats.sequences_allocated += 1;
         self.stats.prefix_lookups += 1;
         self.stats.prefix_queried_tokens += num_tokens;
@@ -253,7 +429,10 @@ impl KvCacheManager {
         self.seqs.insert(
             seq,
             Seq {
-                table,
+                tables,
+                appended_epoch: self.epoch,
+                // The cached tokens are computed: a window releases from there.
+                step_start_len: cached_tokens as u32,
                 cache: Some(cache),
             },
         );
@@ -277,15 +456,41 @@ impl KvCacheManager {
             return out;
         }
         let bs = self.config.block_size as usize;
-        let mut parent = None;
-        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs).enumerate() {
-            let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
-            let Some(b) = p.index.get(h) else { break };
-            out.hit_blocks += 1;
-            if count_held {
-                out.held_blocks += (self.pool.ref_count(b) != Ok(0)) as u64;
+        let blocks = prompt[..prompt.len() - 1].chunks_exact(bs);
+        if self.config.groups.len() == 1 && self.config.groups[0] == AttentionKind::Full {
+            // One full-attention group: hash and look up block by block, stopping at the first miss.
+            let mut parent = None;
+            let mut held = 0;
+            for (i, block) in blocks.enumerate() {
+                let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
+                let Some(b) = p.index.get(0, h) else { break };
+                out.hit_blocks += 1;
+                if count_held {
+                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                }
+                parent = Some(h);
             }
-            parent = Some(h);
+            if count_held {
+                out.held_blocks.push(held);
+            }
+            return out;
+        }
+        let mut hashes: SmallVec<[BlockHash; 64]> = SmallVec::new();
+        for (i, block) in blocks.enumerate() {
+            let h = hash_block(
+                p.algo,
+                hashes.last().copied(),
+                block,
+                i as u32,
+                self.config.block_size,
+                keys,
+            );
+            hashes.push(h);
+        }
+        let hit = self.find_hit(p, &hashes, hashes.len());
+        out.hit_blocks = hit as u64;
+        if count_held {
+            out.held_blocks = self.held_blocks(p, &hashes, hit);
         }
         out
     }
@@ -299,6 +504,7 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 4, enable_prefix_caching: true, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    /// kv.drain_ops(&mut Default::default());               // its step runs
     /// kv.free(SeqId(1)).unwrap();                          // blocks stay cached
     /// let keys = PrefixKeys::default();
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5, 6, 7, 8, 0], &keys), 8);
@@ -314,7 +520,7 @@ impl KvCacheManager {
         self.prefix.as_ref().and_then(|p| p.index.hash_of(block))
     }
 
-    /// Blocks cached now, in use or free (0 when prefix caching is off).
+    /// Blocks cached now, in use or free, in every group (0 when prefix caching is off).
     pub fn num_cached_blocks(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.index.len())
     }
@@ -329,25 +535,30 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 2, enable_prefix_caching: true, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();
+    /// kv.drain_ops(&mut Default::default());
     /// kv.free(SeqId(1)).unwrap();
     /// assert_eq!(kv.reset_prefix_cache(), 2);
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::default()), 0);
     /// ```
     pub fn reset_prefix_cache(&mut self) -> usize {
         let Some(p) = self.prefix.as_mut() else { return 0 };
-        let mut removed = Vec::new();
+        let mut removed: Vec<(u32, BlockHash)> = Vec::new();
         for b in self.pool.free_blocks() {
-            if let Some(h) = p.index.remove_block(b) {
-                removed.push(h);
+            if let Some((h, group)) = p.index.remove_block(b) {
+                removed.push((group, h));
             }
         }
         let n = removed.len();
         if p.index.is_empty() {
             p.push_event(KvEvent::AllCleared);
         } else if !removed.is_empty() {
-            p.push_event(KvEvent::BlockRemoved {
-                block_hashes: removed,
-            });
+            removed.sort_by_key(|&(g, _)| g);
+            for run in removed.chunk_by(|a, b| a.0 == b.0) {
+                p.push_event(KvEvent::BlockRemoved {
+                    block_hashes: run.iter().map(|&(_, h)| h).collect(),
+                    group: run[0].0,
+                });
+            }
         }
         n
     }
@@ -363,6 +574,15 @@ impl KvCacheManager {
             };
         };
         p.index.check_invariants()?;
+        if let Some(b) = self
+            .pool
+            .free_blocks()
+            .find(|&b| p.index.pending_hash_of(b).is_some())
+        {
+            return Err(InvariantViolation::new(format!(
+                "free block {b:?} is pending: it would become hittable though no step computes it"
+            )));
+        }
         let bs = self.config.block_size as usize;
         for (&seq, s) in &self.seqs {
             let Some(cache) = s.cache.as_deref() else {
@@ -370,7 +590,7 @@ impl KvCacheManager {
                     "{seq:?} has no token list though prefix caching is on"
                 )));
             };
-            let n = s.table.num_tokens as usize;
+            let n = s.num_tokens() as usize;
             if cache.tokens.len() != n || cache.hashes.len() != n / bs {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?} holds {n} tokens but remembers {} tokens and {} block hashes",
@@ -386,22 +606,32 @@ impl KvCacheManager {
                     "{seq:?}'s block hashes do not match its tokens"
                 )));
             }
-            for (i, &b) in s.table.blocks.iter().enumerate() {
-                let Some(h) = p.index.hash_of(b) else { continue };
-                match cache.hashes.get(i) {
-                    Some(&mine) if mine == h => {}
-                    Some(&mine) => {
+            for (g, t) in s.tables.iter().enumerate() {
+                for (i, &b) in t.live_blocks().iter().enumerate() {
+                    let i = i + t.num_released as usize;
+                    let carried = p.index.hash_of(b).or(p.index.pending_hash_of(b));
+                    let Some(h) = carried else { continue };
+                    if p.index.group_of(b) != Some(g as u32) {
                         return Err(InvariantViolation::new(format!(
-                            "{seq:?} block {i} ({b:?}) is cached as {h:?} but its tokens hash to {mine:?}"
-                        )))
+                            "{seq:?}'s block {b:?} in group {g} is cached in group {:?}",
+                            p.index.group_of(b)
+                        )));
                     }
-                    // The partial tail: cached content a write would change,
-                    // allowed only while the next write is known to copy first.
-                    None if s.table.tail_maybe_shared => {}
-                    None => {
-                        return Err(InvariantViolation::new(format!(
-                            "{seq:?}'s partially filled tail {b:?} is cached as {h:?} and would be written in place"
-                        )))
+                    match cache.hashes.get(i) {
+                        Some(&mine) if mine == h => {}
+                        Some(&mine) => {
+                            return Err(InvariantViolation::new(format!(
+                                "{seq:?} group {g} block {i} ({b:?}) is cached as {h:?} but its tokens hash to {mine:?}"
+                            )))
+                        }
+                        // The partial tail: cached content a write would change,
+                        // allowed only while the next write is known to copy first.
+                        None if t.tail_maybe_shared => {}
+                        None => {
+                            return Err(InvariantViolation::new(format!(
+                                "{seq:?}'s partially filled tail {b:?} in group {g} is cached as {h:?} and would be written in place"
+                            )))
+                        }
                     }
                 }
             }

@@ -161,18 +161,29 @@ impl KvCacheManager {
         self.swapped.keys().copied()
     }
 
-    /// A swapped-out sequence's table: its **host** blocks, in logical order.
+    /// A swapped-out sequence's table in group 0: its **host** blocks, in
+    /// logical order ([`crate::manager::GroupView::swapped_table`] for other groups).
     pub fn swapped_table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
+        self.swapped_seq(seq).map(|s| &s.tables[0])
+    }
+
+    pub(super) fn swapped_seq(&self, seq: SeqId) -> Result<&Seq, KvError> {
         match self.swapped.get(&seq) {
-            Some(s) => Ok(&s.table),
+            Some(s) => Ok(s),
             None if self.seqs.contains_key(&seq) => Err(KvError::NotSwapped { seq }),
             None => Err(KvError::UnknownSequence { seq }),
         }
     }
 
     /// Device blocks an `append` of `num_new_tokens` tokens would take now
-    /// (new blocks, plus one for a copy-on-write of a shared partial tail).
-    /// Pure; a scheduler uses it to decide preemptions before appending.
+    /// beyond what it frees, over every group (new blocks, plus one per group
+    /// for a copy-on-write of a shared partial tail, less the blocks a
+    /// window's release frees). Pure; a scheduler uses it to decide
+    /// preemptions before appending.
+    ///
+    /// Errors: `UnknownSequence`, `SequenceSwapped`, and
+    /// [`KvError::ExceedsMaxModelLen`] when the append itself would be refused
+    /// for its length.
     ///
     /// ```
     /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
@@ -180,52 +191,78 @@ impl KvCacheManager {
     /// kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();
     /// assert_eq!(kv.append_blocks_needed(SeqId(1), 1).unwrap(), 0);
     /// assert_eq!(kv.append_blocks_needed(SeqId(1), 2).unwrap(), 1);
+    /// kv.drain_ops(&mut Default::default());
     /// kv.fork(SeqId(1), SeqId(2)).unwrap();
     /// assert_eq!(kv.append_blocks_needed(SeqId(2), 1).unwrap(), 1); // copy-on-write
     /// ```
     pub fn append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
-        let t = self.table(seq)?;
+        let Some(s) = self.seqs.get(&seq) else {
+            return Err(self.absent(seq));
+        };
         if num_new_tokens == 0 {
             return Ok(0);
         }
-        let bs = self.config.block_size as u64;
-        let len = t.num_tokens as u64;
-        let grow = self.blocks_for(len + num_new_tokens) - t.blocks.len() as u64;
-        let cow = len % bs != 0
-            && t.tail_maybe_shared
-            && t.blocks
-                .last()
-                .is_some_and(|&b| self.pool.ref_count(b).is_ok_and(|r| r > 1));
-        Ok(grow + cow as u64)
+        let len = s.num_tokens() as u64;
+        // The refusal `append` would give (an absurd count saturates, never wraps).
+        let new_len = len.saturating_add(num_new_tokens);
+        self.check_len(seq, new_len)?;
+        let (needed, freed) = self.append_need(s, self.release_base(s), new_len);
+        Ok(needed.saturating_sub(freed))
     }
 
-    /// Host blocks `swap_out(seq)` would take now (blocks already copied to the
-    /// host by a sharer are shared, not copied again). Pure.
+    /// Host blocks `swap_out(seq)` would take now, over every group (blocks
+    /// already copied to the host by a sharer are shared, not copied again). Pure.
     pub fn swap_out_blocks_needed(&self, seq: SeqId) -> Result<u64, KvError> {
-        let t = self.table(seq)?;
+        let Some(s) = self.seqs.get(&seq) else {
+            return Err(self.absent(seq));
+        };
         let Some(host) = &self.host else {
             return Err(KvError::NoHostTier { seq });
         };
-        Ok(t.blocks.iter().filter(|&&d| host.host_of(d).is_none()).count() as u64)
+        Ok(s.tables
+            .iter()
+            .flat_map(|t| t.live_blocks())
+            .filter(|&&d| host.host_of(d).is_none())
+            .count() as u64)
     }
 
-    /// Device blocks `swap_in(seq)` would take now (blocks already back on the
-    /// device through a sharer are shared, not copied again). Pure.
+    /// Device blocks `swap_in(seq)` would take now, over every group (blocks
+    /// already back on the device through a sharer are shared, not copied
+    /// again). Pure.
     pub fn swap_in_blocks_needed(&self, seq: SeqId) -> Result<u64, KvError> {
-        let t = self.swapped_table(seq)?;
+        let s = self.swapped_seq(seq)?;
         let host = self
             .host
             .as_ref()
             .expect("a swapped sequence implies a host tier");
-        Ok(t.blocks.iter().filter(|&&h| host.dev_of(h).is_none()).count() as u64)
+        Ok(s.tables
+            .iter()
+            .flat_map(|t| t.live_blocks())
+            .filter(|&&h| host.dev_of(h).is_none())
+            .count() as u64)
     }
 
-    /// Whether the swapped-out sequence can come back now with the watermark
-    /// kept free (as admission does): `swap_in_blocks_needed + watermark <= free`.
-    /// False for a sequence that is not swapped out.
+    /// Device blocks a swapped-out sequence needs to come back and then grow
+    /// by `num_new_tokens` tokens: `swap_in_blocks_needed` plus the new blocks
+    /// of every group (an upper bound: it counts no window release). Pure.
+    pub fn swap_in_and_append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
+        let swap_in = self.swap_in_blocks_needed(seq)?;
+        let s = self.swapped_seq(seq)?;
+        let new_len = (s.num_tokens() as u64).saturating_add(num_new_tokens);
+        let grow: u64 = s
+            .tables
+            .iter()
+            .map(|t| self.blocks_for(new_len).saturating_sub(t.blocks.len() as u64))
+            .sum();
+        Ok(swap_in + grow)
+    }
+
+    /// Whether [`Self::swap_in`] would succeed now: the sequence is swapped
+    /// out and `swap_in_blocks_needed` blocks are free with the watermark to
+    /// spare (kept while other sequences are on the device, as admission does).
     pub fn can_swap_in(&self, seq: SeqId) -> bool {
         self.swap_in_blocks_needed(seq)
-            .is_ok_and(|n| n + self.watermark_blocks as u64 <= self.pool.num_free() as u64)
+            .is_ok_and(|n| n + self.reserve_for_growth() <= self.pool.num_free() as u64)
     }
 
     /// Moves a sequence's blocks to the host tier: each device block is copied
@@ -234,11 +271,12 @@ impl KvCacheManager {
     /// block hashes; until [`Self::swap_in`] it cannot be appended to, forked
     /// or read (`SequenceSwapped`), but it can be freed.
     ///
-    /// Swap out only sequences whose tokens were computed by the steps already
-    /// run (not one appended to since the last `drain_ops`).
+    /// Only sequences whose tokens were handed to the engine to compute can
+    /// move (not one allocated or appended to since the last `drain_ops`):
+    /// the swap-out copy runs before the step that would compute them.
     ///
     /// Errors (nothing changes): `UnknownSequence`, `SequenceSwapped`,
-    /// `NoHostTier`, `HostOutOfBlocks`, `PendingWrite`.
+    /// `NoHostTier`, `NotYetComputed`, `HostOutOfBlocks`, `PendingWrite`.
     ///
     /// ```
     /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
@@ -246,10 +284,11 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 4, num_host_blocks: 8, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();     // 2 blocks
+    /// let mut ops = BlockOps::default();
+    /// kv.drain_ops(&mut ops);                               // its prefill step
     /// kv.fork(SeqId(1), SeqId(2)).unwrap();                 // both shared
     /// kv.swap_out(SeqId(1)).unwrap();
     /// kv.swap_out(SeqId(2)).unwrap();                       // shares the host copies
-    /// let mut ops = BlockOps::default();
     /// kv.drain_ops(&mut ops);
     /// assert_eq!(ops.swap_out.len(), 2);                    // one copy per device block
     /// assert_eq!(kv.num_free_blocks(), 8);
@@ -265,19 +304,23 @@ impl KvCacheManager {
         let Some(s) = self.seqs.get(&seq) else {
             return Err(self.absent(seq));
         };
-        let Some(host) = &mut self.host else {
+        if self.host.is_none() {
             return Err(KvError::NoHostTier { seq });
-        };
-        let blocks = &s.table.blocks;
-        if let Some(c) = self
-            .copies
-            .iter()
-            .chain(&host.swap_in)
-            .find(|c| blocks.contains(&c.dst))
-        {
+        }
+        if s.appended_epoch == self.epoch {
+            return Err(KvError::NotYetComputed { seq });
+        }
+        let host = self.host.as_mut().expect("checked above");
+        let holds = |b: BlockId| s.tables.iter().any(|t| t.live_blocks().contains(&b));
+        if let Some(c) = self.copies.iter().chain(&host.swap_in).find(|c| holds(c.dst)) {
             return Err(KvError::PendingWrite { seq, block: c.dst });
         }
-        let needed = blocks.iter().filter(|&&d| host.host_of(d).is_none()).count() as u64;
+        let needed = s
+            .tables
+            .iter()
+            .flat_map(|t| t.live_blocks())
+            .filter(|&&d| host.host_of(d).is_none())
+            .count() as u64;
         let free = host.pool.num_free() as u64;
         if needed > free {
             return Err(KvError::HostOutOfBlocks { seq, needed, free });
@@ -285,34 +328,38 @@ impl KvCacheManager {
 
         let mut s = self.seqs.remove(&seq).expect("checked above");
         let bs = self.config.block_size;
-        // Last block first, as `free` releases, to keep the eviction order.
-        for b in s.table.blocks.iter_mut().rev() {
-            let d = *b;
-            let host = self.host.as_mut().expect("checked above");
-            let h = match host.host_of(d) {
-                Some(h) => {
-                    host.pool.incref(h).expect("an associated host block is held");
-                    h
-                }
-                None => {
-                    let h = host.pool.allocate().expect("free host blocks were counted");
-                    host.swap_out.push(BlockCopy {
-                        src: d,
-                        dst: h,
-                        num_slots: bs,
-                    });
-                    self.stats.swap_out_copies += 1;
-                    if self.pool.ref_count(d).expect("tables hold pool blocks") > 1 {
-                        // Other device holders remain: later sharers reuse this copy.
-                        host.associate(d, h);
+        for (group, t) in s.tables.iter_mut().enumerate() {
+            let released = t.num_released as usize;
+            // Last block first, as `free` releases, to keep the eviction order.
+            for b in t.blocks[released..].iter_mut().rev() {
+                let d = *b;
+                let host = self.host.as_mut().expect("checked above");
+                let h = match host.host_of(d) {
+                    Some(h) => {
+                        host.pool.incref(h).expect("an associated host block is held");
+                        h
                     }
-                    h
-                }
-            };
-            release(&mut self.pool, &self.prefix, &mut self.host, d);
-            *b = h;
+                    None => {
+                        let h = host.pool.allocate().expect("free host blocks were counted");
+                        host.swap_out.push(BlockCopy {
+                            src: d,
+                            dst: h,
+                            num_slots: bs,
+                            group: group as u32,
+                        });
+                        self.stats.swap_out_copies += 1;
+                        if self.pool.ref_count(d).expect("tables hold pool blocks") > 1 {
+                            // Other device holders remain: later sharers reuse this copy.
+                            host.associate(d, h);
+                        }
+                        h
+                    }
+                };
+                release(&mut self.pool, &mut self.prefix, &mut self.host, d);
+                *b = h;
+            }
+            t.tail_maybe_shared = false;
         }
-        s.table.tail_maybe_shared = false;
         self.swapped.insert(seq, s);
         self.stats.swap_outs += 1;
         Ok(())
@@ -321,58 +368,63 @@ impl KvCacheManager {
     /// Brings a swapped-out sequence back: each host block is copied to a
     /// fresh device block (queued in [`BlockOps::swap_in`]) unless a sharer
     /// already brought it back or still holds its device original, which is
-    /// then shared without a copy. The watermark is not applied (use
-    /// [`Self::can_swap_in`] for that).
+    /// then shared without a copy. Like `allocate`, it keeps the watermark
+    /// free while other sequences are on the device ([`Self::can_swap_in`]
+    /// says whether it would succeed).
     ///
     /// Errors (nothing changes): `UnknownSequence`, `NotSwapped`, `OutOfBlocks`,
-    /// `SwapInWouldOverwrite`.
+    /// `BelowWatermark`, `SwapInWouldOverwrite`.
     pub fn swap_in(&mut self, seq: SeqId) -> Result<(), KvError> {
         let needed = self.swap_in_blocks_needed(seq)?;
         if let Some(c) = self.copies.iter().find(|c| self.pool.ref_count(c.src) == Ok(0)) {
             return Err(KvError::SwapInWouldOverwrite { seq, block: c.src });
         }
-        self.check_free(needed)?;
+        self.check_start(seq, needed)?;
 
         let mut s = self.swapped.remove(&seq).expect("checked above");
         let bs = self.config.block_size;
-        for b in s.table.blocks.iter_mut() {
-            let h = *b;
-            let host = self
-                .host
-                .as_mut()
-                .expect("a swapped sequence implies a host tier");
-            let d = match host.dev_of(h) {
-                Some(d) => {
-                    self.pool.incref(d).expect("an associated device block is held");
-                    d
-                }
-                None => {
-                    let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-                    let host = self.host.as_mut().expect("checked");
-                    host.swap_in.push(BlockCopy {
-                        src: h,
-                        dst: d,
-                        num_slots: bs,
-                    });
-                    self.stats.swap_in_copies += 1;
-                    if host.pool.ref_count(h).expect("held") > 1 {
-                        // Other swapped holders remain: they will share `d`.
-                        host.associate(d, h);
+        for (group, t) in s.tables.iter_mut().enumerate() {
+            let released = t.num_released as usize;
+            for b in t.blocks[released..].iter_mut() {
+                let h = *b;
+                let host = self
+                    .host
+                    .as_mut()
+                    .expect("a swapped sequence implies a host tier");
+                let d = match host.dev_of(h) {
+                    Some(d) => {
+                        self.pool.incref(d).expect("an associated device block is held");
+                        d
                     }
-                    d
-                }
-            };
-            self.host.as_mut().expect("checked").release_host(h);
-            *b = d;
+                    None => {
+                        let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+                        let host = self.host.as_mut().expect("checked");
+                        host.swap_in.push(BlockCopy {
+                            src: h,
+                            dst: d,
+                            num_slots: bs,
+                            group: group as u32,
+                        });
+                        self.stats.swap_in_copies += 1;
+                        if host.pool.ref_count(h).expect("held") > 1 {
+                            // Other swapped holders remain: they will share `d`.
+                            host.associate(d, h);
+                        }
+                        d
+                    }
+                };
+                self.host.as_mut().expect("checked").release_host(h);
+                *b = d;
+            }
+            // A partially filled tail that is shared, or that a swapped sharer may
+            // come back to share, must copy before it is written.
+            let partial = t.num_tokens % bs != 0;
+            t.tail_maybe_shared = partial
+                && t.blocks.last().is_some_and(|&d| {
+                    self.pool.ref_count(d).is_ok_and(|r| r > 1)
+                        || self.host.as_ref().is_some_and(|h| h.host_of(d).is_some())
+                });
         }
-        // A partially filled tail that is shared, or that a swapped sharer may
-        // come back to share, must copy before it is written.
-        let partial = s.table.num_tokens % bs != 0;
-        s.table.tail_maybe_shared = partial
-            && s.table.blocks.last().is_some_and(|&d| {
-                self.pool.ref_count(d).is_ok_and(|r| r > 1)
-                    || self.host.as_ref().is_some_and(|h| h.host_of(d).is_some())
-            });
         self.seqs.insert(seq, s);
         self.stats.swap_ins += 1;
         Ok(())
@@ -380,7 +432,7 @@ impl KvCacheManager {
 
     /// `free` of a sequence that is not on the device.
     pub(super) fn free_swapped(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let Seq { table, cache } = self
+        let Seq { tables, cache, .. } = self
             .swapped
             .remove(&seq)
             .ok_or(KvError::UnknownSequence { seq })?;
@@ -388,10 +440,12 @@ impl KvCacheManager {
             .host
             .as_mut()
             .expect("a swapped sequence implies a host tier");
-        for &h in table.blocks.iter().rev() {
-            host.release_host(h);
+        for t in &tables {
+            for &h in t.live_blocks().iter().rev() {
+                host.release_host(h);
+            }
         }
-        self.spare.push((table.into_storage(), cache));
+        self.spare.push((tables, cache));
         self.stats.sequences_freed += 1;
         Ok(())
     }
@@ -426,22 +480,29 @@ impl KvCacheManager {
             if self.seqs.contains_key(&seq) {
                 return bad(format!("{seq:?} is both on the device and swapped out"));
             }
-            let t = &s.table;
-            if t.blocks.len() as u64 != self.blocks_for(t.num_tokens as u64) {
-                return bad(format!(
-                    "swapped {seq:?} holds {} host blocks for {} tokens",
-                    t.blocks.len(),
-                    t.num_tokens
-                ));
-            }
-            for (i, &h) in t.blocks.iter().enumerate() {
-                if h.index() >= n {
-                    return bad(format!("swapped {seq:?} holds unknown host block {h:?}"));
+            for t in &s.tables {
+                if t.blocks.len() as u64 != self.blocks_for(t.num_tokens as u64) {
+                    return bad(format!(
+                        "swapped {seq:?} holds {} host blocks for {} tokens",
+                        t.blocks.len(),
+                        t.num_tokens
+                    ));
                 }
-                if t.blocks[..i].contains(&h) {
-                    return bad(format!("swapped {seq:?} holds host block {h:?} twice"));
+                let live = t.live_blocks();
+                if t.blocks[..t.num_released as usize].iter().any(|b| !b.is_null()) {
+                    return bad(format!(
+                        "swapped {seq:?} holds a block among its released entries"
+                    ));
                 }
-                refs[h.index()] += 1;
+                for (i, &h) in live.iter().enumerate() {
+                    if h.index() >= n {
+                        return bad(format!("swapped {seq:?} holds unknown host block {h:?}"));
+                    }
+                    if live[..i].contains(&h) {
+                        return bad(format!("swapped {seq:?} holds host block {h:?} twice"));
+                    }
+                    refs[h.index()] += 1;
+                }
             }
         }
         for (i, &r) in refs.iter().enumerate() {
@@ -480,12 +541,14 @@ impl KvCacheManager {
         }
         let bs = self.config.block_size;
         for (&seq, s) in &self.seqs {
-            let t = &s.table;
-            if let (Some(&d), true) = (t.blocks.last(), t.num_tokens % bs != 0) {
-                if host.host_of(d).is_some() && !t.tail_maybe_shared {
-                    return bad(format!(
-                        "{seq:?}'s partially filled tail {d:?} has a host copy but is not flagged: an in-place write would make the copy stale"
-                    ));
+            for t in &s.tables {
+                let last = t.blocks.last().copied().filter(|b| !b.is_null());
+                if let (Some(d), true) = (last, t.num_tokens % bs != 0) {
+                    if host.host_of(d).is_some() && !t.tail_maybe_shared {
+                        return bad(format!(
+                            "{seq:?}'s partially filled tail {d:?} has a host copy but is not flagged: an in-place write would make the copy stale"
+                        ));
+                    }
                 }
             }
         }

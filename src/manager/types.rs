@@ -7,7 +7,10 @@ use crate::error::{KvError, PlanError};
 use crate::ids::BlockId;
 use crate::pool::MAX_BLOCKS;
 use crate::prefix::HashAlgorithm;
-use crate::sizing::{CachePlan, MAX_BLOCK_SIZE};
+use crate::sizing::{AttentionKind, CachePlan, MAX_BLOCK_SIZE};
+
+/// Most KV cache groups a manager takes (Gemma 3 needs 6, Llama 4 4).
+pub const MAX_GROUPS: usize = 64;
 
 /// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
 ///
@@ -26,8 +29,10 @@ pub struct KvCacheConfig {
     pub block_size: u32,
     /// Longest sequence, prompt and output together (32768).
     pub max_model_len: u32,
-    /// Fraction of the pool admission keeps free for running sequences to
-    /// grow, floored to whole blocks (0.01, as vLLM).
+    /// Fraction of the pool kept free for running sequences to grow, floored
+    /// to whole blocks (0.01, as vLLM): admission, `allocate` and `swap_in`
+    /// leave it free while other sequences are on the device; `append` and a
+    /// copy-on-write may use it.
     pub watermark: f64,
     /// Reuse the KV blocks of cached prompt prefixes (false). Off, the manager
     /// keeps no tokens and behaves exactly as a plain paged allocator.
@@ -40,6 +45,16 @@ pub struct KvCacheConfig {
     /// tier, and `swap_out` is refused). Size it with
     /// [`crate::CachePlan::num_host_blocks`] (what [`Self::from_plan`] does).
     pub num_host_blocks: u32,
+    /// The KV cache groups, one per attention kind and layer set, in group
+    /// order (`[Full]`: every layer attends to every earlier token). Every
+    /// group draws blocks from the one pool; a sequence holds a table per group.
+    pub groups: Vec<AttentionKind>,
+    /// The largest prefill chunk: admission assumes a longer prompt is
+    /// prefilled this many tokens per step (allocate the first chunk, append
+    /// the rest, as the reference scheduler does), so a sliding-window or
+    /// chunked local group needs only its window and one chunk at once.
+    /// `None` (the default): prompts are allocated whole.
+    pub prefill_chunk_tokens: Option<u32>,
 }
 
 impl KvCacheConfig {
@@ -89,6 +104,8 @@ impl Default for KvCacheConfig {
             hash_algorithm: HashAlgorithm::default(),
             enable_kv_events: false,
             num_host_blocks: 0,
+            groups: vec![AttentionKind::Full],
+            prefill_chunk_tokens: None,
         }
     }
 }
@@ -118,9 +135,10 @@ pub enum AdmissionRefusal {
         /// The limit.
         max_model_len: u32,
     },
-    /// Prompt + max new tokens needs more blocks than the pool has.
+    /// At its peak the sequence needs more blocks than the pool has.
     ExceedsPool {
-        /// Prompt + max new tokens.
+        /// Tokens whose KV is stored at the peak: the prompt and every
+        /// generated token but the last (the last sampled token is never stored).
         tokens: u64,
         /// Blocks that takes.
         blocks_needed: u64,
@@ -128,17 +146,6 @@ pub enum AdmissionRefusal {
         num_blocks: u64,
         /// Tokens per block.
         block_size: u32,
-    },
-    /// The prompt alone needs more blocks than an empty pool offers above the watermark.
-    PromptAboveWatermark {
-        /// Prompt tokens.
-        prompt_tokens: u64,
-        /// Blocks the prompt takes.
-        blocks_needed: u64,
-        /// Blocks in the pool.
-        num_blocks: u64,
-        /// Blocks kept free for growth.
-        watermark_blocks: u32,
     },
 }
 
@@ -161,24 +168,11 @@ impl fmt::Display for AdmissionRefusal {
                 block_size,
             } => write!(
                 f,
-                "prompt + max_tokens is {tokens} tokens = {blocks_needed} blocks, but the KV cache has only \
-                 {num_blocks} blocks ({} tokens) in all; lower max_tokens or give the cache more memory",
+                "the prompt and max_tokens need {tokens} tokens of KV cache at the peak (the last sampled token \
+                 is never stored) = {blocks_needed} blocks, but the KV cache has only {num_blocks} blocks \
+                 ({} tokens) in all; lower max_tokens or give the cache more memory",
                 num_blocks * block_size as u64
             ),
-            AdmissionRefusal::PromptAboveWatermark {
-                prompt_tokens,
-                blocks_needed,
-                num_blocks,
-                watermark_blocks,
-            } => {
-                write!(
-                    f,
-                    "the prompt's {prompt_tokens} tokens need {blocks_needed} blocks, but even an empty cache \
-                     offers only {} ({num_blocks} minus a watermark of {watermark_blocks}); shorten the prompt \
-                     or lower the watermark",
-                    num_blocks - watermark_blocks as u64
-                )
-            }
         }
     }
 }
@@ -198,7 +192,7 @@ pub struct Allocation {
 /// [`BlockOps::swap_in`] the reverse. Swap copies always carry the whole block
 /// (`num_slots == block_size`): a transfer moves whole blocks anyway.
 ///
-/// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 3]` u32 tensor.
+/// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 4]` u32 tensor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockCopy {
@@ -208,6 +202,11 @@ pub struct BlockCopy {
     pub dst: BlockId,
     /// Leading slots to copy (an engine may copy the whole block instead).
     pub num_slots: u32,
+    /// The KV cache group both blocks belong to. With the usual layout (every
+    /// group's layer `i` shares one tensor of `num_blocks` pages) a copy moves
+    /// page `src` to page `dst` in every layer tensor whatever the group; an
+    /// engine that keeps groups apart copies in the group's layers only.
+    pub group: u32,
 }
 
 /// The block operations the engine must run before a step's kernels, in
@@ -257,7 +256,8 @@ pub struct KvUsage {
     pub internal_fragmentation: u64,
 }
 
-/// Counters since the manager was created.
+/// Counters since the manager was created. A refused call changes none of
+/// them except `out_of_blocks`, which counts exactly those refusals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KvStats {
     /// Successful `allocate` calls.
@@ -268,7 +268,7 @@ pub struct KvStats {
     pub forks: u64,
     /// Copy-on-write copies queued.
     pub cow_copies: u64,
-    /// Calls refused with `OutOfBlocks`.
+    /// Calls refused with `OutOfBlocks` (the one counter a refusal changes).
     pub out_of_blocks: u64,
     /// Prompts allocated with prefix caching on (each one lookup).
     pub prefix_lookups: u64,
@@ -286,6 +286,9 @@ pub struct KvStats {
     pub swap_out_copies: u64,
     /// Host → device block copies queued (a shared block counts once).
     pub swap_in_copies: u64,
+    /// Blocks sliding-window and chunked local groups released as their
+    /// sequences grew past them (freed for other sequences, or shared on).
+    pub window_released_blocks: u64,
 }
 
 impl KvStats {
@@ -342,6 +345,26 @@ impl KvCacheConfig {
                     "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
                     self.num_host_blocks
                 ),
+            );
+        }
+        if self.groups.is_empty() || self.groups.len() > MAX_GROUPS {
+            return bad(
+                "groups",
+                format!(
+                    "{} KV cache groups; use 1..={MAX_GROUPS} (one per attention kind and layer set, e.g. [Full])",
+                    self.groups.len()
+                ),
+            );
+        }
+        for (g, kind) in self.groups.iter().enumerate() {
+            if let Err(crate::error::PlanError::InvalidConfig { field, reason }) = kind.validate() {
+                return bad("groups", format!("group {g}: {field}: {reason}"));
+            }
+        }
+        if self.prefill_chunk_tokens == Some(0) {
+            return bad(
+                "prefill_chunk_tokens",
+                "a prefill chunk of 0 tokens computes nothing; use the scheduler's max_num_batched_tokens (e.g. 2048), or None for whole prompts".into(),
             );
         }
         if !(self.watermark >= 0.0 && self.watermark < 1.0) {

@@ -151,9 +151,9 @@ pub(crate) fn run_paged(
                 id: RequestId(i as u64),
                 prompt: std::mem::take(&mut prompt),
                 max_new_tokens: r.output_len,
-                priority: 0,
                 arrival: order,
                 n: r.n,
+                ..Default::default()
             };
             order += 1;
             let rejected = match sched.add_request(request) {
@@ -257,7 +257,7 @@ pub(crate) fn run_paged(
         sample.waiting = sched.queue_lens().1 as u32;
         sample.batched_tokens = plan.num_batched_tokens;
         rec.step(sample, end);
-        sched.on_step_output(&outputs)?;
+        sched.on_step_output(&mut plan, &outputs)?;
         progress.tick(&rec.summary);
     }
     debug_assert!(sched.check_invariants().is_ok());

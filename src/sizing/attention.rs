@@ -73,6 +73,41 @@ impl AttentionKind {
         self.first_needed_pos(pos) / block_size as u64
     }
 
+    /// The shortest sequence length `len` at which a query at position `len`
+    /// (the next token to compute) no longer reads any block before `block`:
+    /// the smallest `len` with `first_needed_block(len) >= block`. A table
+    /// that released its first `block` blocks can be truncated to no fewer
+    /// tokens; it releases block `block` when it grows past
+    /// `first_len_reading_from(block + 1)`. `u64::MAX` for full attention (it
+    /// never stops reading a block), 0 for `block == 0`.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// let swa = AttentionKind::SlidingWindow { window: 8 };
+    /// assert_eq!(swa.first_len_reading_from(2, 4), 15); // position 15 reads 8..=15
+    /// assert_eq!(swa.first_needed_block(15, 4), 2);
+    /// assert_eq!(swa.first_needed_block(14, 4), 1);
+    /// let local = AttentionKind::ChunkedLocal { chunk: 16 };
+    /// assert_eq!(local.first_len_reading_from(1, 4), 16);
+    /// ```
+    pub const fn first_len_reading_from(self, block: u64, block_size: u32) -> u64 {
+        if block == 0 {
+            return 0;
+        }
+        let start = block.saturating_mul(block_size as u64);
+        match self {
+            AttentionKind::Full => u64::MAX,
+            AttentionKind::SlidingWindow { window } => {
+                start.saturating_add((window as u64).saturating_sub(1))
+            }
+            AttentionKind::ChunkedLocal { chunk: 0 } => start,
+            AttentionKind::ChunkedLocal { chunk } => {
+                let c = chunk as u64;
+                start.div_ceil(c).saturating_mul(c)
+            }
+        }
+    }
+
     /// The most blocks one sequence of this kind ever holds at once, when it
     /// grows to `max_len` tokens computing at most `max_step_tokens` tokens per
     /// step (its prefill chunk, or 1 for decodes; blocks are released before
@@ -186,6 +221,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn first_len_reading_from_inverts_first_needed_block() {
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                for kind in [
+                    AttentionKind::SlidingWindow { window: w },
+                    AttentionKind::ChunkedLocal { chunk: w },
+                ] {
+                    for block in 0..20u64 {
+                        let len = kind.first_len_reading_from(block, bs);
+                        assert!(kind.first_needed_block(len, bs) >= block, "{kind} {block} {bs}");
+                        if len > 0 {
+                            assert!(
+                                kind.first_needed_block(len - 1, bs) < block,
+                                "{kind} {block} {bs}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(AttentionKind::Full.first_len_reading_from(1, 16), u64::MAX);
     }
 
     #[test]
