@@ -156,6 +156,7 @@ pub fn write_rates_svg(path: &Path, policies: &[String], points: &[RatePoint]) -
             label,
             &lines,
             None,
+            false,
         )
         .map_err(|e| format!("drawing {label}: {e}"))?;
     }
@@ -202,12 +203,30 @@ pub fn write_capacities_svg(path: &Path, policies: &[String], sweep: &CapacitySw
         "prompt tokens found cached (%)",
         &lines,
         Some(100.0),
+        true,
     )?;
     root.present()
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// Lines with markers on one chart; `y_max` fixes the top of the y axis.
+/// A tick label: `250`, `12.5k`, `1.3M`.
+fn si(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if a >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Lines with markers on one chart; `y_max` fixes the top of the y axis,
+/// `log_x` spaces the x axis logarithmically (for geometric sweeps).
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
@@ -215,11 +234,11 @@ fn draw_lines<DB: DrawingBackend>(
     y_desc: &str,
     lines: &[(String, Vec<(f64, f64)>)],
     y_max: Option<f64>,
+    log_x: bool,
 ) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let all = || {
         lines
             .iter()
@@ -227,30 +246,58 @@ where
             .filter(|(x, y)| x.is_finite() && y.is_finite())
     };
     let x_max = all().map(|p| p.0).fold(0.0, f64::max).max(1e-9) * 1.05;
-    let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min).min(x_max) * 0.95;
+    let x_min = (all().map(|p| p.0).fold(f64::INFINITY, f64::min).min(x_max) * 0.95).max(1e-9);
     let y_top = y_max.unwrap_or_else(|| all().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1);
-    let mut chart = ChartBuilder::on(area)
+    let mut builder = ChartBuilder::on(area);
+    builder
         .caption(caption, ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x_min.max(0.0)..x_max, 0f64..y_top)
-        .map_err(err)?;
+        .y_label_area_size(60);
+    if log_x {
+        let chart = builder
+            .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_top)
+            .map_err(|e| e.to_string())?;
+        finish_lines(chart, x_desc, y_desc, lines)
+    } else {
+        let chart = builder
+            .build_cartesian_2d(if x_min < x_max * 0.3 { 0.0 } else { x_min }..x_max, 0f64..y_top)
+            .map_err(|e| e.to_string())?;
+        finish_lines(chart, x_desc, y_desc, lines)
+    }
+}
+
+fn finish_lines<'a, DB: DrawingBackend + 'a, X>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&|v| si(*v))
+        .y_label_formatter(&|v| si(*v))
         .draw()
         .map_err(err)?;
     for (i, (name, pts)) in lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // Later lines are drawn thinner, so that equal lines stay visible.
+        let width = if i == 0 { 4 } else { 2 };
         let pts: Vec<(f64, f64)> = pts
             .iter()
             .copied()
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(width)))
             .map_err(err)?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
@@ -260,7 +307,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 11))

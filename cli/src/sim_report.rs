@@ -170,6 +170,9 @@ fn heading(out: &mut String, setup: &Setup) {
         short(scenario.slo.ttft_s),
         short(scenario.slo.tpot_s * 1e3),
     );
+    for note in &setup.notes {
+        let _ = writeln!(out, "note: {note}\n");
+    }
 }
 
 const LEGEND: &str = "\
@@ -271,7 +274,8 @@ pub fn render_capacities_text(setup: &Setup, sweep: &CapacitySweep) -> String {
         out,
         "\nprefix hit rate: prompt tokens found cached at admission / prompt tokens. infinite cache: {} (every block \
          seen before is found); optimal: Belady's offline optimum with that many blocks (evict the block used \
-         farthest in the future), an upper bound for any policy.",
+         farthest in the future), an upper bound for any eviction policy serving the requests in arrival order \
+         (closed-loop turns ordered as if replies took no time).",
         pct(sweep.infinite)
     );
     out

@@ -61,6 +61,8 @@ pub struct Setup {
     pub sweep: Sweep,
     /// How the requests arrive, for the report.
     pub arrivals: String,
+    /// Caveats for the report, one sentence each.
+    pub notes: Vec<String>,
     time_scale: f64,
 }
 
@@ -312,6 +314,17 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         ttft_s: args.slo_ttft_ms.map_or(base.slo.ttft_s, |ms| ms / 1e3),
         tpot_s: args.slo_tpot_ms.map_or(base.slo.tpot_s, |ms| ms / 1e3),
     };
+    let mut notes = Vec::new();
+    let own_timing = args.step_time_base_ms.is_some()
+        && args.step_time_prefill_ms.is_some()
+        && args.step_time_decode_ms.is_some();
+    if matches!(kv, KvSize::Plan { .. }) && kv != base.kv && !own_timing {
+        notes.push(format!(
+            "the step-time model keeps the default engine's constants ({}) but this model's KV bytes; set \
+             --step-time-base-ms, --step-time-prefill-ms, --step-time-decode-ms and --hbm-gbps for this model and GPU",
+            base.name
+        ));
+    }
     let scenario = Scenario {
         name,
         time_model: time_model(args, &base, &kv),
@@ -395,6 +408,7 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         policies,
         sweep,
         arrivals,
+        notes,
         time_scale: args.time_scale,
     })
 }

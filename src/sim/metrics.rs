@@ -15,7 +15,8 @@
 //!   later (reservation baselines only; paged allocation reserves nothing ahead);
 //! - `internal_fragmentation`: reserved slots that will never hold a token
 //!   (the unfilled tail of a paged sequence's last block; a reservation's
-//!   slots past prompt + output);
+//!   slots past the KV it will hold, prompt + output − 1: the last sampled
+//!   token's KV is never stored);
 //! - `free_slots`: slots no running request holds (with prefix caching, cached
 //!   blocks no sequence uses count as free: they are reusable at once).
 //!

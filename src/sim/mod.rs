@@ -1,5 +1,6 @@
 //! Trace-driven simulator: replay a workload through an allocation policy and
-//! measure what the KV memory holds, step by step.
+//! measure what the KV memory holds, step by step, and what it does to
+//! latency under a step-time model.
 //!
 //! ```
 //! use pagedkv::sim::{self, synthetic::SyntheticSpec, Policy, Scenario};
@@ -7,15 +8,20 @@
 //! let scenario = Scenario::default(); // OPT-13B on an A100-40GB, max_model_len 2048
 //! let results = sim::compare(&scenario, &workload, &Policy::default_set()[..4]).unwrap();
 //! let (paged, max) = (&results[0].summary, &results[1].summary);
-//! assert!(paged.token_share > 0.95 && max.token_share < paged.token_share);
+//! assert!(paged.token_share > 0.95 && max.pool_token_share < paged.pool_token_share);
+//! assert!(paged.latency.ttft.p50 < max.latency.ttft.p50);
 //! ```
 //!
-//! Modules: [`workload`] (requests and their token ids), [`trace`] (CSV
-//! traces), [`synthetic`] (generated workloads), [`policy`] (what is
-//! compared), [`metrics`] (samples, summaries, the step-time model), and the
-//! runners: `reserve.rs` (reservation baselines) and `paged.rs` (paged
-//! allocation: the reference [`crate::scheduler::Scheduler`] over a
-//! [`crate::KvCacheManager`], the simulator playing the engine).
+//! Modules: [`workload`] (requests, their token ids, arrivals, closed-loop
+//! follow-ups and think times), [`trace`] (CSV traces) and [`mooncake`]
+//! (Mooncake's JSON lines), [`synthetic`] (generated workloads), [`policy`]
+//! (what is compared), [`metrics`] (samples, summaries, the step-time
+//! model), [`latency`] (TTFT, TPOT, end-to-end, goodput), [`prefix_bounds`]
+//! (infinite-cache and offline-optimal hit rates), and the runners:
+//! `reserve.rs` (reservation baselines, placed by `placement.rs`) and
+//! `paged.rs` (paged allocation: the reference
+//! [`crate::scheduler::Scheduler`] over a [`crate::KvCacheManager`], the
+//! simulator playing the engine), both drawing arrivals from `sessions.rs`.
 
 pub mod error;
 pub mod latency;
