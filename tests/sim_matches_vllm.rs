@@ -3,7 +3,7 @@
 //! `tests/fixtures/vllm_0.33.0/cases.csv` (pool sizes, token budgets, batch
 //! and length limits), the simulator's counts equal those vLLM's own
 //! `Scheduler`, `KVCacheManager` and `BlockPool` produced (the fixtures, made
-//! by `tools/vllm_oracle/generate.sh`): steps, preemptions, recomputed,
+//! by `tools/vllm_oracle/gen_scheduler_fixtures.sh`): steps, preemptions, recomputed,
 //! prefill and generated tokens, finished and rejected requests, and the
 //! per-step means of the batch and of the memory holding tokens.
 

@@ -21,7 +21,7 @@ use pagedkv::sim::{
 };
 use pagedkv::KvMemory;
 
-use crate::args::{DtypeChoice, PlanArgs};
+use crate::args::{DtypeChoice, MaxModelLen, MemoryArgs, ModelArgs, PlanArgs};
 use crate::error::InputError;
 use crate::plan;
 use crate::sim_args::SimulateArgs;
@@ -240,31 +240,39 @@ fn kv_size(args: &SimulateArgs, base: &Scenario) -> Result<KvSize, InputError> {
     let no_device = args.gpu.is_none() && args.gpu_memory.is_none() && args.kv_cache_memory.is_none();
     let no_config = args.config.is_none();
     let plan_args = PlanArgs {
-        config: args.config.clone(),
-        layers: base_model(args.layers, spec.num_layers),
-        kv_heads: base_model(args.kv_heads, spec.num_kv_heads),
-        head_dim: base_model(args.head_dim, spec.head_dim_k),
-        kv_dtype,
-        block_size: 16,
-        gpu: args.gpu,
-        gpu_memory: args.gpu_memory.or(no_device.then_some(device.device_bytes)),
-        gpu_memory_utilization: args.gpu_memory_utilization,
-        weights: args.weights.or(no_config.then_some(device.weights_bytes)),
-        activation_peak: args
-            .activation_peak
-            .or(no_config.then_some(device.activation_peak_bytes)),
-        non_torch: args.non_torch.or(no_config.then_some(device.non_torch_bytes)),
-        kv_cache_memory: args.kv_cache_memory,
-        max_model_len: Some(args.max_model_len.unwrap_or(base.max_model_len) as u64),
+        model: ModelArgs {
+            config: args.config.clone(),
+            layers: base_model(args.layers, spec.num_layers),
+            kv_heads: base_model(args.kv_heads, spec.num_kv_heads),
+            head_dim: base_model(args.head_dim, spec.head_dim_k),
+            kv_dtype,
+            tensor_parallel_size: args.tensor_parallel_size.unwrap_or(if no_model {
+                spec.tensor_parallel_size
+            } else {
+                1
+            }),
+            ..ModelArgs::default()
+        },
+        memory: MemoryArgs {
+            gpu: args.gpu,
+            gpu_memory: args.gpu_memory.or(no_device.then_some(device.device_bytes)),
+            gpu_memory_utilization: Some(args.gpu_memory_utilization),
+            weights: args.weights.or(no_config.then_some(device.weights_bytes)),
+            activation_peak: args
+                .activation_peak
+                .or(no_config.then_some(device.activation_peak_bytes)),
+            non_torch: args.non_torch.or(no_config.then_some(device.non_torch_bytes)),
+            kv_cache_memory: args.kv_cache_memory,
+            ..MemoryArgs::default()
+        },
+        max_model_len: Some(MaxModelLen::Tokens(
+            args.max_model_len.unwrap_or(base.max_model_len) as u64,
+        )),
         max_num_seqs: Some(args.max_num_seqs.unwrap_or(base.max_num_seqs) as u64),
-        avg_seq_len: None,
-        max_num_batched_tokens: args.max_num_batched_tokens.unwrap_or(base.max_num_batched_tokens) as u64,
-        tensor_parallel_size: args.tensor_parallel_size.unwrap_or(if no_model {
-            spec.tensor_parallel_size
-        } else {
-            1
-        }),
-        json: false,
+        max_num_batched_tokens: Some(
+            args.max_num_batched_tokens.unwrap_or(base.max_num_batched_tokens) as u64
+        ),
+        ..PlanArgs::default()
     };
     let inputs = plan::resolve(&plan_args)?;
     Ok(KvSize::Plan {

@@ -249,7 +249,8 @@ impl KvCacheManager {
             });
         }
 
-        for (group, (t, kind)) in s.tables.iter_mut().zip(&self.config.groups).enumerate() {
+        // Every group's releases first: their blocks may serve any group's growth.
+        for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
             if base >= t.release_at as u64 {
                 let release_to = kind.first_needed_block(base, bs) as u32;
                 for i in t.num_released..release_to {
@@ -260,6 +261,8 @@ impl KvCacheManager {
                 t.num_released = release_to;
                 t.release_at = release_at(*kind, release_to, bs);
             }
+        }
+        for (group, t) in s.tables.iter_mut().enumerate() {
             let old_len = t.num_tokens as u64;
             let grow = blocks_for(new_len, bs64) - t.blocks.len() as u64;
             let filled = (old_len % bs64) as u32;

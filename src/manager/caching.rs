@@ -16,8 +16,9 @@
 //! every group: it stands for the same tokens; the index is keyed by group).
 //! A hit of `L` tokens needs, in each group, the blocks that group's attention
 //! reads from position `L` on: all of them for full attention, the window
-//! before `L` for a sliding window, `L`'s chunk for chunked local attention.
-//! The hit is the longest `L` every group agrees on (see `find_hit`).
+//! before `L` for a sliding window, `L`'s chunk for chunked local attention,
+//! and always at least the block before `L` (its chained hash vouches for the
+//! whole prefix). The hit is the longest `L` every group agrees on (see `find_hit`).
 //!
 //! Freed blocks keep their hash and wait in the free queue in LRU order (the
 //! pool's queue); taking one for new content evicts it. So do blocks a window
@@ -293,6 +294,17 @@ impl PrefixState {
     }
 }
 
+/// The first block a hit of `hit` blocks needs cached in a group of `kind`:
+/// the first its attention reads at the hit point, and at least the block
+/// before the hit point (whose chained hash vouches for the whole prefix).
+pub(super) fn hit_from(kind: AttentionKind, hit: usize, block_size: u32) -> usize {
+    if hit == 0 {
+        return 0;
+    }
+    let first = kind.first_needed_block(hit as u64 * block_size as u64, block_size) as usize;
+    first.min(hit - 1)
+}
+
 impl KvCacheManager {
     /// The longest hit, in blocks (at most `max_blocks`), that every group
     /// agrees on: in each group, the blocks its attention reads from the hit
@@ -320,7 +332,7 @@ impl KvCacheManager {
                 // The largest l <= hit whose blocks [first_needed(l), l) are cached:
                 // a missing block m rules out every l in (m, hit], so jump to m.
                 while hit > 0 {
-                    let from = kind.first_needed_block(hit as u64 * bs as u64, bs) as usize;
+                    let from = hit_from(*kind, hit, bs);
                     match (from..hit)
                         .rev()
                         .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
@@ -341,7 +353,7 @@ impl KvCacheManager {
         let bs = self.config.block_size;
         let mut held = SmallVec::new();
         for (g, kind) in self.config.groups.iter().enumerate() {
-            let from = kind.first_needed_block(hit as u64 * bs as u64, bs) as usize;
+            let from = hit_from(*kind, hit, bs);
             held.push(
                 hashes[from..hit]
                     .iter()
@@ -384,7 +396,7 @@ impl KvCacheManager {
             .config
             .groups
             .iter()
-            .map(|k| k.first_needed_block(hits as u64 * bs as u64, bs))
+            .map(|&k| hit_from(k, hits, bs) as u64)
             .sum();
         let needed = total * self.num_groups() as u64 - placeholders - held;
         if let Err(e) = self.check_start(seq, needed) {
@@ -395,7 +407,7 @@ impl KvCacheManager {
         let p = self.prefix.as_ref().expect("checked above");
         for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
             // Hits first: a fresh allocation could otherwise evict a free hit block.
-            let from = kind.first_needed_block(hits as u64 * bs as u64, bs) as usize;
+            let from = hit_from(*kind, hits, bs);
             t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
             for &h in &cache.hashes[from..hits] {
                 let b = p.index.get(g as u32, h).expect("hit blocks were found above");

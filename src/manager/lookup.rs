@@ -80,6 +80,34 @@ impl KvCacheManager {
         self.table(seq).map(|t| t.num_tokens as u64)
     }
 
+    /// Device blocks the sequence holds over every group (shared ones included).
+    pub fn num_blocks_held(&self, seq: SeqId) -> Result<u64, KvError> {
+        self.seq(seq)
+            .map(|s| s.tables.iter().map(|t| t.live_blocks().len() as u64).sum())
+    }
+
+    /// Device blocks `free(seq)` would return to the pool now: those no other
+    /// sequence shares (what preempting it by recompute frees). Pure.
+    ///
+    /// ```
+    /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();
+    /// kv.drain_ops(&mut BlockOps::default());
+    /// kv.fork(SeqId(1), SeqId(2)).unwrap();
+    /// kv.append(SeqId(2), &[6]).unwrap();               // copies the shared partial block
+    /// assert_eq!(kv.blocks_freed_by_free(SeqId(2)).unwrap(), 1);
+    /// ```
+    pub fn blocks_freed_by_free(&self, seq: SeqId) -> Result<u64, KvError> {
+        self.seq(seq).map(|s| {
+            s.tables
+                .iter()
+                .flat_map(|t| t.live_blocks())
+                .filter(|&&b| self.pool.ref_count(b) == Ok(1))
+                .count() as u64
+        })
+    }
+
     /// The slot of position `pos` of the sequence in group 0.
     pub fn slot(&self, seq: SeqId, pos: u64) -> Result<Slot, KvError> {
         table_slot(seq, self.table(seq)?, pos)

@@ -27,11 +27,12 @@
 //! cached); device blocks released by `swap_out` keep their hash in the free
 //! queue like any freed block.
 
-use super::{release, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
+use super::{release, release_at, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, SeqId};
 use crate::manager::types::BlockCopy;
 use crate::pool::BlockPool;
+use crate::sizing::AttentionKind;
 use crate::table::BlockTable;
 
 /// The "no associated block" value.
@@ -219,9 +220,20 @@ impl KvCacheManager {
         let Some(host) = &self.host else {
             return Err(KvError::NoHostTier { seq });
         };
+        // As `swap_out` does: blocks a window no longer reads are released, not copied.
+        let len = self.release_base(s);
+        let bs = self.config.block_size;
         Ok(s.tables
             .iter()
-            .flat_map(|t| t.live_blocks())
+            .zip(&self.config.groups)
+            .flat_map(|(t, kind)| {
+                let from = if len >= t.release_at as u64 {
+                    kind.first_needed_block(len, bs) as usize
+                } else {
+                    t.num_released as usize
+                };
+                &t.blocks[from..]
+            })
             .filter(|&&d| host.host_of(d).is_none())
             .count() as u64)
     }
@@ -267,7 +279,9 @@ impl KvCacheManager {
 
     /// Moves a sequence's blocks to the host tier: each device block is copied
     /// to a host block (queued in [`BlockOps::swap_out`]) unless a sharer
-    /// already copied it, then released. The sequence keeps its tokens and
+    /// already copied it, then released. Blocks a sliding-window or chunked
+    /// local group no longer reads (its next token's window starts after them)
+    /// are released without a copy. The sequence keeps its tokens and
     /// block hashes; until [`Self::swap_in`] it cannot be appended to, forked
     /// or read (`SequenceSwapped`), but it can be freed.
     ///
@@ -315,10 +329,22 @@ impl KvCacheManager {
         if let Some(c) = self.copies.iter().chain(&host.swap_in).find(|c| holds(c.dst)) {
             return Err(KvError::PendingWrite { seq, block: c.dst });
         }
+        // Every token is computed: blocks a window no longer reads are released
+        // instead of copied (the next append would release them anyway).
+        let bs = self.config.block_size;
+        let len = s.num_tokens() as u64;
+        let keep_from = |t: &BlockTable, kind: &AttentionKind| {
+            if len >= t.release_at as u64 {
+                kind.first_needed_block(len, bs) as usize
+            } else {
+                t.num_released as usize
+            }
+        };
         let needed = s
             .tables
             .iter()
-            .flat_map(|t| t.live_blocks())
+            .zip(&self.config.groups)
+            .flat_map(|(t, k)| &t.blocks[keep_from(t, k)..])
             .filter(|&&d| host.host_of(d).is_none())
             .count() as u64;
         let free = host.pool.num_free() as u64;
@@ -327,7 +353,16 @@ impl KvCacheManager {
         }
 
         let mut s = self.seqs.remove(&seq).expect("checked above");
-        let bs = self.config.block_size;
+        for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
+            let release_to = keep_from(t, kind);
+            for i in t.num_released as usize..release_to {
+                let b = std::mem::replace(&mut t.blocks[i], BlockId::NULL);
+                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                self.stats.window_released_blocks += 1;
+            }
+            t.num_released = release_to as u32;
+            t.release_at = release_at(*kind, release_to as u32, bs);
+        }
         for (group, t) in s.tables.iter_mut().enumerate() {
             let released = t.num_released as usize;
             // Last block first, as `free` releases, to keep the eviction order.

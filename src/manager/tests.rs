@@ -445,3 +445,38 @@ fn length_only_admission_is_refused_with_prefix_caching_on() {
         Admission::Now
     );
 }
+
+#[test]
+fn a_hybrid_plan_configures_its_groups() {
+    use crate::sizing::{
+        AttentionKind, CachePlan, CacheSpec, EngineRules, KvDtype, MemoryBudget, ModelLayout,
+    };
+    // gpt-oss-20b's attention: 24 layers alternating 128-token windows and full attention.
+    let spec = CacheSpec::new(24, 8, 64, KvDtype::Bf16);
+    let kinds: Vec<_> = (0..24)
+        .map(|l| match l % 2 {
+            0 => AttentionKind::SlidingWindow { window: 128 },
+            _ => AttentionKind::Full,
+        })
+        .collect();
+    let layout = ModelLayout::from_kinds(&spec, &kinds).unwrap();
+    let plan = CachePlan::for_engine(
+        &layout,
+        16,
+        &MemoryBudget::direct(1 << 30),
+        EngineRules::vllm_v1(2048),
+    )
+    .unwrap();
+    let config = KvCacheConfig::from_plan(&plan, 32_768).unwrap();
+    let kinds: Vec<_> = plan.groups().iter().map(|g| g.kind).collect();
+    assert_eq!(config.groups, kinds);
+    assert_eq!(config.groups.len(), 2);
+    assert!(config
+        .groups
+        .contains(&AttentionKind::SlidingWindow { window: 128 }));
+    assert_eq!(config.num_blocks as u64, plan.num_blocks());
+    let mut kv = KvCacheManager::new(config).unwrap();
+    kv.allocate(SeqId(1), &toks(300)).unwrap();
+    assert_eq!(kv.blocks_by_group(), [19, 19]);
+    kv.check_invariants().unwrap();
+}

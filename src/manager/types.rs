@@ -58,9 +58,10 @@ pub struct KvCacheConfig {
 }
 
 impl KvCacheConfig {
-    /// A configuration sized by a capacity plan: its block count, block size and
-    /// host (swap) blocks, with `max_model_len` checked against the plan's
-    /// capacity (the error then carries the planner's advice).
+    /// A configuration sized by a capacity plan: its block count, block size,
+    /// host (swap) blocks and KV cache groups, with `max_model_len` checked
+    /// against the plan's capacity (the error then carries the planner's
+    /// advice). pagedkv keeps no null block: every block of the plan is usable.
     ///
     /// ```
     /// use pagedkv::{CachePlan, CacheSpec, KvCacheConfig, KvDtype, MemoryBudget};
@@ -88,6 +89,7 @@ impl KvCacheConfig {
             max_model_len,
             // A host tier larger than a pool holds is capped, not refused: it is only swap room.
             num_host_blocks: plan.num_host_blocks().min(MAX_BLOCKS as u64) as u32,
+            groups: plan.groups().iter().map(|g| g.kind).collect(),
             ..Default::default()
         })
     }

@@ -12,7 +12,6 @@ impl Scheduler {
     /// nothing runs), first in queue order.
     pub(super) fn swap_in_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
         let max_seqs = self.config.max_num_seqs as usize;
-        let bs = self.kv.block_size() as u64;
         if self.swapped.is_empty() {
             return;
         }
@@ -28,9 +27,10 @@ impl Scheduler {
                 return;
             }
             let append_to = (s.num_computed + n).max(s.in_kv) as u64;
-            let grow =
-                crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
-            let needed = self.kv.swap_in_blocks_needed(s.id).expect("swapped") + grow;
+            let needed = self
+                .kv
+                .swap_in_and_append_blocks_needed(s.id, append_to - s.in_kv as u64)
+                .expect("swapped");
             let watermark = if self.running.is_empty() {
                 0
             } else {
@@ -83,14 +83,18 @@ impl Scheduler {
                 return;
             }
             // With prefix caching on, blocks are still taken chunk by chunk: a
-            // block is cached as soon as it is allocated, so allocating a
-            // prompt's later chunks early would let another prompt hit blocks
-            // not computed yet. The guard then only checks that all of it fits.
-            // A chunk is the budget's worth of tokens past the cached prefix
-            // (the hit costs no budget).
+            // block becomes hittable once the step that fills it is handed
+            // over, so allocating a prompt's later chunks early would let
+            // another prompt hit blocks not computed yet. With a sliding-window
+            // or chunked local group, chunk by chunk too, so that the window
+            // releases blocks as the prefill advances. The guard then only
+            // checks that all of it fits (at its peak). A chunk is the
+            // budget's worth of tokens past the cached prefix (the hit costs
+            // no budget).
             let whole = self.config.admit_whole_prompt;
             let caching = self.kv.config().enable_prefix_caching;
-            let alloc_len = if whole && !caching {
+            let by_chunk = caching || self.kv.groups().iter().any(|k| k.releases_blocks());
+            let alloc_len = if whole && !by_chunk {
                 len
             } else {
                 let hit = if caching {
@@ -102,10 +106,12 @@ impl Scheduler {
             };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
-            let now = self
-                .kv
-                .check_admission(&s.tokens[..checked as usize], s.keys(), 0)
-                == Admission::Now;
+            let now = self.kv.check_admission_chunked(
+                &s.tokens[..checked as usize],
+                s.keys(),
+                0,
+                self.prefill_chunk(),
+            ) == Admission::Now;
             let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;

@@ -122,6 +122,7 @@ impl Default for Scenario {
                     weights_bytes: 26_000_000_000,
                     non_torch_bytes: GIB / 4,
                     activation_peak_bytes: GIB / 2,
+                    cudagraph_bytes: 0,
                 }),
             },
             max_model_len: 2048,
@@ -149,7 +150,7 @@ impl Scenario {
     /// A100-80GB it shares its memory with, which would give 1.3% fewer
     /// blocks) × `gpu_memory_utilization` 0.9 = 72 GiB, − 17.5 GB of weights
     /// (LLaMA3-70B's 140 GB in bf16 split over 8 GPUs) − 1 GiB outside the
-    /// framework (CUDA context, NCCL buffers of TP 8) − 2 GiB of activation
+    /// framework (CUDA context, NCCL buffers of TP 8, CUDA graphs) − 2 GiB of activation
     /// peak (a profile forward of 8,192 tokens; both assumptions) = 52.70 GiB:
     /// 56,588,185,856 bytes: 1,381,547 tokens, 86,346 blocks of 16.
     ///
@@ -180,6 +181,7 @@ impl Scenario {
                     weights_bytes: 140_000_000_000 / tp as u64,
                     non_torch_bytes: GIB,
                     activation_peak_bytes: 2 * GIB,
+                    cudagraph_bytes: 0,
                 }),
             },
             max_model_len: 131_072,

@@ -117,7 +117,7 @@ impl AttentionKind {
     /// use pagedkv::AttentionKind;
     /// // gpt-oss's 128-token windows, blocks of 16, prefill chunks of 2048 tokens:
     /// let swa = AttentionKind::SlidingWindow { window: 128 };
-    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048 + 15_u64).div_ceil(16));
     /// assert_eq!(swa.max_blocks_per_seq(40, 2048, 16), 3); // never more than the sequence itself
     /// assert_eq!(AttentionKind::Full.max_blocks_per_seq(100_000, 2048, 16), 6250);
     /// ```
@@ -130,19 +130,69 @@ impl AttentionKind {
             AttentionKind::ChunkedLocal { chunk } => chunk as u64,
         };
         // A step computing positions a..b keeps positions from
-        // first_needed_pos(a) >= a - (window - 1) to b - 1: at most
-        // window - 1 + (b - a) tokens, starting anywhere in a block (+1),
-        // unless chunks start on block boundaries.
+        // first_needed_pos(a) >= a - (window - 1) to b - 1: a span of at most
+        // window - 1 + (b - a) tokens, which covers the most blocks when it
+        // starts at the last slot of a block (bs - 1 more), unless it always
+        // starts on a block boundary (chunks that are whole blocks).
+        let span = window.saturating_sub(1).saturating_add(max_step_tokens);
         let aligned =
             matches!(self, AttentionKind::ChunkedLocal { chunk } if chunk != 0 && chunk as u64 % bs == 0);
-        let steady = blocks_for(window.saturating_sub(1).saturating_add(max_step_tokens), bs)
-            + if aligned { 0 } else { 1 };
-        // (`steady` cannot overflow: blocks_for divides by a block size of at least 1.)
+        let steady = if aligned {
+            blocks_for(span, bs)
+        } else {
+            blocks_for(span.saturating_add(bs - 1), bs)
+        };
         if steady < all {
             steady
         } else {
             all
         }
+    }
+
+    /// The blocks vLLM 0.33.0 reserves per request for one layer of this kind
+    /// (`max_admission_blocks_per_request` of its KV cache specs), which both
+    /// sizes the pool at start-up and gates admission:
+    ///
+    /// - full: `ceil(max_model_len / block_size)`;
+    /// - sliding window `W`: `ceil(min(W - 1 + in_flight, max_model_len) / block_size) + 1`
+    ///   (the window need not start on a block boundary);
+    /// - chunked local `C`: `ceil(min(C + in_flight, max_model_len) / block_size)`,
+    ///
+    /// where `in_flight` is `max_in_flight_tokens`: tokens scheduled but not yet
+    /// processed, `max_num_batched_tokens` × the batches in flight (2 under
+    /// vLLM's default async scheduling). Unlike [`max_blocks_per_seq`](Self::max_blocks_per_seq)
+    /// this is vLLM's formula, including its `+ 1` when the window covers the
+    /// whole sequence.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// // gpt-oss's 128-token windows, 2 × 2048 tokens in flight, blocks of 16:
+    /// let swa = AttentionKind::SlidingWindow { window: 128 };
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(131_072, 4096, 16), (127 + 4096_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(100, 4096, 16), 7 + 1);
+    /// let chunked = AttentionKind::ChunkedLocal { chunk: 8192 };
+    /// assert_eq!(chunked.vllm_max_blocks_per_seq(10_485_760, 4096, 16), 768);
+    /// assert_eq!(AttentionKind::Full.vllm_max_blocks_per_seq(128_000, 4096, 16), 8000);
+    /// ```
+    pub const fn vllm_max_blocks_per_seq(
+        self,
+        max_model_len: u64,
+        max_in_flight_tokens: u64,
+        block_size: u32,
+    ) -> u64 {
+        let bs = block_size as u64;
+        let (held, extra) = match self {
+            AttentionKind::Full => return blocks_for(max_model_len, bs),
+            AttentionKind::SlidingWindow { window } => (
+                (window as u64)
+                    .saturating_sub(1)
+                    .saturating_add(max_in_flight_tokens),
+                1,
+            ),
+            AttentionKind::ChunkedLocal { chunk } => ((chunk as u64).saturating_add(max_in_flight_tokens), 0),
+        };
+        let tokens = if held < max_model_len { held } else { max_model_len };
+        blocks_for(tokens, bs) + extra
     }
 
     /// Checks the window or chunk size; the error names the field.
@@ -258,6 +308,23 @@ mod tests {
     fn window_of_one_needs_only_the_current_position() {
         let k = AttentionKind::SlidingWindow { window: 1 };
         assert_eq!(k.first_needed_pos(9), 9);
-        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 2);
+        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 1);
+        assert_eq!(k.max_blocks_per_seq(1000, 2, 4), 2);
+    }
+
+    #[test]
+    fn max_blocks_is_reached_by_some_length() {
+        // The bound is tight for decodes: some sequence length reaches it.
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                let kind = AttentionKind::SlidingWindow { window: w };
+                let bound = kind.max_blocks_per_seq(10_000, 1, bs);
+                let reached = (0..200)
+                    .map(|len| brute_peak(kind, 2000 + len, 1, bs))
+                    .max()
+                    .unwrap();
+                assert_eq!(reached, bound, "window {w} block size {bs}");
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 # Python venv (see the README next to this script).
 #
 #   VLLM_SRC=/work/vllm-ref/src PYTHON=/work/vllm-ref/venv/bin/python \
-#   DRIVER=/work/shared/vllm_oracle/drive_vllm.py tools/vllm_oracle/generate.sh
+#   DRIVER=/work/shared/vllm_oracle/drive_vllm.py tools/vllm_oracle/gen_scheduler_fixtures.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${VLLM_SRC:=/work/vllm-ref/src}"
