@@ -39,19 +39,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.len(),
         start.elapsed().as_secs_f64()
     );
+    // Shares of the whole KV memory, as `pagedkv simulate` prints them.
     println!(
         "{:<16} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8}",
-        "policy", "tokens", "frag", "waste", "pool", "batch", "preempt", "finished", "rejected", "steps"
+        "policy", "tokens", "waste", "frag", "free", "batch", "preempt", "finished", "rejected", "steps"
     );
     for r in &all {
         let s = &r.summary;
         println!(
             "{:<16} {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}% {:>8.1} {:>8} {:>9} {:>8} {:>8}",
             s.policy,
-            100.0 * s.token_share,
-            100.0 * s.fragmentation_share,
-            100.0 * s.waste_share,
             100.0 * s.pool_token_share,
+            100.0 * s.pool_waste_share,
+            100.0 * s.pool_fragmentation_share,
+            100.0 * s.free_share,
             s.mean_running,
             s.preemptions,
             s.finished,

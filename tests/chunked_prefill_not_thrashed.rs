@@ -39,3 +39,25 @@ fn with_the_guard_the_long_prompt_is_never_preempted_mid_prefill() {
     );
     assert_eq!(r.finished.len(), 3);
 }
+
+#[test]
+fn whole_prompt_admission_without_protection_preempts_mid_prefill_as_vllm_does() {
+    // vLLM 0.33.0 checks the whole prompt at admission (scheduler_reserve_full_isl)
+    // but lets the victim policy pick a prompt in the middle of its prefill.
+    let run = |protect: bool| {
+        let config = pagedkv::SchedulerConfig {
+            isolate_growth: false,
+            protect_mid_prefill: protect,
+            ..config(8, true)
+        };
+        let mut sched = Scheduler::new(manager(40, 4, 0), config).unwrap();
+        let reqs = vec![request(0, 40, 40, 0), request(1, 40, 40, 1), request(2, 64, 2, 2)];
+        drive(&mut sched, reqs, 2_000)
+    };
+    let long = RequestId(2).seq(0);
+    let mid = |r: &Run| r.preemptions.iter().filter(|p| p.1 == long && p.3).count();
+    let (unprotected, protected) = (run(false), run(true));
+    assert!(mid(&unprotected) >= 1, "{:?}", unprotected.preemptions);
+    assert_eq!(mid(&protected), 0, "{:?}", protected.preemptions);
+    assert_eq!(unprotected.finished.len(), 3);
+}

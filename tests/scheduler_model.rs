@@ -67,6 +67,7 @@ struct Setup {
     max_num_batched_tokens: u32,
     chunked: bool,
     whole_prompt: bool,
+    protect_mid_prefill: bool,
     isolate: bool,
     victim: u8,
     mode: u8,
@@ -117,11 +118,18 @@ fn setup() -> impl Strategy<Value = Setup> {
             4u32..=48,
             any::<bool>(),
         ),
-        (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0u8..3,
+            0u8..3,
+            any::<bool>(),
+        ),
         groups(),
     )
         .prop_map(
-            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po), groups)| Setup {
+            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, pm, iso, v, m, po), groups)| Setup {
                 num_blocks: nb,
                 block_size: bs,
                 host_blocks: hb,
@@ -131,6 +139,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
                 chunked,
                 whole_prompt: wp,
+                protect_mid_prefill: pm,
                 isolate: iso,
                 victim: v,
                 mode: m,
@@ -267,7 +276,9 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         max_num_batched_tokens: s.max_num_batched_tokens,
         enable_chunked_prefill: s.chunked,
         admit_whole_prompt: s.whole_prompt,
+        protect_mid_prefill: s.protect_mid_prefill,
         isolate_growth: s.isolate,
+        cap_output_at_max_model_len: false,
     };
     let mut sched = Scheduler::new(kv, config).map_err(fail)?;
     sched = match s.victim {

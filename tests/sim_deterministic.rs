@@ -2,7 +2,7 @@
 //! results (every sample of every step), another seed gives different ones.
 
 use pagedkv::sim::synthetic::{LengthDist, SyntheticSpec};
-use pagedkv::sim::{self, Arrivals, KvSize, Policy, RunResult, Scenario};
+use pagedkv::sim::{self, Arrivals, KvSize, Policy, RunResult, Scenario, ThinkTime};
 
 fn scenario() -> Scenario {
     Scenario {
@@ -27,11 +27,13 @@ fn run(seed: u64) -> Vec<RunResult> {
             max: 500,
         },
         seed,
+        // Closed-loop chats: a turn arrives a second after the previous reply.
+        think_time: ThinkTime::Fixed(1.0),
         ..Default::default()
     }
     .generate()
     .unwrap()
-    .with_arrivals(Arrivals::Poisson { rate: 20.0 })
+    .with_arrivals(Arrivals::Poisson { rate: 0.5 })
     .unwrap();
     let policies: Vec<Policy> = ["paged16", "paged16-prefix", "paged64", "reserve-pow2"]
         .iter()

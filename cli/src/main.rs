@@ -97,6 +97,7 @@ fn run_plan(args: &PlanArgs) -> ExitCode {
 }
 
 fn run_simulate(args: &SimulateArgs) -> ExitCode {
+    use crate::simulate::Outcome;
     let setup = match simulate::resolve(args) {
         Ok(s) => s,
         Err(e) => {
@@ -104,28 +105,39 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    let results = match simulate::run(&setup) {
+    let outcome = match simulate::run(&setup) {
         Ok(r) => r,
-        Err(e) => {
+        Err(Ok(input)) => {
+            eprintln!("error: {input}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+        Err(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
     if let Some(path) = &args.plot {
-        if let Err(e) = plot::write_svg(path, &results) {
+        let names: Vec<String> = setup.policies.iter().map(|p| p.name()).collect();
+        let drawn = match &outcome {
+            Outcome::Runs(results) => plot::write_svg(path, results),
+            Outcome::Rates(points) => plot::write_rates_svg(path, &names, points),
+            Outcome::Capacities(sweep) => plot::write_capacities_svg(path, &names, sweep),
+        };
+        if let Err(e) = drawn {
             eprintln!("error: --plot {}: {e}", path.display());
             return ExitCode::from(EXIT_INPUT);
         }
     }
-    let text = if args.json {
-        format!(
-            "{:#}\n",
-            sim_report::render_json(&setup.workload, &setup.scenario, &results)
-        )
-    } else if args.csv {
-        sim_report::render_csv(&results)
-    } else {
-        sim_report::render_text(&setup.workload, &setup.scenario, &results)
+    let text = match (&outcome, args.json, args.csv) {
+        (Outcome::Runs(r), true, _) => format!("{:#}\n", sim_report::render_json(&setup, r)),
+        (Outcome::Runs(r), _, true) => sim_report::render_csv(r),
+        (Outcome::Runs(r), _, _) => sim_report::render_text(&setup, r),
+        (Outcome::Rates(p), true, _) => format!("{:#}\n", sim_report::render_rates_json(&setup, p)),
+        (Outcome::Rates(p), _, true) => sim_report::render_rates_csv(p),
+        (Outcome::Rates(p), _, _) => sim_report::render_rates_text(&setup, p),
+        (Outcome::Capacities(c), true, _) => format!("{:#}\n", sim_report::render_capacities_json(&setup, c)),
+        (Outcome::Capacities(c), _, true) => sim_report::render_capacities_csv(&setup, c),
+        (Outcome::Capacities(c), _, _) => sim_report::render_capacities_text(&setup, c),
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     ExitCode::SUCCESS

@@ -94,7 +94,8 @@ fn csv_has_one_row_per_policy() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines[0].starts_with("policy,token_share,"));
+    assert!(lines[0].starts_with("policy,pool_token_share,"));
+    assert!(lines[0].contains(",ttft_p99_s,") && lines[0].ends_with(",requests_per_s"));
     assert!(lines[1].starts_with("paged8,") && lines[2].starts_with("reserve-max,"));
 }
 
@@ -160,7 +161,11 @@ fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
         "--system-prompt-len",
         "200",
         "--rate",
-        "5",
+        "1",
+        "--think-time",
+        "fixed:1",
+        "--num-blocks",
+        "5000",
         "--seed",
         "3",
         "--policies",
@@ -172,4 +177,7 @@ fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
     let hit = v["runs"][0]["prefix_hit_rate"].as_f64().unwrap();
     assert!(hit > 0.5, "{hit}");
     assert_eq!(v["runs"][1]["prefix_hit_rate"].as_f64().unwrap(), 0.0);
+    assert_eq!(v["workload"]["closed_loop"], true);
+    let ttft = &v["runs"][0]["latency"]["ttft_s"];
+    assert!(ttft["p50"].as_f64().unwrap() <= ttft["p99"].as_f64().unwrap());
 }

@@ -88,11 +88,22 @@ impl Scheduler {
             // another prompt hit blocks not computed yet. With a sliding-window
             // or chunked local group, chunk by chunk too, so that the window
             // releases blocks as the prefill advances. The guard then only
-            // checks that all of it fits (at its peak).
+            // checks that all of it fits (at its peak). A chunk is the
+            // budget's worth of tokens past the cached prefix (the hit costs
+            // no budget).
             let whole = self.config.admit_whole_prompt;
-            let by_chunk = self.kv.config().enable_prefix_caching
-                || self.kv.groups().iter().any(|k| k.releases_blocks());
-            let alloc_len = if whole && !by_chunk { len } else { len.min(*budget) };
+            let caching = self.kv.config().enable_prefix_caching;
+            let by_chunk = caching || self.kv.groups().iter().any(|k| k.releases_blocks());
+            let alloc_len = if whole && !by_chunk {
+                len
+            } else {
+                let hit = if caching {
+                    self.kv.cached_prefix_len(&s.tokens, s.keys()) as u32
+                } else {
+                    0
+                };
+                len.min(hit.saturating_add(*budget))
+            };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
             let now = self.kv.check_admission_chunked(

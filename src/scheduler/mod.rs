@@ -346,11 +346,11 @@ impl Scheduler {
         if self.live.contains_key(&SeqId(r.id.0)) || self.cancelled_in_flight.contains(&r.id) {
             return Err(SchedulerError::DuplicateRequest { request: r.id });
         }
-        if let Err(reason) = self.kv.check_runnable_chunked(
-            r.prompt.len() as u64,
-            r.max_new_tokens as u64,
-            self.prefill_chunk(),
-        ) {
+        let max_new = self.capped_max_new(r.prompt.len() as u64, r.max_new_tokens);
+        if let Err(reason) =
+            self.kv
+                .check_runnable_chunked(r.prompt.len() as u64, max_new as u64, self.prefill_chunk())
+        {
             self.rejected.push(r.id);
             self.stats.rejected += 1;
             return Err(SchedulerError::Rejected {
@@ -366,7 +366,7 @@ impl Scheduler {
             id,
             tokens,
             prompt_len: r.prompt.len() as u32,
-            max_new: r.max_new_tokens,
+            max_new,
             priority: r.priority,
             arrival: r.arrival,
             key: (self.order.queue_key(r.priority, r.arrival), id),
@@ -382,6 +382,17 @@ impl Scheduler {
         self.live.insert(SeqId(r.id.0), 1);
         self.enqueue_waiting(idx);
         Ok(())
+    }
+
+    /// `max_new_tokens` after the `cap_output_at_max_model_len` rule: capped
+    /// at `max_model_len − prompt` when the prompt is shorter than `max_model_len`.
+    fn capped_max_new(&self, prompt_len: u64, max_new_tokens: u32) -> u32 {
+        let max_len = self.kv.config().max_model_len as u64;
+        if self.config.cap_output_at_max_model_len && prompt_len < max_len {
+            max_new_tokens.min((max_len - prompt_len) as u32)
+        } else {
+            max_new_tokens
+        }
     }
 
     /// The largest prefill chunk this scheduler plans: its token budget (the

@@ -70,7 +70,7 @@ impl Scheduler {
             let victim = self.pick_victim(i);
             // Under the whole-prompt guard a prompt in the middle of its prefill
             // is not preempted for another's growth: the grower waits instead.
-            if let (Some(v), true) = (victim, self.config.admit_whole_prompt && !force) {
+            if let (Some(v), true) = (victim, self.protects_mid_prefill() && !force) {
                 if self.candidate(v).0 == 0 {
                     self.stats.deferred += 1;
                     return Outcome::Deferred;
@@ -101,8 +101,12 @@ impl Scheduler {
             num_computed: s.num_computed,
         };
         // Under the whole-prompt guard, a sequence in the middle of its prefill goes last.
-        let protected = self.config.admit_whole_prompt && s.pending() > 1;
+        let protected = self.protects_mid_prefill() && s.pending() > 1;
         (!protected as u8, self.victim.victim_key(&c))
+    }
+
+    fn protects_mid_prefill(&self) -> bool {
+        self.config.admit_whole_prompt && self.config.protect_mid_prefill
     }
 
     /// The victim for `running[i]`: the policy's first among those after it.

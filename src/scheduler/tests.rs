@@ -422,3 +422,86 @@ fn prefix_keys_keep_tenants_apart_through_the_scheduler() {
         "which share among themselves"
     );
 }
+
+#[test]
+fn capping_at_max_model_len_serves_what_would_be_rejected() {
+    let capped = SchedulerConfig {
+        cap_output_at_max_model_len: true,
+        ..SchedulerConfig::default()
+    };
+    let mut s = sched(128, 4, capped);
+    // 200 + 100 > max_model_len 256: served with 56 new tokens instead of rejected.
+    s.add_request(request(1, 200, 100, 1)).unwrap();
+    // A prompt of max_model_len tokens leaves no room for output: still rejected.
+    let err = s.add_request(request(2, 256, 1, 1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SchedulerError::Rejected {
+                reason: AdmissionRefusal::ExceedsMaxModelLen { tokens: 257, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut plan = StepPlan::default();
+    let mut generated = 0;
+    while !s.is_idle() {
+        s.step(&mut plan);
+        let out = outputs(&plan, 7);
+        generated += out.len();
+        s.on_step_output(&mut plan, &out).unwrap();
+        s.check_invariants().unwrap();
+    }
+    assert_eq!(generated, 56);
+    assert_eq!((s.stats().finished, s.stats().rejected), (1, 1));
+    // Off (the default), the same request is rejected.
+    let mut s = sched(128, 4, SchedulerConfig::default());
+    assert!(s.add_request(request(1, 200, 100, 1)).is_err());
+}
+
+#[test]
+fn a_cached_prefix_costs_no_budget_when_a_prompt_is_admitted_in_chunks() {
+    let kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 32,
+        block_size: 4,
+        max_model_len: 256,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let config = SchedulerConfig {
+        max_num_seqs: 4,
+        max_num_batched_tokens: 8,
+        ..SchedulerConfig::default()
+    };
+    let mut s = Scheduler::new(kv, config).unwrap();
+    let mut plan = StepPlan::default();
+    let prefix: Vec<TokenId> = (0..32).collect();
+    s.add_request(Request {
+        prompt: prefix.clone(),
+        ..request(1, 0, 1, 1)
+    })
+    .unwrap();
+    while !s.is_idle() {
+        s.step(&mut plan);
+        let out = outputs(&plan, 7);
+        s.on_step_output(&mut plan, &out).unwrap();
+    }
+    // 32 cached tokens and 4 new ones: the first chunk is the 4 new tokens, not
+    // the first 8 of the prompt (which would lose all but one block of the hit).
+    let mut prompt = prefix;
+    prompt.extend([500, 501, 502, 503]);
+    s.add_request(Request {
+        prompt,
+        ..request(2, 0, 1, 1)
+    })
+    .unwrap();
+    s.step(&mut plan);
+    let e = &plan.scheduled[0];
+    assert_eq!((e.start, e.num_new_tokens, e.num_samples), (32, 4, 1));
+    let out = outputs(&plan, 7);
+    s.on_step_output(&mut plan, &out).unwrap();
+    s.check_invariants().unwrap();
+}

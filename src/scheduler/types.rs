@@ -94,7 +94,8 @@ impl Default for Request {
 ///
 /// ```
 /// let c = pagedkv::scheduler::SchedulerConfig::default();
-/// assert!(c.admit_whole_prompt && c.isolate_growth && c.enable_chunked_prefill);
+/// assert!(c.admit_whole_prompt && c.protect_mid_prefill && c.isolate_growth && c.enable_chunked_prefill);
+/// assert!(!c.cap_output_at_max_model_len);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
@@ -106,18 +107,31 @@ pub struct SchedulerConfig {
     /// (true). Off, `max_num_batched_tokens` must be at least `max_model_len`.
     pub enable_chunked_prefill: bool,
     /// Guard against chunked-prefill thrash (true): admit a prompt only when
-    /// blocks for all of it are free now (allocated at once), and preempt a
-    /// sequence in the middle of its prefill only when no other victim is left.
-    /// (With prefix caching on, blocks are still taken chunk by chunk, since a
-    /// block is cached as soon as it is allocated; the check is on the whole prompt.)
-    /// Off: blocks are checked and taken chunk by chunk, as vLLM v1 does.
+    /// blocks for all of it are free now (allocated at once), and (with
+    /// `protect_mid_prefill`) preempt a sequence in the middle of its prefill
+    /// only when no other victim is left. (With prefix caching on, blocks are
+    /// still taken chunk by chunk, since a block is cached as soon as it is
+    /// allocated; the check is on the whole prompt, as vLLM 0.33.0's
+    /// `scheduler_reserve_full_isl` does.) Off: blocks are checked and taken
+    /// chunk by chunk, as vLLM v1 did before `scheduler_reserve_full_isl`.
     pub admit_whole_prompt: bool,
+    /// Under `admit_whole_prompt`, a sequence in the middle of its prefill is
+    /// the last victim, and a sequence that could grow only by preempting one
+    /// waits instead (true). vLLM has no such protection (false: the victim
+    /// policy alone decides).
+    pub protect_mid_prefill: bool,
     /// Guard against head-of-line preemption (true): when a sequence cannot
     /// grow and more than one victim would have to go, it waits this step
     /// (keeping its blocks) instead. When every running sequence would wait,
     /// the step is planned again without the guards, so nothing livelocks.
     /// Off: victims are preempted until it fits.
     pub isolate_growth: bool,
+    /// Cap `max_new_tokens` at `max_model_len − prompt` instead of rejecting a
+    /// request whose prompt fits but whose prompt + output does not (false).
+    /// vLLM's server does this (it clamps `max_tokens`; only a prompt of
+    /// `max_model_len` tokens or more is refused); off, such a request is
+    /// rejected with `ExceedsMaxModelLen`.
+    pub cap_output_at_max_model_len: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -127,7 +141,9 @@ impl Default for SchedulerConfig {
             max_num_batched_tokens: 2048,
             enable_chunked_prefill: true,
             admit_whole_prompt: true,
+            protect_mid_prefill: true,
             isolate_growth: true,
+            cap_output_at_max_model_len: false,
         }
     }
 }

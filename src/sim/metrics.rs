@@ -1,4 +1,6 @@
-//! What a run measures: one [`StepSample`] per step and a [`RunSummary`].
+//! What a run measures: one [`StepSample`] per step and a [`RunSummary`]
+//! (with the latencies of [`super::latency`]); the [`StepTimeModel`] that
+//! turns a step's work into seconds.
 //!
 //! Every step's KV memory (in token slots, so that block sizes compare) splits as
 //!
@@ -13,15 +15,22 @@
 //!   later (reservation baselines only; paged allocation reserves nothing ahead);
 //! - `internal_fragmentation`: reserved slots that will never hold a token
 //!   (the unfilled tail of a paged sequence's last block; a reservation's
-//!   slots past prompt + output);
+//!   slots past the KV it will hold, prompt + output − 1: the last sampled
+//!   token's KV is never stored);
 //! - `free_slots`: slots no running request holds (with prefix caching, cached
 //!   blocks no sequence uses count as free: they are reusable at once).
 //!
-//! The summary's shares weigh every step by the memory it holds:
-//! `token_share = Σ_steps token_slots / Σ_steps reserved_slots`. This is the
-//! PagedAttention paper's "share of KV memory holding token states" (96.3 %
-//! for vLLM, 20.4–38.2 % for reservation systems) measured over the memory
-//! requests hold; `pool_token_share` divides by the whole pool instead.
+//! The summary's shares weigh every step alike: `pool_token_share = Σ_steps
+//! token_slots / Σ_steps total_slots` is the share of the whole KV memory
+//! holding token states, the PagedAttention paper's Figure 2 measure (96.3 %
+//! for vLLM, 20.4–38.2 % for reservation systems); `pool_waste_share`,
+//! `pool_fragmentation_share` and `free_share` split the rest (free memory
+//! that a waiting request cannot use is external fragmentation). The
+//! `token_share`, `waste_share` and `fragmentation_share` divide by the
+//! memory requests hold (`Σ reserved_slots`) instead.
+
+use crate::sim::error::SimError;
+use crate::sim::latency::{LatencyLog, LatencySummary, Slo};
 
 /// The KV memory and the batch at the end of one step (before finished
 /// requests release their memory).
@@ -45,7 +54,7 @@ pub struct StepSample {
     pub free_slots: u64,
     /// Sequences in the batch (each parallel sample counts).
     pub running: u32,
-    /// Requests arrived and waiting.
+    /// Requests arrived and waiting (preempted by recompute included).
     pub waiting: u32,
     /// Tokens the step's forward pass processed (prompt tokens + one per decoding sequence).
     pub batched_tokens: u32,
@@ -55,40 +64,135 @@ pub struct StepSample {
     pub finished: u64,
 }
 
-/// Linear step-time model: `base_s + per_token_s × batched tokens`.
+/// What one step computed, the input of the [`StepTimeModel`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepWork {
+    /// Prompt tokens computed (prefill chunks, and tokens recomputed after a
+    /// preemption); cached prompt tokens are not computed and not counted.
+    pub prefill_tokens: u64,
+    /// Sequences that decoded one token.
+    pub decode_tokens: u64,
+    /// Tokens of KV the decoding sequences attend to (their context lengths).
+    pub context_tokens: u64,
+    /// Tokens of KV moved between device and host (swap out and in).
+    pub transfer_tokens: u64,
+}
+
+/// The step-time model: what one forward pass costs, in seconds.
 ///
-/// The defaults are assumptions, fitted roughly to a 13B fp16 model on an
-/// A100: a step reads all 26 GB of weights (≈17 ms at 1.5 TB/s, so 20 ms with
-/// overheads), and each batched token costs ≈26 GFLOP (≈0.15 ms at ≈175
-/// TFLOPS achieved). Use them for relative throughput between policies, not
-/// as a prediction for a real engine.
+/// ```text
+/// step = base_s
+///      + prefill_token_s × prefill tokens
+///      + decode_token_s  × decoded tokens
+///      + kv_bytes_per_token × context tokens   / hbm_bytes_per_s
+///      + kv_bytes_per_token × transferred tokens / pcie_bytes_per_s
+/// ```
+///
+/// `base_s` stands for reading the weights once per step (memory-bound),
+/// the token terms for the matrix multiplications (compute-bound), the
+/// context term for decode attention reading each sequence's KV cache, and
+/// the transfer term for swap copies over PCIe. Cached prompt tokens cost
+/// nothing (they are not computed); recomputed tokens cost prefill. The
+/// defaults are the PagedAttention paper's OPT-13B on an A100-40GB,
+/// assumptions rather than measurements:
+///
+/// - `base_s` 20 ms: 26 GB of fp16 weights at the A100-40GB's 1,555 GB/s
+///   HBM bandwidth is 16.7 ms, plus kernel-launch and sampling overheads;
+/// - `prefill_token_s` = `decode_token_s` = 0.15 ms: 2 × 13B = 26 GFLOP per
+///   token at ≈175 TFLOPS achieved (56% of the A100's 312 TFLOPS fp16 peak);
+/// - `kv_bytes_per_token` 819,200 (OPT-13B: 40 layers × (K + V) × 5120 × 2
+///   bytes), `hbm_bytes_per_s` 1.555e12 (A100-40GB datasheet);
+/// - `pcie_bytes_per_s` 25e9: PCIe 4.0 ×16 (32 GB/s per direction) at ≈80%.
+///
+/// Use it to compare policies, not to predict a real engine's latency.
 ///
 /// ```
-/// use pagedkv::sim::metrics::StepTimeModel;
+/// use pagedkv::sim::metrics::{StepTimeModel, StepWork};
 /// let m = StepTimeModel::default();
-/// assert!((m.step_time(100) - 0.035).abs() < 1e-12);
+/// let prefill = StepWork { prefill_tokens: 100, ..Default::default() };
+/// assert!((m.step_time(&prefill) - 0.035).abs() < 1e-12);
+/// let decode = StepWork { decode_tokens: 10, context_tokens: 1_000_000, ..Default::default() };
+/// assert!(m.step_time(&decode) > 0.5, "1M tokens of 800 KiB read at 1.555 TB/s");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepTimeModel {
     /// Fixed cost of a step, seconds (0.020).
     pub base_s: f64,
-    /// Cost per batched token, seconds (0.000_15).
-    pub per_token_s: f64,
+    /// Cost per computed prompt token, seconds (0.000_15).
+    pub prefill_token_s: f64,
+    /// Cost per decoded token, seconds (0.000_15).
+    pub decode_token_s: f64,
+    /// KV bytes of one token on one GPU (819,200: OPT-13B in fp16).
+    pub kv_bytes_per_token: f64,
+    /// Device memory bandwidth, bytes/s (1.555e12).
+    pub hbm_bytes_per_s: f64,
+    /// Host ↔ device bandwidth for swap copies, bytes/s (25e9).
+    pub pcie_bytes_per_s: f64,
 }
 
 impl Default for StepTimeModel {
     fn default() -> Self {
         StepTimeModel {
             base_s: 0.020,
-            per_token_s: 0.000_15,
+            prefill_token_s: 0.000_15,
+            decode_token_s: 0.000_15,
+            kv_bytes_per_token: OPT_13B_KV_BYTES_PER_TOKEN as f64,
+            hbm_bytes_per_s: 1.555e12,
+            pcie_bytes_per_s: 25e9,
         }
     }
 }
 
+/// KV bytes per token of OPT-13B in fp16: 40 layers × (K + V) × 5120 × 2 bytes.
+pub const OPT_13B_KV_BYTES_PER_TOKEN: u64 = 819_200;
+
 impl StepTimeModel {
-    /// Seconds a step of `batched_tokens` takes.
-    pub fn step_time(&self, batched_tokens: u64) -> f64 {
-        self.base_s + self.per_token_s * batched_tokens as f64
+    /// Seconds a step doing `work` takes.
+    #[inline]
+    pub fn step_time(&self, work: &StepWork) -> f64 {
+        let bytes = self.kv_bytes_per_token;
+        self.base_s
+            + self.prefill_token_s * work.prefill_tokens as f64
+            + self.decode_token_s * work.decode_tokens as f64
+            + bytes * work.context_tokens as f64 / self.hbm_bytes_per_s
+            + bytes * work.transfer_tokens as f64 / self.pcie_bytes_per_s
+    }
+
+    /// Checks that every term is finite and ≥ 0, the bandwidths > 0 and one
+    /// cost > 0; the error names the field.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let fields = [
+            ("step_time_base", self.base_s),
+            ("step_time_prefill_token", self.prefill_token_s),
+            ("step_time_decode_token", self.decode_token_s),
+            ("kv_bytes_per_token", self.kv_bytes_per_token),
+        ];
+        for (field, v) in fields {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(SimError::InvalidConfig {
+                    field,
+                    reason: format!("{v} must be a finite number ≥ 0"),
+                });
+            }
+        }
+        for (field, v) in [
+            ("hbm_bandwidth", self.hbm_bytes_per_s),
+            ("pcie_gbps", self.pcie_bytes_per_s),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(SimError::InvalidConfig {
+                    field,
+                    reason: format!("{v} bytes/s: a bandwidth must be positive, e.g. 25 GB/s for PCIe 4.0"),
+                });
+            }
+        }
+        if self.base_s + self.prefill_token_s + self.decode_token_s <= 0.0 {
+            return Err(SimError::InvalidConfig {
+                field: "step_time_base",
+                reason: "every step would take no time; give the base or a per-token cost, e.g. 20 ms".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -118,8 +222,12 @@ pub struct RunSummary {
     pub fragmentation_share: f64,
     /// Σ reservation_waste / Σ reserved_slots.
     pub waste_share: f64,
-    /// Σ token_slots / Σ total_slots: token states as a share of the whole memory.
+    /// Σ token_slots / Σ total_slots: token states as a share of the whole memory (the headline).
     pub pool_token_share: f64,
+    /// Σ reservation_waste / Σ total_slots.
+    pub pool_waste_share: f64,
+    /// Σ internal_fragmentation / Σ total_slots.
+    pub pool_fragmentation_share: f64,
     /// Σ free_slots / Σ total_slots.
     pub free_share: f64,
     /// Mean sequences in the batch per step.
@@ -132,8 +240,11 @@ pub struct RunSummary {
     pub recomputed_tokens: u64,
     /// Blocks copied to the host tier by swap preemption.
     pub swapped_blocks: u64,
-    /// Share of looked-up prompt tokens found in the prefix cache (0 without caching).
+    /// Prompt tokens found cached when their request was first admitted, as a
+    /// share of the prompt tokens of admitted requests (0 without caching).
     pub prefix_hit_rate: f64,
+    /// Prompt tokens found cached at first admission.
+    pub prefix_hit_tokens: u64,
     /// Prompt tokens prefilled (recomputation included, cache hits excluded).
     pub prefill_tokens: u64,
     /// Tokens generated.
@@ -142,6 +253,8 @@ pub struct RunSummary {
     pub tokens_per_step: f64,
     /// Generated tokens per simulated second under the step-time model.
     pub tokens_per_s: f64,
+    /// Latencies and goodput of the finished requests.
+    pub latency: LatencySummary,
 }
 
 impl RunSummary {
@@ -168,12 +281,16 @@ pub(crate) enum Rejection {
     Empty,
 }
 
-/// Accumulates a run's samples and counters; shared by every runner.
+/// Accumulates a run's samples, counters and request times; shared by every runner.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     pub(crate) summary: RunSummary,
     pub(crate) samples: Vec<StepSample>,
+    /// The simulated clock: the start of the next step, seconds.
     pub(crate) time: f64,
+    pub(crate) latency: LatencyLog,
+    /// Prompt tokens of admitted requests (the prefix hit rate's denominator).
+    pub(crate) admitted_prompt_tokens: u64,
     sum_reserved: u128,
     sum_tokens: u128,
     sum_frag: u128,
@@ -191,6 +308,7 @@ impl Recorder {
                 requests,
                 ..Default::default()
             },
+            latency: LatencyLog::new(requests as usize),
             ..Default::default()
         }
     }
@@ -203,8 +321,14 @@ impl Recorder {
         }
     }
 
-    /// Records a step and advances the clock by its modelled time.
-    pub(crate) fn step(&mut self, mut s: StepSample, time: &StepTimeModel) {
+    /// The end of a step doing `work` that starts now.
+    #[inline]
+    pub(crate) fn step_end(&self, work: &StepWork, time: &StepTimeModel) -> f64 {
+        self.time + time.step_time(work)
+    }
+
+    /// Records a step that ends at `end` (from [`Self::step_end`]) and moves the clock there.
+    pub(crate) fn step(&mut self, mut s: StepSample, end: f64) {
         debug_assert_eq!(
             s.reserved_slots,
             s.token_slots + s.internal_fragmentation + s.reservation_waste,
@@ -228,11 +352,11 @@ impl Recorder {
         self.sum_running += s.running as u128;
         self.summary.max_running = self.summary.max_running.max(s.running);
         self.summary.steps += 1;
-        self.time += time.step_time(s.batched_tokens as u64);
+        self.time = end;
         self.samples.push(s);
     }
 
-    pub(crate) fn finish(mut self) -> RunResult {
+    pub(crate) fn finish(mut self, slo: Slo) -> RunResult {
         let ratio = |a: u128, b: u128| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let s = &mut self.summary;
         s.duration_s = self.time;
@@ -240,6 +364,8 @@ impl Recorder {
         s.fragmentation_share = ratio(self.sum_frag, self.sum_reserved);
         s.waste_share = ratio(self.sum_waste, self.sum_reserved);
         s.pool_token_share = ratio(self.sum_tokens, self.sum_total);
+        s.pool_waste_share = ratio(self.sum_waste, self.sum_total);
+        s.pool_fragmentation_share = ratio(self.sum_frag, self.sum_total);
         s.free_share = ratio(self.sum_free, self.sum_total);
         s.mean_running = ratio(self.sum_running, s.steps as u128);
         s.tokens_per_step = ratio(s.generated_tokens as u128, s.steps as u128);
@@ -248,6 +374,8 @@ impl Recorder {
         } else {
             0.0
         };
+        s.prefix_hit_rate = ratio(s.prefix_hit_tokens as u128, self.admitted_prompt_tokens as u128);
+        s.latency = self.latency.summarize(slo, self.time);
         RunResult {
             summary: self.summary,
             samples: self.samples,
@@ -263,6 +391,10 @@ mod tests {
     fn shares_weigh_steps_by_memory() {
         let mut r = Recorder::new("p".into(), 1);
         let time = StepTimeModel::default();
+        let work = StepWork {
+            prefill_tokens: 10,
+            ..Default::default()
+        };
         let sample = |reserved, tokens, frag| StepSample {
             total_slots: 100,
             reserved_slots: reserved,
@@ -274,17 +406,20 @@ mod tests {
             batched_tokens: 10,
             ..Default::default()
         };
-        r.step(sample(10, 10, 0), &time);
-        r.step(sample(90, 45, 5), &time);
+        r.step(sample(10, 10, 0), r.step_end(&work, &time));
+        r.step(sample(90, 45, 5), r.step_end(&work, &time));
         r.summary.generated_tokens = 2;
-        let res = r.finish();
+        let res = r.finish(Slo::default());
         let s = &res.summary;
         assert_eq!(s.token_share, 55.0 / 100.0);
         assert_eq!(s.fragmentation_share, 5.0 / 100.0);
         assert_eq!(s.waste_share, 40.0 / 100.0);
         assert_eq!(s.pool_token_share, 55.0 / 200.0);
+        assert_eq!(s.pool_waste_share, 40.0 / 200.0);
+        assert_eq!(s.pool_fragmentation_share, 5.0 / 200.0);
+        assert_eq!(s.free_share, 100.0 / 200.0);
         assert_eq!((s.steps, res.samples[1].step), (2, 1));
-        assert!((s.duration_s - 2.0 * time.step_time(10)).abs() < 1e-12);
+        assert!((s.duration_s - 2.0 * time.step_time(&work)).abs() < 1e-12);
         assert_eq!(s.tokens_per_step, 1.0);
     }
 }

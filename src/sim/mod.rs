@@ -1,5 +1,6 @@
 //! Trace-driven simulator: replay a workload through an allocation policy and
-//! measure what the KV memory holds, step by step.
+//! measure what the KV memory holds, step by step, and what it does to
+//! latency under a step-time model.
 //!
 //! ```
 //! use pagedkv::sim::{self, synthetic::SyntheticSpec, Policy, Scenario};
@@ -7,30 +8,44 @@
 //! let scenario = Scenario::default(); // OPT-13B on an A100-40GB, max_model_len 2048
 //! let results = sim::compare(&scenario, &workload, &Policy::default_set()[..4]).unwrap();
 //! let (paged, max) = (&results[0].summary, &results[1].summary);
-//! assert!(paged.token_share > 0.95 && max.token_share < paged.token_share);
+//! assert!(paged.token_share > 0.95 && max.pool_token_share < paged.pool_token_share);
+//! assert!(paged.latency.ttft.p50 < max.latency.ttft.p50);
 //! ```
 //!
-//! Modules: [`workload`] (requests and their token ids), [`trace`] (CSV
-//! traces), [`synthetic`] (generated workloads), [`policy`] (what is
-//! compared), [`metrics`] (samples, summaries, the step-time model), and the
-//! runners: `reserve.rs` (reservation baselines) and `paged.rs` (paged
-//! allocation: the reference [`crate::scheduler::Scheduler`] over a
-//! [`crate::KvCacheManager`], the simulator playing the engine).
+//! Modules: [`workload`] (requests, their token ids, arrivals, closed-loop
+//! follow-ups and think times), [`trace`] (CSV traces) and [`mooncake`]
+//! (Mooncake's JSON lines), [`synthetic`] (generated workloads), [`policy`]
+//! (what is compared), [`metrics`] (samples, summaries, the step-time
+//! model), [`latency`] (TTFT, TPOT, end-to-end, goodput), [`prefix_bounds`]
+//! (infinite-cache and offline-optimal hit rates), and the runners:
+//! `reserve.rs` (reservation baselines, placed by `placement.rs`) and
+//! `paged.rs` (paged allocation: the reference
+//! [`crate::scheduler::Scheduler`] over a [`crate::KvCacheManager`], the
+//! simulator playing the engine), both drawing arrivals from `sessions.rs`.
 
 pub mod error;
+pub mod latency;
 pub mod metrics;
+pub mod mooncake;
 mod paged;
+mod placement;
 pub mod policy;
+pub mod prefix_bounds;
 mod reserve;
 pub mod rng;
+mod sessions;
 pub mod synthetic;
 pub mod trace;
 pub mod workload;
 
 pub use error::SimError;
-pub use metrics::{RunResult, RunSummary, StepSample, StepTimeModel};
-pub use policy::{parse_policies, Eviction, PagedPolicy, Policy, PreemptionMode, ReserveKind, Victim};
-pub use workload::{Arrivals, SimRequest, Workload};
+pub use latency::{LatencySummary, Percentiles, Slo};
+pub use metrics::{RunResult, RunSummary, StepSample, StepTimeModel, StepWork};
+pub use policy::{
+    parse_policies, Eviction, PagedPolicy, Placement, Policy, PreemptionMode, ReserveKind, ReservePolicy,
+    Victim,
+};
+pub use workload::{Arrivals, FollowUp, SimRequest, ThinkTime, Workload};
 
 use crate::sizing::{CachePlan, CacheSpec, DeviceMemory, KvDtype, MemoryBudget, GIB};
 
@@ -66,11 +81,13 @@ pub struct Scenario {
     pub max_model_len: u32,
     /// Most sequences in a batch (256, vLLM's default).
     pub max_num_seqs: u32,
-    /// Most tokens in one forward pass (2048, vLLM's default without chunked
-    /// prefill: at least `max_model_len`, since a prompt is prefilled whole).
+    /// Most tokens in one forward pass (2048); at least `max_num_seqs`.
+    /// Longer prompts are prefilled in chunks.
     pub max_num_batched_tokens: u32,
     /// Seconds per step.
     pub time_model: StepTimeModel,
+    /// The latency objectives goodput counts against.
+    pub slo: Slo,
     /// Host memory for swapped-out blocks (vLLM's `swap_space`, 4 GiB), used
     /// by the swap and automatic preemption modes. With [`KvSize::Blocks`] the
     /// byte size of a block is unknown: the host tier then gets as many blocks
@@ -112,12 +129,80 @@ impl Default for Scenario {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             time_model: StepTimeModel::default(),
+            slo: Slo::default(),
             swap_space_bytes: 4 * GIB,
         }
     }
 }
 
+/// KV bytes per token of LLaMA3-70B in bf16 over all GPUs: 80 layers × 8 KV
+/// heads × 128 × (K + V) × 2 bytes = 320 KiB (40 KiB on each of 8 GPUs).
+pub const LLAMA3_70B_KV_BYTES_PER_TOKEN: u64 = 327_680;
+
 impl Scenario {
+    /// The Mooncake paper's setting (Qin et al., FAST 2025), the default for
+    /// Mooncake traces: LLaMA3-70B's KV shape (80 layers, 8 KV heads of 128,
+    /// bf16: 320 KiB per token) on one node of 8 A800-80GB GPUs with tensor
+    /// parallelism 8 (40 KiB per token on each GPU), `max_model_len` 131,072.
+    ///
+    /// The KV budget of one GPU, through the planner's [`MemoryBudget`]:
+    /// 80 GiB (the card's 81,920 MiB; PyTorch reports ≈79.15 GiB on the
+    /// A100-80GB it shares its memory with, which would give 1.3% fewer
+    /// blocks) × `gpu_memory_utilization` 0.9 = 72 GiB, − 17.5 GB of weights
+    /// (LLaMA3-70B's 140 GB in bf16 split over 8 GPUs) − 1 GiB outside the
+    /// framework (CUDA context, NCCL buffers of TP 8, CUDA graphs) − 2 GiB of activation
+    /// peak (a profile forward of 8,192 tokens; both assumptions) = 52.70 GiB:
+    /// 56,588,185,856 bytes: 1,381,547 tokens, 86,346 blocks of 16.
+    ///
+    /// Budgets: `max_num_seqs` 256, `max_num_batched_tokens` 8,192 (longer
+    /// prompts are prefilled in chunks). The step-time model is scaled to
+    /// the node: 11 ms per step (17.5 GB of weights per GPU at the A800's
+    /// 2,039 GB/s is 8.6 ms, plus 160 tensor-parallel all-reduces), 0.113 ms
+    /// per computed token (2 × 70.6 GFLOP / 8 GPUs at 156 TFLOPS, half the
+    /// A800's bf16 peak), 40 KiB of KV per token and GPU read at 2,039 GB/s.
+    /// Latency objectives: first token within 10 s (a 16k-token prompt alone
+    /// takes 1.8 s to prefill here), 100 ms per output token.
+    ///
+    /// ```
+    /// let s = pagedkv::sim::Scenario::mooncake();
+    /// assert_eq!(s.token_slots().unwrap(), 1_381_547);
+    /// assert_eq!(s.num_blocks(16).unwrap(), 86_346);
+    /// assert_eq!(s.max_model_len, 131_072);
+    /// ```
+    pub fn mooncake() -> Self {
+        let tp = 8;
+        Scenario {
+            name: "LLaMA3-70B on 8x A800-80GB, TP 8 (the Mooncake paper's setting)".into(),
+            kv: KvSize::Plan {
+                spec: CacheSpec::new(80, 8, 128, KvDtype::Bf16).with_tensor_parallel(tp),
+                budget: MemoryBudget::device(DeviceMemory {
+                    device_bytes: 80 * GIB,
+                    gpu_memory_utilization: 0.9,
+                    weights_bytes: 140_000_000_000 / tp as u64,
+                    non_torch_bytes: GIB,
+                    activation_peak_bytes: 2 * GIB,
+                    cudagraph_bytes: 0,
+                }),
+            },
+            max_model_len: 131_072,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            time_model: StepTimeModel {
+                base_s: 0.011,
+                prefill_token_s: 0.000_113,
+                decode_token_s: 0.000_113,
+                kv_bytes_per_token: (LLAMA3_70B_KV_BYTES_PER_TOKEN / tp as u64) as f64,
+                hbm_bytes_per_s: 2.039e12,
+                pcie_bytes_per_s: 25e9,
+            },
+            slo: Slo {
+                ttft_s: 10.0,
+                tpot_s: 0.1,
+            },
+            swap_space_bytes: 4 * GIB,
+        }
+    }
+
     /// Checks the limits; the error names the field.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |field, reason: String| Err(SimError::InvalidConfig { field, reason });
@@ -127,25 +212,24 @@ impl Scenario {
         if self.max_num_seqs == 0 {
             return bad("max_num_seqs", "must be at least 1".into());
         }
-        if self.max_num_batched_tokens < self.max_model_len || self.max_num_batched_tokens < self.max_num_seqs
-        {
+        if self.max_num_batched_tokens < self.max_num_seqs {
             return bad(
                 "max_num_batched_tokens",
                 format!(
-                    "{} is below max_model_len ({}) or max_num_seqs ({}): prompts are prefilled whole and every \
-                     running sequence decodes each step, so set it to at least {}",
-                    self.max_num_batched_tokens,
-                    self.max_model_len,
-                    self.max_num_seqs,
-                    self.max_model_len.max(self.max_num_seqs)
+                    "{} is below max_num_seqs ({}): every running sequence decodes each step, so set it to \
+                     at least {} (prompts longer than it are prefilled in chunks)",
+                    self.max_num_batched_tokens, self.max_num_seqs, self.max_num_seqs
                 ),
             );
         }
-        let t = &self.time_model;
-        if !(t.base_s >= 0.0 && t.per_token_s >= 0.0 && t.base_s + t.per_token_s > 0.0) {
+        self.time_model.validate()?;
+        if !(self.slo.ttft_s > 0.0 && self.slo.tpot_s > 0.0) {
             return bad(
-                "time_model",
-                format!("{t:?}: both terms must be ≥ 0 and one > 0, e.g. 0.020 s + 0.00015 s/token"),
+                "slo",
+                format!(
+                    "{:?}: both objectives must be positive seconds, e.g. 2 s and 0.1 s",
+                    self.slo
+                ),
             );
         }
         if let KvSize::Blocks { num_blocks: 0, .. } | KvSize::Blocks { block_size: 0, .. } = self.kv {
@@ -256,7 +340,7 @@ pub fn simulate_with_progress(
     }
     match policy {
         Policy::Paged(p) => paged::run_paged(scenario, workload, p, progress),
-        Policy::Reserve(kind) => reserve::run_reserve(scenario, workload, *kind, progress),
+        Policy::Reserve(r) => reserve::run_reserve(scenario, workload, *r, progress),
     }
 }
 

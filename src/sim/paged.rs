@@ -28,8 +28,9 @@ use crate::scheduler::{
     Scheduler, SchedulerConfig, StepPlan,
 };
 use crate::sim::error::SimError;
-use crate::sim::metrics::{Recorder, Rejection, RunResult, StepSample};
+use crate::sim::metrics::{Recorder, Rejection, RunResult, StepSample, StepWork};
 use crate::sim::policy::{PagedPolicy, Policy, PreemptionMode, Victim};
+use crate::sim::sessions::ArrivalQueue;
 use crate::sim::workload::Workload;
 use crate::sim::{Progress, Scenario};
 use crate::SchedulerError;
@@ -79,9 +80,13 @@ fn scheduler(scenario: &Scenario, policy: &PagedPolicy) -> Result<Scheduler, Sim
         num_host_blocks,
         ..Default::default()
     })?;
+    let vllm = policy.vllm;
     let config = SchedulerConfig {
         max_num_seqs: scenario.max_num_seqs,
         max_num_batched_tokens: scenario.max_num_batched_tokens,
+        protect_mid_prefill: !vllm,
+        isolate_growth: !vllm,
+        cap_output_at_max_model_len: vllm,
         ..Default::default()
     };
     let sched = Scheduler::new(kv, config)?;
@@ -106,6 +111,7 @@ pub(crate) fn run_paged(
     let name = Policy::Paged(*policy).name();
     let mut sched = scheduler(scenario, policy)?;
     let caching = policy.prefix_caching;
+    let bs = policy.block_size as u64;
     let reqs = &workload.requests[..];
     let mut rec = Recorder::new(name.clone(), reqs.len() as u64);
     // Tokens each sample generated so far, and samples still running, per request.
@@ -119,11 +125,22 @@ pub(crate) fn run_paged(
         .collect();
     let mut generated = vec![0u32; reqs.iter().map(|r| r.n as usize).sum()];
     let mut samples_left: Vec<u32> = reqs.iter().map(|r| r.n).collect();
+    let mut admitted = vec![false; reqs.len()];
+    // Tokens each sample generates: the trace's, capped in vLLM mode (as the scheduler caps them).
+    let max_len = scenario.max_model_len;
+    let out_len: Vec<u32> = reqs
+        .iter()
+        .map(|r| match r.prompt.len() {
+            p if policy.vllm && p < max_len => r.output_len.min(max_len - p),
+            _ => r.output_len,
+        })
+        .collect();
+    let mut arrivals = ArrivalQueue::new(reqs);
+    let mut order = 0u64;
     let (mut plan, mut outputs, mut prompt) = (StepPlan::default(), Vec::new(), Vec::<TokenId>::new());
-    let mut next = 0;
     loop {
-        while next < reqs.len() && reqs[next].arrival <= rec.time {
-            let r = &reqs[next];
+        while let Some((i, t)) = arrivals.pop(rec.time) {
+            let r = &reqs[i];
             prompt.clear();
             if caching {
                 r.prompt.tokens_into(&mut prompt);
@@ -131,36 +148,42 @@ pub(crate) fn run_paged(
                 prompt.resize(r.prompt.len() as usize, 0);
             }
             let request = Request {
-                id: RequestId(next as u64),
-                prompt: prompt.clone(),
+                id: RequestId(i as u64),
+                prompt: std::mem::take(&mut prompt),
                 max_new_tokens: r.output_len,
-                arrival: next as u64,
+                arrival: order,
                 n: r.n,
                 ..Default::default()
             };
-            match sched.add_request(request) {
-                Ok(()) => {}
-                Err(SchedulerError::Rejected { reason, .. }) => rec.reject(match reason {
+            order += 1;
+            let rejected = match sched.add_request(request) {
+                Ok(()) => None,
+                Err(SchedulerError::Rejected { reason, .. }) => Some(match reason {
                     AdmissionRefusal::EmptyPrompt => Rejection::Empty,
                     AdmissionRefusal::ExceedsMaxModelLen { .. } => Rejection::TooLong,
                     _ => Rejection::TooLarge,
                 }),
                 // No token to generate, or more samples than a batch holds.
-                Err(SchedulerError::InvalidRequest { .. }) if r.output_len == 0 => {
-                    rec.reject(Rejection::Empty)
-                }
-                Err(SchedulerError::InvalidRequest { .. }) => rec.reject(Rejection::TooLarge),
+                Err(SchedulerError::InvalidRequest { .. }) if r.output_len == 0 => Some(Rejection::Empty),
+                Err(SchedulerError::InvalidRequest { .. }) => Some(Rejection::TooLarge),
                 Err(e) => return Err(e.into()),
+            };
+            match rejected {
+                Some(why) => {
+                    rec.reject(why);
+                    arrivals.done(i, t);
+                }
+                None => rec.latency.arrived(i, t, out_len[i]),
             }
-            next += 1;
         }
         if sched.is_idle() {
-            match reqs.get(next) {
-                Some(r) => {
-                    rec.time = r.arrival;
+            match arrivals.next_time() {
+                Some(t) => {
+                    rec.time = rec.time.max(t);
                     continue;
                 }
-                None => break,
+                None if arrivals.is_empty() => break,
+                None => unreachable!("a follow-up is released only when its previous turn is done"),
             }
         }
         sched.step(&mut plan);
@@ -168,16 +191,37 @@ pub(crate) fn run_paged(
             return Err(SimError::Policy {
                 policy: name,
                 reason: format!(
-                    "the scheduler planned an empty step with work queued (waiting, running, swapped = {:?}):                      a scheduler bug, please report it",
+                    "the scheduler planned an empty step with work queued (running, waiting, swapped = {:?}): \
+                     a scheduler bug, please report it",
                     sched.queue_lens()
                 ),
             });
         }
+        let start = rec.time;
+        let mut work = StepWork {
+            transfer_tokens: (plan.ops.swap_out.len() + plan.ops.swap_in.len()) as u64 * bs,
+            ..Default::default()
+        };
+        for s in &plan.scheduled {
+            let req = RequestId::of(s.seq).0 .0 as usize;
+            if s.is_prefill {
+                work.prefill_tokens += s.num_new_tokens as u64;
+            } else {
+                work.decode_tokens += 1;
+                work.context_tokens += s.start as u64 + 1;
+            }
+            if !admitted[req] {
+                // A request's first entry starts after its cached prefix.
+                admitted[req] = true;
+                rec.summary.prefix_hit_tokens += s.start as u64;
+                rec.admitted_prompt_tokens += reqs[req].prompt.len() as u64;
+            }
+            rec.latency.scheduled(req, start);
+        }
+        rec.summary.prefill_tokens += work.prefill_tokens;
+        let end = rec.step_end(&work, &scenario.time_model);
         outputs.clear();
         for s in &plan.scheduled {
-            if s.is_prefill {
-                rec.summary.prefill_tokens += s.num_new_tokens as u64;
-            }
             for i in 0..s.num_samples {
                 // Sample 0 finishing a prompt reports one token per sample.
                 let seq = s.sample_seq(i);
@@ -190,10 +234,13 @@ pub(crate) fn run_paged(
                     0
                 };
                 *k += 1;
-                if *k == reqs[req].output_len {
+                rec.latency.token(req, end);
+                if *k == out_len[req] {
                     samples_left[req] -= 1;
                     if samples_left[req] == 0 {
                         rec.summary.finished += 1;
+                        rec.latency.finished(req);
+                        arrivals.done(req, end);
                     }
                 }
                 outputs.push(SampledToken {
@@ -207,9 +254,9 @@ pub(crate) fn run_paged(
         rec.summary.preemptions += plan.preempted.len() as u64;
         let mut sample = step_sample(&sched.kv().usage(), policy.block_size);
         sample.running = plan.scheduled.len() as u32;
-        sample.waiting = sched.queue_lens().0 as u32;
+        sample.waiting = sched.queue_lens().1 as u32;
         sample.batched_tokens = plan.num_batched_tokens;
-        rec.step(sample, &scenario.time_model);
+        rec.step(sample, end);
         sched.on_step_output(&mut plan, &outputs)?;
         progress.tick(&rec.summary);
     }
@@ -217,8 +264,7 @@ pub(crate) fn run_paged(
     rec.summary.recomputed_tokens = sched.stats().recomputed_tokens;
     let kv = sched.kv().stats();
     rec.summary.swapped_blocks = kv.swap_out_copies + kv.swap_in_copies;
-    rec.summary.prefix_hit_rate = kv.prefix_hit_rate();
-    Ok(rec.finish())
+    Ok(rec.finish(scenario.slo))
 }
 
 #[cfg(test)]

@@ -81,6 +81,9 @@ pub struct PagedPolicy {
     pub watermark: f64,
     /// Eviction order of cached blocks.
     pub eviction: Eviction,
+    /// Run vLLM 0.33.0's synchronous v1 scheduling instead of pagedkv's own
+    /// (the `-vllm` suffix): see [`PagedPolicy::vllm`].
+    pub vllm: bool,
 }
 
 impl PagedPolicy {
@@ -94,6 +97,68 @@ impl PagedPolicy {
             victim: Victim::LatestArrival,
             watermark: 0.01,
             eviction: Eviction::Lru,
+            vllm: false,
+        }
+    }
+
+    /// vLLM 0.33.0's v1 scheduling at `block_size` (`paged<B>-vllm`):
+    /// prefix caching on, watermark 0, recompute the latest arrival, and the
+    /// scheduler as vLLM's: prompt blocks taken chunk by chunk, no protection
+    /// of a prompt in the middle of its prefill, no growth isolation, and a
+    /// request whose prompt fits but whose prompt + output does not is served
+    /// with its output capped at `max_model_len` (as vLLM's server clamps
+    /// `max_tokens`) instead of rejected.
+    ///
+    /// ```
+    /// use pagedkv::sim::{PagedPolicy, Policy};
+    /// let p = PagedPolicy::vllm(16);
+    /// assert!(p.prefix_caching && p.watermark == 0.0);
+    /// assert_eq!(Policy::Paged(p).to_string(), "paged16-vllm");
+    /// ```
+    pub const fn vllm(block_size: u32) -> Self {
+        PagedPolicy {
+            block_size,
+            prefix_caching: true,
+            preemption: PreemptionMode::Recompute,
+            victim: Victim::LatestArrival,
+            watermark: 0.0,
+            eviction: Eviction::Lru,
+            vllm: true,
+        }
+    }
+}
+
+/// Where a reservation baseline places a request's reservation in the KV memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Placement {
+    /// One contiguous range per sequence, the lowest free range large enough
+    /// (first fit, as a contiguous-tensor server allocates); the queue head
+    /// waits when no free range is large enough (external fragmentation).
+    FirstFit,
+    /// One contiguous range per sequence of a power-of-two size (the buddy
+    /// system over the whole memory, rounded down to a power of two of slots).
+    Buddy,
+    /// Any free slots, contiguous or not: no external fragmentation (an upper
+    /// bound for the reservation systems; pagedkv's baselines before 0.2).
+    Anywhere,
+}
+
+/// A reservation baseline: how much it reserves, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReservePolicy {
+    /// The reservation per sequence.
+    pub kind: ReserveKind,
+    /// Where it goes.
+    pub placement: Placement,
+}
+
+impl ReservePolicy {
+    /// `kind` placed first-fit.
+    pub const fn new(kind: ReserveKind) -> Self {
+        ReservePolicy {
+            kind,
+            placement: Placement::FirstFit,
         }
     }
 }
@@ -101,16 +166,20 @@ impl PagedPolicy {
 /// An allocation policy.
 ///
 /// Names: `paged<B>` with optional suffixes `-prefix`, `-swap` / `-auto` /
-/// `-recompute`, `-most-blocks`, `-wm<F>` (watermark fraction); and
-/// `reserve-max`, `reserve-pow2`, `reserve-oracle`.
+/// `-recompute`, `-most-blocks`, `-wm<F>` (watermark fraction), or `-vllm`
+/// alone (vLLM 0.33.0's scheduling, [`PagedPolicy::vllm`]); and
+/// `reserve-max`, `reserve-pow2`, `reserve-oracle`, placed first-fit, with
+/// `-buddy` (buddy allocation) or `-anywhere` (no contiguity).
 ///
 /// ```
-/// use pagedkv::sim::{Policy, ReserveKind};
+/// use pagedkv::sim::{Placement, Policy, ReserveKind, ReservePolicy};
 /// let p: Policy = "paged32-prefix-wm0.05".parse().unwrap();
 /// let Policy::Paged(paged) = p else { panic!() };
 /// assert_eq!((paged.block_size, paged.prefix_caching, paged.watermark), (32, true, 0.05));
 /// assert_eq!(p.to_string(), "paged32-prefix-wm0.05");
-/// assert_eq!("reserve-pow2".parse::<Policy>().unwrap(), Policy::Reserve(ReserveKind::PowerOfTwo));
+/// assert_eq!("reserve-pow2".parse::<Policy>().unwrap(), Policy::Reserve(ReservePolicy::new(ReserveKind::PowerOfTwo)));
+/// let buddy = ReservePolicy { kind: ReserveKind::Oracle, placement: Placement::Buddy };
+/// assert_eq!("reserve-oracle-buddy".parse::<Policy>().unwrap(), Policy::Reserve(buddy));
 /// assert!("paged0".parse::<Policy>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,19 +187,19 @@ pub enum Policy {
     /// Paged allocation through [`crate::KvCacheManager`].
     Paged(PagedPolicy),
     /// Reserve memory per request up front.
-    Reserve(ReserveKind),
+    Reserve(ReservePolicy),
 }
 
 impl Policy {
     /// The default comparison: the paper's four systems (paged at block 16 and
-    /// the three reservation baselines), then paged at block sizes 1, 8, 32, 64, 128.
+    /// the three reservation baselines, first-fit), then paged at block sizes
+    /// 1, 8, 32, 64, 128.
     pub fn default_set() -> Vec<Policy> {
-        let mut set = vec![
-            Policy::Paged(PagedPolicy::new(16)),
-            Policy::Reserve(ReserveKind::MaxLen),
-            Policy::Reserve(ReserveKind::PowerOfTwo),
-            Policy::Reserve(ReserveKind::Oracle),
-        ];
+        let mut set = vec![Policy::Paged(PagedPolicy::new(16))];
+        set.extend(
+            [ReserveKind::MaxLen, ReserveKind::PowerOfTwo, ReserveKind::Oracle]
+                .map(|k| Policy::Reserve(ReservePolicy::new(k))),
+        );
         set.extend([1, 8, 32, 64, 128].map(|b| Policy::Paged(PagedPolicy::new(b))));
         set
     }
@@ -144,9 +213,19 @@ impl Policy {
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Policy::Reserve(ReserveKind::MaxLen) => f.write_str("reserve-max"),
-            Policy::Reserve(ReserveKind::PowerOfTwo) => f.write_str("reserve-pow2"),
-            Policy::Reserve(ReserveKind::Oracle) => f.write_str("reserve-oracle"),
+            Policy::Reserve(r) => {
+                f.write_str(match r.kind {
+                    ReserveKind::MaxLen => "reserve-max",
+                    ReserveKind::PowerOfTwo => "reserve-pow2",
+                    ReserveKind::Oracle => "reserve-oracle",
+                })?;
+                match r.placement {
+                    Placement::FirstFit => Ok(()),
+                    Placement::Buddy => f.write_str("-buddy"),
+                    Placement::Anywhere => f.write_str("-anywhere"),
+                }
+            }
+            Policy::Paged(p) if p.vllm => write!(f, "paged{}-vllm", p.block_size),
             Policy::Paged(p) => {
                 write!(f, "paged{}", p.block_size)?;
                 if p.prefix_caching {
@@ -169,6 +248,13 @@ impl fmt::Display for Policy {
     }
 }
 
+/// The suffixes a `paged<B>` name takes.
+const PAGED_SUFFIXES: &str =
+    "-prefix, -recompute, -swap, -auto, -most-blocks, -wm<F> (a fraction in [0, 1)), \
+                              or -vllm alone";
+/// The suffixes a `reserve-<kind>` name takes.
+const RESERVE_SUFFIXES: &str = "-buddy, -anywhere (default: first-fit)";
+
 impl FromStr for Policy {
     type Err = SimError;
 
@@ -178,14 +264,39 @@ impl FromStr for Policy {
             policy: s.to_string(),
             reason,
         };
-        match name.as_str() {
-            "reserve-max" => return Ok(Policy::Reserve(ReserveKind::MaxLen)),
-            "reserve-pow2" => return Ok(Policy::Reserve(ReserveKind::PowerOfTwo)),
-            "reserve-oracle" => return Ok(Policy::Reserve(ReserveKind::Oracle)),
-            _ => {}
+        if let Some(rest) = name.strip_prefix("reserve-") {
+            let mut parts = rest.split('-');
+            let kind = match parts.next() {
+                Some("max") => ReserveKind::MaxLen,
+                Some("pow2") => ReserveKind::PowerOfTwo,
+                Some("oracle") => ReserveKind::Oracle,
+                other => {
+                    return Err(bad(format!(
+                        "unknown reservation {:?}; use reserve-max, reserve-pow2 or reserve-oracle, \
+                         with {RESERVE_SUFFIXES}",
+                        other.unwrap_or("")
+                    )))
+                }
+            };
+            let mut p = ReservePolicy::new(kind);
+            for part in parts {
+                p.placement = match part {
+                    "buddy" => Placement::Buddy,
+                    "anywhere" => Placement::Anywhere,
+                    "firstfit" | "first-fit" => Placement::FirstFit,
+                    other => {
+                        return Err(bad(format!(
+                            "unknown suffix -{other}; a reservation takes {RESERVE_SUFFIXES}"
+                        )))
+                    }
+                };
+            }
+            return Ok(Policy::Reserve(p));
         }
-        let usage = "use paged<B>[-prefix][-recompute|-swap|-auto][-most-blocks][-wm<F>] (B in 1..=128, \
-                     e.g. paged16-prefix) or reserve-max, reserve-pow2, reserve-oracle";
+        let usage = format!(
+            "use paged<B> (B in 1..=128) with {PAGED_SUFFIXES}, e.g. paged16-prefix or paged16-vllm; \
+             or reserve-max, reserve-pow2, reserve-oracle with {RESERVE_SUFFIXES}"
+        );
         let rest = name
             .strip_prefix("paged")
             .ok_or_else(|| bad(format!("unknown policy; {usage}")))?;
@@ -197,8 +308,15 @@ impl FromStr for Policy {
             .ok_or_else(|| bad(format!("the block size must be an integer in 1..=128; {usage}")))?;
         let mut p = PagedPolicy::new(block_size);
         let mut parts = parts.peekable();
+        let mut others = 0;
+        let mut vllm = false;
         while let Some(part) = parts.next() {
+            others += 1;
             match part {
+                "vllm" => {
+                    vllm = true;
+                    others -= 1;
+                }
                 "prefix" => p.prefix_caching = true,
                 "recompute" => p.preemption = PreemptionMode::Recompute,
                 "swap" => p.preemption = PreemptionMode::Swap,
@@ -216,8 +334,21 @@ impl FromStr for Policy {
                             bad(format!("watermark {:?} is not a fraction in [0, 1)", &wm[2..]))
                         })?;
                 }
-                other => return Err(bad(format!("unknown option {other:?}; {usage}"))),
+                other => {
+                    return Err(bad(format!(
+                        "unknown suffix -{other}; paged<B> takes {PAGED_SUFFIXES}"
+                    )))
+                }
             }
+        }
+        if vllm {
+            if others > 0 {
+                return Err(bad(format!(
+                    "-vllm fixes every setting (prefix caching on, watermark 0, recompute the latest \
+                     arrival); write paged{block_size}-vllm alone"
+                )));
+            }
+            return Ok(Policy::Paged(PagedPolicy::vllm(block_size)));
         }
         Ok(Policy::Paged(p))
     }
@@ -258,6 +389,9 @@ mod tests {
             "paged8-auto-wm0",
             "reserve-max",
             "reserve-oracle",
+            "reserve-pow2-buddy",
+            "reserve-max-anywhere",
+            "paged16-vllm",
         ] {
             assert_eq!(name.parse::<Policy>().unwrap().to_string(), name);
         }
@@ -268,9 +402,24 @@ mod tests {
 
     #[test]
     fn bad_names_say_what_works() {
-        for bad in ["paged", "paged129", "paged16-lru2", "reserve-min", "paged16-wm2"] {
+        for bad in [
+            "paged",
+            "paged129",
+            "paged16-lru2",
+            "reserve-min",
+            "paged16-wm2",
+            "paged16-vllm-swap",
+            "reserve-max-best",
+        ] {
             let err = bad.parse::<Policy>().unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
+        // An unknown suffix lists the known ones.
+        let err = "paged16-fast".parse::<Policy>().unwrap_err().to_string();
+        for known in ["-prefix", "-swap", "-auto", "-most-blocks", "-wm", "-vllm"] {
+            assert!(err.contains(known), "{err}");
+        }
+        let err = "reserve-max-fast".parse::<Policy>().unwrap_err().to_string();
+        assert!(err.contains("-buddy") && err.contains("-anywhere"), "{err}");
     }
 }

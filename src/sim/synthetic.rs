@@ -3,7 +3,9 @@
 
 use crate::sim::error::SimError;
 use crate::sim::rng::{mix64, SplitMix64};
-use crate::sim::workload::{segment_key, Prompt, Segment, SegmentKind, SimRequest, Workload};
+use crate::sim::workload::{
+    segment_key, FollowUp, Prompt, Segment, SegmentKind, SimRequest, ThinkTime, Workload,
+};
 
 /// A length distribution, in tokens (every draw is at least 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,7 +64,8 @@ impl LengthDist {
 }
 
 /// A synthetic workload. Arrivals are all at t = 0; set them with
-/// [`Workload::with_arrivals`].
+/// [`Workload::with_arrivals`]. With several turns per chat, a turn arrives
+/// after the previous reply plus a think time (closed loop) unless `open_loop`.
 ///
 /// ```
 /// use pagedkv::sim::synthetic::{LengthDist, SyntheticSpec};
@@ -91,6 +94,10 @@ pub struct SyntheticSpec {
     pub n: u32,
     /// Turns per chat: turn k's prompt replays the k earlier messages and replies (1).
     pub turns: u32,
+    /// Time between a reply and the chat's next turn (exponential, mean 10 s).
+    pub think_time: ThinkTime,
+    /// Every turn arrives on its own instead of after the previous reply (false).
+    pub open_loop: bool,
     /// Seed of the lengths and token ids (0).
     pub seed: u64,
 }
@@ -113,6 +120,8 @@ impl Default for SyntheticSpec {
             system_prompt_fraction: 1.0,
             n: 1,
             turns: 1,
+            think_time: ThinkTime::default(),
+            open_loop: false,
             seed: 0,
         }
     }
@@ -172,13 +181,18 @@ impl SyntheticSpec {
                 n: self.n,
                 output_key,
                 source_line: 0,
+                after: (turn > 0).then(|| FollowUp {
+                    prev: i as u64 - 1,
+                    think_s: 0.0,
+                }),
             });
             history.push(Segment {
                 key: output_key,
                 len: output_len,
             });
         }
-        Ok(Workload::new(self.name(), requests, self.seed))
+        let w = Workload::new(self.name(), requests, self.seed).with_think_time(self.think_time)?;
+        Ok(if self.open_loop { w.open_loop() } else { w })
     }
 
     /// A short description, used as the workload's name.

@@ -10,8 +10,13 @@
 //!
 //! Both take an optional `arrival` column (seconds from the start); without
 //! it every request arrives at t = 0 until [`Workload::with_arrivals`] says
-//! otherwise. Turns are replayed as independent requests: a later turn does
-//! not wait for the previous reply to finish.
+//! otherwise. Multi-turn conversations replay closed-loop by default: turn
+//! k+1 arrives when turn k has finished plus a think time
+//! ([`TraceOptions::think_time`]); [`TraceOptions::open_loop`] makes every
+//! turn arrive on its own instead.
+//!
+//! [`load_trace`] also reads Mooncake's JSON-lines traces (see
+//! [`super::mooncake`]), told apart by their first character.
 //!
 //! Rows are kept as they are by default: requests longer than the scenario's
 //! `max_model_len` are rejected by the run and counted, as a server would.
@@ -22,15 +27,22 @@
 use std::path::Path;
 
 use crate::sim::error::SimError;
-use crate::sim::workload::{segment_key, Prompt, Segment, SegmentKind, SimRequest, Workload};
+use crate::sim::workload::{
+    segment_key, FollowUp, Prompt, Segment, SegmentKind, SimRequest, ThinkTime, Workload,
+};
 
 /// How to read a trace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TraceOptions {
-    /// Seed of the token ids (0).
+    /// Seed of the token ids and think times (0).
     pub seed: u64,
     /// Drop rows outside vLLM's benchmark filter (false: keep every row).
     pub vllm_filter: bool,
+    /// Time between a reply and the next turn of a conversation (exponential, mean 10 s).
+    pub think_time: ThinkTime,
+    /// Replay every turn as an independent request at its own arrival time
+    /// (false: turns wait for the previous reply).
+    pub open_loop: bool,
 }
 
 /// vLLM's benchmark sampling filter: prompt ≥ 4, output ≥ 4, prompt ≤ 1024,
@@ -45,13 +57,19 @@ pub fn vllm_keeps(prompt: u64, output: u64) -> bool {
     prompt >= 4 && output >= 4 && prompt <= 1024 && prompt + output <= 2048
 }
 
-/// Reads a trace file (either format).
+/// Reads a trace file: a CSV trace (either layout) or a Mooncake JSON-lines
+/// trace (a first non-blank character `{`).
 pub fn load_trace(path: &Path, options: &TraceOptions) -> Result<Workload, SimError> {
     let text = std::fs::read_to_string(path).map_err(|e| SimError::TraceIo {
         file: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    parse_trace(&path.display().to_string(), &text, options)
+    let file = path.display().to_string();
+    if text.trim_start().starts_with('{') {
+        super::mooncake::parse_mooncake(&file, &text, options)
+    } else {
+        parse_trace(&file, &text, options)
+    }
 }
 
 /// Parses a trace held in memory; `file` names it in errors and in the workload.
@@ -109,9 +127,11 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
 
     let mut requests = Vec::new();
     let mut filtered_out = 0;
-    // Multi-turn: the history of the current conversation.
+    // Multi-turn: the history of the current conversation, and the id of its
+    // previous turn if that was kept.
     let mut history: Vec<Segment> = Vec::new();
     let mut last: Option<(u64, u64)> = None;
+    let mut prev_kept: Option<u64> = None;
     for (line, text) in lines {
         if text.trim().is_empty() {
             continue;
@@ -191,6 +211,7 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
                 }
                 if turn == 0 {
                     history.clear();
+                    prev_kept = None;
                 }
                 let key = segment_key(options.seed, SegmentKind::User, conversation, turn);
                 history.push(Segment {
@@ -207,26 +228,46 @@ pub fn parse_trace(file: &str, text: &str, options: &TraceOptions) -> Result<Wor
             }
         };
         last = Some((conversation, turn));
+        let after = match layout {
+            Layout::MultiTurn { .. } => prev_kept.take().map(|prev| FollowUp { prev, think_s: 0.0 }),
+            Layout::FirstTurn { .. } => None,
+        };
         if options.vllm_filter && !vllm_keeps(prompt.len() as u64, output_len as u64) {
             filtered_out += 1;
             continue;
         }
+        let id = requests.len() as u64;
+        prev_kept = Some(id);
         requests.push(SimRequest {
-            id: requests.len() as u64,
+            id,
             arrival,
             prompt,
             output_len,
             n: 1,
             output_key: segment_key(options.seed, SegmentKind::Output, conversation, turn),
             source_line: line,
+            after,
         });
     }
+    finish_workload(file, requests, filtered_out, options)
+}
+
+/// The workload of a parsed trace: named after the file, sessions as the options say.
+pub(crate) fn finish_workload(
+    file: &str,
+    requests: Vec<SimRequest>,
+    filtered_out: usize,
+    options: &TraceOptions,
+) -> Result<Workload, SimError> {
     let name = if file.starts_with('<') {
         file
     } else {
         file.rsplit(['/', '\\']).next().unwrap_or(file)
     };
-    let mut workload = Workload::new(name, requests, options.seed);
+    let mut workload = Workload::new(name, requests, options.seed).with_think_time(options.think_time)?;
+    if options.open_loop {
+        workload = workload.open_loop();
+    }
     workload.filtered_out = filtered_out;
     Ok(workload)
 }

@@ -23,6 +23,8 @@ pub enum SegmentKind {
     User = 2,
     /// A model reply (sample 0's output; replayed by the next turn).
     Output = 3,
+    /// A block of a trace that names its prompt blocks (Mooncake's `hash_ids`).
+    TraceBlock = 4,
 }
 
 /// The key of a segment: a mix of the seed, the kind and two coordinates
@@ -132,6 +134,19 @@ pub struct SimRequest {
     pub output_key: u64,
     /// Trace line it came from (1-based), for messages; 0 for synthetic requests.
     pub source_line: usize,
+    /// In a closed-loop conversation, the turn this one follows: it arrives
+    /// when that turn has finished plus a think time, and `arrival` is only a
+    /// lower bound. `None`: it arrives at `arrival` (open loop).
+    pub after: Option<FollowUp>,
+}
+
+/// A later turn of a closed-loop conversation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FollowUp {
+    /// The id (index in the workload) of the previous turn.
+    pub prev: u64,
+    /// Seconds between the previous turn's last token and this turn's arrival.
+    pub think_s: f64,
 }
 
 impl SimRequest {
@@ -156,11 +171,13 @@ pub enum Arrivals {
         /// Requests per second (> 0).
         rate: f64,
     },
-    /// Keep the arrival times the workload already has (a trace's `arrival` column).
+    /// Keep the arrival times the workload already has (a trace's `arrival`
+    /// column or timestamps).
     Keep,
 }
 
-/// A named list of requests, sorted by arrival (stable, so ties keep their order).
+/// A named list of requests, sorted by arrival (stable, so ties keep their
+/// order), each request's `id` its index.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
     /// Where it came from (`sharegpt_first_turn.csv`, `synthetic lognormal`, ...).
@@ -174,19 +191,47 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// A workload from requests; sorts them by arrival.
-    pub fn new(name: impl Into<String>, mut requests: Vec<SimRequest>, seed: u64) -> Self {
-        requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
-        Workload {
+    /// A workload from requests; sorts them by arrival (ties keep their
+    /// order) and renumbers them so that each `id` is the request's index
+    /// (rewriting the `after.prev` links). A follow-up must not arrive before
+    /// the turn it follows.
+    pub fn new(name: impl Into<String>, requests: Vec<SimRequest>, seed: u64) -> Self {
+        let mut w = Workload {
             name: name.into(),
             requests,
             filtered_out: 0,
             seed,
+        };
+        w.sort();
+        w
+    }
+
+    /// Sorts by arrival (stable), renumbers ids to indices and rewrites the
+    /// follow-up links; a follow-up whose previous turn is gone becomes an
+    /// open-loop request.
+    fn sort(&mut self) {
+        // Ids are any distinct values here; map them to their new index.
+        self.requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+        let index: std::collections::HashMap<u64, u64> = self
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id, i as u64))
+            .collect();
+        for (i, r) in self.requests.iter_mut().enumerate() {
+            r.id = i as u64;
+            if let Some(f) = &mut r.after {
+                match index.get(&f.prev) {
+                    Some(&p) if p < i as u64 => f.prev = p,
+                    _ => r.after = None,
+                }
+            }
         }
     }
 
     /// Sets the arrival times (Poisson gaps drawn from the workload's seed), in
-    /// the current order.
+    /// the current order. In a closed-loop conversation only the first turn
+    /// gets a time; later turns arrive after the turn before them.
     ///
     /// ```
     /// use pagedkv::sim::workload::{Arrivals, Workload};
@@ -211,14 +256,72 @@ impl Workload {
                 }
                 let mut rng = SplitMix64::new(mix64(self.seed ^ 0x5EED_A771_7A15));
                 let mut t = 0.0;
-                for r in &mut self.requests {
-                    t += rng.exponential(rate);
-                    r.arrival = t;
+                for i in 0..self.requests.len() {
+                    self.requests[i].arrival = match self.requests[i].after {
+                        // Its lower bound: the previous turn's arrival.
+                        Some(f) => self.requests[f.prev as usize].arrival,
+                        None => {
+                            t += rng.exponential(rate);
+                            t
+                        }
+                    };
                 }
             }
         }
-        self.requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+        self.sort();
         Ok(self)
+    }
+
+    /// Multiplies every arrival time by `factor` (`--time-scale`: 0.5 replays
+    /// a trace twice as fast, 2 half as fast).
+    ///
+    /// ```
+    /// use pagedkv::sim::workload::{Arrivals, Workload};
+    /// use pagedkv::sim::synthetic::SyntheticSpec;
+    /// let w = SyntheticSpec { num_requests: 10, ..Default::default() }.generate().unwrap()
+    ///     .with_arrivals(Arrivals::Poisson { rate: 1.0 }).unwrap();
+    /// let last = w.requests[9].arrival;
+    /// let fast = w.time_scaled(0.5).unwrap();
+    /// assert_eq!(fast.requests[9].arrival, last * 0.5);
+    /// ```
+    pub fn time_scaled(mut self, factor: f64) -> Result<Self, SimError> {
+        if !(factor > 0.0 && factor.is_finite()) {
+            return Err(SimError::InvalidConfig {
+                field: "time_scale",
+                reason: format!("{factor}: give a positive factor, e.g. 0.5 to replay twice as fast"),
+            });
+        }
+        for r in &mut self.requests {
+            r.arrival *= factor;
+        }
+        Ok(self)
+    }
+
+    /// Sets the think time of every closed-loop follow-up, drawn from
+    /// `think` with the workload's seed.
+    pub fn with_think_time(mut self, think: ThinkTime) -> Result<Self, SimError> {
+        think.validate()?;
+        let mut rng = SplitMix64::new(mix64(self.seed ^ 0x7417_4E71_3E00));
+        for r in &mut self.requests {
+            if let Some(f) = &mut r.after {
+                f.think_s = think.sample(&mut rng);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Makes every turn arrive on its own at its `arrival` (open loop): a
+    /// later turn no longer waits for the previous reply.
+    pub fn open_loop(mut self) -> Self {
+        for r in &mut self.requests {
+            r.after = None;
+        }
+        self
+    }
+
+    /// Whether some request is a closed-loop follow-up.
+    pub fn is_closed_loop(&self) -> bool {
+        self.requests.iter().any(|r| r.after.is_some())
     }
 
     /// Keeps the first `n` requests (by arrival).
@@ -230,6 +333,82 @@ impl Workload {
     /// Total prompt tokens (once per request).
     pub fn prompt_tokens(&self) -> u64 {
         self.requests.iter().map(|r| r.prompt.len() as u64).sum()
+    }
+}
+
+/// The time a user takes between a reply and the next turn, seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ThinkTime {
+    /// Always this long.
+    Fixed(f64),
+    /// Exponential with this mean (memoryless users).
+    Exponential {
+        /// Mean seconds.
+        mean: f64,
+    },
+    /// Uniform in `[min, max]`.
+    Uniform {
+        /// Shortest.
+        min: f64,
+        /// Longest.
+        max: f64,
+    },
+    /// `exp(N(ln median, sigma²))`.
+    LogNormal {
+        /// Median seconds.
+        median: f64,
+        /// Standard deviation of the log.
+        sigma: f64,
+    },
+}
+
+impl Default for ThinkTime {
+    /// Exponential with a mean of 10 s: reading a reply and typing the next
+    /// message (an assumption; the ShareGPT traces carry no times).
+    fn default() -> Self {
+        ThinkTime::Exponential { mean: 10.0 }
+    }
+}
+
+impl ThinkTime {
+    /// Checks the parameters; the error names `think_time`.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let ok = |x: f64| x >= 0.0 && x.is_finite();
+        let fine = match *self {
+            ThinkTime::Fixed(t) => ok(t),
+            ThinkTime::Exponential { mean } => ok(mean),
+            ThinkTime::Uniform { min, max } => ok(min) && ok(max) && min <= max,
+            ThinkTime::LogNormal { median, sigma } => ok(median) && ok(sigma),
+        };
+        if fine {
+            Ok(())
+        } else {
+            Err(SimError::InvalidConfig {
+                field: "think_time",
+                reason: format!("{self:?}: seconds must be finite and ≥ 0 (and min ≤ max)"),
+            })
+        }
+    }
+
+    /// One draw, seconds.
+    ///
+    /// ```
+    /// use pagedkv::sim::{rng::SplitMix64, workload::ThinkTime};
+    /// let mut rng = SplitMix64::new(1);
+    /// assert_eq!(ThinkTime::Fixed(3.0).sample(&mut rng), 3.0);
+    /// let mean: f64 = (0..10_000).map(|_| ThinkTime::default().sample(&mut rng)).sum::<f64>() / 1e4;
+    /// assert!((mean - 10.0).abs() < 0.5, "{mean}");
+    /// ```
+    pub fn sample(&self, rng: &mut SplitMix64) -> f64 {
+        match *self {
+            ThinkTime::Fixed(t) => t,
+            ThinkTime::Exponential { mean: 0.0 } => 0.0,
+            ThinkTime::Exponential { mean } => rng.exponential(1.0 / mean),
+            ThinkTime::Uniform { min, max } => min + (max - min) * rng.next_f64(),
+            ThinkTime::LogNormal { median, sigma } => {
+                (median.max(f64::MIN_POSITIVE).ln() + sigma * rng.normal()).exp()
+            }
+        }
     }
 }
 

@@ -52,7 +52,9 @@ pub fn config(max_num_batched_tokens: u32, guards: bool) -> SchedulerConfig {
         max_num_batched_tokens,
         enable_chunked_prefill: true,
         admit_whole_prompt: guards,
+        protect_mid_prefill: true,
         isolate_growth: guards,
+        cap_output_at_max_model_len: false,
     }
 }
 
