@@ -303,6 +303,13 @@ pub enum KvEvent {
         block_size: u32,
         /// Each block's extra keys, in hashing order.
         extra_keys: Vec<Vec<ExtraKey>>,
+        /// The position of the first block in its sequence (its first token is
+        /// token `first_block_index * block_size`): multimodal offsets are
+        /// published relative to each block's start.
+        first_block_index: u32,
+        /// The sequence's LoRA adapter ([`PrefixKeys::adapter`]), which vLLM
+        /// publishes with every stored block, not only the first.
+        adapter: Option<u64>,
     },
     /// Blocks stopped being cached (evicted, reset, or about to be rewritten).
     BlockRemoved {

@@ -124,6 +124,8 @@ impl PrefixState {
             parent_block_hash: blocks.start.checked_sub(1).map(|p| cache.hashes[p]),
             token_ids: cache.tokens[blocks.start * bs..blocks.end * bs].to_vec(),
             block_size: self.block_size,
+            first_block_index: blocks.start as u32,
+            adapter: keys.adapter,
             extra_keys: blocks
                 .map(|i| keys.extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64))
                 .collect(),
