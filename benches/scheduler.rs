@@ -73,7 +73,7 @@ fn decode_256(c: &mut Criterion) {
             token: 1,
             stop: false,
         }));
-        sched.on_step_output(out).expect("one per sequence");
+        sched.on_step_output(plan, out).expect("one per sequence");
     };
     let fresh = |plan: &mut StepPlan, out: &mut Vec<SampledToken>| {
         let mut sched = Scheduler::new(manager(1 << 16, 0), config.clone()).expect("valid");
@@ -86,6 +86,7 @@ fn decode_256(c: &mut Criterion) {
                     priority: 0,
                     arrival: r,
                     n: 1,
+                    ..Default::default()
                 })
                 .expect("fits");
         }
@@ -141,6 +142,7 @@ fn preempt_swap(c: &mut Criterion) {
                             priority: 0,
                             arrival: r,
                             n: 1,
+                            ..Default::default()
                         })
                         .expect("fits");
                 }
@@ -155,7 +157,7 @@ fn preempt_swap(c: &mut Criterion) {
                         stop: false,
                     })
                     .collect();
-                sched.on_step_output(&out).expect("valid");
+                sched.on_step_output(&mut plan, &out).expect("valid");
                 (sched, plan)
             },
             |(mut sched, mut plan)| {

@@ -17,7 +17,7 @@
 //! The workload forces everything the cache manager can do to real data:
 //! parallel sampling (`n = 4`: the samples share the prompt's blocks and
 //! copy-on-write the partial last one), a shared system prompt (prefix-cache
-//! hits, some on blocks computed in the same step), and a pool small enough
+//! hits; never on blocks the same step computes, which the engine checks), and a pool small enough
 //! that sequences are preempted both by swap (their blocks go through host
 //! memory and back) and by recompute (prefilled again, partly from the prefix
 //! cache). Every sampled token and its logits must equal those of a reference
@@ -363,6 +363,7 @@ impl Workload {
                     priority: 0,
                     arrival: i / 2,
                     n: if i % 3 == 1 { 4 } else { 1 },
+                    ..Default::default()
                 }
             })
             .collect();
@@ -402,8 +403,9 @@ pub struct Report {
     /// Parallel samples forked.
     pub forks: u64,
     /// Scheduled sequences whose context (before their new tokens) lies partly
-    /// in a block another sequence of the same batch fills: prefix-cache hits on
-    /// blocks computed in the same step, which need write-before-attend per layer.
+    /// in a block another sequence of the same batch fills. pagedkv makes a
+    /// block hittable only once the step computing it was handed over, so this
+    /// must stay 0: no sequence reads KV that the same step writes.
     pub same_step_reads: u64,
     /// Sequences (samples) checked against the dense reference.
     pub verified_sequences: u64,
@@ -576,7 +578,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
                     .push(Sampled { pos, token, logits });
             }
         }
-        sched.on_step_output(&outputs)?;
+        sched.on_step_output(&mut plan, &outputs)?;
         sched.check_invariants()?;
     }
 
@@ -714,7 +716,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "prefix-cache hits       {} of {} prompt tokens ({} sequences read blocks filled in the same step)",
+            "prefix-cache hits       {} of {} prompt tokens ({} reads of blocks the same step fills)",
             self.prefix_hit_tokens, self.prefix_queried_tokens, self.same_step_reads
         )?;
         writeln!(

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use pagedkv::{KvCacheConfig, KvCacheManager, SeqId, TokenId};
+use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId, TokenId};
 
 const BLOCK_SIZE: u32 = 16;
 const ACTIVE: usize = 64;
@@ -77,6 +77,7 @@ fn replay(num_blocks: u32) -> Replay {
     let mut pending: VecDeque<Conversation> = load().into();
     let mut active: Vec<Conversation> = Vec::new();
     let (mut seq, mut prompt_tokens, mut too_long) = (0u64, 0u64, 0u64);
+    let mut ops = BlockOps::default();
     loop {
         while active.len() < ACTIVE {
             match pending.pop_front() {
@@ -100,12 +101,14 @@ fn replay(num_blocks: u32) -> Replay {
             prompt_tokens += prompt.len() as u64;
             // A prompt longer than the pool cannot run: its tokens count as misses.
             if kv.allocate(SeqId(seq), &prompt).is_ok() {
+                kv.drain_ops(&mut ops); // the prefill step
                 let reply: Vec<TokenId> = (0..output).map(|p| token(c.id, turn, 1, p)).collect();
                 for chunk in reply.chunks(16) {
                     if kv.append(SeqId(seq), chunk).is_err() {
                         too_long += 1;
                         break;
                     }
+                    kv.drain_ops(&mut ops);
                 }
                 kv.free(SeqId(seq)).expect("allocated");
             } else {

@@ -139,6 +139,30 @@ pub enum KvError {
         /// Blocks free now.
         free: u64,
     },
+    /// `allocate` or `swap_in` would dip into the blocks kept free for the
+    /// running sequences to grow (the watermark). Admission answers `Later`
+    /// for such a request; wait until it says `Now`.
+    #[error("sequence {seq} needs {needed} free blocks and {free} are free, but {watermark_blocks} of them are kept for the running sequences to grow (the watermark); wait until check_admission says Now (or can_swap_in is true), or lower the watermark")]
+    BelowWatermark {
+        /// The sequence.
+        seq: SeqId,
+        /// Blocks the call needs.
+        needed: u64,
+        /// Blocks free now.
+        free: u64,
+        /// Blocks kept free for growth.
+        watermark_blocks: u32,
+    },
+    /// A length-only admission check with prefix caching on.
+    #[error("prefix caching is on, so admission depends on which of the prompt's blocks are cached: call check_admission with the prompt's tokens and prefix keys instead of check_admission_len")]
+    AdmissionNeedsPrompt,
+    /// `fork` or `swap_out` of a sequence whose newest tokens have not been
+    /// handed to the engine to compute yet.
+    #[error("sequence {seq} was allocated or appended to since the last drain_ops, so its newest tokens are not computed yet: fork or swap it out after drain_ops (once the step that computes them has been handed to the engine)")]
+    NotYetComputed {
+        /// The sequence.
+        seq: SeqId,
+    },
     /// `truncate` to more tokens than the sequence has.
     #[error("cannot truncate sequence {seq} to {new_len} tokens: it holds only {num_tokens}")]
     TruncateBeyondLength {
@@ -241,6 +265,18 @@ pub enum SchedulerError {
     DuplicateRequest {
         /// The request.
         request: RequestId,
+    },
+    /// `cancel` of a request that is not queued, running or swapped out.
+    #[error("request {} is not queued, running or swapped out (never added, finished, rejected or cancelled already)", request.0)]
+    UnknownRequest {
+        /// The request.
+        request: RequestId,
+    },
+    /// `Scheduler::new` with a manager that already holds sequences.
+    #[error("the manager already holds {sequences} sequences (on the device or swapped out), which the scheduler would not know of: free them first or give the scheduler a fresh KvCacheManager")]
+    ManagerInUse {
+        /// Sequences the manager holds.
+        sequences: u64,
     },
     /// A sampled token for a sequence that the last plan did not ask to sample.
     #[error("sequence {seq} was not asked for a sample by the last plan (or was reported twice); report one token per sample of each scheduled sequence with num_samples > 0")]

@@ -9,9 +9,16 @@
 //! hence into every hash after it), and the content hash of each multimodal
 //! span (image, audio) overlapping the block.
 //!
+//! A block's hash becomes hittable in two stages: when the block fills it is
+//! *pending* (it carries its hash, but no lookup finds it), and it is
+//! *committed* (entered in the hash → block map) once the step that computes
+//! it has been handed to the engine (`drain_ops`): a prompt can never hit KV
+//! that nobody wrote.
+//!
 //! Invariants (checked by [`PrefixIndex::check_invariants`]):
-//! - a block carries a hash exactly when the index maps that hash to it, so
-//!   the index and the per-block hashes are two views of one bijection;
+//! - a committed block carries a hash exactly when the index maps that hash
+//!   to it, so the map and the committed per-block hashes are two views of
+//!   one bijection; a pending block is in no map entry;
 //! - only blocks whose content is final carry a hash (the manager strips the
 //!   hash of a block before any in-place write: see `manager::caching`).
 //!
@@ -343,11 +350,15 @@ impl Hasher for BlockHashHasher {
     }
 }
 
-/// The prefix index: which block holds which hash, both ways.
+/// The prefix index: which block holds which hash, both ways, and which
+/// blocks wait to be committed.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
     map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
+    /// The hash each block carries, committed or pending.
     hashes: Vec<Option<BlockHash>>,
+    /// Whether the block's hash is pending (carried, not in `map`).
+    pending: Vec<bool>,
 }
 
 impl PrefixIndex {
@@ -356,6 +367,7 @@ impl PrefixIndex {
         PrefixIndex {
             map: HashMap::default(),
             hashes: vec![None; num_blocks as usize],
+            pending: vec![false; num_blocks as usize],
         }
     }
 
@@ -365,13 +377,25 @@ impl PrefixIndex {
         self.map.get(&hash).copied()
     }
 
-    /// The hash `block` carries, if it is cached.
+    /// The hash `block` carries, if it is cached (committed).
     #[inline]
     pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        self.hashes.get(block.index()).copied().flatten()
+        match self.pending.get(block.index()) {
+            Some(false) => self.hashes[block.index()],
+            _ => None,
+        }
     }
 
-    /// Cached blocks.
+    /// The hash `block` carries while it waits to be committed.
+    #[inline]
+    pub fn pending_hash_of(&self, block: BlockId) -> Option<BlockHash> {
+        match self.pending.get(block.index()) {
+            Some(true) => self.hashes[block.index()],
+            _ => None,
+        }
+    }
+
+    /// Cached (committed) blocks.
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -381,41 +405,76 @@ impl PrefixIndex {
         self.map.is_empty()
     }
 
-    /// Caches `block` under `hash`. Returns false, changing nothing, when the
-    /// hash is already cached in another block (the same content computed
-    /// twice): that block keeps the entry and `block` stays uncached.
-    pub(crate) fn insert(&mut self, hash: BlockHash, block: BlockId) -> bool {
-        debug_assert!(self.hash_of(block).is_none(), "a block carries at most one hash");
-        if self.map.contains_key(&hash) {
-            return false;
-        }
-        self.map.insert(hash, block);
+    /// Marks `block` as holding content whose chained hash is `hash`, not
+    /// yet hittable (its step has not been handed to the engine).
+    pub(crate) fn insert_pending(&mut self, hash: BlockHash, block: BlockId) {
+        debug_assert!(
+            self.hashes[block.index()].is_none(),
+            "a block carries at most one hash"
+        );
         self.hashes[block.index()] = Some(hash);
-        true
+        self.pending[block.index()] = true;
     }
 
-    /// Uncaches `block`, returning the hash it carried.
+    /// Commits a pending block: its hash becomes hittable. Returns the hash,
+    /// or `None` (changing nothing) when the block is not pending any more
+    /// (freed or rewritten since) or when its hash is already cached in another
+    /// block (the same content computed twice): that block keeps the entry and
+    /// `block` stays uncached.
+    pub(crate) fn commit(&mut self, block: BlockId) -> Option<BlockHash> {
+        let h = self.pending_hash_of(block)?;
+        self.pending[block.index()] = false;
+        if self.map.contains_key(&h) {
+            self.hashes[block.index()] = None;
+            return None;
+        }
+        self.map.insert(h, block);
+        Some(h)
+    }
+
+    /// Caches `block` under `hash` at once (committed). Returns false,
+    /// changing nothing, when the hash is already cached in another block.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, hash: BlockHash, block: BlockId) -> bool {
+        self.insert_pending(hash, block);
+        self.commit(block).is_some()
+    }
+
+    /// Uncaches `block`, returning the hash it carried if it was committed
+    /// (a pending hash is dropped silently: nobody could see it).
     #[inline]
     pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<BlockHash> {
         let h = self.hashes.get_mut(block.index())?.take()?;
+        if std::mem::replace(&mut self.pending[block.index()], false) {
+            return None;
+        }
         self.map.remove(&h);
         Some(h)
     }
 
-    /// Checks that the map and the per-block hashes describe the same bijection.
+    /// Checks that the map and the committed per-block hashes describe the
+    /// same bijection, and that pending flags go with carried hashes.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         for (&h, &b) in &self.map {
             if self.hash_of(b) != Some(h) {
                 return Err(InvariantViolation::new(format!(
-                    "hash {h:?} is indexed to block {b:?}, which carries {:?}",
-                    self.hash_of(b)
+                    "hash {h:?} is indexed to block {b:?}, which carries {:?} (pending: {})",
+                    self.hashes.get(b.index()).copied().flatten(),
+                    self.pending.get(b.index()).copied().unwrap_or(false)
                 )));
             }
         }
-        let carried = self.hashes.iter().filter(|h| h.is_some()).count();
+        if let Some(b) = (0..self.hashes.len()).find(|&b| self.pending[b] && self.hashes[b].is_none()) {
+            return Err(InvariantViolation::new(format!(
+                "block {b} is pending but carries no hash"
+            )));
+        }
+        let carried = (0..self.hashes.len())
+            .filter(|&b| !self.pending[b] && self.hashes[b].is_some())
+            .count();
         if carried != self.map.len() {
             return Err(InvariantViolation::new(format!(
-                "{carried} blocks carry a hash but the index holds {}",
+                "{carried} blocks carry a committed hash but the index holds {}",
                 self.map.len()
             )));
         }

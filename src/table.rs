@@ -40,6 +40,9 @@ pub struct BlockTable {
     /// truncate; cleared once a check finds the block exclusive or a fresh
     /// block becomes the last.
     pub(crate) tail_maybe_shared: bool,
+    /// The manager's step (drain epoch) of the last allocate or append: the
+    /// sequence's newest tokens are uncomputed while it is the current one.
+    pub(crate) appended_epoch: u32,
 }
 
 impl BlockTable {
@@ -50,6 +53,7 @@ impl BlockTable {
             num_tokens: 0,
             block_size,
             tail_maybe_shared: false,
+            appended_epoch: 0,
         }
     }
 
@@ -120,6 +124,7 @@ mod tests {
             num_tokens,
             block_size,
             tail_maybe_shared: false,
+            appended_epoch: 0,
         }
     }
 

@@ -339,6 +339,31 @@ impl Model {
         Ok(())
     }
 
+    /// Blocks a starting sequence leaves free: the watermark while any
+    /// sequence is on the device.
+    fn reserve(&self) -> u64 {
+        if self.seqs.values().any(|s| !s.swapped) {
+            self.watermark_blocks
+        } else {
+            0
+        }
+    }
+
+    /// `allocate` and `swap_in` take free blocks and keep the watermark.
+    fn check_start(&mut self, seq: SeqId, needed: u64) -> Result<(), KvError> {
+        self.out_of_blocks(needed)?;
+        let free = self.num_free();
+        if needed + self.reserve() > free {
+            return Err(KvError::BelowWatermark {
+                seq,
+                needed,
+                free,
+                watermark_blocks: self.watermark_blocks as u32,
+            });
+        }
+        Ok(())
+    }
+
     fn allocate(&mut self, seq: SeqId, values: &[u64]) -> Result<Effect, KvError> {
         if self.seqs.contains_key(&seq) {
             return Err(KvError::DuplicateSequence { seq });
@@ -355,7 +380,7 @@ impl Model {
             });
         }
         let needed = self.blocks_needed(tokens);
-        self.out_of_blocks(needed)?;
+        self.check_start(seq, needed)?;
         let blocks = (0..needed).map(|_| self.fresh()).collect();
         self.seqs.insert(
             seq,
@@ -515,7 +540,7 @@ impl Model {
         }
         let blocks = s.blocks.clone();
         let needed = blocks.iter().filter(|&&h| self.dev_of(h).is_none()).count() as u64;
-        self.out_of_blocks(needed)?;
+        self.check_start(seq, needed)?;
         let mut effect = Effect::default();
         let mut device = Vec::with_capacity(blocks.len());
         for &h in &blocks {
@@ -541,7 +566,11 @@ impl Model {
         Ok(effect)
     }
 
-    /// The rule documented on `KvCacheManager::check_admission`, in its order.
+    /// The rule documented on `KvCacheManager::check_admission`, in its order:
+    /// never when empty, longer than max_model_len, or more blocks at the peak
+    /// (prompt + every generated token but the last) than the pool; now when
+    /// the prompt's blocks are free with the watermark to spare (kept only
+    /// while a sequence is on the device).
     fn admission(&self, prompt_len: u64, max_new: u64) -> Admission {
         let total = prompt_len.saturating_add(max_new);
         if prompt_len == 0 {
@@ -553,24 +582,16 @@ impl Model {
                 max_model_len: self.max_model_len as u32,
             });
         }
-        if self.blocks_needed(total) > self.num_blocks {
+        let stored = prompt_len + max_new.saturating_sub(1);
+        if self.blocks_needed(stored) > self.num_blocks {
             return Admission::Never(AdmissionRefusal::ExceedsPool {
-                tokens: total,
-                blocks_needed: self.blocks_needed(total),
+                tokens: stored,
+                blocks_needed: self.blocks_needed(stored),
                 num_blocks: self.num_blocks,
                 block_size: self.block_size as u32,
             });
         }
-        let prompt_blocks = self.blocks_needed(prompt_len);
-        if prompt_blocks + self.watermark_blocks > self.num_blocks {
-            return Admission::Never(AdmissionRefusal::PromptAboveWatermark {
-                prompt_tokens: prompt_len,
-                blocks_needed: prompt_blocks,
-                num_blocks: self.num_blocks,
-                watermark_blocks: self.watermark_blocks as u32,
-            });
-        }
-        if prompt_blocks + self.watermark_blocks <= self.num_free() {
+        if self.blocks_needed(prompt_len) + self.reserve() <= self.num_free() {
             Admission::Now
         } else {
             Admission::Later
@@ -839,12 +860,19 @@ impl Harness {
                 (self.kv.swap_in(seq).map(|()| None), self.model.swap_in(seq))
             }
             Op::Admission { prompt_len, max_new } => {
-                let real = self.kv.check_admission(prompt_len, max_new);
+                let real = self.kv.check_admission_len(prompt_len, max_new).map_err(fail)?;
                 let expected = self.model.admission(prompt_len, max_new);
                 prop_assert_eq!(&real, &expected, "check_admission({}, {})", prompt_len, max_new);
                 if real == Admission::Now {
-                    // `Now` promises the prompt's blocks are free (with the watermark to spare).
+                    // `Now` promises the prompt's blocks are free (with the watermark to
+                    // spare): an allocation of that prompt succeeds.
                     prop_assert!(self.model.blocks_needed(prompt_len) <= self.kv.num_free_blocks() as u64);
+                    let mut probe = self.kv.clone();
+                    let fresh = (0..)
+                        .map(SeqId)
+                        .find(|s| !self.model.seqs.contains_key(s))
+                        .unwrap();
+                    prop_assert!(probe.allocate(fresh, &vec![0; prompt_len as usize]).is_ok());
                 }
                 prop_assert_eq!(snapshot(&self.kv), before, "check_admission changed the state");
                 self.calls.push((op, format!("{real:?}")));
@@ -1164,7 +1192,10 @@ fn replay(s: Setup, calls: &[Call], final_state: &Snapshot) -> Result<(), TestCa
             Op::SwapOut { seq } => format!("{:?}", h.kv.swap_out(id(seq)).map(|()| None::<Allocation>)),
             Op::SwapIn { seq } => format!("{:?}", h.kv.swap_in(id(seq)).map(|()| None::<Allocation>)),
             Op::Admission { prompt_len, max_new } => {
-                format!("{:?}", h.kv.check_admission(prompt_len, max_new))
+                format!(
+                    "{:?}",
+                    h.kv.check_admission_len(prompt_len, max_new).map_err(fail)?
+                )
             }
         };
         prop_assert_eq!(&again, outcome, "replay of {:?} differs", op);

@@ -116,6 +116,7 @@ fn run(setting: Setting) -> Outcome {
                 priority: 0,
                 arrival: i as u64,
                 n: 1,
+                ..Default::default()
             })
             .unwrap();
     }
@@ -125,15 +126,11 @@ fn run(setting: Setting) -> Outcome {
     let mut plan = StepPlan::default();
     let mut out = Vec::new();
     for _ in 0..1_000 {
-        sched.step(&mut plan);
-        sched.check_invariants().unwrap();
-        for f in &plan.finished {
-            let t = tokens.remove(f).expect("a live sequence finished");
-            outcome.finished.insert(*f, t);
-        }
         if sched.is_idle() {
             break;
         }
+        sched.step(&mut plan);
+        sched.check_invariants().unwrap();
         for p in &plan.preempted {
             let generated = tokens[&p.seq].len() - prompt_len[&p.seq];
             outcome.preempted.push((p.seq, p.mode, generated));
@@ -196,8 +193,12 @@ fn run(setting: Setting) -> Outcome {
         for o in &out {
             tokens.get_mut(&o.seq).unwrap().push(o.token);
         }
-        sched.on_step_output(&out).unwrap();
+        sched.on_step_output(&mut plan, &out).unwrap();
         sched.check_invariants().unwrap();
+        for f in &plan.finished {
+            let t = tokens.remove(f).expect("a live sequence finished");
+            outcome.finished.insert(*f, t);
+        }
     }
     assert!(sched.is_idle(), "{setting:?}: not done after 1000 steps");
     assert!(tokens.is_empty());

@@ -12,7 +12,7 @@
 //! - a refused call changed nothing observable (tables, free queue order,
 //!   cached block count, usage);
 //! - admission agrees with allocation: with no watermark,
-//!   `check_admission_for(prompt) == Now` exactly when `allocate_with` of that
+//!   `check_admission(prompt) == Now` exactly when `allocate_with` of that
 //!   prompt succeeds;
 //! - the results that do not depend on eviction order match a naive model
 //!   (which sequences exist and their tokens; unknown, duplicate, empty and
@@ -24,7 +24,10 @@
 //!   it computes (`cached_tokens..` after an allocation), and every live
 //!   sequence must read back the right value at every position through its
 //!   block table. A prefix hit on a wrong, stale or overwritten block shows up
-//!   as a wrong value.
+//!   as a wrong value;
+//! - aborts: some prompts are allocated and freed before their step is handed
+//!   to the engine (nothing is written); no later prompt may hit them (the
+//!   model does not count them as stored, and their blocks hold stale values).
 //!
 //! At the end everything is freed: the pool is all free, and after
 //! `reset_prefix_cache()` nothing is cached.
@@ -68,6 +71,12 @@ enum Op {
     Free {
         seq: u64,
     },
+    /// Allocate, then free before the step is handed over (an aborted request).
+    Abort {
+        seq: u64,
+        tenant: u8,
+        prompt: Vec<TokenId>,
+    },
     Reset,
 }
 
@@ -91,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..NUM_IDS, 0..NUM_IDS).prop_map(|(parent, child)| Op::Fork { parent, child }),
         2 => (0..NUM_IDS, 0..6u32).prop_map(|(seq, back)| Op::Truncate { seq, back }),
         2 => (0..NUM_IDS).prop_map(|seq| Op::Free { seq }),
+        1 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Abort { seq, tenant, prompt }),
         1 => Just(Op::Reset),
     ]
 }
@@ -221,7 +231,7 @@ impl Harness {
         let refused = match op.clone() {
             Op::Allocate { seq, tenant, prompt } => {
                 let keys = salt(tenant);
-                let admission = self.kv.check_admission_for(&prompt, &keys, 0);
+                let admission = self.kv.check_admission(&prompt, &keys, 0);
                 let r = self.kv.allocate_with(SeqId(seq), &prompt, &keys);
                 let expect_err = if self.seqs.contains_key(&seq) {
                     Some(KvError::DuplicateSequence { seq: SeqId(seq) })
@@ -319,6 +329,15 @@ impl Harness {
             Op::Free { seq } => {
                 let r = self.kv.free(SeqId(seq));
                 prop_assert_eq!(r.is_ok(), self.seqs.remove(&seq).is_some());
+                r.is_err()
+            }
+            Op::Abort { seq, tenant, prompt } => {
+                let r = self.kv.allocate_with(SeqId(seq), &prompt, &salt(tenant));
+                if r.is_ok() {
+                    prop_assert!(!self.seqs.contains_key(&seq));
+                    prop_assert_eq!(self.kv.free(SeqId(seq)), Ok(()));
+                    // Not noted as stored: nobody computed it.
+                }
                 r.is_err()
             }
             Op::Reset => {

@@ -7,7 +7,7 @@
 //! position) since the trace holds lengths only; the prompt of turn k is the
 //! whole history (earlier prompts and replies) plus the turn's user tokens.
 
-use pagedkv::{KvCacheConfig, KvCacheManager, SeqId, TokenId};
+use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId, TokenId};
 
 const BLOCK_SIZE: u32 = 16;
 
@@ -59,6 +59,7 @@ fn every_turn_hits_all_full_blocks_of_its_history() {
     })
     .unwrap();
     let bs = BLOCK_SIZE as u64;
+    let mut ops = BlockOps::default();
     let mut history: Vec<TokenId> = Vec::new();
     let (mut current, mut turn_no) = (u32::MAX, 0u32);
     let (mut later_turns, mut expected_hit_tokens) = (0u64, 0u64);
@@ -77,7 +78,8 @@ fn every_turn_hits_all_full_blocks_of_its_history() {
         let p = prompt.len() as u64;
         let seq = SeqId(i as u64);
         let got = kv.allocate(seq, &prompt).unwrap().cached_tokens as u64;
-        // All full blocks of the history, but at least one prompt token left to compute.
+        kv.drain_ops(&mut ops); // the prefill step
+                                // All full blocks of the history, but at least one prompt token left to compute.
         let expected = (h / bs).min((p - 1) / bs) * bs;
         assert_eq!(
             got, expected,
@@ -90,6 +92,7 @@ fn every_turn_hits_all_full_blocks_of_its_history() {
             .collect();
         for chunk in reply.chunks(64) {
             kv.append(seq, chunk).unwrap();
+            kv.drain_ops(&mut ops);
         }
         kv.free(seq).unwrap();
         history = prompt;

@@ -2,7 +2,7 @@
 //! under different cache salts never share a block, whatever their tokens;
 //! under the same salt, a common prefix is shared block for block.
 
-use pagedkv::{KvCacheConfig, KvCacheManager, PrefixKeys, SeqId, TokenId};
+use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId, TokenId};
 use proptest::prelude::*;
 
 const BS: u32 = 4;
@@ -58,6 +58,7 @@ proptest! {
         for (i, (tenant, prompt, free_after)) in reqs.into_iter().enumerate() {
             let seq = SeqId(i as u64);
             kv.allocate_with(seq, &prompt, &salt(tenant)).unwrap();
+            kv.drain_ops(&mut BlockOps::default()); // its step runs: later prompts may hit it
             live.push((seq, tenant));
             for &(a, ta) in &live {
                 for &(b, tb) in &live {
@@ -90,6 +91,7 @@ proptest! {
         let mut b = common.clone();
         b.extend(&b_tail);
         kv.allocate_with(SeqId(1), &a, &salt(tenant)).unwrap();
+        kv.drain_ops(&mut BlockOps::default());
         let got = kv.allocate_with(SeqId(2), &b, &salt(other)).unwrap();
         // The longest common prefix, in whole blocks, with a token of b left to compute.
         let lcp = a.iter().zip(&b).take_while(|(x, y)| x == y).count() as u32;

@@ -18,9 +18,17 @@
 //! - budgets: tokens per step ≤ `max_num_batched_tokens`, sequences per step
 //!   and running ≤ `max_num_seqs`;
 //! - rejections: `add_request` rejects exactly the requests that can never
-//!   fit (longer than `max_model_len`, more blocks than the pool, a prompt
-//!   above the watermark of an empty pool); every other one finishes, all its
-//!   samples, within a bounded number of steps (no livelock);
+//!   fit (longer than `max_model_len`, more blocks at the peak than the
+//!   pool); every other one finishes, all its samples, within a bounded number
+//!   of steps (no livelock), and `plan.finished` lists exactly the sequences
+//!   each step finished;
+//! - tenants: each request has one of three prefix keys (no salt, salt "a",
+//!   salt "b"), and a slot's content hash starts from the request's tenant,
+//!   so a prefix hit across tenants reads the wrong content;
+//! - cancellation: some requests are cancelled at a drawn step, before the
+//!   step is planned or while it is in flight (the engine then may or may not
+//!   report their tokens); they leave every queue and the manager, are never
+//!   scheduled again, and the pool ends all free;
 //! - `check_invariants()` of the scheduler and the manager after every step.
 //!
 //! Default 1500 cases (about half a second); `PAGEDKV_PROPTEST_CASES` sets the count.
@@ -31,7 +39,7 @@ use pagedkv::scheduler::{
     AlwaysRecompute, AlwaysSwap, Automatic, Fcfs, LatestArrival, LowestPriority, MostBlocks, PriorityOrder,
 };
 use pagedkv::{
-    KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
+    KvCacheConfig, KvCacheManager, PrefixKeys, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
     SchedulerError, SeqId, StepPlan,
 };
 use proptest::prelude::*;
@@ -72,6 +80,11 @@ struct Req {
     n: u32,
     /// Prompts draw from a small alphabet so that prefixes repeat (cache hits).
     alphabet: u32,
+    /// 0: default keys; 1, 2: salted "a", "b".
+    tenant: u8,
+    /// Cancel at this step (if still live): before planning it when even,
+    /// while it is in flight when odd.
+    cancel_at: Option<u64>,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -117,15 +130,40 @@ fn req() -> impl Strategy<Value = Req> {
         0u64..24,
         prop_oneof![3 => Just(1u32), 1 => 2u32..=3],
         1u32..=3,
+        0u8..3,
+        prop_oneof![4 => Just(None), 1 => (0u64..48).prop_map(Some)],
     )
-        .prop_map(|(prompt_len, max_new, priority, arrival, n, alphabet)| Req {
-            prompt_len,
-            max_new,
-            priority,
-            arrival,
-            n,
-            alphabet,
+        .prop_map(
+            |(prompt_len, max_new, priority, arrival, n, alphabet, tenant, cancel_at)| Req {
+                prompt_len,
+                max_new,
+                priority,
+                arrival,
+                n,
+                alphabet,
+                tenant,
+                cancel_at,
+            },
+        )
+}
+
+fn keys(tenant: u8) -> PrefixKeys {
+    match tenant {
+        0 => PrefixKeys::default(),
+        t => PrefixKeys::salted(format!("tenant-{t}")),
+    }
+}
+
+/// The content of a sequence's slots: the chained hash of its tokens,
+/// starting from its tenant (so a cross-tenant prefix hit reads wrong content).
+fn slot_values(tenant: u8, toks: &[u32]) -> Vec<u64> {
+    let mut v = tenant as u64 + 1;
+    toks.iter()
+        .map(|&t| {
+            v = mix(v, t);
+            v
         })
+        .collect()
 }
 
 /// The content of a slot: a hash of the tokens up to and including it.
@@ -136,13 +174,16 @@ fn mix(prev: u64, token: u32) -> u64 {
         | 1
 }
 
+/// The documented "never": longer than max_model_len, or more blocks at the
+/// peak (prompt + every generated token but the last, whose KV is never
+/// stored) than the pool. The watermark does not make a request never-runnable:
+/// the scheduler runs a request alone without it. Every request this admits
+/// must finish (checked below), so the rule is tight in both directions.
 fn never_fits(s: &Setup, r: &Req) -> bool {
     let total = (r.prompt_len + r.max_new) as u64;
+    let stored = total - 1;
     let bs = s.block_size as u64;
-    let wm = (s.watermark * s.num_blocks as f64).floor() as u64;
-    total > MAX_MODEL_LEN as u64
-        || total.div_ceil(bs) > s.num_blocks as u64
-        || (r.prompt_len as u64).div_ceil(bs) + wm > s.num_blocks as u64
+    total > MAX_MODEL_LEN as u64 || stored.div_ceil(bs) > s.num_blocks as u64
 }
 
 fn fail(e: impl std::fmt::Display) -> TestCaseError {
@@ -214,6 +255,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
                 priority: r.priority,
                 arrival: r.arrival,
                 n: r.n,
+                keys: keys(r.tenant),
             });
             match res {
                 Ok(()) => {
@@ -234,6 +276,31 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
                 Err(e) => return Err(fail(e)),
             }
         }
+        // Cancellations before the step is planned.
+        let cancel = |sched: &mut Scheduler,
+                      expected: &mut BTreeMap<SeqId, Vec<u32>>,
+                      samples_left: &mut HashMap<RequestId, u32>,
+                      step: u64,
+                      odd: bool|
+         -> Result<(), TestCaseError> {
+            for (i, r) in reqs.iter().enumerate() {
+                let id = RequestId(i as u64);
+                if r.cancel_at.is_some_and(|c| c == step && (c % 2 == 1) == odd)
+                    && samples_left.contains_key(&id)
+                {
+                    sched.cancel(id).map_err(fail)?;
+                    samples_left.remove(&id);
+                    expected.retain(|seq, _| RequestId::of(*seq).0 != id);
+                    prop_assert_eq!(
+                        sched.cancel(id),
+                        Err(SchedulerError::UnknownRequest { request: id })
+                    );
+                    sched.check_invariants().map_err(fail)?;
+                }
+            }
+            Ok(())
+        };
+        cancel(&mut sched, &mut expected, &mut samples_left, step, false)?;
         if step > last_arrival && sched.is_idle() {
             break;
         }
@@ -275,12 +342,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         for (i, e) in plan.scheduled.iter().enumerate() {
             let toks = &expected[&e.seq];
             prop_assert_eq!(sched.tokens(e.seq).unwrap(), &toks[..], "{:?}'s tokens", e.seq);
-            let mut v = 0;
-            let mut values = Vec::with_capacity(toks.len());
-            for &t in toks {
-                v = mix(v, t);
-                values.push(v);
-            }
+            let values = slot_values(reqs[RequestId::of(e.seq).0 .0 as usize].tenant, toks);
             for (k, &slot) in plan.slots_of(i).iter().enumerate() {
                 device[slot as usize] = values[e.start as usize + k];
             }
@@ -288,14 +350,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         // Attention runs after every new token of the step is written.
         for e in &plan.scheduled {
             let toks = &expected[&e.seq];
-            let mut v = 0;
-            let values: Vec<u64> = toks
-                .iter()
-                .map(|&t| {
-                    v = mix(v, t);
-                    v
-                })
-                .collect();
+            let values = slot_values(reqs[RequestId::of(e.seq).0 .0 as usize].tenant, toks);
             // The whole context reads back through the block table.
             let table = sched.block_table(e.seq).map_err(fail)?;
             for p in 0..(e.start + e.num_new_tokens) as usize {
@@ -332,11 +387,30 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         for o in &out {
             expected.get_mut(&o.seq).unwrap().push(o.token);
         }
-        sched.on_step_output(&out).map_err(fail)?;
+        // Cancellations while the step is in flight: the engine ran it and may
+        // report the cancelled requests' tokens or leave them out.
+        cancel(&mut sched, &mut expected, &mut samples_left, step, true)?;
+        if step % 3 == 0 {
+            out.retain(|o| expected.contains_key(&o.seq));
+        }
+        sched.on_step_output(&mut plan, &out).map_err(fail)?;
         sched.check_invariants().map_err(fail)?;
+        let mut finished: Vec<SeqId> = out
+            .iter()
+            .map(|o| o.seq)
+            .filter(|seq| expected.contains_key(seq) && sched.tokens(*seq).is_none())
+            .collect();
+        finished.sort();
+        let mut reported = plan.finished.clone();
+        reported.sort();
+        prop_assert_eq!(
+            reported,
+            finished,
+            "plan.finished lists exactly what the step finished"
+        );
         // Finished sequences leave the oracle; check they generated within limits.
         for o in &out {
-            if sched.tokens(o.seq).is_none() {
+            if expected.contains_key(&o.seq) && sched.tokens(o.seq).is_none() {
                 let (req, _) = RequestId::of(o.seq);
                 let toks = expected.remove(&o.seq).unwrap();
                 let generated = toks.len() as u32 - reqs[req.0 as usize].prompt_len;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pagedkv::kv_events::EventSource;
-use pagedkv::{KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
 use pagedkv_publisher::{KvEventPublisher, PublisherConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     })?;
     let mut events = Vec::new();
+    let mut ops = BlockOps::default();
     let system: Vec<u32> = (0..10).collect();
     for step in 0..40u32 {
         let seq = SeqId(step as u64);
@@ -60,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if step == 30 {
             kv.reset_prefix_cache();
         }
+        kv.drain_ops(&mut ops); // the step is handed to the engine
         kv.drain_events(&mut events);
         if let Some(n) = publisher.publish_now(&events)? {
             let kinds: Vec<&str> = events

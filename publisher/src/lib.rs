@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use pagedkv::kv_events::EventSource;
-//! use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
+//! use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
 //! use pagedkv_publisher::{KvEventPublisher, PublisherConfig};
 //!
 //! let config = PublisherConfig {
@@ -38,6 +38,7 @@
 //! })?;
 //! let mut events = Vec::new();
 //! kv.allocate(SeqId(1), &(0..40).collect::<Vec<u32>>())?; // one engine step
+//! kv.drain_ops(&mut BlockOps::default()); // handed to the engine: its blocks are cached
 //! kv.drain_events(&mut events);
 //! assert_eq!(publisher.publish_now(&events)?, Some(0)); // sequence number 0
 //! publisher.shutdown()?;

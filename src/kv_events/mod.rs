@@ -266,12 +266,13 @@ impl EventSource {
 ///
 /// ```
 /// use pagedkv::kv_events::{EventSource, KvEventEncoder};
-/// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
+/// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
 /// let mut kv = KvCacheManager::new(KvCacheConfig {
 ///     num_blocks: 8, block_size: 4, enable_prefix_caching: true, enable_kv_events: true,
 ///     ..Default::default()
 /// }).unwrap();
-/// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap(); // caches one block
+/// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap(); // fills one block
+/// kv.drain_ops(&mut BlockOps::default()); // the step is handed over: the block is cached
 /// let mut events = Vec::new();
 /// kv.drain_events(&mut events);
 /// let mut encoder = KvEventEncoder::new(EventSource::default()).unwrap();

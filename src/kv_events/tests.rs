@@ -346,10 +346,18 @@ fn manager_events_encode() {
         adapter: Some(7),
         ..Default::default()
     };
-    kv.allocate_with(SeqId(1), &range(0..9), &keys).unwrap();
-    kv.append(SeqId(1), &range(9..12)).unwrap();
+    let mut ops = crate::BlockOps::default();
     let mut events = Vec::new();
+    let mut all = Vec::new();
+    kv.allocate_with(SeqId(1), &range(0..9), &keys).unwrap();
+    kv.drain_ops(&mut ops); // the step is handed over: its blocks are cached
     kv.drain_events(&mut events);
+    all.append(&mut events);
+    kv.append(SeqId(1), &range(9..12)).unwrap();
+    kv.drain_ops(&mut ops);
+    kv.drain_events(&mut events);
+    all.append(&mut events);
+    let events = all;
     assert_eq!(events.len(), 2);
     let hashes: Vec<BlockHash> = kv
         .block_table(SeqId(1))

@@ -59,8 +59,9 @@ impl KvCacheManager {
         self.pool.check_invariants()?;
         let n = self.pool.num_blocks() as usize;
         let mut refs = vec![0u32; n];
-        let mut last_seen = vec![u64::MAX; n];
-        for (&seq, s) in &self.seqs {
+        // The ordinal (from 1) of the last table seen holding each block; 0: none yet.
+        let mut last_seen = vec![0u32; n];
+        for (ordinal, (&seq, s)) in (1u32..).zip(&self.seqs) {
             let t = &s.table;
             let tokens = t.num_tokens as u64;
             if t.block_size != self.config.block_size {
@@ -95,12 +96,12 @@ impl KvCacheManager {
                         "{seq:?} holds unknown block {b:?}"
                     )));
                 }
-                if last_seen[b.index()] == seq.0 {
+                if last_seen[b.index()] == ordinal {
                     return Err(InvariantViolation::new(format!(
                         "{seq:?} holds block {b:?} twice"
                     )));
                 }
-                last_seen[b.index()] = seq.0;
+                last_seen[b.index()] = ordinal;
                 refs[b.index()] += 1;
             }
         }

@@ -2,11 +2,18 @@
 //! block hashes, prefix hits at allocation, caching blocks as they fill,
 //! eviction in LRU order, and KV events.
 //!
-//! The rule that keeps cached content safe: a block carries a hash only while
-//! its content is final. Blocks are hashed when they fill; a block that is
-//! about to be written in place (the partially filled tail after a truncate)
-//! loses its hash first. Freed blocks keep their hash and wait in the free
-//! queue in LRU order (the pool's queue); taking one for new content evicts it.
+//! The rules that keep cached content safe:
+//! - a block carries a hash only while its content is final. Blocks are hashed
+//!   when they fill; a block that is about to be written in place (the
+//!   partially filled tail after a truncate) loses its hash first;
+//! - a block becomes hittable only once the step that computes it has been
+//!   handed to the engine: filled blocks are *pending* until the next
+//!   `drain_ops` commits them (and announces them in KV events). A sequence
+//!   freed before that (its step abandoned) leaves nothing cached, and two
+//!   prompts admitted in the same step never share blocks that step writes.
+//!
+//! Freed blocks keep their hash and wait in the free queue in LRU order (the
+//! pool's queue); taking one for new content evicts it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,7 +22,7 @@ use super::{take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq}
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
-use crate::prefix::{hash_block, BlockHash, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
+use crate::prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
 use crate::sizing::blocks_for;
 use crate::table::BlockTable;
 
@@ -33,6 +40,23 @@ pub(super) struct PrefixState {
     block_size: u32,
     /// Queued KV events; `None` when nobody asked for them.
     pub(super) events: Option<Vec<KvEvent>>,
+    /// Blocks filled since the last drain, in fill order, with their hash.
+    pending: Vec<(BlockId, BlockHash)>,
+    /// With KV events on: what each pending block's `BlockStored` needs.
+    pending_events: Vec<PendingEvent>,
+    /// The token ids of the pending blocks (events only), `block_size` each.
+    pending_tokens: Vec<TokenId>,
+}
+
+/// What a pending block's `BlockStored` event needs beside its hash.
+#[derive(Debug, Clone)]
+struct PendingEvent {
+    parent: Option<BlockHash>,
+    extra_keys: Vec<ExtraKey>,
+    /// The block's position in its sequence.
+    index: u32,
+    /// The sequence's LoRA adapter.
+    adapter: Option<u64>,
 }
 
 /// What prefix caching remembers of one sequence: its tokens (to hash blocks
@@ -75,6 +99,9 @@ impl PrefixState {
             algo: config.hash_algorithm,
             block_size: config.block_size,
             events: config.enable_kv_events.then(Vec::new),
+            pending: Vec::new(),
+            pending_events: Vec::new(),
+            pending_tokens: Vec::new(),
         }
     }
 
@@ -97,38 +124,98 @@ impl PrefixState {
         }
     }
 
-    /// Caches blocks `from..` of the sequence's hashed blocks. A hash already
-    /// cached elsewhere (the same content computed twice) leaves the block uncached.
+    /// Marks blocks `from..` of the sequence's hashed blocks as pending: they
+    /// become hittable at the next [`Self::commit_pending`].
     fn index_blocks(&mut self, cache: &SeqCache, blocks: &[BlockId], from: usize) {
-        let mut run: Option<usize> = None;
+        let bs = self.block_size as usize;
         for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate().skip(from) {
-            let stored = self.index.insert(h, b);
+            self.index.insert_pending(h, b);
+            self.pending.push((b, h));
             if self.events.is_some() {
-                if stored {
-                    run.get_or_insert(i);
-                } else if let Some(start) = run.take() {
-                    self.emit_stored(cache, start..i);
-                }
+                self.pending_events.push(PendingEvent {
+                    parent: i.checked_sub(1).map(|p| cache.hashes[p]),
+                    extra_keys: cache
+                        .keys()
+                        .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
+                    index: i as u32,
+                    adapter: cache.keys().adapter,
+                });
+                self.pending_tokens
+                    .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
             }
-        }
-        if let Some(start) = run {
-            self.emit_stored(cache, start..cache.hashes.len());
         }
     }
 
-    fn emit_stored(&mut self, cache: &SeqCache, blocks: Range<usize>) {
-        let bs = self.block_size as usize;
-        let keys = cache.keys();
+    /// Commits the blocks filled since the last call (their step has just
+    /// been handed to the engine): each still pending becomes hittable,
+    /// unless its hash is cached in another block already (the same content
+    /// computed twice: that block keeps the entry). With KV events on, each
+    /// run of consecutive blocks of one sequence is announced as one
+    /// `BlockStored`.
+    pub(super) fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        if self.events.is_none() {
+            for &(b, h) in &pending {
+                if self.index.pending_hash_of(b) == Some(h) {
+                    self.index.commit(b);
+                }
+            }
+        } else {
+            let infos = std::mem::take(&mut self.pending_events);
+            let tokens = std::mem::take(&mut self.pending_tokens);
+            let bs = self.block_size as usize;
+            // The run being built: indexes into `pending` of consecutive committed blocks.
+            let mut run: Option<Range<usize>> = None;
+            for (i, &(b, h)) in pending.iter().enumerate() {
+                let committed = self.index.pending_hash_of(b) == Some(h) && self.index.commit(b).is_some();
+                let continues = run
+                    .as_ref()
+                    .is_some_and(|r| r.end == i && infos[i].parent == Some(pending[i - 1].1));
+                match (committed, continues) {
+                    (true, true) => run.as_mut().expect("continues").end += 1,
+                    (true, false) => {
+                        if let Some(r) = run.replace(i..i + 1) {
+                            self.emit_stored(&pending, &infos, &tokens, r, bs);
+                        }
+                    }
+                    (false, _) => {
+                        if let Some(r) = run.take() {
+                            self.emit_stored(&pending, &infos, &tokens, r, bs);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = run {
+                self.emit_stored(&pending, &infos, &tokens, r, bs);
+            }
+            self.pending_events = infos;
+            self.pending_events.clear();
+            self.pending_tokens = tokens;
+            self.pending_tokens.clear();
+        }
+        pending.clear();
+        self.pending = pending;
+    }
+
+    fn emit_stored(
+        &mut self,
+        pending: &[(BlockId, BlockHash)],
+        infos: &[PendingEvent],
+        tokens: &[TokenId],
+        run: Range<usize>,
+        bs: usize,
+    ) {
         let event = KvEvent::BlockStored {
-            block_hashes: cache.hashes[blocks.clone()].to_vec(),
-            parent_block_hash: blocks.start.checked_sub(1).map(|p| cache.hashes[p]),
-            token_ids: cache.tokens[blocks.start * bs..blocks.end * bs].to_vec(),
+            block_hashes: pending[run.clone()].iter().map(|&(_, h)| h).collect(),
+            parent_block_hash: infos[run.start].parent,
+            token_ids: tokens[run.start * bs..run.end * bs].to_vec(),
             block_size: self.block_size,
-            first_block_index: blocks.start as u32,
-            adapter: keys.adapter,
-            extra_keys: blocks
-                .map(|i| keys.extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64))
-                .collect(),
+            first_block_index: infos[run.start].index,
+            adapter: infos[run.start].adapter,
+            extra_keys: infos[run].iter().map(|e| e.extra_keys.clone()).collect(),
         };
         self.push_event(event);
     }
@@ -218,13 +305,12 @@ impl KvCacheManager {
         }
         let total = blocks_for(num_tokens, bs);
         let needed = total - held;
-        let free = self.pool.num_free() as u64;
-        if needed > free {
+        if let Err(e) = self.check_start(seq, needed) {
             self.spare.push((storage, Some(cache)));
-            self.stats.out_of_blocks += 1;
-            return Err(KvError::OutOfBlocks { needed, free });
+            return Err(e);
         }
 
+        let p = self.prefix.as_ref().expect("checked above");
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
         // Hits first: a fresh allocation could otherwise evict a free hit block.
         for &h in &cache.hashes[..hits] {
@@ -244,6 +330,7 @@ impl KvCacheManager {
                 .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
         }
         table.num_tokens = num_tokens as u32;
+        table.appended_epoch = self.epoch;
         let p = self.prefix.as_mut().expect("checked above");
         p.index_blocks(&cache, &table.blocks, hits);
 
@@ -301,6 +388,7 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 4, enable_prefix_caching: true, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    /// kv.drain_ops(&mut Default::default());               // its step runs
     /// kv.free(SeqId(1)).unwrap();                          // blocks stay cached
     /// let keys = PrefixKeys::default();
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5, 6, 7, 8, 0], &keys), 8);
@@ -331,6 +419,7 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 2, enable_prefix_caching: true, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();
+    /// kv.drain_ops(&mut Default::default());
     /// kv.free(SeqId(1)).unwrap();
     /// assert_eq!(kv.reset_prefix_cache(), 2);
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::default()), 0);
@@ -365,6 +454,15 @@ impl KvCacheManager {
             };
         };
         p.index.check_invariants()?;
+        if let Some(b) = self
+            .pool
+            .free_blocks()
+            .find(|&b| p.index.pending_hash_of(b).is_some())
+        {
+            return Err(InvariantViolation::new(format!(
+                "free block {b:?} is pending: it would become hittable though no step computes it"
+            )));
+        }
         let bs = self.config.block_size as usize;
         for (&seq, s) in &self.seqs {
             let Some(cache) = s.cache.as_deref() else {

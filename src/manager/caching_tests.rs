@@ -20,12 +20,19 @@ fn toks(r: std::ops::Range<u32>) -> Vec<TokenId> {
     r.collect()
 }
 
+/// Hands the step to the engine (which runs it): the blocks filled so far
+/// become hittable.
+fn run_step(kv: &mut KvCacheManager) {
+    kv.drain_ops(&mut BlockOps::default());
+}
+
 #[test]
 fn hit_on_free_blocks_reuses_them_in_place() {
     let mut kv = kv(8, 4, false);
     let a = kv.allocate(SeqId(1), &toks(0..10)).unwrap();
     assert_eq!((a.num_blocks, a.cached_tokens), (3, 0));
     let first = kv.block_table(SeqId(1)).unwrap().to_vec();
+    run_step(&mut kv);
     kv.free(SeqId(1)).unwrap();
     // The partial tail (no hash) is reused first; the prefix waits at the LRU tail.
     assert_eq!(kv.pool().peek_free(), Some(first[2]));
@@ -41,6 +48,7 @@ fn hit_on_free_blocks_reuses_them_in_place() {
 fn hit_on_blocks_in_use_shares_them() {
     let mut kv = kv(8, 4, false);
     kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    run_step(&mut kv);
     let b = kv.allocate(SeqId(2), &toks(0..12)).unwrap();
     assert_eq!(b.cached_tokens, 8);
     assert_eq!(b.num_blocks, 1, "two blocks shared, one new");
@@ -53,7 +61,9 @@ fn hit_on_blocks_in_use_shares_them() {
 fn a_full_hit_recomputes_the_last_block() {
     let mut kv = kv(8, 4, false);
     kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    run_step(&mut kv);
     let b = kv.allocate(SeqId(2), &toks(0..8)).unwrap();
+    run_step(&mut kv);
     assert_eq!(b.cached_tokens, 4);
     assert_ne!(
         kv.block_table(SeqId(1)).unwrap()[1],
@@ -69,10 +79,12 @@ fn a_full_hit_recomputes_the_last_block() {
 fn eviction_is_lru_and_prefix_outlives_suffix() {
     let mut kv = kv(4, 2, false);
     kv.allocate(SeqId(1), &toks(0..5)).unwrap(); // 3 blocks, 2 cached
+    run_step(&mut kv);
     kv.free(SeqId(1)).unwrap();
     assert_eq!(kv.num_cached_blocks(), 2);
     kv.allocate(SeqId(2), &toks(100..107)).unwrap(); // 4 blocks: evicts both
     assert_eq!(kv.stats().prefix_evictions, 2);
+    run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 3);
     kv.free(SeqId(2)).unwrap();
     kv.allocate(SeqId(3), &toks(200..203)).unwrap(); // 2 blocks: tail, then LRU
@@ -87,6 +99,7 @@ fn eviction_is_lru_and_prefix_outlives_suffix() {
 fn refused_allocation_changes_nothing() {
     let mut kv = kv(3, 4, true);
     kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+    run_step(&mut kv);
     let mut events = Vec::new();
     kv.drain_events(&mut events);
     let before = format!(
@@ -121,10 +134,14 @@ fn refused_allocation_changes_nothing() {
 fn appended_blocks_are_cached_when_they_fill() {
     let mut kv = kv(8, 4, true);
     kv.allocate(SeqId(1), &toks(0..3)).unwrap();
+    run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 0);
     kv.append(SeqId(1), &[3]).unwrap(); // fast path fills block 0
+    assert_eq!(kv.num_cached_blocks(), 0, "pending until its step is handed over");
+    run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 1);
     kv.append(SeqId(1), &toks(4..13)).unwrap(); // slow path: blocks 1, 2 fill
+    run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 3);
     let mut events = Vec::new();
     kv.drain_events(&mut events);
@@ -154,10 +171,12 @@ fn appended_blocks_are_cached_when_they_fill() {
 fn truncate_into_a_cached_block_uncaches_it() {
     let mut kv = kv(8, 4, true);
     kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 2);
     kv.truncate(SeqId(1), 6).unwrap(); // rejected speculative tokens
     assert_eq!(kv.num_cached_blocks(), 1);
     kv.append(SeqId(1), &[60, 70]).unwrap();
+    run_step(&mut kv);
     kv.check_invariants().unwrap();
     assert_eq!(
         kv.cached_prefix_len(&[0, 1, 2, 3, 4, 5, 6, 7, 9], &PrefixKeys::default()),
@@ -173,6 +192,7 @@ fn truncate_into_a_cached_block_uncaches_it() {
 fn shared_tail_after_truncate_keeps_its_hash_until_written_alone() {
     let mut kv = kv(8, 4, false);
     kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+    run_step(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     kv.truncate(SeqId(1), 6).unwrap();
     kv.truncate(SeqId(2), 6).unwrap();
@@ -193,24 +213,29 @@ fn salts_adapters_and_images_isolate() {
     let mut kv = kv(32, 2, false);
     let p = toks(0..5);
     kv.allocate_with(SeqId(1), &p, &PrefixKeys::salted("a")).unwrap();
+    run_step(&mut kv);
     assert_eq!(
         kv.allocate_with(SeqId(2), &p, &PrefixKeys::salted("b"))
             .unwrap()
             .cached_tokens,
         0
     );
+    run_step(&mut kv);
     assert_eq!(
         kv.allocate_with(SeqId(3), &p, &PrefixKeys::salted("a"))
             .unwrap()
             .cached_tokens,
         4
     );
+    run_step(&mut kv);
     assert_eq!(kv.allocate(SeqId(4), &p).unwrap().cached_tokens, 0);
+    run_step(&mut kv);
     let lora = PrefixKeys {
         adapter: Some(1),
         ..Default::default()
     };
     assert_eq!(kv.allocate_with(SeqId(5), &p, &lora).unwrap().cached_tokens, 0);
+    run_step(&mut kv);
     let img = |hash| PrefixKeys {
         mm_spans: vec![MmSpan {
             offset: 2,
@@ -221,8 +246,11 @@ fn salts_adapters_and_images_isolate() {
     };
     // Block 0 is untouched by the image: it hits seq 4's block; block 1 differs.
     assert_eq!(kv.allocate_with(SeqId(6), &p, &img(7)).unwrap().cached_tokens, 2);
+    run_step(&mut kv);
     assert_eq!(kv.allocate_with(SeqId(7), &p, &img(7)).unwrap().cached_tokens, 4);
+    run_step(&mut kv);
     assert_eq!(kv.allocate_with(SeqId(8), &p, &img(8)).unwrap().cached_tokens, 2);
+    run_step(&mut kv);
     kv.check_invariants().unwrap();
 }
 
@@ -239,6 +267,7 @@ fn events_report_extra_keys_and_reset() {
         }],
     };
     kv.allocate_with(SeqId(1), &toks(0..5), &keys).unwrap();
+    run_step(&mut kv);
     kv.free(SeqId(1)).unwrap();
     assert_eq!(kv.reset_prefix_cache(), 2);
     let mut events = Vec::new();
@@ -261,11 +290,12 @@ fn events_report_extra_keys_and_reset() {
 fn admission_counts_held_prefix_blocks() {
     let mut kv = kv(4, 4, false);
     kv.allocate(SeqId(1), &toks(0..12)).unwrap();
+    run_step(&mut kv);
     let keys = PrefixKeys::default();
-    assert_eq!(kv.check_admission_for(&toks(0..14), &keys, 2), Admission::Now);
-    assert_eq!(kv.check_admission_for(&toks(50..64), &keys, 2), Admission::Later);
+    assert_eq!(kv.check_admission(&toks(0..14), &keys, 2), Admission::Now);
+    assert_eq!(kv.check_admission(&toks(50..64), &keys, 2), Admission::Later);
     assert!(matches!(
-        kv.check_admission_for(&toks(0..14), &keys, 3),
+        kv.check_admission(&toks(0..14), &keys, 4),
         Admission::Never(AdmissionRefusal::ExceedsPool { .. })
     ));
 }
@@ -291,6 +321,7 @@ fn caching_off_ignores_keys_and_caches_nothing() {
     .unwrap();
     for kv in [&mut on, &mut off] {
         kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+        run_step(kv);
         kv.free(SeqId(1)).unwrap();
     }
     assert_eq!(off.allocate(SeqId(2), &toks(0..9)).unwrap().cached_tokens, 0);
@@ -298,4 +329,50 @@ fn caching_off_ignores_keys_and_caches_nothing() {
     assert_eq!(off.reset_prefix_cache(), 0);
     assert_eq!(off.num_cached_blocks(), 0);
     off.check_invariants().unwrap();
+}
+
+#[test]
+fn blocks_of_a_step_never_handed_over_are_never_hit() {
+    // A prompt allocated and freed before its step ran (an aborted request)
+    // leaves nothing cached: nobody wrote those blocks.
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+    kv.free(SeqId(1)).unwrap();
+    run_step(&mut kv);
+    assert_eq!(kv.num_cached_blocks(), 0);
+    assert_eq!(kv.allocate(SeqId(2), &toks(0..9)).unwrap().cached_tokens, 0);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert!(events.is_empty(), "{events:?}");
+    // Freed pending blocks went to the head of the free queue, uncached.
+    kv.check_invariants().unwrap();
+    // Two prompts in one step share nothing that step writes...
+    let c = kv.allocate(SeqId(3), &toks(0..9)).unwrap();
+    assert_eq!(c.cached_tokens, 0);
+    run_step(&mut kv);
+    // ...and the next step hits what the first one computed (the duplicate stays uncached).
+    assert_eq!(kv.num_cached_blocks(), 2);
+    assert_eq!(kv.allocate(SeqId(4), &toks(0..9)).unwrap().cached_tokens, 8);
+    kv.drain_events(&mut events);
+    assert_eq!(events.len(), 1, "one BlockStored for seq 2's blocks: {events:?}");
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn a_block_refilled_before_its_step_is_committed_with_its_new_content() {
+    let mut kv = kv(4, 4, true);
+    kv.allocate(SeqId(1), &toks(0..4)).unwrap(); // block 0 pending as [0..4)
+    kv.truncate(SeqId(1), 2).unwrap(); // rewritten in place: its pending hash goes
+    kv.append(SeqId(1), &[50, 51]).unwrap(); // refilled: pending as [0, 1, 50, 51]
+    run_step(&mut kv);
+    let keys = PrefixKeys::default();
+    assert_eq!(kv.cached_prefix_len(&[0, 1, 2, 3, 9], &keys), 0);
+    assert_eq!(kv.cached_prefix_len(&[0, 1, 50, 51, 9], &keys), 4);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    let [KvEvent::BlockStored { token_ids, .. }] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*token_ids, vec![0, 1, 50, 51]);
+    kv.check_invariants().unwrap();
 }

@@ -68,16 +68,17 @@ use swap::HostTier;
 /// The paged KV cache manager.
 ///
 /// ```
-/// use pagedkv::{Admission, BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+/// use pagedkv::{Admission, BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
 /// let mut kv = KvCacheManager::new(KvCacheConfig {
 ///     num_blocks: 64, block_size: 16, max_model_len: 512, ..Default::default()
 /// }).unwrap();
 /// let prompt: Vec<u32> = (0..20).collect();
-/// assert_eq!(kv.check_admission(prompt.len() as u64, 100), Admission::Now);
+/// assert_eq!(kv.check_admission(&prompt, &PrefixKeys::default(), 100), Admission::Now);
 /// kv.allocate(SeqId(1), &prompt).unwrap();      // 2 blocks
+/// let mut ops = BlockOps::default();
+/// kv.drain_ops(&mut ops);                       // the prefill step: the engine runs it
 /// kv.fork(SeqId(1), SeqId(2)).unwrap();         // shares both
 /// kv.append(SeqId(2), &[7]).unwrap();           // shared partial block: copy-on-write
-/// let mut ops = BlockOps::default();
 /// kv.drain_ops(&mut ops);
 /// assert_eq!(ops.copies.len(), 1);              // run before the step's kernels
 /// assert_eq!(kv.block_table(SeqId(2)).unwrap().len(), 2);
@@ -102,6 +103,9 @@ pub struct KvCacheManager {
     /// Prefix index and KV events; `None` when prefix caching is off.
     prefix: Option<PrefixState>,
     stats: KvStats,
+    /// Counts `drain_ops` calls (from 1, wrapping back to 1): a table
+    /// appended to in the current step carries the current epoch.
+    epoch: u32,
 }
 
 impl KvCacheManager {
@@ -124,6 +128,7 @@ impl KvCacheManager {
             swapped: SeqMap::default(),
             prefix,
             stats: KvStats::default(),
+            epoch: 1,
         })
     }
 
@@ -164,8 +169,10 @@ impl KvCacheManager {
     ///
     /// Errors (nothing changes): [`KvError::DuplicateSequence`],
     /// [`KvError::EmptyPrompt`], [`KvError::ExceedsMaxModelLen`],
-    /// [`KvError::OutOfBlocks`]. The watermark is not applied here (that is
-    /// admission's job); only the blocks actually free count.
+    /// [`KvError::OutOfBlocks`], [`KvError::BelowWatermark`] (while other
+    /// sequences are on the device, the watermark's blocks stay free: the
+    /// rule [`Self::check_admission`] answers by, so a request admitted `Now`
+    /// always allocates).
     pub fn allocate(&mut self, seq: SeqId, prompt: &[TokenId]) -> Result<Allocation, KvError> {
         self.allocate_with(seq, prompt, &PrefixKeys::default())
     }
@@ -200,7 +207,7 @@ impl KvCacheManager {
             return self.allocate_cached(seq, prompt, keys);
         }
         let needed = self.blocks_for(tokens);
-        self.check_free(needed)?;
+        self.check_start(seq, needed)?;
 
         let (storage, _) = self.spare.pop().unwrap_or_default();
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
@@ -212,6 +219,7 @@ impl KvCacheManager {
             );
         }
         table.num_tokens = tokens as u32;
+        table.appended_epoch = self.epoch;
         self.seqs.insert(seq, Seq { table, cache: None });
         self.stats.sequences_allocated += 1;
         Ok(Allocation {
@@ -274,6 +282,7 @@ impl KvCacheManager {
         slots: Option<(Range<u64>, &mut Vec<Slot>)>,
     ) -> Result<(), KvError> {
         let max_model_len = self.config.max_model_len;
+        let epoch = self.epoch;
         let Some(s) = self.seqs.get_mut(&seq) else {
             return Err(self.absent(seq));
         };
@@ -300,6 +309,9 @@ impl KvCacheManager {
         let capacity = table.blocks.len() as u64 * self.config.block_size as u64;
         if new_len <= capacity && !table.tail_maybe_shared {
             table.num_tokens = new_len as u32;
+            if !tokens.is_empty() {
+                table.appended_epoch = epoch;
+            }
             after_append(&mut self.prefix, s, tokens, slots);
             return Ok(());
         }
@@ -310,6 +322,9 @@ impl KvCacheManager {
             self.append_slow(seq, new_len)?;
         }
         let s = self.seqs.get_mut(&seq).expect("looked up above");
+        if !tokens.is_empty() {
+            s.table.appended_epoch = epoch;
+        }
         after_append(&mut self.prefix, s, tokens, slots);
         Ok(())
     }
@@ -378,9 +393,13 @@ impl KvCacheManager {
     /// Makes `child` share every block of `parent` (parallel sampling, beam
     /// search). Needs no free block: the first divergent write copies.
     ///
-    /// The parent's tokens must have been computed (their step executed)
-    /// before the fork: a later copy-on-write copies slots as they are at the
-    /// start of the step that runs it.
+    /// The parent's tokens must have been handed to the engine to compute
+    /// (a `drain_ops` since its last allocate or append): a later
+    /// copy-on-write copies slots as they are at the start of the step that
+    /// runs it, so forking tokens not yet computed would copy nothing.
+    ///
+    /// Errors (nothing changes): `DuplicateSequence`, `UnknownSequence`,
+    /// `SequenceSwapped`, `NotYetComputed`.
     pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<(), KvError> {
         if self.seqs.contains_key(&child) || self.swapped.contains_key(&child) {
             return Err(KvError::DuplicateSequence { seq: child });
@@ -388,6 +407,9 @@ impl KvCacheManager {
         let Some(src) = self.seqs.get(&parent) else {
             return Err(self.absent(parent));
         };
+        if self.appended_this_step(&src.table) {
+            return Err(KvError::NotYetComputed { seq: parent });
+        }
         let (storage, spare_cache) = self.spare.pop().unwrap_or_default();
         let mut table = BlockTable::with_storage(storage, self.config.block_size);
         table.blocks.extend_from_slice(&src.table.blocks);
@@ -431,7 +453,7 @@ impl KvCacheManager {
         let keep = blocks_for(new_len, bs) as usize;
         while table.blocks.len() > keep {
             let b = table.blocks.pop().expect("len > keep >= 0");
-            release(&mut self.pool, &self.prefix, &mut self.host, b);
+            release(&mut self.pool, &mut self.prefix, &mut self.host, b);
         }
         table.num_tokens = new_len as u32;
         // A new partially filled tail may be written in place: its host copy goes stale.
@@ -469,7 +491,7 @@ impl KvCacheManager {
             }
         } else {
             for &b in table.blocks.iter().rev() {
-                release(&mut self.pool, &self.prefix, &mut self.host, b);
+                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
             }
         }
         self.spare.push((table.into_storage(), cache));
@@ -484,6 +506,11 @@ impl KvCacheManager {
     /// Also returns to the host pool the host blocks released since the last
     /// call (held until now so that no swap-out can overwrite a host block a
     /// queued swap-in still reads).
+    ///
+    /// Draining hands the step to the engine, which must then run it: the
+    /// blocks filled since the last call become hittable by later prompts
+    /// (with prefix caching on; announced in KV events), and the sequences
+    /// appended to since then may be forked and swapped out from now on.
     pub fn drain_ops(&mut self, ops: &mut BlockOps) {
         ops.clear();
         ops.copies.extend_from_slice(&self.copies);
@@ -491,9 +518,34 @@ impl KvCacheManager {
         if let Some(h) = &mut self.host {
             h.drain_into(ops);
         }
+        if let Some(p) = &mut self.prefix {
+            p.commit_pending();
+        }
+        self.next_epoch();
     }
 
-    /// Block operations queued and not yet drained.
+    /// Starts a new step for the "appended since the last drain" checks.
+    fn next_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Once every 2^32 drains: no table may keep a stale epoch that
+            // would read as the new one.
+            for s in self.seqs.values_mut() {
+                s.table.appended_epoch = 0;
+            }
+            self.epoch = 1;
+        }
+    }
+
+    /// Whether the sequence's table was allocated or appended to since the
+    /// last `drain_ops` (its new tokens are not computed yet).
+    #[inline]
+    fn appended_this_step(&self, t: &BlockTable) -> bool {
+        t.appended_epoch == self.epoch
+    }
+
+    /// The copy-on-write copies (device → device) queued since the last
+    /// [`Self::drain_ops`]; the queued swap copies are [`Self::pending_swaps`].
     pub fn pending_copies(&self) -> &[BlockCopy] {
         &self.copies
     }
@@ -523,11 +575,22 @@ impl KvCacheManager {
         Ok(())
     }
 
-    fn check_free(&mut self, needed: u64) -> Result<(), KvError> {
+    /// Whether a new sequence (or one coming back from the host) may take
+    /// `needed` blocks: they are free, with the watermark to spare while
+    /// other sequences are on the device.
+    fn check_start(&mut self, seq: SeqId, needed: u64) -> Result<(), KvError> {
         let free = self.pool.num_free() as u64;
         if needed > free {
             self.stats.out_of_blocks += 1;
             return Err(KvError::OutOfBlocks { needed, free });
+        }
+        if needed + self.reserve_for_growth() > free {
+            return Err(KvError::BelowWatermark {
+                seq,
+                needed,
+                free,
+                watermark_blocks: self.watermark_blocks,
+            });
         }
         Ok(())
     }
@@ -574,7 +637,7 @@ fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mu
 /// the head to be reused first. A block that becomes free loses its
 /// association with a host copy.
 #[inline]
-fn release(pool: &mut BlockPool, prefix: &Option<PrefixState>, host: &mut Option<HostTier>, b: BlockId) {
+fn release(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, host: &mut Option<HostTier>, b: BlockId) {
     let cached = match prefix {
         None => true,
         Some(p) => p.index.hash_of(b).is_some(),
@@ -585,7 +648,14 @@ fn release(pool: &mut BlockPool, prefix: &Option<PrefixState>, host: &mut Option
         pool.decref_evict_first(b)
     }
     .expect("a live table's blocks are allocated");
-    if let (true, Some(h)) = (freed, host) {
-        h.forget_device(b);
+    if freed {
+        // A pending block freed before its step was handed over was never
+        // written: it must not become hittable.
+        if let (false, Some(p)) = (cached, prefix) {
+            p.index.remove_block(b);
+        }
+        if let Some(h) = host {
+            h.forget_device(b);
+        }
     }
 }

@@ -1,15 +1,21 @@
 //! A `Send + Sync` handle for engines whose request handling runs on several threads.
 
+use std::ops::DerefMut;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use super::{KvCacheConfig, KvCacheManager};
 use crate::error::KvError;
 
-/// A cloneable, thread-safe handle to one [`KvCacheManager`] behind a
-/// `parking_lot` mutex. Lock once per step and make all the step's calls under
-/// that one lock; each call is nanoseconds, so the lock is held briefly.
+/// A cloneable, thread-safe handle to one [`KvCacheManager`] behind a mutex.
+/// Lock once per step and make all the step's calls under that one lock; each
+/// call is nanoseconds, so the lock is held briefly.
+///
+/// The mutex is `parking_lot`'s (no poisoning, so a panic in another thread
+/// does not make the cache unusable, and a smaller, faster uncontended lock
+/// than std's); it stays an implementation detail: [`Self::lock`] returns an
+/// opaque guard that dereferences to the manager.
 ///
 /// ```
 /// use pagedkv::{KvCacheConfig, SeqId, SharedKvCacheManager};
@@ -30,8 +36,9 @@ impl SharedKvCacheManager {
         KvCacheManager::new(config).map(Self::from)
     }
 
-    /// Locks the manager for a batch of calls.
-    pub fn lock(&self) -> MutexGuard<'_, KvCacheManager> {
+    /// Locks the manager for a batch of calls; the lock is released when the
+    /// returned guard is dropped.
+    pub fn lock(&self) -> impl DerefMut<Target = KvCacheManager> + '_ {
         self.inner.lock()
     }
 

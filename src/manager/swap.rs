@@ -174,12 +174,16 @@ impl KvCacheManager {
     /// (new blocks, plus one for a copy-on-write of a shared partial tail).
     /// Pure; a scheduler uses it to decide preemptions before appending.
     ///
+    /// Errors: those of [`Self::table`], and [`KvError::ExceedsMaxModelLen`]
+    /// when the append itself would be refused for its length.
+    ///
     /// ```
     /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
     /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();
     /// assert_eq!(kv.append_blocks_needed(SeqId(1), 1).unwrap(), 0);
     /// assert_eq!(kv.append_blocks_needed(SeqId(1), 2).unwrap(), 1);
+    /// kv.drain_ops(&mut Default::default());
     /// kv.fork(SeqId(1), SeqId(2)).unwrap();
     /// assert_eq!(kv.append_blocks_needed(SeqId(2), 1).unwrap(), 1); // copy-on-write
     /// ```
@@ -190,7 +194,10 @@ impl KvCacheManager {
         }
         let bs = self.config.block_size as u64;
         let len = t.num_tokens as u64;
-        let grow = self.blocks_for(len + num_new_tokens) - t.blocks.len() as u64;
+        // The refusal `append` would give (an absurd count saturates, never wraps).
+        let new_len = len.saturating_add(num_new_tokens);
+        self.check_len(seq, new_len)?;
+        let grow = self.blocks_for(new_len) - t.blocks.len() as u64;
         let cow = len % bs != 0
             && t.tail_maybe_shared
             && t.blocks
@@ -220,12 +227,12 @@ impl KvCacheManager {
         Ok(t.blocks.iter().filter(|&&h| host.dev_of(h).is_none()).count() as u64)
     }
 
-    /// Whether the swapped-out sequence can come back now with the watermark
-    /// kept free (as admission does): `swap_in_blocks_needed + watermark <= free`.
-    /// False for a sequence that is not swapped out.
+    /// Whether [`Self::swap_in`] would succeed now: the sequence is swapped
+    /// out and `swap_in_blocks_needed` blocks are free with the watermark to
+    /// spare (kept while other sequences are on the device, as admission does).
     pub fn can_swap_in(&self, seq: SeqId) -> bool {
         self.swap_in_blocks_needed(seq)
-            .is_ok_and(|n| n + self.watermark_blocks as u64 <= self.pool.num_free() as u64)
+            .is_ok_and(|n| n + self.reserve_for_growth() <= self.pool.num_free() as u64)
     }
 
     /// Moves a sequence's blocks to the host tier: each device block is copied
@@ -234,11 +241,12 @@ impl KvCacheManager {
     /// block hashes; until [`Self::swap_in`] it cannot be appended to, forked
     /// or read (`SequenceSwapped`), but it can be freed.
     ///
-    /// Swap out only sequences whose tokens were computed by the steps already
-    /// run (not one appended to since the last `drain_ops`).
+    /// Only sequences whose tokens were handed to the engine to compute can
+    /// move (not one allocated or appended to since the last `drain_ops`):
+    /// the swap-out copy runs before the step that would compute them.
     ///
     /// Errors (nothing changes): `UnknownSequence`, `SequenceSwapped`,
-    /// `NoHostTier`, `HostOutOfBlocks`, `PendingWrite`.
+    /// `NoHostTier`, `NotYetComputed`, `HostOutOfBlocks`, `PendingWrite`.
     ///
     /// ```
     /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
@@ -246,10 +254,11 @@ impl KvCacheManager {
     ///     num_blocks: 8, block_size: 4, num_host_blocks: 8, ..Default::default()
     /// }).unwrap();
     /// kv.allocate(SeqId(1), &[1, 2, 3, 4, 5]).unwrap();     // 2 blocks
+    /// let mut ops = BlockOps::default();
+    /// kv.drain_ops(&mut ops);                               // its prefill step
     /// kv.fork(SeqId(1), SeqId(2)).unwrap();                 // both shared
     /// kv.swap_out(SeqId(1)).unwrap();
     /// kv.swap_out(SeqId(2)).unwrap();                       // shares the host copies
-    /// let mut ops = BlockOps::default();
     /// kv.drain_ops(&mut ops);
     /// assert_eq!(ops.swap_out.len(), 2);                    // one copy per device block
     /// assert_eq!(kv.num_free_blocks(), 8);
@@ -265,9 +274,13 @@ impl KvCacheManager {
         let Some(s) = self.seqs.get(&seq) else {
             return Err(self.absent(seq));
         };
-        let Some(host) = &mut self.host else {
+        if self.host.is_none() {
             return Err(KvError::NoHostTier { seq });
-        };
+        }
+        if self.appended_this_step(&s.table) {
+            return Err(KvError::NotYetComputed { seq });
+        }
+        let host = self.host.as_mut().expect("checked above");
         let blocks = &s.table.blocks;
         if let Some(c) = self
             .copies
@@ -309,7 +322,7 @@ impl KvCacheManager {
                     h
                 }
             };
-            release(&mut self.pool, &self.prefix, &mut self.host, d);
+            release(&mut self.pool, &mut self.prefix, &mut self.host, d);
             *b = h;
         }
         s.table.tail_maybe_shared = false;
@@ -321,17 +334,18 @@ impl KvCacheManager {
     /// Brings a swapped-out sequence back: each host block is copied to a
     /// fresh device block (queued in [`BlockOps::swap_in`]) unless a sharer
     /// already brought it back or still holds its device original, which is
-    /// then shared without a copy. The watermark is not applied (use
-    /// [`Self::can_swap_in`] for that).
+    /// then shared without a copy. Like `allocate`, it keeps the watermark
+    /// free while other sequences are on the device ([`Self::can_swap_in`]
+    /// says whether it would succeed).
     ///
     /// Errors (nothing changes): `UnknownSequence`, `NotSwapped`, `OutOfBlocks`,
-    /// `SwapInWouldOverwrite`.
+    /// `BelowWatermark`, `SwapInWouldOverwrite`.
     pub fn swap_in(&mut self, seq: SeqId) -> Result<(), KvError> {
         let needed = self.swap_in_blocks_needed(seq)?;
         if let Some(c) = self.copies.iter().find(|c| self.pool.ref_count(c.src) == Ok(0)) {
             return Err(KvError::SwapInWouldOverwrite { seq, block: c.src });
         }
-        self.check_free(needed)?;
+        self.check_start(seq, needed)?;
 
         let mut s = self.swapped.remove(&seq).expect("checked above");
         let bs = self.config.block_size;

@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Hands the step to the engine: the tokens appended so far count as computed
+/// (fork and swap-out need that), and queued copies are drained.
+fn settle(kv: &mut KvCacheManager) {
+    kv.drain_ops(&mut BlockOps::default());
+}
+
 fn kv(num_blocks: u32, block_size: u32, host: u32) -> KvCacheManager {
     KvCacheManager::new(KvCacheConfig {
         num_blocks,
@@ -45,6 +51,7 @@ fn host_pool_exhausted_is_typed_and_changes_nothing() {
     let mut kv = kv(8, 4, 2);
     kv.allocate(SeqId(1), &toks(9)).unwrap(); // 3 blocks
     let before = state(&kv);
+    settle(&mut kv);
     let err = kv.swap_out(SeqId(1)).unwrap_err();
     assert_eq!(
         err,
@@ -73,6 +80,7 @@ fn no_host_tier_and_wrong_states_are_refused() {
     );
 
     let mut kv = kv(8, 4, 8);
+    settle(&mut kv);
     assert_eq!(
         kv.swap_out(SeqId(9)),
         Err(KvError::UnknownSequence { seq: SeqId(9) })
@@ -82,6 +90,7 @@ fn no_host_tier_and_wrong_states_are_refused() {
         Err(KvError::UnknownSequence { seq: SeqId(9) })
     );
     kv.allocate(SeqId(1), &toks(3)).unwrap();
+    settle(&mut kv);
     kv.swap_out(SeqId(1)).unwrap();
     let before = state(&kv);
     let swapped = KvError::SequenceSwapped { seq: SeqId(1) };
@@ -96,6 +105,7 @@ fn no_host_tier_and_wrong_states_are_refused() {
     );
     assert_eq!(state(&kv), before);
     kv.allocate(SeqId(3), &[1]).unwrap();
+    settle(&mut kv);
     assert_eq!(
         kv.fork(SeqId(3), SeqId(1)),
         Err(KvError::DuplicateSequence { seq: SeqId(1) })
@@ -108,6 +118,7 @@ fn forked_family_moves_once_and_stays_shared() {
     let mut kv = kv(16, 4, 16);
     let mut ops = BlockOps::default();
     kv.allocate(SeqId(0), &toks(10)).unwrap(); // 3 blocks, last partial
+    settle(&mut kv);
     for c in 1..4 {
         kv.fork(SeqId(0), SeqId(c)).unwrap();
     }
@@ -143,7 +154,9 @@ fn mixed_sharers_reuse_the_device_original_without_copies() {
     let mut kv = kv(8, 4, 8);
     let mut ops = BlockOps::default();
     kv.allocate(SeqId(1), &toks(6)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
+    settle(&mut kv);
     kv.swap_out(SeqId(2)).unwrap(); // seq 1 keeps the device blocks
     kv.drain_ops(&mut ops);
     assert_eq!(ops.swap_out.len(), 2);
@@ -156,6 +169,7 @@ fn mixed_sharers_reuse_the_device_original_without_copies() {
     kv.check_invariants().unwrap();
 
     // Once seq 1 writes into the partial tail in place, the host copy is stale.
+    settle(&mut kv);
     kv.swap_out(SeqId(2)).unwrap();
     kv.append(SeqId(1), &[7]).unwrap(); // seq 1 now holds the tail alone: in place
     kv.drain_ops(&mut ops);
@@ -173,8 +187,11 @@ fn free_of_a_swapped_sequence_releases_host_blocks_at_drain() {
     let mut kv = kv(8, 4, 4);
     let mut ops = BlockOps::default();
     kv.allocate(SeqId(1), &toks(8)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
+    settle(&mut kv);
     kv.swap_out(SeqId(1)).unwrap();
+    settle(&mut kv);
     kv.swap_out(SeqId(2)).unwrap();
     kv.free(SeqId(1)).unwrap();
     assert_eq!(kv.num_free_host_blocks(), 2, "still held by seq 2");
@@ -192,14 +209,19 @@ fn free_of_a_swapped_sequence_releases_host_blocks_at_drain() {
 fn unsafe_orders_within_a_step_are_refused() {
     let mut kv = kv(8, 4, 8);
     kv.allocate(SeqId(1), &toks(6)).unwrap();
+    kv.allocate(SeqId(3), &toks(4)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     kv.append(SeqId(2), &[9]).unwrap(); // copy-on-write queued into seq 2's tail
     let before = state(&kv);
-    assert!(matches!(kv.swap_out(SeqId(2)), Err(KvError::PendingWrite { .. })));
+    // Its new token is not computed yet (and a queued copy writes its tail).
+    assert_eq!(
+        kv.swap_out(SeqId(2)),
+        Err(KvError::NotYetComputed { seq: SeqId(2) })
+    );
     assert_eq!(state(&kv), before);
 
     // The copy's source is freed this step: a swap-in could take and overwrite it.
-    kv.allocate(SeqId(3), &toks(4)).unwrap();
     kv.swap_out(SeqId(3)).unwrap();
     kv.free(SeqId(1)).unwrap();
     let before = state(&kv);
@@ -211,6 +233,11 @@ fn unsafe_orders_within_a_step_are_refused() {
     let mut ops = BlockOps::default();
     kv.drain_ops(&mut ops);
     kv.swap_in(SeqId(3)).unwrap();
+    // A queued swap-in writes seq 3's blocks: swapping it out again this step
+    // would read them before they are written.
+    let before = state(&kv);
+    assert!(matches!(kv.swap_out(SeqId(3)), Err(KvError::PendingWrite { .. })));
+    assert_eq!(state(&kv), before);
     kv.check_invariants().unwrap();
 }
 

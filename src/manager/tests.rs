@@ -1,6 +1,12 @@
 use super::*;
 use crate::pool::MAX_BLOCKS;
 
+/// Hands the step to the engine: the tokens appended so far count as computed
+/// (fork and swap-out need that), and queued copies are drained.
+fn settle(kv: &mut KvCacheManager) {
+    kv.drain_ops(&mut BlockOps::default());
+}
+
 fn kv(num_blocks: u32, block_size: u32) -> KvCacheManager {
     KvCacheManager::new(KvCacheConfig {
         num_blocks,
@@ -34,12 +40,14 @@ fn one_block_pool() {
         Err(KvError::OutOfBlocks { needed: 1, free: 0 })
     );
     assert_eq!(snapshot(&kv), before);
-    assert_eq!(kv.check_admission(1, 0), Admission::Later);
+    assert_eq!(kv.check_admission_len(1, 0).unwrap(), Admission::Later);
     kv.free(SeqId(1)).unwrap();
-    assert_eq!(kv.check_admission(16, 0), Admission::Now);
+    assert_eq!(kv.check_admission_len(16, 0).unwrap(), Admission::Now);
+    // The last sampled token is never stored: 16 + 1 new tokens store 16.
+    assert_eq!(kv.check_admission_len(16, 1).unwrap(), Admission::Now);
     assert!(matches!(
-        kv.check_admission(16, 1),
-        Admission::Never(AdmissionRefusal::ExceedsPool { .. })
+        kv.check_admission_len(16, 2).unwrap(),
+        Admission::Never(AdmissionRefusal::ExceedsPool { tokens: 17, .. })
     ));
     kv.check_invariants().unwrap();
 }
@@ -52,6 +60,7 @@ fn block_size_one() {
         kv.block_table(SeqId(1)).unwrap(),
         [BlockId(0), BlockId(1), BlockId(2)]
     );
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     // Every block is full at block size 1: appends never copy.
     kv.append(SeqId(2), &[9]).unwrap();
@@ -83,6 +92,7 @@ fn exactly_full_pool() {
 fn copy_on_write_only_for_shared_partial_blocks() {
     let mut kv = kv(16, 4);
     kv.allocate(SeqId(1), &toks(6)).unwrap(); // blocks 0 (full), 1 (2 of 4)
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     assert_eq!(kv.pool().ref_count(BlockId(0)).unwrap(), 2);
     assert_eq!(kv.pool().ref_count(BlockId(1)).unwrap(), 2);
@@ -113,6 +123,7 @@ fn copy_on_write_only_for_shared_partial_blocks() {
 fn full_shared_last_block_is_not_copied() {
     let mut kv = kv(8, 4);
     kv.allocate(SeqId(1), &toks(4)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     kv.append(SeqId(1), &[1]).unwrap();
     kv.append(SeqId(2), &[2]).unwrap();
@@ -124,6 +135,7 @@ fn full_shared_last_block_is_not_copied() {
 fn copy_on_write_needs_a_free_block() {
     let mut kv = kv(2, 4);
     kv.allocate(SeqId(1), &toks(6)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     let before = snapshot(&kv);
     assert_eq!(
@@ -143,6 +155,7 @@ fn copy_on_write_needs_a_free_block() {
 fn truncate_releases_only_own_references() {
     let mut kv = kv(8, 4);
     kv.allocate(SeqId(1), &toks(12)).unwrap(); // 3 full blocks
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     kv.truncate(SeqId(1), 5).unwrap(); // keeps blocks 0, 1; block 1 now partial for seq 1
     assert_eq!(kv.pool().ref_count(BlockId(2)).unwrap(), 1);
@@ -178,7 +191,9 @@ fn truncate_releases_only_own_references() {
 fn shared_partial_block_counts_once_in_usage() {
     let mut kv = kv(8, 4);
     kv.allocate(SeqId(1), &toks(6)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(3)).unwrap();
     let u = kv.usage();
     assert_eq!(u.used_blocks, 2);
@@ -203,6 +218,7 @@ fn free_returns_blocks_tail_first() {
 fn refused_calls_change_nothing() {
     let mut kv = kv(4, 4);
     kv.allocate(SeqId(1), &toks(5)).unwrap();
+    settle(&mut kv);
     kv.fork(SeqId(1), SeqId(2)).unwrap();
     let before = snapshot(&kv);
     let calls: Vec<(&str, KvError)> = vec![
@@ -242,7 +258,7 @@ fn refused_calls_change_nothing() {
     // Three more blocks plus the copy of the shared partial block.
     assert_eq!(calls[11].1, KvError::OutOfBlocks { needed: 4, free: 2 });
     assert_eq!(calls[12].1, KvError::DuplicateSequence { seq: SeqId(1) });
-    assert_eq!(kv.check_admission(4, 0), Admission::Now);
+    assert_eq!(kv.check_admission_len(4, 0).unwrap(), Admission::Now);
     let mut out = vec![];
     assert!(kv.slots_into(SeqId(1), 3..6, &mut out).is_err());
     assert!(out.is_empty());
@@ -261,25 +277,36 @@ fn admission_now_later_never() {
     })
     .unwrap();
     assert_eq!(kv.watermark_blocks(), 2);
-    assert_eq!(kv.check_admission(100, 100), Admission::Now);
+    assert_eq!(kv.check_admission_len(100, 100).unwrap(), Admission::Now);
     assert!(matches!(
-        kv.check_admission(4000, 100),
+        kv.check_admission_len(4000, 100).unwrap(),
         Admission::Never(AdmissionRefusal::ExceedsMaxModelLen { tokens: 4100, .. })
     ));
-    // 199 blocks of prompt: fits the pool but not above the 2-block watermark.
+    // With nothing on the device the watermark is not kept: a prompt of the
+    // whole pool starts (a scheduler would run it alone).
+    assert_eq!(kv.check_admission_len(200 * 16, 0).unwrap(), Admission::Now);
+    assert_eq!(kv.check_admission_len(198 * 16, 0).unwrap(), Admission::Now);
     assert!(matches!(
-        kv.check_admission(199 * 16, 0),
-        Admission::Never(AdmissionRefusal::PromptAboveWatermark { .. })
-    ));
-    assert_eq!(kv.check_admission(198 * 16, 0), Admission::Now);
-    assert!(matches!(
-        kv.check_admission(0, 5),
+        kv.check_admission_len(0, 5).unwrap(),
         Admission::Never(AdmissionRefusal::EmptyPrompt)
     ));
     kv.allocate(SeqId(1), &toks(100 * 16)).unwrap();
-    assert_eq!(kv.check_admission(98 * 16, 0), Admission::Now);
-    assert_eq!(kv.check_admission(99 * 16, 0), Admission::Later);
-    let Admission::Never(why) = kv.check_admission(3000, 2000) else {
+    // Now the 2-block watermark stays free, and allocate keeps it as admission does.
+    assert_eq!(kv.check_admission_len(98 * 16, 0).unwrap(), Admission::Now);
+    assert_eq!(kv.check_admission_len(99 * 16, 0).unwrap(), Admission::Later);
+    let before = snapshot(&kv);
+    assert_eq!(
+        kv.allocate(SeqId(2), &toks(99 * 16)),
+        Err(KvError::BelowWatermark {
+            seq: SeqId(2),
+            needed: 99,
+            free: 100,
+            watermark_blocks: 2
+        })
+    );
+    assert_eq!(snapshot(&kv), before);
+    kv.allocate(SeqId(2), &toks(98 * 16)).unwrap();
+    let Admission::Never(why) = kv.check_admission_len(3000, 2000).unwrap() else {
         panic!()
     };
     assert!(why.to_string().contains("max_model_len"), "{why}");
@@ -362,5 +389,54 @@ fn sequence_entries_fit_a_cache_line() {
         std::mem::size_of::<(SeqId, Seq)>() <= 64,
         "{}",
         std::mem::size_of::<(SeqId, Seq)>()
+    );
+}
+
+#[test]
+fn uncomputed_tokens_cannot_be_forked_or_swapped_out() {
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 16,
+        block_size: 4,
+        num_host_blocks: 16,
+        ..Default::default()
+    })
+    .unwrap();
+    kv.allocate(SeqId(1), &toks(6)).unwrap();
+    let before = snapshot(&kv);
+    let fresh = Err(KvError::NotYetComputed { seq: SeqId(1) });
+    assert_eq!(kv.fork(SeqId(1), SeqId(2)), fresh);
+    assert_eq!(kv.swap_out(SeqId(1)), fresh);
+    assert_eq!(snapshot(&kv), before);
+    settle(&mut kv);
+    kv.fork(SeqId(1), SeqId(2)).unwrap();
+    kv.append(SeqId(1), &[9]).unwrap(); // a decode token, not computed yet
+    assert_eq!(kv.fork(SeqId(1), SeqId(3)), fresh);
+    assert_eq!(kv.swap_out(SeqId(1)), fresh);
+    kv.swap_out(SeqId(2)).unwrap(); // its sharer appended nothing
+    settle(&mut kv);
+    kv.fork(SeqId(1), SeqId(3)).unwrap();
+    kv.swap_out(SeqId(1)).unwrap();
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn length_only_admission_is_refused_with_prefix_caching_on() {
+    let kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 16,
+        enable_prefix_caching: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = kv.check_admission_len(10, 10).unwrap_err();
+    assert_eq!(err, KvError::AdmissionNeedsPrompt);
+    assert!(
+        err.to_string()
+            .contains("check_admission with the prompt's tokens"),
+        "{err}"
+    );
+    assert_eq!(kv.check_runnable(10, 10), Ok(()));
+    assert_eq!(
+        kv.check_admission(&toks(10), &PrefixKeys::default(), 10),
+        Admission::Now
     );
 }

@@ -26,8 +26,10 @@ pub struct KvCacheConfig {
     pub block_size: u32,
     /// Longest sequence, prompt and output together (32768).
     pub max_model_len: u32,
-    /// Fraction of the pool admission keeps free for running sequences to
-    /// grow, floored to whole blocks (0.01, as vLLM).
+    /// Fraction of the pool kept free for running sequences to grow, floored
+    /// to whole blocks (0.01, as vLLM): admission, `allocate` and `swap_in`
+    /// leave it free while other sequences are on the device; `append` and a
+    /// copy-on-write may use it.
     pub watermark: f64,
     /// Reuse the KV blocks of cached prompt prefixes (false). Off, the manager
     /// keeps no tokens and behaves exactly as a plain paged allocator.
@@ -118,9 +120,10 @@ pub enum AdmissionRefusal {
         /// The limit.
         max_model_len: u32,
     },
-    /// Prompt + max new tokens needs more blocks than the pool has.
+    /// At its peak the sequence needs more blocks than the pool has.
     ExceedsPool {
-        /// Prompt + max new tokens.
+        /// Tokens whose KV is stored at the peak: the prompt and every
+        /// generated token but the last (the last sampled token is never stored).
         tokens: u64,
         /// Blocks that takes.
         blocks_needed: u64,
@@ -128,17 +131,6 @@ pub enum AdmissionRefusal {
         num_blocks: u64,
         /// Tokens per block.
         block_size: u32,
-    },
-    /// The prompt alone needs more blocks than an empty pool offers above the watermark.
-    PromptAboveWatermark {
-        /// Prompt tokens.
-        prompt_tokens: u64,
-        /// Blocks the prompt takes.
-        blocks_needed: u64,
-        /// Blocks in the pool.
-        num_blocks: u64,
-        /// Blocks kept free for growth.
-        watermark_blocks: u32,
     },
 }
 
@@ -161,24 +153,11 @@ impl fmt::Display for AdmissionRefusal {
                 block_size,
             } => write!(
                 f,
-                "prompt + max_tokens is {tokens} tokens = {blocks_needed} blocks, but the KV cache has only \
-                 {num_blocks} blocks ({} tokens) in all; lower max_tokens or give the cache more memory",
+                "the prompt and max_tokens need {tokens} tokens of KV cache at the peak (the last sampled token \
+                 is never stored) = {blocks_needed} blocks, but the KV cache has only {num_blocks} blocks \
+                 ({} tokens) in all; lower max_tokens or give the cache more memory",
                 num_blocks * block_size as u64
             ),
-            AdmissionRefusal::PromptAboveWatermark {
-                prompt_tokens,
-                blocks_needed,
-                num_blocks,
-                watermark_blocks,
-            } => {
-                write!(
-                    f,
-                    "the prompt's {prompt_tokens} tokens need {blocks_needed} blocks, but even an empty cache \
-                     offers only {} ({num_blocks} minus a watermark of {watermark_blocks}); shorten the prompt \
-                     or lower the watermark",
-                    num_blocks - watermark_blocks as u64
-                )
-            }
         }
     }
 }
@@ -257,7 +236,8 @@ pub struct KvUsage {
     pub internal_fragmentation: u64,
 }
 
-/// Counters since the manager was created.
+/// Counters since the manager was created. A refused call changes none of
+/// them except `out_of_blocks`, which counts exactly those refusals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KvStats {
     /// Successful `allocate` calls.
@@ -268,7 +248,7 @@ pub struct KvStats {
     pub forks: u64,
     /// Copy-on-write copies queued.
     pub cow_copies: u64,
-    /// Calls refused with `OutOfBlocks`.
+    /// Calls refused with `OutOfBlocks` (the one counter a refusal changes).
     pub out_of_blocks: u64,
     /// Prompts allocated with prefix caching on (each one lookup).
     pub prefix_lookups: u64,

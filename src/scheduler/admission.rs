@@ -6,7 +6,6 @@
 use super::{Scheduler, Status, StepPlan};
 use crate::error::KvError;
 use crate::manager::Admission;
-use crate::prefix::PrefixKeys;
 
 impl Scheduler {
     /// Brings swapped sequences back while they fit (watermark kept unless
@@ -69,7 +68,6 @@ impl Scheduler {
     /// Admits waiting requests in queue order while they fit.
     pub(super) fn admit_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
         let max_seqs = self.config.max_num_seqs as usize;
-        let keys = PrefixKeys::default();
         if self.waiting.is_empty() {
             return;
         }
@@ -98,16 +96,16 @@ impl Scheduler {
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
             let now = self
                 .kv
-                .check_admission_for(&s.tokens[..checked as usize], &keys, 0)
+                .check_admission(&s.tokens[..checked as usize], s.keys(), 0)
                 == Admission::Now;
             let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;
             }
             let id = s.id;
-            let a = match self.kv.allocate(id, prompt) {
+            let a = match self.kv.allocate_with(id, prompt, s.keys()) {
                 Ok(a) => a,
-                Err(KvError::OutOfBlocks { .. }) => return,
+                Err(KvError::OutOfBlocks { .. } | KvError::BelowWatermark { .. }) => return,
                 Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
             };
             self.waiting.remove(0);

@@ -16,7 +16,8 @@
 //!
 //! The engine runs the plan (`ops` first, then the batch) and reports the
 //! sampled tokens with [`Scheduler::on_step_output`], which appends them, forks
-//! the parallel samples after a prefill and frees finished sequences. A
+//! the parallel samples after a prefill, frees finished sequences and lists
+//! them in that step's plan. A
 //! sampled token enters the manager when the step that computes its KV is
 //! planned, so the manager's tokens are always the computed ones plus the
 //! current step's.
@@ -28,11 +29,15 @@
 //!
 //! Start reading at [`Scheduler::step`].
 
+use std::sync::Arc;
+
 use crate::error::{KvError, SchedulerError};
 use crate::ids::{SeqId, TokenId};
-use crate::manager::{Admission, KvCacheManager, SeqMap};
+use crate::manager::{KvCacheManager, SeqMap};
+use crate::prefix::{KvEvent, PrefixKeys};
 
 mod admission;
+mod cancel;
 mod output;
 mod policy;
 mod preemption;
@@ -81,6 +86,8 @@ struct SeqState {
     samples_expected: u32,
     /// Preempted by recompute: admitted before never-run requests.
     resumed: bool,
+    /// The request's prefix keys (`None`: the defaults), shared by its samples.
+    keys: Option<Arc<PrefixKeys>>,
 }
 
 /// One sampled token a plan asked for: of sequence `seq`, the `sample`-th
@@ -100,6 +107,15 @@ impl SeqState {
     fn generated(&self) -> u32 {
         self.tokens.len() as u32 - self.prompt_len
     }
+
+    fn keys(&self) -> &PrefixKeys {
+        static DEFAULT: PrefixKeys = PrefixKeys {
+            cache_salt: None,
+            adapter: None,
+            mm_spans: Vec::new(),
+        };
+        self.keys.as_deref().unwrap_or(&DEFAULT)
+    }
 }
 
 /// The reference scheduler. It owns the manager; read it with [`Self::kv`].
@@ -110,7 +126,7 @@ impl SeqState {
 /// let kv = KvCacheManager::new(KvCacheConfig { num_blocks: 64, block_size: 16, ..Default::default() }).unwrap();
 /// let mut sched = Scheduler::new(kv, SchedulerConfig::default()).unwrap();
 /// sched.add_request(Request { id: RequestId(1), prompt: (0..40).collect(), max_new_tokens: 3,
-///                             priority: 0, arrival: 0, n: 2 }).unwrap();
+///                             n: 2, ..Default::default() }).unwrap();
 /// let mut plan = StepPlan::default();
 /// let mut out = Vec::new();
 /// while !sched.is_idle() {
@@ -124,7 +140,7 @@ impl SeqState {
 ///             out.push(SampledToken { seq: s.sample_seq(k), token: 7, stop: false });
 ///         }
 ///     }
-///     sched.on_step_output(&out).unwrap();
+///     sched.on_step_output(&mut plan, &out).unwrap(); // plan.finished: what this step finished
 ///     sched.check_invariants().unwrap();
 /// }
 /// assert_eq!(sched.stats().finished, 2);
@@ -145,8 +161,15 @@ pub struct Scheduler {
     running: Vec<usize>,
     waiting: Vec<usize>,
     swapped: Vec<usize>,
+    /// Sequences finished by the outputs being taken, moved into the plan.
     finished: Vec<SeqId>,
     rejected: Vec<RequestId>,
+    /// Requests cancelled while the last plan, which the engine still runs,
+    /// held some of their sequences: their outputs are dropped, and their ids
+    /// stay reserved until `on_step_output`.
+    cancelled_in_flight: Vec<RequestId>,
+    /// The outputs of the live sequences, when some were cancelled in flight.
+    kept_outputs: Vec<SampledToken>,
     /// The outputs the plans since the last `on_step_output` asked for, in
     /// plan order (so outputs reported in that order are checked without lookups).
     expected: Vec<Expected>,
@@ -162,8 +185,16 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler over `kv` with the default policies: latest-arrival victims,
     /// recompute preemption, first-come-first-served queues.
+    ///
+    /// Errors: `InvalidConfig` for unusable budgets; `ManagerInUse` when `kv`
+    /// already holds sequences (the scheduler must own every sequence it
+    /// plans: hand it a fresh manager, or one whose sequences were freed).
     pub fn new(kv: KvCacheManager, config: SchedulerConfig) -> Result<Self, SchedulerError> {
         config.validate(kv.config().max_model_len)?;
+        let sequences = (kv.num_seqs() + kv.num_swapped()) as u64;
+        if sequences > 0 {
+            return Err(SchedulerError::ManagerInUse { sequences });
+        }
         Ok(Scheduler {
             kv,
             config,
@@ -180,6 +211,8 @@ impl Scheduler {
             swapped: Vec::new(),
             finished: Vec::new(),
             rejected: Vec::new(),
+            cancelled_in_flight: Vec::new(),
+            kept_outputs: Vec::new(),
             expected: Vec::new(),
             expected_stale: false,
             preempted_this_step: false,
@@ -210,6 +243,29 @@ impl Scheduler {
     /// The manager, read-only.
     pub fn kv(&self) -> &KvCacheManager {
         &self.kv
+    }
+
+    /// Hands the manager back, with every sequence of the requests still
+    /// queued or running (free them, or pass the manager to a new scheduler
+    /// only once it holds none).
+    pub fn into_kv(self) -> KvCacheManager {
+        self.kv
+    }
+
+    /// Drops the hash of every free cached block, so that no later prompt hits
+    /// them (after a weight update or an adapter reload); blocks in use keep
+    /// theirs until freed. Returns the number of blocks uncached. See
+    /// [`KvCacheManager::reset_prefix_cache`].
+    pub fn reset_prefix_cache(&mut self) -> usize {
+        self.kv.reset_prefix_cache()
+    }
+
+    /// Moves the KV events queued since the last step (or the last call) into
+    /// `out`, cleared first. [`Self::step`] does this into `plan.events`
+    /// already; this is for events raised between steps (a cancellation, a
+    /// reset) that a router should hear of at once.
+    pub fn drain_events(&mut self, out: &mut Vec<KvEvent>) {
+        self.kv.drain_events(out);
     }
 
     /// The budgets and guards.
@@ -282,12 +338,12 @@ impl Scheduler {
         if r.max_new_tokens == 0 {
             return invalid("max_new_tokens is 0; ask for at least one token".into());
         }
-        if self.live.contains_key(&SeqId(r.id.0)) {
+        if self.live.contains_key(&SeqId(r.id.0)) || self.cancelled_in_flight.contains(&r.id) {
             return Err(SchedulerError::DuplicateRequest { request: r.id });
         }
-        if let Admission::Never(reason) = self
+        if let Err(reason) = self
             .kv
-            .check_admission(r.prompt.len() as u64, r.max_new_tokens as u64)
+            .check_runnable(r.prompt.len() as u64, r.max_new_tokens as u64)
         {
             self.rejected.push(r.id);
             self.stats.rejected += 1;
@@ -314,6 +370,7 @@ impl Scheduler {
             forks_left: r.n - 1,
             samples_expected: 0,
             resumed: false,
+            keys: (!r.keys.is_empty()).then(|| Arc::new(r.keys)),
         };
         let idx = self.insert_state(state);
         self.live.insert(SeqId(r.id.0), 1);
@@ -361,7 +418,6 @@ impl Scheduler {
     pub fn step(&mut self, plan: &mut StepPlan) {
         plan.clear();
         self.expected_stale |= !self.expected.is_empty();
-        plan.finished.append(&mut self.finished);
         plan.rejected.append(&mut self.rejected);
         self.stats.steps += 1;
         self.preempted_this_step = false;
@@ -388,6 +444,7 @@ impl Scheduler {
             self.admit_some(&mut budget, plan);
         }
         self.kv.drain_ops(&mut plan.ops);
+        self.kv.drain_events(&mut plan.events);
     }
 
     /// Adds a planned sequence to the batch with its new slots.

@@ -2,18 +2,48 @@
 //! forking the parallel samples after a prefill, appending the tokens and
 //! freeing finished sequences.
 
-use super::{RequestId, SampledToken, Scheduler, SchedulerError, SeqState, Status};
+use super::{RequestId, SampledToken, Scheduler, SchedulerError, SeqState, Status, StepPlan};
 use crate::ids::SeqId;
 
 impl Scheduler {
     /// Takes the tokens the engine sampled for the last plan: one per sample
     /// (`num_samples` of each scheduled sequence; for an `n`-sample request
     /// finishing its prompt, `request.seq(0..n)`). Appends them, forks the
-    /// parallel samples (sharing the prompt's blocks), and frees the sequences
-    /// that stopped or reached `max_new_tokens`.
+    /// parallel samples (sharing the prompt's blocks), frees the sequences
+    /// that stopped or reached `max_new_tokens` and lists them in
+    /// `plan.finished` (pass the plan this step ran). Tokens of requests
+    /// cancelled since the plan was made are dropped, whether reported or not.
     ///
     /// Errors (nothing changes): `OutputCountMismatch`, `UnexpectedOutput`.
-    pub fn on_step_output(&mut self, outputs: &[SampledToken]) -> Result<(), SchedulerError> {
+    pub fn on_step_output(
+        &mut self,
+        plan: &mut StepPlan,
+        outputs: &[SampledToken],
+    ) -> Result<(), SchedulerError> {
+        if self.cancelled_in_flight.is_empty() {
+            return self.take_step_output(plan, outputs);
+        }
+        let mut kept = std::mem::take(&mut self.kept_outputs);
+        kept.clear();
+        let cancelled = &self.cancelled_in_flight;
+        kept.extend(
+            outputs
+                .iter()
+                .filter(|o| !cancelled.contains(&RequestId::of(o.seq).0)),
+        );
+        let taken = self.take_step_output(plan, &kept);
+        if taken.is_ok() {
+            self.cancelled_in_flight.clear();
+        }
+        self.kept_outputs = kept;
+        taken
+    }
+
+    fn take_step_output(
+        &mut self,
+        plan: &mut StepPlan,
+        outputs: &[SampledToken],
+    ) -> Result<(), SchedulerError> {
         if outputs.len() != self.expected.len() {
             return Err(SchedulerError::OutputCountMismatch {
                 expected: self.expected.len() as u64,
@@ -36,6 +66,7 @@ impl Scheduler {
             self.check_outputs(outputs)?;
             self.take_outputs(outputs);
         }
+        plan.finished.append(&mut self.finished);
         self.expected.clear();
         self.expected_stale = false;
         Ok(())
@@ -136,6 +167,7 @@ impl Scheduler {
             samples_expected: 0,
             resumed: false,
             status: Status::Running,
+            keys: p.keys.clone(),
             ..*p
         };
         let idx = self.insert_state(child);
@@ -160,17 +192,23 @@ impl Scheduler {
             .expect("a sequence that just ran is on the device");
         let pos = self.running.iter().position(|&r| r == idx).expect("running");
         self.running.remove(pos);
-        self.index.remove(&id);
+        self.retire(idx);
+        self.finished.push(id);
+        self.stats.finished += 1;
+    }
+
+    /// Forgets a sequence that left every queue (and the manager): its slab
+    /// entry, its id, its count in the request's live sequences.
+    pub(super) fn retire(&mut self, idx: usize) {
         let s = self.slab[idx].take().expect("live");
+        self.index.remove(&s.id);
         self.spare_tokens.push(s.tokens);
         self.free_slab.push(idx);
-        let key = SeqId(RequestId::of(id).0 .0);
+        let key = SeqId(RequestId::of(s.id).0 .0);
         let live = self.live.get_mut(&key).expect("live request");
         *live -= 1;
         if *live == 0 {
             self.live.remove(&key);
         }
-        self.finished.push(id);
-        self.stats.finished += 1;
     }
 }

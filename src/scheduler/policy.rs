@@ -36,7 +36,8 @@ pub struct LatestArrival;
 
 impl VictimPolicy for LatestArrival {
     fn victim_key(&self, c: &Candidate) -> (i64, u64) {
-        (c.arrival as i64, 0)
+        // The whole u64 range orders correctly: the first component ties.
+        (0, c.arrival)
     }
 }
 

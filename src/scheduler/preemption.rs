@@ -7,7 +7,6 @@ use std::cmp::Reverse;
 
 use super::{Candidate, Preempted, PreemptionCost, PreemptionMode, Scheduler, Status, StepPlan};
 use crate::error::KvError;
-use crate::prefix::PrefixKeys;
 
 /// What planning one running sequence did.
 pub(super) enum Outcome {
@@ -151,7 +150,7 @@ impl Scheduler {
         let computed = &s.tokens[..s.num_computed as usize];
         let cost = PreemptionCost {
             recompute_tokens: s.num_computed as u64,
-            expected_cached_tokens: self.kv.cached_prefix_len(computed, &PrefixKeys::default()),
+            expected_cached_tokens: self.kv.cached_prefix_len(computed, s.keys()),
             swap_blocks: self.kv.swap_out_blocks_needed(id).ok(),
             free_host_blocks: self.kv.num_free_host_blocks() as u64,
             block_size: self.kv.block_size(),

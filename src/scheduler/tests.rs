@@ -5,6 +5,15 @@
 use super::*;
 use crate::manager::{AdmissionRefusal, KvCacheConfig};
 
+impl Request {
+    fn with_id(self, id: u64) -> Request {
+        Request {
+            id: RequestId(id),
+            ..self
+        }
+    }
+}
+
 fn sched(num_blocks: u32, block_size: u32, config: SchedulerConfig) -> Scheduler {
     let kv = KvCacheManager::new(KvCacheConfig {
         num_blocks,
@@ -25,6 +34,7 @@ fn request(id: u64, prompt_len: u32, max_new_tokens: u32, n: u32) -> Request {
         priority: 0,
         arrival: id,
         n,
+        ..Default::default()
     }
 }
 
@@ -53,14 +63,14 @@ fn an_empty_scheduler_plans_an_empty_step() {
     assert!(plan.scheduled.is_empty() && plan.slots.is_empty() && plan.ops.is_empty());
     assert!(plan.preempted.is_empty() && plan.finished.is_empty() && plan.rejected.is_empty());
     assert_eq!(plan.num_batched_tokens, 0);
-    s.on_step_output(&[]).unwrap();
+    s.on_step_output(&mut plan, &[]).unwrap();
     let stray = SampledToken {
         seq: SeqId(1),
         token: 1,
         stop: false,
     };
     assert_eq!(
-        s.on_step_output(&[stray]),
+        s.on_step_output(&mut plan, &[stray]),
         Err(SchedulerError::OutputCountMismatch { expected: 0, got: 1 })
     );
     assert_eq!(s.stats().steps, 1);
@@ -85,7 +95,7 @@ fn n_samples_fork_after_the_prefill_and_share_the_prompt() {
     for (k, o) in out.iter_mut().enumerate() {
         o.token = 10 + k as u32;
     }
-    s.on_step_output(&out).unwrap();
+    s.on_step_output(&mut plan, &out).unwrap();
     s.check_invariants().unwrap();
     assert_eq!(s.queue_lens(), (3, 0, 0));
     let prompt: Vec<TokenId> = (100..106).collect();
@@ -113,7 +123,11 @@ fn n_samples_fork_after_the_prefill_and_share_the_prompt() {
         2,
         "two of the three holders copy the shared tail"
     );
-    s.on_step_output(&outputs(&plan, 8)).unwrap();
+    {
+        let out = outputs(&plan, 8);
+        s.on_step_output(&mut plan, &out)
+    }
+    .unwrap();
     s.check_invariants().unwrap();
 }
 
@@ -223,7 +237,11 @@ fn budgets_are_never_exceeded() {
         );
         assert!(s.queue_lens().0 <= 2);
         most_tokens = most_tokens.max(plan.num_batched_tokens);
-        s.on_step_output(&outputs(&plan, 1)).unwrap();
+        {
+            let out = outputs(&plan, 1);
+            s.on_step_output(&mut plan, &out)
+        }
+        .unwrap();
         s.check_invariants().unwrap();
         assert!(steps < 100);
     }
@@ -252,24 +270,24 @@ fn outputs_in_any_order_are_taken_and_wrong_ones_change_nothing() {
     let mut dup = out.clone();
     dup[1] = dup[0];
     assert_eq!(
-        s.on_step_output(&dup),
+        s.on_step_output(&mut plan, &dup),
         Err(SchedulerError::UnexpectedOutput { seq: dup[0].seq })
     );
     let mut stray = out.clone();
     stray[4].seq = RequestId(3).seq(2); // sample 2 of a 2-sample request
     assert_eq!(
-        s.on_step_output(&stray),
+        s.on_step_output(&mut plan, &stray),
         Err(SchedulerError::UnexpectedOutput { seq: stray[4].seq })
     );
     assert!(matches!(
-        s.on_step_output(&out[1..]),
+        s.on_step_output(&mut plan, &out[1..]),
         Err(SchedulerError::OutputCountMismatch { expected: 5, got: 4 })
     ));
     assert_eq!(state(&s), before, "refusals changed nothing");
     s.check_invariants().unwrap();
     // Reversed order is accepted like plan order.
     let reversed: Vec<_> = out.iter().rev().copied().collect();
-    s.on_step_output(&reversed).unwrap();
+    s.on_step_output(&mut plan, &reversed).unwrap();
     s.check_invariants().unwrap();
     assert_eq!(s.queue_lens(), (5, 0, 0));
     for seq in [RequestId(0).seq(0), RequestId(3).seq(0), RequestId(3).seq(1)] {
@@ -277,4 +295,130 @@ fn outputs_in_any_order_are_taken_and_wrong_ones_change_nothing() {
     }
     s.step(&mut plan);
     assert_eq!(plan.scheduled.len(), 5);
+}
+
+#[test]
+fn cancel_frees_waiting_running_and_swapped_requests() {
+    // 12 blocks of 4 and a host tier; every preemption swaps.
+    let kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 12,
+        block_size: 4,
+        max_model_len: 256,
+        watermark: 0.0,
+        num_host_blocks: 12,
+        ..Default::default()
+    })
+    .unwrap();
+    let config = SchedulerConfig {
+        max_num_seqs: 3,
+        ..Default::default()
+    };
+    let mut s = Scheduler::new(kv, config)
+        .unwrap()
+        .with_preemption_mode(AlwaysSwap);
+    // Three requests that outgrow the pool together, and a fourth left waiting.
+    for r in 1..=4 {
+        s.add_request(request(r, 12, 30, 1)).unwrap();
+    }
+    let mut plan = StepPlan::default();
+    let mut swapped = None;
+    for _ in 0..100 {
+        s.step(&mut plan);
+        let out = outputs(&plan, 5);
+        s.on_step_output(&mut plan, &out).unwrap();
+        if let Some(p) = plan.preempted.first() {
+            swapped = Some(RequestId::of(p.seq).0);
+            break;
+        }
+    }
+    let swapped = swapped.expect("a preemption by swap");
+    assert_eq!(s.queue_lens(), (2, 1, 1));
+    s.cancel(swapped).unwrap();
+    assert_eq!(s.queue_lens(), (2, 1, 0));
+    assert_eq!(s.kv().num_swapped(), 0);
+    s.cancel(RequestId(4)).unwrap(); // waiting: it held nothing
+    assert_eq!(s.queue_lens(), (2, 0, 0));
+    s.check_invariants().unwrap();
+
+    // Running and in the plan the engine is running now: its token, if
+    // reported, is dropped, and its id is not reusable until then.
+    s.step(&mut plan);
+    let running = RequestId::of(plan.scheduled[0].seq).0;
+    s.cancel(running).unwrap();
+    assert_eq!(
+        s.cancel(running),
+        Err(SchedulerError::UnknownRequest { request: running })
+    );
+    assert_eq!(
+        s.add_request(request(running.0, 4, 2, 1)),
+        Err(SchedulerError::DuplicateRequest { request: running })
+    );
+    let out = outputs(&plan, 5);
+    assert_eq!(out.len(), 2);
+    s.on_step_output(&mut plan, &out).unwrap(); // the cancelled one's token is dropped
+    assert!(plan.finished.is_empty());
+    s.check_invariants().unwrap();
+    s.add_request(request(running.0, 4, 2, 1)).unwrap();
+    assert_eq!(s.stats().cancelled, 3);
+    assert_eq!(
+        s.cancel(RequestId(99)),
+        Err(SchedulerError::UnknownRequest {
+            request: RequestId(99)
+        })
+    );
+    let mut left = 0;
+    while !s.is_idle() {
+        s.step(&mut plan);
+        let out = outputs(&plan, 5);
+        s.on_step_output(&mut plan, &out).unwrap();
+        left += plan.finished.len();
+    }
+    assert_eq!(left, 2);
+    assert_eq!(s.kv().num_free_blocks(), 12);
+}
+
+#[test]
+fn prefix_keys_keep_tenants_apart_through_the_scheduler() {
+    let kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 64,
+        block_size: 4,
+        max_model_len: 256,
+        enable_prefix_caching: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut s = Scheduler::new(kv, SchedulerConfig::default()).unwrap();
+    let salted = |id: u64, tenant: &str| {
+        Request {
+            keys: PrefixKeys::salted(tenant),
+            ..request(0, 17, 1, 1)
+        }
+        .with_id(id)
+    };
+    let mut plan = StepPlan::default();
+    let mut run = |s: &mut Scheduler, r: Request| {
+        s.add_request(r).unwrap();
+        s.step(&mut plan);
+        let first = plan.scheduled[0].start;
+        let out = outputs(&plan, 5);
+        s.on_step_output(&mut plan, &out).unwrap();
+        first
+    };
+    assert_eq!(run(&mut s, salted(1, "a")), 0);
+    assert_eq!(run(&mut s, salted(2, "b")), 0, "another tenant hits nothing");
+    assert_eq!(
+        run(&mut s, salted(3, "a")),
+        16,
+        "the same tenant hits its 4 full blocks"
+    );
+    assert_eq!(
+        run(&mut s, request(0, 17, 1, 1).with_id(4)),
+        0,
+        "nor do unsalted requests"
+    );
+    assert_eq!(
+        run(&mut s, request(0, 17, 1, 1).with_id(5)),
+        16,
+        "which share among themselves"
+    );
 }

@@ -7,6 +7,7 @@ use super::policy::PreemptionMode;
 use crate::error::SchedulerError;
 use crate::ids::{SeqId, Slot, TokenId};
 use crate::manager::BlockOps;
+use crate::prefix::{KvEvent, PrefixKeys};
 
 /// Most parallel samples per request (the sample index takes the low 8 bits of a [`SeqId`]).
 pub const MAX_SAMPLES: u32 = 256;
@@ -22,7 +23,7 @@ pub const MAX_SAMPLES: u32 = 256;
 /// assert_eq!(RequestId(3).seq(1), SeqId(3 << 8 | 1));
 /// assert_eq!(RequestId::of(SeqId(3 << 8 | 1)), (RequestId(3), 1));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
 impl RequestId {
@@ -41,6 +42,18 @@ impl RequestId {
 }
 
 /// A generation request.
+///
+/// ```
+/// use pagedkv::{PrefixKeys, Request, RequestId};
+/// let r = Request {
+///     id: RequestId(7),
+///     prompt: vec![1, 2, 3],
+///     max_new_tokens: 16,
+///     keys: PrefixKeys::salted("tenant-a"), // shares cached blocks only with tenant-a
+///     ..Default::default()
+/// };
+/// assert_eq!(r.n, 1);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// The engine's id (below [`RequestId::LIMIT`]).
@@ -55,6 +68,26 @@ pub struct Request {
     pub arrival: u64,
     /// Parallel samples (1..=256), sharing the prompt's blocks.
     pub n: u32,
+    /// The keys that decide prefix sharing beside the tokens: a tenant's
+    /// cache salt, a LoRA adapter, multimodal spans (ignored when prefix
+    /// caching is off). Every sample of the request uses them.
+    pub keys: PrefixKeys,
+}
+
+impl Default for Request {
+    /// An empty request of one sample: id 0, no prompt (fill it in), 1 new
+    /// token, priority 0, arrival 0, default prefix keys.
+    fn default() -> Self {
+        Request {
+            id: RequestId::default(),
+            prompt: Vec::new(),
+            max_new_tokens: 1,
+            priority: 0,
+            arrival: 0,
+            n: 1,
+            keys: PrefixKeys::default(),
+        }
+    }
 }
 
 /// Budgets and guards of a [`super::Scheduler`].
@@ -194,10 +227,15 @@ pub struct StepPlan {
     pub slots: Vec<Slot>,
     /// Sequences preempted this step.
     pub preempted: Vec<Preempted>,
-    /// Sequences that finished since the last step (freed).
+    /// Sequences this step finished (stopped or reached `max_new_tokens`),
+    /// filled by [`super::Scheduler::on_step_output`] for this plan; they are
+    /// freed already.
     pub finished: Vec<SeqId>,
     /// Requests rejected since the last step (each also returned as an error by `add_request`).
     pub rejected: Vec<RequestId>,
+    /// KV events (blocks cached and uncached) since the last step, for a
+    /// cache-aware router; empty unless the manager has `enable_kv_events`.
+    pub events: Vec<KvEvent>,
     /// Tokens computed this step (sum of `num_new_tokens`).
     pub num_batched_tokens: u32,
 }
@@ -211,6 +249,7 @@ impl StepPlan {
         self.preempted.clear();
         self.finished.clear();
         self.rejected.clear();
+        self.events.clear();
         self.num_batched_tokens = 0;
     }
 
@@ -232,7 +271,9 @@ pub struct SampledToken {
     pub stop: bool,
 }
 
-/// Counters since the scheduler was created.
+/// Counters since the scheduler was created. A refused call changes none of
+/// them except `rejected`, which counts requests refused as never runnable
+/// (`add_request` then returns `Rejected`, and the next plan lists them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
     /// `step` calls.
@@ -249,4 +290,6 @@ pub struct SchedulerStats {
     pub finished: u64,
     /// Requests rejected.
     pub rejected: u64,
+    /// Requests cancelled.
+    pub cancelled: u64,
 }

@@ -134,9 +134,9 @@ pub(crate) fn run_paged(
                 id: RequestId(next as u64),
                 prompt: prompt.clone(),
                 max_new_tokens: r.output_len,
-                priority: 0,
                 arrival: next as u64,
                 n: r.n,
+                ..Default::default()
             };
             match sched.add_request(request) {
                 Ok(()) => {}
@@ -210,7 +210,7 @@ pub(crate) fn run_paged(
         sample.waiting = sched.queue_lens().0 as u32;
         sample.batched_tokens = plan.num_batched_tokens;
         rec.step(sample, &scenario.time_model);
-        sched.on_step_output(&outputs)?;
+        sched.on_step_output(&mut plan, &outputs)?;
         progress.tick(&rec.summary);
     }
     debug_assert!(sched.check_invariants().is_ok());

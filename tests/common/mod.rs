@@ -64,6 +64,7 @@ pub fn request(id: u64, prompt_len: u32, max_new: u32, arrival: u64) -> Request 
         priority: 0,
         arrival,
         n: 1,
+        ..Default::default()
     }
 }
 
@@ -94,7 +95,6 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
             run.preemptions
                 .push((run.steps, p.seq, p.mode, mid.contains(&p.seq)));
         }
-        run.finished.extend_from_slice(&plan.finished);
         out.clear();
         for e in &plan.scheduled {
             for k in 0..e.num_samples {
@@ -106,10 +106,9 @@ pub fn drive(sched: &mut Scheduler, mut requests: Vec<Request>, max_steps: u64) 
                 });
             }
         }
-        sched.on_step_output(&out).unwrap();
+        sched.on_step_output(&mut plan, &out).unwrap();
+        // The step's plan lists what it finished.
+        run.finished.extend_from_slice(&plan.finished);
     }
-    // The last finishes are reported by the next plan.
-    sched.step(&mut plan);
-    run.finished.extend_from_slice(&plan.finished);
     run
 }
