@@ -465,7 +465,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     // the host tier is full.
     let mut sched =
         Scheduler::new(KvCacheManager::new(config)?, scheduler_config)?.with_preemption_mode(Automatic {
-            transfer_cost_per_token: 0.5,
+            transfer_cost_per_token: 0.2,
         });
 
     let mut pending: Vec<&Request> = w.requests.iter().collect();

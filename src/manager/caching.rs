@@ -127,41 +127,78 @@ impl PrefixState {
     /// Marks blocks `from..` of the sequence's hashed blocks as pending: they
     /// become hittable at the next [`Self::commit_pending`].
     fn index_blocks(&mut self, cache: &SeqCache, blocks: &[BlockId], from: usize) {
-        let bs = self.block_size as usize;
         for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate().skip(from) {
-            self.index.insert_pending(h, b);
-            self.pending.push((b, h));
-            if self.events.is_some() {
-                self.pending_events.push(PendingEvent {
-                    parent: i.checked_sub(1).map(|p| cache.hashes[p]),
-                    extra_keys: cache
-                        .keys()
-                        .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
-                    index: i as u32,
-                    adapter: cache.keys().adapter,
-                });
-                self.pending_tokens
-                    .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
+            self.index_block(cache, i, h, b);
+        }
+    }
+
+    /// Marks the full blocks of a sequence just swapped in that carry no hash
+    /// (fresh copies of its host blocks) as pending, like blocks that fill:
+    /// every full block a sequence holds stays findable.
+    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, blocks: &[BlockId]) {
+        for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate() {
+            if self.index.carried_hash_of(b).is_none() {
+                self.index_block(cache, i, h, b);
+            }
+        }
+    }
+
+    fn index_block(&mut self, cache: &SeqCache, i: usize, h: BlockHash, b: BlockId) {
+        let bs = self.block_size as usize;
+        self.index.insert_pending(h, b);
+        self.pending.push((b, h));
+        if self.events.is_some() {
+            self.pending_events.push(PendingEvent {
+                parent: i.checked_sub(1).map(|p| cache.hashes[p]),
+                extra_keys: cache
+                    .keys()
+                    .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
+                index: i as u32,
+                adapter: cache.keys().adapter,
+            });
+            self.pending_tokens
+                .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
+        }
+    }
+
+    /// Commits one pending block; true when its hash becomes newly cached
+    /// (a `BlockStored`). The same content computed twice keeps one cached
+    /// copy and no event: when the cached copy is free, the entry moves to
+    /// this block (in use) and the free one, now holding nothing cached, is
+    /// queued to be reused first; when it is in use, this block becomes its
+    /// duplicate (it takes the entry over if the cached copy is freed first).
+    fn commit_one(&mut self, b: BlockId, h: BlockHash, pool: &mut BlockPool) -> bool {
+        if self.index.pending_hash_of(b) != Some(h) {
+            return false; // freed, or rewritten, since it filled
+        }
+        match self.index.get(h) {
+            None => self.index.commit(b).is_some(),
+            Some(x) if pool.ref_count(x) == Ok(0) => {
+                self.index.commit_moving(b, x);
+                pool.take_free(x).expect("a free cached block is in the queue");
+                pool.decref_evict_first(x).expect("just taken");
+                false
+            }
+            Some(_) => {
+                self.index.commit_duplicate(b);
+                false
             }
         }
     }
 
     /// Commits the blocks filled since the last call (their step has just
-    /// been handed to the engine): each still pending becomes hittable,
-    /// unless its hash is cached in another block already (the same content
-    /// computed twice: that block keeps the entry). With KV events on, each
-    /// run of consecutive blocks of one sequence is announced as one
-    /// `BlockStored`.
-    pub(super) fn commit_pending(&mut self) {
+    /// been handed to the engine): each still pending becomes hittable, or,
+    /// when its hash is cached in another block already, keeps it cached
+    /// (see `commit_one`). With KV events on, each run of consecutive newly
+    /// cached blocks of one sequence is announced as one `BlockStored`.
+    pub(super) fn commit_pending(&mut self, pool: &mut BlockPool) {
         if self.pending.is_empty() {
             return;
         }
         let mut pending = std::mem::take(&mut self.pending);
         if self.events.is_none() {
             for &(b, h) in &pending {
-                if self.index.pending_hash_of(b) == Some(h) {
-                    self.index.commit(b);
-                }
+                self.commit_one(b, h, pool);
             }
         } else {
             let infos = std::mem::take(&mut self.pending_events);
@@ -170,7 +207,7 @@ impl PrefixState {
             // The run being built: indexes into `pending` of consecutive committed blocks.
             let mut run: Option<Range<usize>> = None;
             for (i, &(b, h)) in pending.iter().enumerate() {
-                let committed = self.index.pending_hash_of(b) == Some(h) && self.index.commit(b).is_some();
+                let committed = self.commit_one(b, h, pool);
                 let continues = run
                     .as_ref()
                     .is_some_and(|r| r.end == i && infos[i].parent == Some(pending[i - 1].1));
@@ -239,23 +276,36 @@ impl PrefixState {
         }
     }
 
-    /// Follows a truncate: forgets the dropped tokens and hashes, and uncaches a
-    /// new partially filled tail this sequence holds alone (it will be rewritten).
-    pub(super) fn truncated(&mut self, cache: &mut SeqCache, table: &BlockTable, pool: &BlockPool) {
+    /// Follows a truncate: forgets the dropped tokens and hashes. A new
+    /// partially filled tail this sequence holds alone keeps a cached hash
+    /// (returns true: the next write must copy the block first, leaving the
+    /// cached content intact); a pending or duplicate hash it carries is
+    /// dropped (it will be written in place).
+    ///
+    /// Keeping the hash keeps the cache closed under prefixes: the blocks
+    /// after the tail (released by the truncate, or held by others) stay
+    /// reachable, and a router never sees a block removed before its children.
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, table: &BlockTable, pool: &BlockPool) -> bool {
         let n = table.num_tokens() as usize;
         cache.tokens.truncate(n);
         cache.hashes.truncate(n / self.block_size as usize);
         if n % self.block_size as usize != 0 {
             let last = *table.blocks().last().expect("a partial tail exists");
             if pool.ref_count(last) == Ok(1) {
-                self.uncache(last);
+                if self.index.hash_of(last).is_some() {
+                    return true;
+                }
+                self.index.remove_block(last);
             }
         }
+        false
     }
 
-    /// Drops the block's hash before its content changes in place.
+    /// Drops the block's pending or duplicate hash before its content changes
+    /// in place (a cached block is copied first instead: see `truncated`).
     pub(super) fn uncache(&mut self, block: BlockId) {
         if let Some(h) = self.index.remove_block(block) {
+            debug_assert!(false, "cached block {block:?} written in place");
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
             });
@@ -409,6 +459,14 @@ impl KvCacheManager {
         self.prefix.as_ref().map_or(0, |p| p.index.len())
     }
 
+    /// Blocks in use whose content duplicates a cached block's (the same
+    /// content computed twice). Each takes the hash over if the cached copy
+    /// is freed first, so the content stays findable and no event announces
+    /// a block the engine still holds as removed.
+    pub fn num_duplicate_blocks(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.index.num_duplicates())
+    }
+
     /// Drops the hash of every free cached block, so no later prompt hits
     /// them (after a weight update, say). Blocks in use keep their hashes until
     /// freed. Returns the number of blocks uncached.
@@ -463,6 +521,14 @@ impl KvCacheManager {
                 "free block {b:?} is pending: it would become hittable though no step computes it"
             )));
         }
+        for (h, d) in p.index.duplicates() {
+            let original = p.index.get(h).expect("checked by the index");
+            if self.pool.ref_count(d) == Ok(0) || self.pool.ref_count(original) == Ok(0) {
+                return Err(InvariantViolation::new(format!(
+                    "duplicate {d:?} of {h:?} or its cached copy {original:?} is free: the hash would be lost on eviction"
+                )));
+            }
+        }
         let bs = self.config.block_size as usize;
         for (&seq, s) in &self.seqs {
             let Some(cache) = s.cache.as_deref() else {
@@ -485,6 +551,15 @@ impl KvCacheManager {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?}'s block hashes do not match its tokens"
                 )));
+            }
+            // Every full block stays findable: cached, pending or a duplicate.
+            for (i, (&b, &mine)) in s.table.blocks.iter().zip(&cache.hashes).enumerate() {
+                if p.index.carried_hash_of(b) != Some(mine) {
+                    return Err(InvariantViolation::new(format!(
+                        "{seq:?} block {i} ({b:?}) is full but carries {:?}, not its hash {mine:?} (cached, pending or duplicate)",
+                        p.index.carried_hash_of(b)
+                    )));
+                }
             }
             for (i, &b) in s.table.blocks.iter().enumerate() {
                 let Some(h) = p.index.hash_of(b) else { continue };

@@ -342,9 +342,7 @@ impl KvCacheManager {
         let filled = (old_len % bs) as u32;
         let last = table.blocks.last().copied();
         let cow = match last {
-            Some(b) if filled != 0 && table.tail_maybe_shared => {
-                self.pool.ref_count(b).expect("tables hold pool blocks") > 1
-            }
+            Some(b) if filled != 0 && table.tail_maybe_shared => tail_needs_copy(&self.pool, &self.prefix, b),
             _ => false,
         };
         let needed = grow + cow as u64;
@@ -358,9 +356,7 @@ impl KvCacheManager {
         if cow {
             let src = last.expect("cow implies a last block");
             let dst = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-            self.pool
-                .decref(src)
-                .expect("the shared block holds this table's reference");
+            release(&mut self.pool, &mut self.prefix, &mut self.host, src);
             *table.blocks.last_mut().expect("cow implies a last block") = dst;
             self.copies.push(BlockCopy {
                 src,
@@ -470,7 +466,9 @@ impl KvCacheManager {
                 .cache
                 .as_deref_mut()
                 .expect("caching on: the sequence has a cache");
-            p.truncated(cache, table, &self.pool);
+            if p.truncated(cache, table, &self.pool) {
+                table.tail_maybe_shared = true;
+            }
         }
         Ok(())
     }
@@ -519,7 +517,7 @@ impl KvCacheManager {
             h.drain_into(ops);
         }
         if let Some(p) = &mut self.prefix {
-            p.commit_pending();
+            p.commit_pending(&mut self.pool);
         }
         self.next_epoch();
     }
@@ -619,6 +617,15 @@ fn after_append(
     }
 }
 
+/// Whether a write into the partially filled tail `b` must copy it first:
+/// it is shared, or cached (its content stays cached: see
+/// `caching::PrefixState::truncated`).
+#[inline]
+fn tail_needs_copy(pool: &BlockPool, prefix: &Option<PrefixState>, b: BlockId) -> bool {
+    pool.ref_count(b).expect("tables hold pool blocks") > 1
+        || prefix.as_ref().is_some_and(|p| p.index.hash_of(b).is_some())
+}
+
 /// A block from the head of the free queue; with prefix caching on, the hash
 /// it carried (an evicted cached block) is dropped first.
 #[inline]
@@ -640,7 +647,14 @@ fn take_block(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, stats: &mu
 fn release(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, host: &mut Option<HostTier>, b: BlockId) {
     let cached = match prefix {
         None => true,
-        Some(p) => p.index.hash_of(b).is_some(),
+        Some(p) => {
+            // A cached block about to become free hands its hash to a
+            // duplicate in use (the content stays findable, no event).
+            if p.index.has_duplicates() && pool.ref_count(b) == Ok(1) {
+                p.index.promote_duplicate(b);
+            }
+            p.index.hash_of(b).is_some()
+        }
     };
     let freed = if cached {
         pool.decref(b)
@@ -650,7 +664,7 @@ fn release(pool: &mut BlockPool, prefix: &mut Option<PrefixState>, host: &mut Op
     .expect("a live table's blocks are allocated");
     if freed {
         // A pending block freed before its step was handed over was never
-        // written: it must not become hittable.
+        // written: it must not become hittable. A freed duplicate stops being one.
         if let (false, Some(p)) = (cached, prefix) {
             p.index.remove_block(b);
         }
