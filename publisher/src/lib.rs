@@ -262,7 +262,9 @@ impl KvEventPublisher {
     /// [`PublisherConfig::max_queue_size`] batches are already queued.
     ///
     /// Once warm, the caller's thread makes no heap allocation here: the
-    /// batch is encoded into a buffer the I/O thread hands back after sending.
+    /// batch is encoded into a buffer the I/O thread handed back after sending
+    /// an earlier one (when none is back yet, a new buffer is allocated;
+    /// `tests/no_alloc_publish.rs` counts).
     pub fn publish(&mut self, ts: f64, events: &[KvEvent]) -> Result<Option<u64>, PublishError> {
         if events.is_empty() {
             return Ok(None);
