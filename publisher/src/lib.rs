@@ -14,7 +14,8 @@
 //!   are kept for it.
 //!
 //! The engine calls [`KvEventPublisher::publish`] once per step with the
-//! events it drained ([`pagedkv::KvCacheManager::drain_events`]); a step
+//! events it drained ([`pagedkv::KvCacheManager::drain_events`], or the
+//! reference scheduler's `plan.events` after `Scheduler::step`); a step
 //! without events publishes nothing (as in vLLM). The caller's thread only
 //! encodes into a recycled buffer and queues it: an I/O thread owns the
 //! sockets (the pure-Rust `zeromq` crate on a one-worker tokio runtime).

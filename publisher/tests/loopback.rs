@@ -160,6 +160,28 @@ fn live_batches_are_gap_free_and_replays_end_with_the_marker() {
 }
 
 #[test]
+fn a_wildcard_endpoint_binds_every_interface() {
+    // vLLM's default form, `tcp://*:PORT`.
+    let publisher = KvEventPublisher::new(
+        PublisherConfig {
+            endpoint: "tcp://*:0".into(),
+            ..Default::default()
+        },
+        EventSource::default(),
+    )
+    .unwrap();
+    let port = publisher
+        .endpoint()
+        .strip_prefix("tcp://0.0.0.0:")
+        .expect("every interface");
+    assert_ne!(port.parse::<u16>().unwrap(), 0);
+    let rt = runtime();
+    let mut sub = SubSocket::new();
+    rt.block_on(sub.connect(&format!("tcp://127.0.0.1:{port}")))
+        .unwrap();
+}
+
+#[test]
 fn bad_settings_are_refused_naming_the_field() {
     let err = KvEventPublisher::new(
         PublisherConfig {
