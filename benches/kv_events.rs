@@ -37,6 +37,7 @@ fn stored(seed: u64, blocks: u32) -> KvEvent {
         extra_keys: vec![Vec::new(); blocks as usize],
         first_block_index: 40,
         adapter: None,
+        group: 0,
     }
 }
 
@@ -68,6 +69,7 @@ fn decode_step(c: &mut Criterion) {
     let mut events: Vec<KvEvent> = (0..256).map(|s| stored(s, 1)).collect();
     events.extend((0..256).map(|s| KvEvent::BlockRemoved {
         block_hashes: vec![hash(1_000_000 + s)],
+        group: 0,
     }));
     bench_batch(c, "h_encode_decode_step_512_events", &events);
 }

@@ -1,6 +1,16 @@
 //! An inference engine loop over pagedkv, end to end, on the CPU: a tiny
-//! decoder whose KV cache lives in paged slabs, driven by the reference
-//! [`Scheduler`], and verified against the same model with a dense cache.
+//! hybrid decoder (full-attention layers alternating with sliding-window
+//! layers, as Gemma 2 and gpt-oss do) whose KV cache lives in paged slabs,
+//! driven by the reference [`Scheduler`], and verified against the same
+//! model with a dense cache.
+//!
+//! The two attention kinds form two KV cache groups that share one pool
+//! (vLLM's layout): the cache is `GROUP_SIZE` layer tensors of `num_blocks`
+//! pages, layer `j` of every group using tensor `j`; a block id names a page
+//! of one group. Each sequence has a block table per group; the
+//! sliding-window group's table releases the blocks the window has passed
+//! (they become `BlockId::NULL`, which the attention below never reads) and
+//! other sequences reuse them.
 //!
 //! Every step the engine
 //! 1. asks the scheduler for a plan ([`Scheduler::step`]);
@@ -8,9 +18,11 @@
 //!    (device → host), swap-in (host → device), copy-on-write copies
 //!    (device → device);
 //! 3. runs the model on the batch, layer by layer: first it writes every new
-//!    token's keys and values at the token's slot, then each token attends to
-//!    positions `0..=pos` of its own sequence, reading them through the
-//!    sequence's block table (`slot = table[p / block_size] * block_size + p % block_size`);
+//!    token's keys and values at the token's slot in the layer's group, then
+//!    each token attends to positions `0..=pos` of its own sequence (the last
+//!    `WINDOW` of them in a sliding-window layer), reading them through the
+//!    sequence's block table in that group
+//!    (`slot = table[p / block_size] * block_size + p % block_size`);
 //! 4. samples a token for every sequence that finished its prompt or decoded,
 //!    and reports them back ([`Scheduler::on_step_output`]).
 //!
@@ -21,7 +33,8 @@
 //! that sequences are preempted both by swap (their blocks go through host
 //! memory and back) and by recompute (prefilled again, partly from the prefix
 //! cache). Every sampled token and its logits must equal those of a reference
-//! run with a plain `Vec` per sequence as its KV cache.
+//! run with a plain `Vec` per sequence as its KV cache (and the window as an
+//! attention mask).
 //!
 //! Sampling is greedy (argmax) for every sequence except samples 1.. of an
 //! `n`-sample request: those would all repeat sample 0 under greedy decoding,
@@ -37,19 +50,25 @@ use std::error::Error;
 use std::fmt;
 use std::ops::Range;
 
+use std::collections::HashMap;
+
 use pagedkv::scheduler::Automatic;
 use pagedkv::{
-    BlockCopy, BlockId, CachePlan, CacheSpec, KvCacheConfig, KvCacheManager, KvDtype, MemoryBudget, Request,
-    RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId, StepPlan, TokenId,
+    AttentionKind, BlockCopy, BlockId, CachePlan, CacheSpec, EngineRules, KvCacheConfig, KvCacheManager,
+    KvDtype, MemoryBudget, ModelLayout, Request, RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId,
+    StepPlan, TokenId,
 };
 
 // ---------------------------------------------------------------------------
-// 1. The model: a 2-layer decoder with grouped-query attention and RoPE.
+// 1. The model: a 4-layer decoder with grouped-query attention and RoPE, its
+//    odd layers attending to a sliding window of `WINDOW` tokens.
 // ---------------------------------------------------------------------------
 
 const VOCAB: usize = 96;
 const D_MODEL: usize = 32;
-const N_LAYERS: usize = 2;
+const N_LAYERS: usize = 4;
+/// Tokens a sliding-window layer attends to (itself included).
+const WINDOW: usize = 8;
 /// Query heads; every `N_HEADS / N_KV_HEADS` of them share one key/value head (GQA).
 const N_HEADS: usize = 4;
 const N_KV_HEADS: usize = 2;
@@ -61,6 +80,25 @@ const ROPE_THETA: f32 = 10_000.0;
 /// Sampling this token ends a sequence.
 const EOS: TokenId = 0;
 const SEED: u64 = 0x5EED_CAFE;
+
+/// How layer `l` attends: even layers to every earlier token, odd ones to a window.
+fn layer_kind(l: usize) -> AttentionKind {
+    if l % 2 == 0 {
+        AttentionKind::Full
+    } else {
+        AttentionKind::SlidingWindow {
+            window: WINDOW as u32,
+        }
+    }
+}
+
+/// The first position a query at `pos` of layer `l` attends to.
+fn first_attended(l: usize, pos: usize) -> usize {
+    match layer_kind(l) {
+        AttentionKind::Full => 0,
+        _ => (pos + 1).saturating_sub(WINDOW),
+    }
+}
 
 /// The splitmix64 generator: fixed-seed weights and sampling noise without dependencies.
 struct SplitMix64(u64);
@@ -209,24 +247,30 @@ impl Model {
     }
 }
 
-/// Attention of one token's query heads over positions `0..n_ctx` of its
+/// Attention of one token's query heads over positions `ctx` of its
 /// sequence. `keys` and `values` are rows of `KV_WIDTH` f32s; `row(p)` says
 /// which row holds position `p`. The paged engine and the dense reference call
 /// this same function, so only where the rows come from differs.
-fn attend(q: &[f32], keys: &[f32], values: &[f32], n_ctx: usize, row: impl Fn(usize) -> usize) -> Vec<f32> {
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    ctx: Range<usize>,
+    row: impl Fn(usize) -> usize,
+) -> Vec<f32> {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let mut out = vec![0.0; N_HEADS * HEAD_DIM];
-    let mut weights = vec![0.0; n_ctx];
+    let mut weights = vec![0.0; ctx.len()];
     for h in 0..N_HEADS {
         let kv_head = h / (N_HEADS / N_KV_HEADS);
         let at = |p: usize| row(p) * KV_WIDTH + kv_head * HEAD_DIM;
         let q_h = &q[h * HEAD_DIM..][..HEAD_DIM];
-        for (p, w) in weights.iter_mut().enumerate() {
+        for (p, w) in ctx.clone().zip(weights.iter_mut()) {
             *w = dot(q_h, &keys[at(p)..][..HEAD_DIM]) * scale;
         }
         softmax(&mut weights);
         let out_h = &mut out[h * HEAD_DIM..][..HEAD_DIM];
-        for (p, w) in weights.iter().enumerate() {
+        for (p, w) in ctx.clone().zip(weights.iter()) {
             for (o, v) in out_h.iter_mut().zip(&values[at(p)..][..HEAD_DIM]) {
                 *o += w * v;
             }
@@ -265,13 +309,18 @@ fn sample(logits: &[f32], request: RequestId, sample: u32, pos: usize) -> TokenI
 }
 
 // ---------------------------------------------------------------------------
-// 2. KV memory: slabs shaped [num_blocks, block_size, N_KV_HEADS, HEAD_DIM]
-//    per layer, for keys and for values; one on the device, one on the host.
+// 2. KV memory: `GROUP_SIZE` layer tensors of `num_blocks` pages shaped
+//    [block_size, N_KV_HEADS, HEAD_DIM], for keys and for values; layer `j` of
+//    every KV cache group uses tensor `j` (vLLM's layout). One on the device,
+//    one on the host.
 // ---------------------------------------------------------------------------
+
+/// Layers per KV cache group: the pages of one block id.
+const GROUP_SIZE: usize = N_LAYERS / 2;
 
 struct KvSlab {
     block_size: usize,
-    /// Per layer, `num_blocks * block_size` rows of `KV_WIDTH` f32s; row = slot.
+    /// Per layer tensor, `num_blocks * block_size` rows of `KV_WIDTH` f32s; row = slot.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
 }
@@ -279,40 +328,41 @@ struct KvSlab {
 impl KvSlab {
     fn new(num_blocks: usize, block_size: usize) -> KvSlab {
         // NaN, so that reading a slot nobody wrote poisons the logits.
-        let layer = vec![f32::NAN; num_blocks * block_size * KV_WIDTH];
+        let tensor = vec![f32::NAN; num_blocks * block_size * KV_WIDTH];
         KvSlab {
             block_size,
-            keys: vec![layer.clone(); N_LAYERS],
-            values: vec![layer; N_LAYERS],
+            keys: vec![tensor.clone(); GROUP_SIZE],
+            values: vec![tensor; GROUP_SIZE],
         }
     }
 
-    /// The f32s of the first `num_slots` slots of `block`, in one layer.
+    /// The f32s of the first `num_slots` slots of `block`, in one tensor.
     fn span(&self, block: BlockId, num_slots: u32) -> Range<usize> {
         let start = block.index() * self.block_size * KV_WIDTH;
         start..start + num_slots as usize * KV_WIDTH
     }
 
-    fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
-        self.keys[layer][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(k);
-        self.values[layer][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(v);
+    fn write(&mut self, tensor: usize, slot: usize, k: &[f32], v: &[f32]) {
+        self.keys[tensor][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(k);
+        self.values[tensor][slot * KV_WIDTH..][..KV_WIDTH].copy_from_slice(v);
     }
 
-    /// A swap: `c.src` of `from` into `c.dst` of `to`, every layer, keys and values.
+    /// A swap: `c.src` of `from` into `c.dst` of `to`, every tensor, keys and
+    /// values (a block is one page in each tensor, whatever its group).
     fn transfer(from: &KvSlab, to: &mut KvSlab, c: &BlockCopy) {
         let (src, dst) = (from.span(c.src, c.num_slots), to.span(c.dst, c.num_slots));
-        for l in 0..N_LAYERS {
-            to.keys[l][dst.clone()].copy_from_slice(&from.keys[l][src.clone()]);
-            to.values[l][dst.clone()].copy_from_slice(&from.values[l][src.clone()]);
+        for t in 0..GROUP_SIZE {
+            to.keys[t][dst.clone()].copy_from_slice(&from.keys[t][src.clone()]);
+            to.values[t][dst.clone()].copy_from_slice(&from.values[t][src.clone()]);
         }
     }
 
     /// A copy-on-write copy inside this slab.
     fn copy(&mut self, c: &BlockCopy) {
         let (src, dst) = (self.span(c.src, c.num_slots), self.span(c.dst, c.num_slots).start);
-        for l in 0..N_LAYERS {
-            self.keys[l].copy_within(src.clone(), dst);
-            self.values[l].copy_within(src.clone(), dst);
+        for t in 0..GROUP_SIZE {
+            self.keys[t].copy_within(src.clone(), dst);
+            self.values[t].copy_within(src.clone(), dst);
         }
     }
 }
@@ -402,6 +452,10 @@ pub struct Report {
     pub prefix_queried_tokens: u64,
     /// Parallel samples forked.
     pub forks: u64,
+    /// Blocks the sliding-window group released as its sequences grew.
+    pub window_released_blocks: u64,
+    /// Of those, the blocks another sequence took afterwards (in either group).
+    pub window_blocks_reused: u64,
     /// Scheduled sequences whose context (before their new tokens) lies partly
     /// in a block another sequence of the same batch fills. pagedkv makes a
     /// block hittable only once the step computing it was handed over, so this
@@ -431,7 +485,8 @@ struct BatchToken {
     entry: usize,
     pos: usize,
     token: TokenId,
-    slot: usize,
+    /// Its slot in each KV cache group.
+    slots: Vec<usize>,
 }
 
 const MAX_MODEL_LEN: u32 = 96;
@@ -441,16 +496,40 @@ const MAX_MODEL_LEN: u32 = 96;
 pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     let model = Model::new(SEED);
 
-    // Size the pool from the model's attention shape, as an engine would with
-    // its memory budget (here: exactly `num_blocks` and `num_host_blocks`).
+    // Group the layers as vLLM does (one group per attention kind, equal
+    // layer counts), and size the pool: exactly `num_blocks` and
+    // `num_host_blocks` blocks of the plan's bytes per block.
     let spec = CacheSpec::new(N_LAYERS as u32, N_KV_HEADS as u32, HEAD_DIM as u32, KvDtype::F32);
-    let per_block = spec.bytes_per_block(w.block_size);
+    let kinds: Vec<AttentionKind> = (0..N_LAYERS).map(layer_kind).collect();
+    let layout = ModelLayout::from_kinds(&spec, &kinds)?;
+    let per_block = GROUP_SIZE as u64 * layout.page_bytes(0, w.block_size);
     let budget = MemoryBudget::direct(w.num_blocks * per_block).with_host_swap(w.num_host_blocks * per_block);
-    let cache_plan = CachePlan::new(&spec, w.block_size, &budget)?;
+    let rules = EngineRules::vllm_v1(w.max_num_batched_tokens as u64);
+    let cache_plan = CachePlan::for_engine(&layout, w.block_size, &budget, rules)?;
+    assert_eq!(cache_plan.breakdown().bytes_per_block, per_block);
+    // Which KV cache group each layer belongs to, and its page slot (tensor) in a block.
+    let mut layer_group = [(0, 0); N_LAYERS];
+    for (g, group) in cache_plan.groups().iter().enumerate() {
+        for (j, &layer) in group.layers.iter().enumerate() {
+            layer_group[layer as usize] = (g, j);
+        }
+    }
+    // The demo's pool is deliberately tiny: `from_plan` would refuse its
+    // max_model_len; the scheduler's admission refuses what never fits.
     let config = KvCacheConfig {
+        num_blocks: cache_plan.num_blocks() as u32,
+        block_size: w.block_size,
+        max_model_len: MAX_MODEL_LEN,
+        num_host_blocks: cache_plan.num_host_blocks() as u32,
+        groups: cache_plan.groups().iter().map(|g| g.kind).collect(),
         enable_prefix_caching: true,
-        ..KvCacheConfig::from_plan(&cache_plan, MAX_MODEL_LEN)?
+        ..KvCacheConfig::default()
     };
+    let window_group = config
+        .groups
+        .iter()
+        .position(|k| *k != AttentionKind::Full)
+        .ok_or("the model has a sliding-window group")?;
     let bs = config.block_size as usize;
     let mut device = KvSlab::new(config.num_blocks as usize, bs);
     let mut host = KvSlab::new(config.num_host_blocks as usize, bs);
@@ -465,8 +544,12 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     // the host tier is full.
     let mut sched =
         Scheduler::new(KvCacheManager::new(config)?, scheduler_config)?.with_preemption_mode(Automatic {
-            transfer_cost_per_token: 0.2,
+            transfer_cost_per_token: 0.1,
         });
+    // The window group's tables as of the last step, and who released each
+    // released block (to see other sequences reuse it).
+    let mut window_tables: HashMap<SeqId, Vec<BlockId>> = HashMap::new();
+    let mut released_by: HashMap<BlockId, SeqId> = HashMap::new();
 
     let mut pending: Vec<&Request> = w.requests.iter().collect();
     let mut plan = StepPlan::default();
@@ -487,6 +570,14 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
         // (1) The plan.
         sched.step(&mut plan);
         report.steps += 1;
+        track_window_reuse(
+            &sched,
+            &plan,
+            window_group,
+            &mut window_tables,
+            &mut released_by,
+            &mut report,
+        )?;
 
         // (2) Block operations, in this order, before anything reads the cache.
         for c in &plan.ops.swap_out {
@@ -509,40 +600,47 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
             let tokens = sched
                 .tokens(e.seq)
                 .ok_or("the scheduler has no tokens for a scheduled sequence")?;
-            for (k, &slot) in plan.slots_of(i).iter().enumerate() {
+            for k in 0..e.num_new_tokens as usize {
                 let pos = e.start as usize + k;
                 batch.push(BatchToken {
                     entry: i,
                     pos,
                     token: tokens[pos],
-                    slot: slot as usize,
+                    slots: (0..plan.num_groups as usize)
+                        .map(|g| plan.group_slots_of(g, i)[k] as usize)
+                        .collect(),
                 });
             }
         }
         report.computed_tokens += batch.len() as u64;
         report.same_step_reads += reads_of_blocks_filled_this_step(&sched, &plan, &batch, bs)?;
         let mut xs: Vec<Vec<f32>> = batch.iter().map(|t| model.embed(t.token)).collect();
-        for l in 0..N_LAYERS {
-            // (3a) Write the layer's keys and values of every new token first:
-            // a prompt may hit prefix blocks that another sequence fills in this
-            // very step, and a prefill chunk attends to its own new tokens.
+        for (l, &(g, tensor)) in layer_group.iter().enumerate() {
+            // (3a) Write the layer's keys and values of every new token first
+            // (a prefill chunk attends to its own new tokens), at the token's
+            // slot in the layer's group.
             let mut queries = Vec::with_capacity(batch.len());
             for (t, x) in batch.iter().zip(&xs) {
                 let (q, k, v) = model.qkv(l, x, t.pos);
-                device.write(l, t.slot, &k, &v);
+                device.write(tensor, t.slots[g], &k, &v);
                 queries.push(q);
             }
             // (3b) Paged attention: each token reads positions 0..=pos of its
-            // sequence through the sequence's block table.
+            // sequence (its window, in a sliding layer) through the sequence's
+            // block table in the layer's group; released entries are never read.
             for ((t, x), q) in batch.iter().zip(&mut xs).zip(&queries) {
-                let table = sched.block_table(plan.scheduled[t.entry].seq)?;
+                let table = sched.kv().group(g)?.block_table(plan.scheduled[t.entry].seq)?;
+                let ctx = first_attended(l, t.pos)..t.pos + 1;
+                if table[ctx.start / bs..=t.pos / bs].iter().any(|b| b.is_null()) {
+                    return Err(format!("layer {l} would read a released block of {:?}", table).into());
+                }
                 let row = |p: usize| table[p / bs].index() * bs + p % bs;
                 debug_assert_eq!(
                     row(t.pos),
-                    t.slot,
+                    t.slots[g],
                     "the plan's slot is where the block table maps the position"
                 );
-                let attn = attend(q, &device.keys[l], &device.values[l], t.pos + 1, row);
+                let attn = attend(q, &device.keys[tensor], &device.values[tensor], ctx, row);
                 model.finish_layer(l, x, &attn);
             }
         }
@@ -590,6 +688,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     report.prefix_hit_tokens = kv.prefix_hit_tokens;
     report.prefix_queried_tokens = kv.prefix_queried_tokens;
     report.forks = kv.forks;
+    report.window_released_blocks = kv.window_released_blocks;
     if sched.kv().num_free_blocks() as u64 != w.num_blocks {
         return Err(format!(
             "{} blocks leaked",
@@ -602,6 +701,39 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     Ok(report)
 }
 
+/// Notes the window group's blocks released since the last step (entries that
+/// became placeholders), and counts those another sequence now holds.
+fn track_window_reuse(
+    sched: &Scheduler,
+    plan: &StepPlan,
+    window_group: usize,
+    tables: &mut HashMap<SeqId, Vec<BlockId>>,
+    released_by: &mut HashMap<BlockId, SeqId>,
+    report: &mut Report,
+) -> Result<(), Box<dyn Error>> {
+    let window = sched.kv().group(window_group)?;
+    for e in &plan.scheduled {
+        let now = window.block_table(e.seq)?;
+        if let Some(before) = tables.get(&e.seq) {
+            for (&was, &is) in before.iter().zip(now) {
+                if !was.is_null() && is.is_null() {
+                    released_by.insert(was, e.seq);
+                }
+            }
+        }
+        tables.insert(e.seq, now.to_vec());
+        for g in 0..sched.kv().num_groups() {
+            for b in sched.kv().group(g)?.block_table(e.seq)? {
+                if released_by.get(b).is_some_and(|&owner| owner != e.seq) {
+                    released_by.remove(b);
+                    report.window_blocks_reused += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How many scheduled sequences read, before their new tokens, a block that
 /// another sequence of the batch writes this step (see [`Report::same_step_reads`]).
 fn reads_of_blocks_filled_this_step(
@@ -612,11 +744,17 @@ fn reads_of_blocks_filled_this_step(
 ) -> Result<u64, Box<dyn Error>> {
     let mut count = 0;
     for (i, e) in plan.scheduled.iter().enumerate() {
-        let table = sched.block_table(e.seq)?;
-        let context = &table[..(e.start as usize).div_ceil(bs)];
-        let filled_by_other =
-            |t: &BatchToken| t.entry != i && context.iter().any(|b| b.index() == t.slot / bs);
-        count += batch.iter().any(filled_by_other) as u64;
+        for g in 0..plan.num_groups as usize {
+            let table = sched.kv().group(g)?.block_table(e.seq)?;
+            let context = &table[..(e.start as usize).div_ceil(bs)];
+            let filled_by_other = |t: &BatchToken| {
+                t.entry != i
+                    && context
+                        .iter()
+                        .any(|b| !b.is_null() && b.index() == t.slots[g] / bs)
+            };
+            count += batch.iter().any(filled_by_other) as u64;
+        }
     }
     Ok(count)
 }
@@ -639,7 +777,7 @@ fn reference(model: &Model, r: &Request, index: u32) -> Vec<Sampled> {
             let (q, k, v) = model.qkv(l, &x, pos);
             keys[l].extend_from_slice(&k);
             values[l].extend_from_slice(&v);
-            let attn = attend(&q, &keys[l], &values[l], pos + 1, |p| p);
+            let attn = attend(&q, &keys[l], &values[l], first_attended(l, pos)..pos + 1, |p| p);
             model.finish_layer(l, &mut x, &attn);
         }
         if pos + 1 < tokens.len() {
@@ -724,6 +862,11 @@ impl fmt::Display for Report {
             "parallel samples        {} forks, {} copy-on-write copies",
             self.forks, self.cow_copies
         )?;
+        writeln!(
+            f,
+            "sliding window          {} blocks released ({} then held by other sequences)",
+            self.window_released_blocks, self.window_blocks_reused
+        )?;
         let max = if self.max_abs_dlogit == 0.0 {
             "0".to_string()
         } else {
@@ -748,6 +891,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let sequences: u32 = w.requests.iter().map(|r| r.n).sum();
     println!(
         "pagedkv engine: {N_LAYERS}-layer decoder, {N_HEADS} query heads over {N_KV_HEADS} KV heads of {HEAD_DIM}, f32 KV cache"
+    );
+    println!(
+        "layers: full attention and a {WINDOW}-token sliding window alternating: 2 KV cache groups of {GROUP_SIZE} layers sharing one pool"
     );
     println!(
         "pool: {} device + {} host blocks of {} tokens, prefix caching on; {} requests, {} sequences",

@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         weights_bytes: gib(7.87),
         non_torch_bytes: gib(0.25),
         activation_peak_bytes: gib(11.06),
+        cudagraph_bytes: 0,
     })
     .with_host_swap(4 * GIB);
     let plan = CachePlan::new(&spec, 16, &budget)?;

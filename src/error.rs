@@ -6,7 +6,7 @@ use thiserror::Error;
 use crate::ids::{BlockId, SeqId};
 use crate::manager::AdmissionRefusal;
 use crate::scheduler::RequestId;
-use crate::sizing::{CapacityAdvice, NoKvMemory};
+use crate::sizing::{AttentionKind, CapacityAdvice, NoKvMemory};
 
 /// Why a capacity plan cannot be made or does not fit.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -31,10 +31,42 @@ pub enum PlanError {
         /// Bytes one block takes.
         bytes_per_block: u64,
     },
-    /// One sequence of `max_model_len` tokens does not fit in the cache (vLLM's
-    /// start-up error), with the settings that would make it fit.
+    /// The budget holds one block, which vLLM V1 keeps as its null block: no
+    /// block is left for sequences.
+    #[error("The KV cache budget ({kv_bytes} bytes) holds one block of {bytes_per_block} bytes, which vLLM keeps as its null block: no block is left for requests. Give the cache at least {} bytes (two blocks), or use a smaller block_size.", 2 * .bytes_per_block)]
+    OnlyNullBlock {
+        /// Bytes available for the KV cache.
+        kv_bytes: u64,
+        /// Bytes one block takes.
+        bytes_per_block: u64,
+    },
+    /// One sequence of `max_model_len` tokens does not fit in the cache (the
+    /// engine's start-up error), with the settings that would make it fit.
     #[error("{0}")]
     MaxModelLenTooLarge(Box<CapacityAdvice>),
+    /// Layers whose pages (one block of one layer) differ in size would have to
+    /// share one block pool.
+    #[error("layers {layer_a} and {layer_b} keep {bytes_a} and {bytes_b} bytes per block of {block_size} tokens: KV cache groups share one pool and need one page size (vLLM would scale the smaller pages' block size or pad them; pagedkv does not); give every layer the same KV heads × head dim and dtype, or plan the differing layers as a separate model")]
+    PageSizeMismatch {
+        /// A layer with the first page size.
+        layer_a: u32,
+        /// Its page, bytes.
+        bytes_a: u64,
+        /// A layer with another page size.
+        layer_b: u32,
+        /// Its page, bytes.
+        bytes_b: u64,
+        /// Tokens per block.
+        block_size: u32,
+    },
+    /// A KV cache group without layers: it would take blocks and hold nothing.
+    #[error(
+        "a KV cache group of {kind} layers has no layers: drop the group, or give it the layers of that kind"
+    )]
+    EmptyGroup {
+        /// The group's attention kind.
+        kind: AttentionKind,
+    },
 }
 
 /// A caller mistake at the block-pool layer. The pool is unchanged.
@@ -162,6 +194,26 @@ pub enum KvError {
     NotYetComputed {
         /// The sequence.
         seq: SeqId,
+    },
+    /// A KV cache group index past the manager's groups.
+    #[error("KV cache group {group} does not exist: the manager has {num_groups} groups (0..{num_groups}, in the order of KvCacheConfig::groups)")]
+    UnknownGroup {
+        /// The group asked for.
+        group: u32,
+        /// Groups the manager has.
+        num_groups: u32,
+    },
+    /// `truncate` below what a sliding-window or chunked local group can still serve.
+    #[error("cannot truncate sequence {seq} to {new_len} tokens: KV cache group {group}'s window released blocks the next token would read; truncate to at least {min_len} tokens (roll back only tokens the current window still holds)")]
+    TruncateIntoReleasedWindow {
+        /// The sequence.
+        seq: SeqId,
+        /// The group whose released blocks are missing.
+        group: u32,
+        /// The requested length.
+        new_len: u64,
+        /// The shortest length the group can still serve.
+        min_len: u64,
     },
     /// `truncate` to more tokens than the sequence has.
     #[error("cannot truncate sequence {seq} to {new_len} tokens: it holds only {num_tokens}")]

@@ -19,16 +19,40 @@ use std::fmt;
 pub struct BlockId(pub u32);
 
 impl BlockId {
+    /// The placeholder a block table holds where a sliding-window or chunked
+    /// local attention group released a block it will never read again (and
+    /// where a prefix hit needs no block). An attention kernel that honours the
+    /// window never reads it; `u32::MAX` is outside every pool
+    /// ([`crate::MAX_BLOCKS`] is 2^30), so a kernel that did would fault
+    /// rather than read another sequence's data. Engines whose kernels
+    /// dereference every table entry may upload any in-bounds block id instead.
+    ///
+    /// ```
+    /// use pagedkv::BlockId;
+    /// assert!(BlockId::NULL.is_null() && !BlockId(0).is_null());
+    /// ```
+    pub const NULL: BlockId = BlockId(u32::MAX);
+
     /// The block's index as a `usize`, for indexing flat per-block arrays.
     #[inline]
     pub const fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// Whether this is the [`BlockId::NULL`] placeholder.
+    #[inline]
+    pub const fn is_null(self) -> bool {
+        self.0 == u32::MAX
+    }
 }
 
 impl fmt::Debug for BlockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "b{}", self.0)
+        if self.is_null() {
+            f.write_str("null")
+        } else {
+            write!(f, "b{}", self.0)
+        }
     }
 }
 

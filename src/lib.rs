@@ -23,8 +23,9 @@ pub use pool::{BlockPool, MAX_BLOCKS};
 pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
 pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
-    blocks_for, AttentionKind, ByteSize, CachePlan, CacheSpec, CapacityAdvice, ConcurrencyAdvice,
-    DeviceMemory, KvDtype, KvMemory, MemoryBudget, MlaSpec, NoKvMemory, PlanBreakdown, UtilizationAdvice,
-    GIB, MAX_BLOCK_SIZE,
+    blocks_for, format_gib, Alternative, AttentionKind, ByteSize, CachePlan, CacheSpec, CapacityAdvice,
+    ConcurrencyAdvice, DeviceMemory, EngineRules, KvCacheGroup, KvDtype, KvMemory, LayerSpec, MemoryBudget,
+    MlaSpec, ModelLayout, NoKvMemory, PlanBreakdown, UtilizationAdvice, VllmV1Rules, GIB, MAX_BLOCK_SIZE,
+    MAX_LAYERS,
 };
 pub use table::BlockTable;

@@ -294,7 +294,8 @@ const fn mix(x: u128) -> u128 {
 
 /// What a cache-aware router needs to know of an engine's cache, drained with
 /// [`crate::KvCacheManager::drain_events`] when `enable_kv_events` is on (the
-/// information vLLM publishes as KV events).
+/// information vLLM publishes as KV events). Each event names the KV cache
+/// group its blocks belong to (0 unless the model mixes attention kinds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KvEvent {
@@ -310,6 +311,8 @@ pub enum KvEvent {
         block_size: u32,
         /// Each block's extra keys, in hashing order.
         extra_keys: Vec<Vec<ExtraKey>>,
+        /// The KV cache group of the blocks.
+        group: u32,
         /// The position of the first block in its sequence (its first token is
         /// token `first_block_index * block_size`): multimodal offsets are
         /// published relative to each block's start.
@@ -322,6 +325,8 @@ pub enum KvEvent {
     BlockRemoved {
         /// Their hashes.
         block_hashes: Vec<BlockHash>,
+        /// The KV cache group of the blocks.
+        group: u32,
     },
     /// Every cached block was dropped.
     AllCleared,
@@ -350,20 +355,36 @@ impl Hasher for BlockHashHasher {
     }
 }
 
-/// The prefix index: which block holds which hash, both ways, which blocks
-/// wait to be committed, and which blocks in use duplicate a cached block.
+/// The index key of `hash` in KV cache group `group`: the hash itself in
+/// group 0, and in group `g` the hash xor a fixed per-group constant (a
+/// bijection, so keys of one group never collide; across groups a collision
+/// needs two random 128-bit hashes to differ by that constant).
+#[inline]
+fn key(hash: BlockHash, group: u32) -> BlockHash {
+    if group == 0 {
+        hash
+    } else {
+        BlockHash::from_u128(hash.get() ^ mix(group as u128))
+    }
+}
+
+/// The prefix index: which block holds which hash in which KV cache group,
+/// both ways, which blocks wait to be committed, and which blocks in use
+/// duplicate a cached block.
 ///
 /// A *duplicate* is a block in use whose final content is that of a hash
-/// cached in another block (the same content computed twice). It carries the
-/// hash without being indexed, so that when the cached block is freed the
-/// hash moves to the duplicate instead of being lost: every full block a
-/// sequence holds stays findable, and a router that follows the KV events
-/// never sees a block vanish under a live sequence.
+/// cached in another block of its group (the same content computed twice). It
+/// carries the hash without being indexed, so that when the cached block is
+/// freed the hash moves to the duplicate instead of being lost: every full
+/// block a sequence holds stays findable, and a router that follows the KV
+/// events never sees a block vanish under a live sequence.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
     map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
     /// The hash each block carries, committed, pending or duplicated.
     hashes: Vec<Option<BlockHash>>,
+    /// The group of each block that carries a hash.
+    groups: Vec<u8>,
     /// Whether the block's hash is pending (carried, not in `map`).
     pending: Vec<bool>,
     /// Whether the block is a duplicate (carried, not in `map`).
@@ -388,6 +409,7 @@ impl PrefixIndex {
         PrefixIndex {
             map: HashMap::default(),
             hashes: vec![None; num_blocks as usize],
+            groups: vec![0; num_blocks as usize],
             pending: vec![false; num_blocks as usize],
             duplicate: vec![false; num_blocks as usize],
             dup_next: vec![NO_BLOCK; num_blocks as usize],
@@ -396,10 +418,10 @@ impl PrefixIndex {
         }
     }
 
-    /// The block holding `hash`, if cached.
+    /// The block holding `hash` in `group`, if cached.
     #[inline]
-    pub fn get(&self, hash: BlockHash) -> Option<BlockId> {
-        self.map.get(&hash).copied()
+    pub fn get(&self, group: u32, hash: BlockHash) -> Option<BlockId> {
+        self.map.get(&key(hash, group)).copied()
     }
 
     /// The hash `block` carries, if it is cached (committed).
@@ -411,7 +433,8 @@ impl PrefixIndex {
         }
     }
 
-    /// The hash cached elsewhere whose content `block` duplicates, if it is a duplicate.
+    /// The hash cached in another block whose content `block` duplicates, if
+    /// it is a duplicate.
     #[inline]
     pub fn duplicate_hash_of(&self, block: BlockId) -> Option<BlockHash> {
         match self.duplicate.get(block.index()) {
@@ -431,17 +454,25 @@ impl PrefixIndex {
         self.num_dups
     }
 
-    /// Each duplicate with the hash it duplicates.
-    pub fn duplicates(&self) -> impl Iterator<Item = (BlockHash, BlockId)> + '_ {
-        (0..self.duplicate.len() as u32)
-            .map(BlockId)
-            .filter_map(|d| Some((self.duplicate_hash_of(d)?, d)))
+    /// Each duplicate with its group and the hash it duplicates.
+    pub fn duplicates(&self) -> impl Iterator<Item = (u32, BlockHash, BlockId)> + '_ {
+        (0..self.duplicate.len() as u32).map(BlockId).filter_map(|d| {
+            let h = self.duplicate_hash_of(d)?;
+            Some((self.groups[d.index()] as u32, h, d))
+        })
     }
 
     /// Whether any block is a duplicate (cheap).
     #[inline]
     pub(crate) fn has_duplicates(&self) -> bool {
         self.num_dups > 0
+    }
+
+    /// The KV cache group of a block that carries a hash (committed or pending).
+    #[inline]
+    pub fn group_of(&self, block: BlockId) -> Option<u32> {
+        let i = block.index();
+        self.hashes.get(i)?.map(|_| self.groups[i] as u32)
     }
 
     /// The hash `block` carries while it waits to be committed.
@@ -463,39 +494,42 @@ impl PrefixIndex {
         self.map.is_empty()
     }
 
-    /// Marks `block` as holding content whose chained hash is `hash`, not
-    /// yet hittable (its step has not been handed to the engine).
-    pub(crate) fn insert_pending(&mut self, hash: BlockHash, block: BlockId) {
+    /// Marks `block` of `group` as holding content whose chained hash is
+    /// `hash`, not yet hittable (its step has not been handed to the engine).
+    pub(crate) fn insert_pending(&mut self, group: u32, hash: BlockHash, block: BlockId) {
         debug_assert!(
             self.hashes[block.index()].is_none(),
             "a block carries at most one hash"
         );
         self.hashes[block.index()] = Some(hash);
+        self.groups[block.index()] = group as u8;
         self.pending[block.index()] = true;
     }
 
-    /// Commits a pending block: its hash becomes hittable. Returns the hash,
-    /// or `None` (changing nothing) when the block is not pending any more
-    /// (freed or rewritten since) or when its hash is already cached in another
-    /// block (the same content computed twice): that block keeps the entry and
-    /// `block` stays uncached.
+    /// Commits a pending block: its hash becomes hittable in its group.
+    /// Returns the hash, or `None` (changing nothing) when the block is not
+    /// pending any more (freed or rewritten since) or when its hash is already
+    /// cached in another block of the group (the same content computed twice):
+    /// that block keeps the entry and `block` stays uncached.
     pub(crate) fn commit(&mut self, block: BlockId) -> Option<BlockHash> {
         let h = self.pending_hash_of(block)?;
         self.pending[block.index()] = false;
-        if self.map.contains_key(&h) {
+        let k = key(h, self.groups[block.index()] as u32);
+        if self.map.contains_key(&k) {
             self.hashes[block.index()] = None;
             return None;
         }
-        self.map.insert(h, block);
+        self.map.insert(k, block);
         Some(h)
     }
 
-    /// Commits a pending block whose hash is cached in the free block
-    /// `from` by moving the entry: `block` becomes the cached copy and `from`
-    /// carries nothing (the hash stays cached throughout).
+    /// Commits a pending block whose hash is cached in the free block `from`
+    /// of its group by moving the entry: `block` becomes the cached copy and
+    /// `from` carries nothing (the hash stays cached throughout).
     pub(crate) fn commit_moving(&mut self, block: BlockId, from: BlockId) {
         let h = self.pending_hash_of(block).expect("the block is pending");
-        debug_assert_eq!(self.hash_of(from), Some(h), "`from` is the cached copy");
+        let k = key(h, self.groups[block.index()] as u32);
+        debug_assert_eq!(self.map.get(&k), Some(&from), "`from` is the cached copy");
         debug_assert_eq!(
             self.dup_next[from.index()],
             NO_BLOCK,
@@ -503,14 +537,14 @@ impl PrefixIndex {
         );
         self.pending[block.index()] = false;
         self.hashes[from.index()] = None;
-        self.map.insert(h, block);
+        self.map.insert(k, block);
     }
 
-    /// Commits a pending block whose hash is cached in a block in use as a
-    /// duplicate of it.
+    /// Commits a pending block whose hash is cached in a block of its group
+    /// in use, as a duplicate of it.
     pub(crate) fn commit_duplicate(&mut self, block: BlockId) {
         let h = self.pending_hash_of(block).expect("the block is pending");
-        let original = self.map[&h];
+        let original = self.map[&key(h, self.groups[block.index()] as u32)];
         self.pending[block.index()] = false;
         self.duplicate[block.index()] = true;
         // Insert after the head (the cached block).
@@ -545,23 +579,24 @@ impl PrefixIndex {
         self.duplicate[d as usize] = false;
         self.num_dups -= 1;
         self.hashes[block.index()] = None;
-        self.map.insert(h, BlockId(d));
+        self.map
+            .insert(key(h, self.groups[d as usize] as u32), BlockId(d));
         Some(BlockId(d))
     }
 
     /// Caches `block` under `hash` at once (committed). Returns false,
     /// changing nothing, when the hash is already cached in another block.
     #[cfg(test)]
-    pub(crate) fn insert(&mut self, hash: BlockHash, block: BlockId) -> bool {
-        self.insert_pending(hash, block);
+    pub(crate) fn insert(&mut self, group: u32, hash: BlockHash, block: BlockId) -> bool {
+        self.insert_pending(group, hash, block);
         self.commit(block).is_some()
     }
 
-    /// Uncaches `block`, returning the hash it carried if it was committed
-    /// (a pending hash, or a duplicate's, is dropped silently: the hash was
-    /// not findable through this block).
+    /// Uncaches `block`, returning the hash it carried and its group if it
+    /// was committed (a pending hash, or a duplicate's, is dropped silently:
+    /// the hash was not findable through this block).
     #[inline]
-    pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<BlockHash> {
+    pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<(BlockHash, u32)> {
         let h = self.hashes.get_mut(block.index())?.take()?;
         if std::mem::replace(&mut self.pending[block.index()], false) {
             return None;
@@ -583,18 +618,21 @@ impl PrefixIndex {
             NO_BLOCK,
             "a cached block with duplicates hands its hash over"
         );
-        self.map.remove(&h);
-        Some(h)
+        let group = self.groups[block.index()] as u32;
+        self.map.remove(&key(h, group));
+        Some((h, group))
     }
 
     /// Checks that the map and the committed per-block hashes describe the
     /// same bijection, and that pending flags go with carried hashes.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        for (&h, &b) in &self.map {
-            if self.hash_of(b) != Some(h) {
+        for (&k, &b) in &self.map {
+            let carried = self.hash_of(b).map(|h| key(h, self.groups[b.index()] as u32));
+            if carried != Some(k) {
                 return Err(InvariantViolation::new(format!(
-                    "hash {h:?} is indexed to block {b:?}, which carries {:?} (pending: {})",
+                    "key {k:?} is indexed to block {b:?}, which carries {:?} in group {} (pending: {})",
                     self.hashes.get(b.index()).copied().flatten(),
+                    self.groups.get(b.index()).copied().unwrap_or(0),
                     self.pending.get(b.index()).copied().unwrap_or(false)
                 )));
             }
@@ -612,18 +650,18 @@ impl PrefixIndex {
             )));
         }
         // Walk each cached block's duplicate list: every listed block is a
-        // duplicate of that hash, linked both ways, and every duplicate is listed.
+        // duplicate of that key, linked both ways, and every duplicate is listed.
         let mut listed = 0;
-        for (&h, &head) in &self.map {
+        for (&k, &head) in &self.map {
             let (mut prev, mut d) = (head.0, self.dup_next[head.index()]);
             while d != NO_BLOCK {
                 let block = BlockId(d);
-                if self.duplicate_hash_of(block) != Some(h)
-                    || self.dup_prev[d as usize] != prev
-                    || listed > self.num_dups
-                {
+                let dup_key = self
+                    .duplicate_hash_of(block)
+                    .map(|h| key(h, self.groups[d as usize] as u32));
+                if dup_key != Some(k) || self.dup_prev[d as usize] != prev || listed > self.num_dups {
                     return Err(InvariantViolation::new(format!(
-                        "block {block:?} is listed as a duplicate of {h:?} (cached in {head:?}) but carries {:?}",
+                        "block {block:?} is listed as a duplicate of {k:?} (cached in {head:?}) but carries {:?}",
                         self.carried_hash_of(block)
                     )));
                 }
@@ -760,13 +798,22 @@ mod tests {
     fn index_is_a_bijection() {
         let mut ix = PrefixIndex::new(4);
         let h = BlockHash::from_u128(5);
-        assert!(ix.insert(h, BlockId(1)));
-        assert!(!ix.insert(h, BlockId(2)), "duplicate content stays uncached");
-        assert_eq!(ix.get(h), Some(BlockId(1)));
+        assert!(ix.insert(0, h, BlockId(1)));
+        assert!(!ix.insert(0, h, BlockId(2)), "duplicate content stays uncached");
+        assert_eq!(ix.get(0, h), Some(BlockId(1)));
         assert_eq!(ix.hash_of(BlockId(2)), None);
+        // The same content in another group is another entry.
+        assert_eq!(ix.get(1, h), None);
+        assert!(ix.insert(1, h, BlockId(3)));
+        assert_eq!(
+            (ix.get(1, h), ix.group_of(BlockId(3))),
+            (Some(BlockId(3)), Some(1))
+        );
         ix.check_invariants().unwrap();
-        assert_eq!(ix.remove_block(BlockId(1)), Some(h));
+        assert_eq!(ix.remove_block(BlockId(1)), Some((h, 0)));
         assert_eq!(ix.remove_block(BlockId(1)), None);
+        assert_eq!(ix.get(1, h), Some(BlockId(3)));
+        assert_eq!(ix.remove_block(BlockId(3)), Some((h, 1)));
         assert!(ix.is_empty());
         ix.check_invariants().unwrap();
     }

@@ -1,9 +1,12 @@
-//! One sequence's block table: its physical blocks in logical order and its
-//! token count.
+//! One sequence's block table in one KV cache group: its physical blocks in
+//! logical order and its token count.
 //!
-//! Invariant: a table holds exactly `blocks_for(num_tokens)` blocks, so at most
-//! its last block is partially filled. Position `pos` lives in block
-//! `blocks[pos / block_size]` at offset `pos % block_size`, i.e. at slot
+//! Invariants: a table holds exactly `blocks_for(num_tokens)` entries, so at
+//! most its last block is partially filled; its first `num_released` entries
+//! are the [`BlockId::NULL`] placeholder (blocks a sliding-window or chunked
+//! local group will never read again) and every other entry is a real block.
+//! Position `pos` lives in block `blocks[pos / block_size]` at offset
+//! `pos % block_size`, i.e. at slot
 //! `blocks[pos / block_size] * block_size + pos % block_size`.
 
 use std::ops::Range;
@@ -13,13 +16,13 @@ use smallvec::SmallVec;
 use crate::ids::{BlockId, Slot};
 
 /// Blocks stored inline before a table spills to the heap (96 tokens at block
-/// size 16); 6 keeps a sequence's map entry within one 64-byte cache line.
+/// size 16).
 pub(crate) const INLINE_BLOCKS: usize = 6;
 
 /// The storage behind a table; recycled by the manager so warm loops do not allocate.
 pub(crate) type BlockVec = SmallVec<[BlockId; INLINE_BLOCKS]>;
 
-/// A sequence's blocks and token count, read-only to callers.
+/// A sequence's blocks and token count in one KV cache group, read-only to callers.
 ///
 /// ```
 /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
@@ -40,9 +43,12 @@ pub struct BlockTable {
     /// truncate; cleared once a check finds the block exclusive or a fresh
     /// block becomes the last.
     pub(crate) tail_maybe_shared: bool,
-    /// The manager's step (drain epoch) of the last allocate or append: the
-    /// sequence's newest tokens are uncomputed while it is the current one.
-    pub(crate) appended_epoch: u32,
+    /// Leading entries that are `BlockId::NULL`.
+    pub(crate) num_released: u32,
+    /// The length (tokens before an append) from which the next append
+    /// releases a block: `u32::MAX` for full attention. Lets an append skip
+    /// the release check with one comparison.
+    pub(crate) release_at: u32,
 }
 
 impl BlockTable {
@@ -53,15 +59,23 @@ impl BlockTable {
             num_tokens: 0,
             block_size,
             tail_maybe_shared: false,
-            appended_epoch: 0,
+            num_released: 0,
+            release_at: u32::MAX,
         }
     }
 
-    /// The physical blocks in logical order; copy straight into the engine's
-    /// block-table tensor (`BlockId` is a transparent `u32`).
+    /// The blocks in logical order, [`BlockId::NULL`] where released; copy
+    /// straight into the engine's block-table tensor (`BlockId` is a
+    /// transparent `u32`).
     #[inline]
     pub fn blocks(&self) -> &[BlockId] {
         &self.blocks
+    }
+
+    /// The blocks the table still holds (after the released placeholders).
+    #[inline]
+    pub fn live_blocks(&self) -> &[BlockId] {
+        &self.blocks[self.num_released as usize..]
     }
 
     /// Tokens held.
@@ -70,10 +84,17 @@ impl BlockTable {
         self.num_tokens
     }
 
-    /// Blocks held (`blocks_for(num_tokens)`).
+    /// Table entries (`blocks_for(num_tokens)`), placeholders included.
     #[inline]
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// Leading entries released by a sliding-window or chunked local group
+    /// (they hold [`BlockId::NULL`]); 0 for full attention.
+    #[inline]
+    pub fn num_released(&self) -> u32 {
+        self.num_released
     }
 
     /// Tokens in the last block (block_size when it is full; 0 for an empty table).
@@ -85,32 +106,34 @@ impl BlockTable {
         }
     }
 
-    /// The slot of token position `pos`, or `None` past the end.
+    /// The slot of token position `pos`, or `None` past the end or in a
+    /// released block.
     #[inline]
     pub fn slot(&self, pos: u32) -> Option<Slot> {
         if pos >= self.num_tokens {
             return None;
         }
         let block = self.blocks[(pos / self.block_size) as usize];
-        Some(block.0 as u64 * self.block_size as u64 + (pos % self.block_size) as u64)
+        (!block.is_null()).then(|| block.0 as u64 * self.block_size as u64 + (pos % self.block_size) as u64)
     }
 
     /// Appends the slots of positions `range` to `out` (no allocation once `out`
-    /// has capacity). Returns `false`, writing nothing, if the range passes the end.
+    /// has capacity). Returns `false`, writing nothing, if the range passes the
+    /// end or starts in a released block.
+    #[inline]
     pub fn slots_into(&self, range: Range<u32>, out: &mut Vec<Slot>) -> bool {
+        let bs = self.block_size;
         if range.end > self.num_tokens || range.start > range.end {
             return false;
         }
-        let bs = self.block_size;
+        if range.start < range.end && range.start / bs < self.num_released {
+            return false;
+        }
         out.extend(range.map(|pos| {
             let block = self.blocks[(pos / bs) as usize];
             block.0 as u64 * bs as u64 + (pos % bs) as u64
         }));
         true
-    }
-
-    pub(crate) fn into_storage(self) -> BlockVec {
-        self.blocks
     }
 }
 
@@ -119,12 +142,14 @@ mod tests {
     use super::*;
 
     fn table(blocks: &[u32], num_tokens: u32, block_size: u32) -> BlockTable {
+        let blocks: BlockVec = blocks.iter().map(|&b| BlockId(b)).collect();
         BlockTable {
-            blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
+            num_released: blocks.iter().take_while(|b| b.is_null()).count() as u32,
+            blocks,
             num_tokens,
             block_size,
             tail_maybe_shared: false,
-            appended_epoch: 0,
+            release_at: u32::MAX,
         }
     }
 
@@ -140,6 +165,20 @@ mod tests {
         assert!(!t.slots_into(8..11, &mut out));
         assert_eq!(out.len(), 4);
         assert_eq!(t.tokens_in_last_block(), 2);
+    }
+
+    #[test]
+    fn released_blocks_have_no_slots() {
+        let t = table(&[u32::MAX, u32::MAX, 5], 10, 4);
+        assert_eq!(t.num_released(), 2);
+        assert_eq!(t.live_blocks(), [BlockId(5)]);
+        assert_eq!(t.slot(7), None);
+        assert_eq!(t.slot(8), Some(20));
+        let mut out = Vec::new();
+        assert!(!t.slots_into(7..9, &mut out));
+        assert!(t.slots_into(8..10, &mut out));
+        assert!(t.slots_into(3..3, &mut out), "an empty range is fine anywhere");
+        assert_eq!(out, [20, 21]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The engine example (`examples/engine.rs`) as a test: a CPU paged-attention
-//! engine driven by the scheduler must sample exactly the tokens, with the
-//! same logits, as the same model with a dense per-sequence KV cache, while
-//! its workload goes through every path that moves KV data.
+//! engine for a hybrid model (full-attention and sliding-window layers in two
+//! KV cache groups sharing one pool), driven by the scheduler, must sample
+//! exactly the tokens, with the same logits, as the same model with a dense
+//! per-sequence KV cache and a window mask, while its workload goes through
+//! every path that moves KV data.
 
 #[allow(dead_code)]
 #[path = "../examples/engine.rs"]
@@ -31,6 +33,12 @@ fn paged_engine_matches_dense_reference() {
         "no copy-on-write:\n{report}"
     );
     assert!(report.prefix_hit_tokens > 0, "no prefix-cache hit:\n{report}");
+    // The sliding-window layers' blocks are released as sequences outgrow the
+    // window, and other sequences take them: the pool really is shared.
+    assert!(
+        report.window_released_blocks > 0 && report.window_blocks_reused > 0,
+        "no window block released and reused:\n{report}"
+    );
     // A block becomes hittable only once the step computing it was handed
     // over: no sequence ever reads KV the same step writes.
     assert_eq!(

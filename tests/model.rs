@@ -1,16 +1,22 @@
 //! Property-based state-machine test of `KvCacheManager` against a reference model.
 //!
 //! proptest generates a small cache (1..=40 blocks of 1, 2, 4 or 16 tokens, a
-//! short `max_model_len`, a watermark, a host tier of 0..=48 blocks) and a
+//! short `max_model_len`, a watermark, a host tier of 0..=48 blocks, and the
+//! KV cache groups: full attention alone, or hybrid: full + a sliding window
+//! of 1..=9 tokens, full + chunked local attention of 2..=8 tokens, a sliding
+//! window alone, or all three) and a
 //! sequence of operations (allocate, append, fork, truncate, free, swap out,
 //! swap in, check admission) over a
 //! small id space (so ids collide: duplicate allocations, unknown and double
 //! frees, forks onto live ids). Each operation runs on the real manager and on
 //! [`Model`], a deliberately naive reference: a map from sequence id to its
-//! token values, its list of block handles and whether it is swapped out (its
-//! handles are then host blocks), plus the documented device ↔ host association
-//! of blocks with identical content (so that shared blocks move once). After every step
-//! the test checks:
+//! token values, its list of block handles in each group (a released window
+//! block is the null handle) and whether it is swapped out (its handles are
+//! then host blocks), plus the documented device ↔ host association of blocks
+//! with identical content (so that shared blocks move once). A window releases
+//! what the first new token of an append no longer reads, computed here from
+//! the attention kind's definition (positions `p - window + 1 ..= p`, or `p`'s
+//! chunk). After every step the test checks:
 //!
 //! - the result: `Ok` / the exact `KvError` (with its numbers) / the exact `Admission`;
 //! - `check_invariants()`;
@@ -20,10 +26,11 @@
 //!   bijection that holds across steps (a live block never moves), ref counts
 //!   equal the model's holder counts, and the queued copy-on-write copies are
 //!   exactly the model's;
-//! - fragmentation: each sequence holds `ceil(len / block_size)` blocks and
-//!   wastes fewer than `block_size` slots, used blocks equal the distinct blocks
-//!   across tables, `usage()` equals the model's (shared slots counted once),
-//!   a fork takes no block and queues no copy;
+//! - fragmentation: each sequence holds `ceil(len / block_size)` entries per
+//!   group (placeholders where a window released) and wastes fewer than
+//!   `block_size` slots per group, used blocks equal the distinct blocks
+//!   across tables, `usage()` and `blocks_by_group()` equal the model's
+//!   (shared slots counted once), a fork takes no block and queues no copy;
 //! - swaps: a swapped-out sequence keeps its tokens, cannot be appended to,
 //!   forked, truncated or read (`SequenceSwapped`), can be freed; swap-out and
 //!   swap-in queue exactly the model's copies; `HostOutOfBlocks` and a
@@ -31,9 +38,10 @@
 //! - content: simulated device and host memories execute the drained
 //!   operations in the engine contract's order (swap-out device → host,
 //!   swap-in host → device, then the copy-on-write copies) and then write each
-//!   new token's value at the slot the manager assigns; every live sequence on
-//!   the device must read back exactly its own values through its block table,
-//!   and every swapped-out one through its host table. Every token gets a
+//!   new token's value at the slot the manager assigns in every group (the
+//!   value tagged with its group); every live sequence on the device must read
+//!   back exactly its own values through each group's table, at every position
+//!   the group still holds, and every swapped-out one through its host tables. Every token gets a
 //!   globally unique value and a fork shares its parent's values, so a missed
 //!   or wrong copy-on-write or swap copy, or a block handed to two owners,
 //!   shows up as a wrong value. Free blocks (device and host) are poisoned, so
@@ -43,14 +51,15 @@
 //! again) and the recorded calls are replayed on a fresh manager, which must
 //! produce the same block ids (runs are reproducible).
 //!
-//! Default: 256 cases of 40..=88 operations, so at least 10 240 operations per
-//! run. Set `PAGEDKV_PROPTEST_CASES` to run more cases.
+//! Default: 320 cases of 40..=88 operations, so at least 12 800 operations per
+//! run, five sixths of the cases hybrid (at least 10 000 operations on average
+//! over several groups). Set `PAGEDKV_PROPTEST_CASES` to run more cases.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockId, BlockOps, KvCacheConfig, KvCacheManager,
-    KvError, KvStats, KvUsage, SeqId, Slot,
+    Admission, AdmissionRefusal, Allocation, AttentionKind, BlockCopy, BlockId, BlockOps, KvCacheConfig,
+    KvCacheManager, KvError, KvStats, KvUsage, SeqId, Slot,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -59,7 +68,7 @@ use proptest::test_runner::TestCaseError;
 const NUM_IDS: u64 = 8;
 const MIN_OPS: usize = 40;
 const MAX_OPS: usize = 88;
-const DEFAULT_CASES: u32 = 256;
+const DEFAULT_CASES: u32 = 320;
 
 fn cases() -> u32 {
     std::env::var("PAGEDKV_PROPTEST_CASES")
@@ -131,7 +140,7 @@ enum TruncateTo {
     Beyond(u64),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Setup {
     num_blocks: u32,
     block_size: u32,
@@ -139,6 +148,19 @@ struct Setup {
     watermark: f64,
     /// 0: no host tier.
     num_host_blocks: u32,
+    groups: Vec<AttentionKind>,
+}
+
+fn groups() -> impl Strategy<Value = Vec<AttentionKind>> {
+    let swa = (1u32..=9).prop_map(|window| AttentionKind::SlidingWindow { window });
+    let local = (2u32..=8).prop_map(|chunk| AttentionKind::ChunkedLocal { chunk });
+    prop_oneof![
+        1 => Just(vec![AttentionKind::Full]),
+        2 => swa.clone().prop_map(|w| vec![AttentionKind::Full, w]),
+        1 => local.clone().prop_map(|c| vec![AttentionKind::Full, c]),
+        1 => swa.clone().prop_map(|w| vec![w]),
+        1 => (swa, local).prop_map(|(w, c)| vec![AttentionKind::Full, w, c]),
+    ]
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -148,19 +170,21 @@ fn setup() -> impl Strategy<Value = Setup> {
         1u32..=96,
         prop::sample::select(vec![0.0, 0.01, 0.1, 0.25, 0.5]),
         prop_oneof![1 => Just(0u32), 3 => 1u32..=12, 1 => Just(48u32)],
+        groups(),
     )
         .prop_map(
-            |(num_blocks, block_size, max_model_len, watermark, num_host_blocks)| Setup {
+            |(num_blocks, block_size, max_model_len, watermark, num_host_blocks, groups)| Setup {
                 num_blocks,
                 block_size,
                 max_model_len,
                 watermark,
                 num_host_blocks,
+                groups,
             },
         )
 }
 
-fn op(s: Setup) -> impl Strategy<Value = Op> {
+fn op(s: &Setup) -> impl Strategy<Value = Op> {
     let mml = s.max_model_len as usize;
     let bs = s.block_size as usize;
     let id = (0..NUM_IDS).prop_map(Pick::Id);
@@ -208,7 +232,10 @@ fn op(s: Setup) -> impl Strategy<Value = Op> {
 }
 
 fn scenario() -> impl Strategy<Value = (Setup, Vec<Op>)> {
-    setup().prop_flat_map(|s| (Just(s), prop::collection::vec(op(s), MIN_OPS..=MAX_OPS)))
+    setup().prop_flat_map(|s| {
+        let ops = prop::collection::vec(op(&s), MIN_OPS..=MAX_OPS);
+        (Just(s), ops)
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -219,14 +246,38 @@ fn scenario() -> impl Strategy<Value = (Setup, Vec<Op>)> {
 /// it is found by scanning every table; that scan is the reference count.
 type Handle = u64;
 
-/// One sequence: the value of each of its tokens (content), and the handle of
-/// each of its logical blocks: device blocks, or host blocks when swapped out.
+/// The handle of a released window block (handles count from 1).
+const NULL: Handle = 0;
+
+/// One sequence: the value of each of its tokens (content), and, in each
+/// group, the handle of each of its logical blocks: device blocks, or host
+/// blocks when swapped out, `NULL` where the group's window released it.
 /// Device and host handles come from one counter, so they never collide.
 #[derive(Clone, Debug, Default)]
 struct ModelSeq {
     values: Vec<u64>,
-    blocks: Vec<Handle>,
+    blocks: Vec<Vec<Handle>>,
     swapped: bool,
+}
+
+impl ModelSeq {
+    fn live(&self) -> impl Iterator<Item = Handle> + '_ {
+        self.blocks.iter().flatten().copied().filter(|&h| h != NULL)
+    }
+}
+
+/// Leading `NULL` entries of a group's table.
+fn released(blocks: &[Handle]) -> usize {
+    blocks.iter().take_while(|&&h| h == NULL).count()
+}
+
+/// The first position a query at `pos` reads, from the definitions.
+fn first_read(kind: AttentionKind, pos: u64) -> u64 {
+    match kind {
+        AttentionKind::SlidingWindow { window } => pos.saturating_sub(window as u64 - 1),
+        AttentionKind::ChunkedLocal { chunk } => pos / chunk as u64 * chunk as u64,
+        _ => 0,
+    }
 }
 
 /// What a successful model operation expects the engine to do this step.
@@ -235,12 +286,12 @@ struct Effect {
     allocation: Option<Allocation>,
     /// The sequence whose last `n` tokens are new this step.
     new_tokens: Option<(SeqId, usize)>,
-    /// Copy-on-write copies: (source handle, destination handle, slots).
-    copies: Vec<(Handle, Handle, u32)>,
-    /// Swap-out copies: (device handle, host handle).
-    swap_out: Vec<(Handle, Handle)>,
-    /// Swap-in copies: (host handle, device handle).
-    swap_in: Vec<(Handle, Handle)>,
+    /// Copy-on-write copies: (source handle, destination handle, slots, group).
+    copies: Vec<(Handle, Handle, u32, u32)>,
+    /// Swap-out copies: (device handle, host handle, group).
+    swap_out: Vec<(Handle, Handle, u32)>,
+    /// Swap-in copies: (host handle, device handle, group).
+    swap_in: Vec<(Handle, Handle, u32)>,
 }
 
 #[derive(Debug)]
@@ -251,6 +302,7 @@ struct Model {
     watermark_blocks: u64,
     /// 0: no host tier.
     num_host_blocks: u64,
+    groups: Vec<AttentionKind>,
     seqs: BTreeMap<SeqId, ModelSeq>,
     /// The association documented in `swap.rs`: a device block and a host
     /// block holding the same content, while both are held and the device
@@ -261,7 +313,7 @@ struct Model {
 }
 
 impl Model {
-    fn new(s: Setup) -> Self {
+    fn new(s: &Setup) -> Self {
         Model {
             block_size: s.block_size as u64,
             num_blocks: s.num_blocks as u64,
@@ -269,6 +321,7 @@ impl Model {
             // The documented rule: the watermark fraction floored to whole blocks.
             watermark_blocks: (s.watermark * s.num_blocks as f64).floor() as u64,
             num_host_blocks: s.num_host_blocks as u64,
+            groups: s.groups.clone(),
             seqs: BTreeMap::new(),
             host_of: BTreeMap::new(),
             next_handle: 0,
@@ -281,7 +334,7 @@ impl Model {
     }
 
     fn holders(&self, h: Handle) -> usize {
-        self.seqs.values().filter(|s| s.blocks.contains(&h)).count()
+        self.seqs.values().filter(|s| s.live().any(|x| x == h)).count()
     }
 
     /// Distinct blocks of one tier (`swapped`: host blocks).
@@ -289,7 +342,7 @@ impl Model {
         self.seqs
             .values()
             .filter(|s| s.swapped == swapped)
-            .flat_map(|s| s.blocks.iter().copied())
+            .flat_map(|s| s.live())
             .collect()
     }
 
@@ -308,11 +361,7 @@ impl Model {
 
     /// Drops the associations of blocks nobody holds any more.
     fn forget_unheld(&mut self) {
-        let held: BTreeSet<Handle> = self
-            .seqs
-            .values()
-            .flat_map(|s| s.blocks.iter().copied())
-            .collect();
+        let held: BTreeSet<Handle> = self.seqs.values().flat_map(|s| s.live()).collect();
         self.host_of.retain(|d, h| held.contains(d) && held.contains(h));
     }
 
@@ -379,9 +428,12 @@ impl Model {
                 max_model_len: self.max_model_len as u32,
             });
         }
-        let needed = self.blocks_needed(tokens);
+        let per_group = self.blocks_needed(tokens);
+        let needed = per_group * self.groups.len() as u64;
         self.check_start(seq, needed)?;
-        let blocks = (0..needed).map(|_| self.fresh()).collect();
+        let blocks = (0..self.groups.len())
+            .map(|_| (0..per_group).map(|_| self.fresh()).collect())
+            .collect();
         self.seqs.insert(
             seq,
             ModelSeq {
@@ -405,6 +457,8 @@ impl Model {
     /// also holds copies that block first; full shared blocks stay shared.
     /// A write into a partially filled last block held alone changes its
     /// content in place: its host copy, if any, is no longer associated.
+    /// In a windowed group, the blocks wholly before what the first new
+    /// token reads are released first (and count as free for the call).
     fn append(&mut self, seq: SeqId, values: &[u64]) -> Result<Effect, KvError> {
         let s = self.on_device(seq)?;
         let len = s.values.len() as u64;
@@ -419,29 +473,60 @@ impl Model {
         if values.is_empty() {
             return Ok(Effect::default());
         }
-        let filled = len % self.block_size;
-        let last = s.blocks.last().copied();
-        let cow = filled != 0 && self.holders(last.expect("a partial block exists")) > 1;
-        let grow = self.blocks_needed(new_len) - s.blocks.len() as u64;
-        self.out_of_blocks(grow + cow as u64)?;
+        let bs = self.block_size;
+        let filled = len % bs;
+        // Per group: the blocks released, and whether the last block is copied.
+        let mut plan = Vec::new();
+        let (mut needed, mut freed) = (0u64, 0u64);
+        for (g, &kind) in self.groups.iter().enumerate() {
+            let blocks = &s.blocks[g];
+            let release_to = (first_read(kind, len) / bs) as usize;
+            let release_from = released(blocks);
+            let release: Vec<Handle> = blocks[release_from..release_to.max(release_from)].to_vec();
+            freed += release.iter().filter(|&&h| self.holders(h) == 1).count() as u64;
+            let last = blocks.last().copied();
+            let cow = filled != 0 && self.holders(last.expect("a partial block exists")) > 1;
+            let grow = self.blocks_needed(new_len) - blocks.len() as u64;
+            needed += grow + cow as u64;
+            plan.push((release_from..release_to.max(release_from), cow, grow));
+        }
+        if needed > self.num_free() + freed {
+            self.stats.out_of_blocks += 1;
+            return Err(KvError::OutOfBlocks {
+                needed: needed - freed,
+                free: self.num_free(),
+            });
+        }
 
         let mut effect = Effect {
             new_tokens: Some((seq, values.len())),
             ..Effect::default()
         };
-        if filled != 0 && !cow {
-            self.host_of.remove(&last.expect("a partial block exists"));
-        }
-        if cow {
-            let dst = self.fresh();
+        for (g, (release, _, _)) in plan.iter().enumerate() {
             let s = self.seqs.get_mut(&seq).expect("checked");
-            *s.blocks.last_mut().expect("cow implies a block") = dst;
-            effect.copies.push((last.expect("cow"), dst, filled as u32));
-            self.stats.cow_copies += 1;
+            for i in release.clone() {
+                s.blocks[g][i] = NULL;
+                self.stats.window_released_blocks += 1;
+            }
         }
-        for _ in 0..grow {
-            let h = self.fresh();
-            self.seqs.get_mut(&seq).expect("checked").blocks.push(h);
+        self.forget_unheld();
+        for (g, (_, cow, grow)) in plan.into_iter().enumerate() {
+            let s = self.seqs.get_mut(&seq).expect("checked");
+            let last = s.blocks[g].last().copied().unwrap_or(NULL);
+            if filled != 0 && !cow {
+                self.host_of.remove(&last);
+            }
+            if cow {
+                let dst = self.fresh();
+                let s = self.seqs.get_mut(&seq).expect("checked");
+                *s.blocks[g].last_mut().expect("cow implies a block") = dst;
+                effect.copies.push((last, dst, filled as u32, g as u32));
+                self.stats.cow_copies += 1;
+            }
+            for _ in 0..grow {
+                let h = self.fresh();
+                self.seqs.get_mut(&seq).expect("checked").blocks[g].push(h);
+            }
         }
         self.seqs
             .get_mut(&seq)
@@ -463,8 +548,8 @@ impl Model {
 
     fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<Effect, KvError> {
         let keep = self.blocks_needed(new_len) as usize;
-        self.on_device(seq)?;
-        let s = self.seqs.get_mut(&seq).expect("checked");
+        let bs = self.block_size;
+        let s = self.on_device(seq)?;
         let num_tokens = s.values.len() as u64;
         if new_len > num_tokens {
             return Err(KvError::TruncateBeyondLength {
@@ -473,12 +558,32 @@ impl Model {
                 num_tokens,
             });
         }
+        // The next token (at position new_len) must not read a released block.
+        for (g, &kind) in self.groups.iter().enumerate() {
+            let r = released(&s.blocks[g]) as u64;
+            if r > 0 && first_read(kind, new_len) < r * bs {
+                let min_len = (new_len..=num_tokens)
+                    .find(|&l| first_read(kind, l) >= r * bs)
+                    .expect("the current length reads no released block");
+                return Err(KvError::TruncateIntoReleasedWindow {
+                    seq,
+                    group: g as u32,
+                    new_len,
+                    min_len,
+                });
+            }
+        }
+        let s = self.seqs.get_mut(&seq).expect("checked");
         s.values.truncate(new_len as usize);
-        s.blocks.truncate(keep);
+        for blocks in &mut s.blocks {
+            blocks.truncate(keep);
+        }
         // A new partially filled tail may be written in place.
-        let partial_tail = (new_len % self.block_size != 0).then(|| s.blocks.last().copied());
-        if let Some(Some(last)) = partial_tail {
-            self.host_of.remove(&last);
+        if new_len % bs != 0 {
+            let tails: Vec<Handle> = s.blocks.iter().filter_map(|b| b.last().copied()).collect();
+            for last in tails {
+                self.host_of.remove(&last);
+            }
         }
         self.forget_unheld();
         Ok(Effect::default())
@@ -494,36 +599,60 @@ impl Model {
 
     /// Each device block moves to a host block: the one associated with it
     /// (a sharer copied it already) or a fresh one, copied, and associated
-    /// when other device holders remain. Last block first.
+    /// when other device holders remain. Group by group, last block first;
+    /// released entries stay placeholders.
     fn swap_out(&mut self, seq: SeqId) -> Result<Effect, KvError> {
         let s = self.on_device(seq)?;
         if self.num_host_blocks == 0 {
             return Err(KvError::NoHostTier { seq });
         }
-        let needed = s.blocks.iter().filter(|d| !self.host_of.contains_key(d)).count() as u64;
+        // Blocks a window no longer reads (its next token at `len`) are
+        // released instead of copied.
+        let len = s.values.len() as u64;
+        let mut tables = s.blocks.clone();
+        let mut released_now = 0;
+        for (g, &kind) in self.groups.iter().enumerate() {
+            let to = (first_read(kind, len) / self.block_size) as usize;
+            for h in tables[g].iter_mut().take(to).filter(|h| **h != NULL) {
+                *h = NULL;
+                released_now += 1;
+            }
+        }
+        let needed = tables
+            .iter()
+            .flatten()
+            .filter(|&&d| d != NULL && !self.host_of.contains_key(&d))
+            .count() as u64;
         let free = self.num_free_host();
         if needed > free {
             return Err(KvError::HostOutOfBlocks { seq, needed, free });
         }
-        let blocks = s.blocks.clone();
+        self.seqs.get_mut(&seq).expect("checked").blocks = tables.clone();
+        self.stats.window_released_blocks += released_now;
+        self.forget_unheld();
         let mut effect = Effect::default();
-        let mut host = vec![0; blocks.len()];
-        for (i, &d) in blocks.iter().enumerate().rev() {
-            host[i] = match self.host_of.get(&d) {
-                Some(&h) => h,
-                None => {
-                    let h = self.fresh();
-                    effect.swap_out.push((d, h));
-                    self.stats.swap_out_copies += 1;
-                    if self.holders(d) > 1 {
-                        self.host_of.insert(d, h);
-                    }
-                    h
+        let mut host_tables = tables.clone();
+        for (g, blocks) in tables.iter().enumerate() {
+            for (i, &d) in blocks.iter().enumerate().rev() {
+                if d == NULL {
+                    continue;
                 }
-            };
+                host_tables[g][i] = match self.host_of.get(&d) {
+                    Some(&h) => h,
+                    None => {
+                        let h = self.fresh();
+                        effect.swap_out.push((d, h, g as u32));
+                        self.stats.swap_out_copies += 1;
+                        if self.holders(d) > 1 {
+                            self.host_of.insert(d, h);
+                        }
+                        h
+                    }
+                };
+            }
         }
         let s = self.seqs.get_mut(&seq).expect("checked");
-        s.blocks = host;
+        s.blocks = host_tables;
         s.swapped = true;
         self.forget_unheld();
         self.stats.swap_outs += 1;
@@ -538,25 +667,30 @@ impl Model {
         if !s.swapped {
             return Err(KvError::NotSwapped { seq });
         }
-        let blocks = s.blocks.clone();
-        let needed = blocks.iter().filter(|&&h| self.dev_of(h).is_none()).count() as u64;
+        let tables = s.blocks.clone();
+        let needed = s.live().filter(|&h| self.dev_of(h).is_none()).count() as u64;
         self.check_start(seq, needed)?;
         let mut effect = Effect::default();
-        let mut device = Vec::with_capacity(blocks.len());
-        for &h in &blocks {
-            let others_hold = self.holders(h) > 1;
-            device.push(match self.dev_of(h) {
-                Some(d) => d,
-                None => {
-                    let d = self.fresh();
-                    effect.swap_in.push((h, d));
-                    self.stats.swap_in_copies += 1;
-                    if others_hold {
-                        self.host_of.insert(d, h);
-                    }
-                    d
+        let mut device = tables.clone();
+        for (g, blocks) in tables.iter().enumerate() {
+            for (i, &h) in blocks.iter().enumerate() {
+                if h == NULL {
+                    continue;
                 }
-            });
+                let others_hold = self.holders(h) > 1;
+                device[g][i] = match self.dev_of(h) {
+                    Some(d) => d,
+                    None => {
+                        let d = self.fresh();
+                        effect.swap_in.push((h, d, g as u32));
+                        self.stats.swap_in_copies += 1;
+                        if others_hold {
+                            self.host_of.insert(d, h);
+                        }
+                        d
+                    }
+                };
+            }
         }
         let s = self.seqs.get_mut(&seq).expect("checked");
         s.blocks = device;
@@ -568,9 +702,11 @@ impl Model {
 
     /// The rule documented on `KvCacheManager::check_admission`, in its order:
     /// never when empty, longer than max_model_len, or more blocks at the peak
-    /// (prompt + every generated token but the last) than the pool; now when
-    /// the prompt's blocks are free with the watermark to spare (kept only
-    /// while a sequence is on the device).
+    /// (prompt + every generated token but the last, in every group, a window
+    /// holding at most its span and a step's tokens) than the pool; now when
+    /// the prompt's blocks in every group are free with the watermark to
+    /// spare (kept only while a sequence is on the device). Prompts are
+    /// allocated whole (no prefill chunk is configured).
     fn admission(&self, prompt_len: u64, max_new: u64) -> Admission {
         let total = prompt_len.saturating_add(max_new);
         if prompt_len == 0 {
@@ -583,15 +719,37 @@ impl Model {
             });
         }
         let stored = prompt_len + max_new.saturating_sub(1);
-        if self.blocks_needed(stored) > self.num_blocks {
+        let bs = self.block_size;
+        let peak: u64 = self
+            .groups
+            .iter()
+            .map(|&kind| {
+                let all = stored.div_ceil(bs);
+                let (window, aligned) = match kind {
+                    AttentionKind::SlidingWindow { window } => (window as u64, false),
+                    AttentionKind::ChunkedLocal { chunk } => (chunk as u64, chunk as u64 % bs == 0),
+                    _ => return all,
+                };
+                // The span a step keeps: the window before its first token and
+                // its tokens (all of a context prefilled again after a recompute).
+                let span = window - 1 + stored;
+                let blocks = if aligned {
+                    span.div_ceil(bs)
+                } else {
+                    (span + bs - 1).div_ceil(bs)
+                };
+                blocks.min(all)
+            })
+            .sum();
+        if peak > self.num_blocks {
             return Admission::Never(AdmissionRefusal::ExceedsPool {
                 tokens: stored,
-                blocks_needed: self.blocks_needed(stored),
+                blocks_needed: peak,
                 num_blocks: self.num_blocks,
                 block_size: self.block_size as u32,
             });
         }
-        if self.blocks_needed(prompt_len) + self.reserve() <= self.num_free() {
+        if self.blocks_needed(prompt_len) * self.groups.len() as u64 + self.reserve() <= self.num_free() {
             Admission::Now
         } else {
             Admission::Later
@@ -605,10 +763,12 @@ impl Model {
         let mut filled: BTreeMap<Handle, u64> = BTreeMap::new();
         for s in self.seqs.values().filter(|s| !s.swapped) {
             let len = s.values.len() as u64;
-            for (i, &h) in s.blocks.iter().enumerate() {
-                let here = (len - i as u64 * bs).min(bs);
-                let f = filled.entry(h).or_insert(0);
-                *f = (*f).max(here);
+            for blocks in &s.blocks {
+                for (i, &h) in blocks.iter().enumerate().filter(|&(_, &h)| h != NULL) {
+                    let here = (len - i as u64 * bs).min(bs);
+                    let f = filled.entry(h).or_insert(0);
+                    *f = (*f).max(here);
+                }
             }
         }
         let used = filled.len() as u64;
@@ -627,6 +787,20 @@ impl Model {
             stored_tokens: stored,
             internal_fragmentation: used * bs - stored,
         }
+    }
+
+    /// Distinct device blocks each group's tables hold.
+    fn blocks_by_group(&self) -> Vec<u64> {
+        (0..self.groups.len())
+            .map(|g| {
+                self.seqs
+                    .values()
+                    .filter(|s| !s.swapped)
+                    .flat_map(|s| s.blocks[g].iter().copied().filter(|&h| h != NULL))
+                    .collect::<BTreeSet<Handle>>()
+                    .len() as u64
+            })
+            .collect()
     }
 }
 
@@ -648,16 +822,24 @@ struct Snapshot {
 }
 
 fn snapshot(kv: &KvCacheManager) -> Snapshot {
+    let groups = || (0..kv.num_groups()).map(|g| kv.group(g).unwrap());
     let mut tables: Vec<_> = kv
         .seq_ids()
-        .map(|s| (s, kv.block_table(s).unwrap().to_vec(), kv.num_tokens(s).unwrap()))
+        .map(|s| {
+            let blocks = groups()
+                .flat_map(|g| g.block_table(s).unwrap().to_vec())
+                .collect();
+            (s, blocks, kv.num_tokens(s).unwrap())
+        })
         .collect();
     tables.sort();
     let mut swapped: Vec<_> = kv
         .swapped_ids()
         .map(|s| {
-            let t = kv.swapped_table(s).unwrap();
-            (s, t.blocks().to_vec(), t.num_tokens())
+            let blocks = groups()
+                .flat_map(|g| g.swapped_table(s).unwrap().blocks().to_vec())
+                .collect();
+            (s, blocks, kv.swapped_table(s).unwrap().num_tokens())
         })
         .collect();
     swapped.sort();
@@ -674,6 +856,11 @@ fn snapshot(kv: &KvCacheManager) -> Snapshot {
         pending: kv.pending_copies().to_vec(),
         pending_swaps: (swap_out.to_vec(), swap_in.to_vec()),
     }
+}
+
+/// The content a token's KV has in one group's memory (groups hold different layers).
+fn tagged(value: u64, group: usize) -> u64 {
+    value * 8 + group as u64
 }
 
 /// A resolved call and its outcome, for the replay check.
@@ -711,13 +898,14 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
 }
 
 impl Harness {
-    fn new(s: Setup) -> Self {
+    fn new(s: &Setup) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks: s.num_blocks,
             block_size: s.block_size,
             max_model_len: s.max_model_len,
             watermark: s.watermark,
             num_host_blocks: s.num_host_blocks,
+            groups: s.groups.clone(),
             ..Default::default()
         })
         .expect("the generated config is valid");
@@ -905,10 +1093,11 @@ impl Harness {
         self.check_content()
     }
 
-    /// The real tables have the model's shape and sharing structure.
+    /// The real tables have the model's shape and sharing structure, group by group.
     fn check_structure(&mut self) -> Result<(), TestCaseError> {
         let bs = self.block_size;
         let kv = &self.kv;
+        let num_groups = self.model.groups.len();
         let mut real_ids: Vec<SeqId> = kv.seq_ids().collect();
         real_ids.sort();
         let model_ids: Vec<SeqId> = self
@@ -930,6 +1119,41 @@ impl Harness {
             .collect();
         prop_assert_eq!(real_swapped, model_swapped);
 
+        /// Checks one table against the model's handles, extending the
+        /// handle <-> block bijection; NULL must meet the placeholder.
+        fn pair(
+            what: &str,
+            model: &[Handle],
+            real: &[BlockId],
+            h2b: &mut HashMap<Handle, BlockId>,
+            b2h: &mut HashMap<BlockId, Handle>,
+        ) -> Result<(), TestCaseError> {
+            prop_assert_eq!(model.len(), real.len(), "{} entries", what);
+            for (&h, &b) in model.iter().zip(real) {
+                prop_assert_eq!(
+                    h == NULL,
+                    b.is_null(),
+                    "{}: placeholders differ: {:?} vs {:?}",
+                    what,
+                    model,
+                    real
+                );
+                if h == NULL {
+                    continue;
+                }
+                let b_seen = *h2b.entry(h).or_insert(b);
+                let h_seen = *b2h.entry(b).or_insert(h);
+                prop_assert!(
+                    b_seen == b && h_seen == h,
+                    "{}: sharing differs from the model: model block {} vs {:?}",
+                    what,
+                    h,
+                    b
+                );
+            }
+            Ok(())
+        }
+
         // The host tier: the same shape, sharing and ref counts.
         let mut h2h: HashMap<Handle, BlockId> = HashMap::new();
         let mut hb2h: HashMap<BlockId, Handle> = HashMap::new();
@@ -937,19 +1161,16 @@ impl Harness {
             let len = m.values.len() as u64;
             prop_assert!(kv.is_swapped(seq));
             prop_assert_eq!(kv.block_table(seq), Err(KvError::SequenceSwapped { seq }));
-            let t = kv.swapped_table(seq).map_err(fail)?;
-            prop_assert_eq!(t.num_tokens() as u64, len, "swapped {:?} length", seq);
-            prop_assert_eq!(t.blocks().len(), m.blocks.len(), "swapped {:?} block count", seq);
-            for (&h, &b) in m.blocks.iter().zip(t.blocks()) {
-                let b_seen = *h2h.entry(h).or_insert(b);
-                let h_seen = *hb2h.entry(b).or_insert(h);
-                prop_assert!(
-                    b_seen == b && h_seen == h,
-                    "host sharing differs from the model at {:?}: model block {} vs host {:?}",
-                    seq,
-                    h,
-                    b
-                );
+            for g in 0..num_groups {
+                let t = kv.group(g).unwrap().swapped_table(seq).map_err(fail)?;
+                prop_assert_eq!(t.num_tokens() as u64, len, "swapped {:?} length", seq);
+                pair(
+                    &format!("swapped {seq:?} group {g}"),
+                    &m.blocks[g],
+                    t.blocks(),
+                    &mut h2h,
+                    &mut hb2h,
+                )?;
             }
         }
         for (h, b) in &h2h {
@@ -972,26 +1193,23 @@ impl Harness {
         for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| !m.swapped) {
             let len = m.values.len() as u64;
             prop_assert_eq!(kv.num_tokens(seq).map_err(fail)?, len, "{:?} length", seq);
-            let table = kv.block_table(seq).map_err(fail)?;
-            // Fragmentation: exactly ceil(len / bs) blocks, fewer than bs slots wasted.
-            prop_assert_eq!(table.len() as u64, len.div_ceil(bs), "{:?} block count", seq);
-            prop_assert!(
-                table.len() as u64 * bs - len < bs.max(1),
-                "{:?} wastes a block",
-                seq
-            );
-            prop_assert_eq!(table.len(), m.blocks.len());
-            table_entries += table.len() as u64;
-            for (&h, &b) in m.blocks.iter().zip(table) {
-                let b_seen = *h2b.entry(h).or_insert(b);
-                let h_seen = *b2h.entry(b).or_insert(h);
+            for g in 0..num_groups {
+                let table = kv.group(g).unwrap().block_table(seq).map_err(fail)?;
+                // Fragmentation: exactly ceil(len / bs) entries, fewer than bs slots wasted.
+                prop_assert_eq!(table.len() as u64, len.div_ceil(bs), "{:?} block count", seq);
                 prop_assert!(
-                    b_seen == b && h_seen == h,
-                    "sharing differs from the model at {:?}: model block {} vs {:?}",
-                    seq,
-                    h,
-                    b
+                    table.len() as u64 * bs - len < bs.max(1),
+                    "{:?} wastes a block",
+                    seq
                 );
+                table_entries += table.iter().filter(|b| !b.is_null()).count() as u64;
+                pair(
+                    &format!("{seq:?} group {g}"),
+                    &m.blocks[g],
+                    table,
+                    &mut h2b,
+                    &mut b2h,
+                )?;
             }
         }
         // A live block never moves.
@@ -1016,13 +1234,15 @@ impl Harness {
         prop_assert_eq!(kv.num_free_blocks() as u64, self.model.num_free());
         prop_assert!(usage.used_blocks <= table_entries);
         prop_assert_eq!(usage, self.model.usage());
+        prop_assert_eq!(kv.blocks_by_group(), self.model.blocks_by_group());
         self.handle_to_block.extend(h2b);
         Ok(())
     }
 
     /// Plays the engine: drain the operations, check them against the model,
     /// run them in the contract's order (swap-out, swap-in, copies), then
-    /// write the new tokens at their slots; poison free blocks of both tiers.
+    /// write the new tokens at their slots in every group (tagged with the
+    /// group); poison free blocks of both tiers.
     fn run_engine_step(&mut self, effect: &Effect) -> Result<(), TestCaseError> {
         let bs = self.block_size as usize;
         self.kv.drain_ops(&mut self.ops);
@@ -1031,28 +1251,31 @@ impl Harness {
         let expected: Vec<BlockCopy> = effect
             .copies
             .iter()
-            .map(|&(src, dst, num_slots)| BlockCopy {
+            .map(|&(src, dst, num_slots, group)| BlockCopy {
                 src: dev(&src),
                 dst: dev(&dst),
                 num_slots,
+                group,
             })
             .collect();
         let swap_out: Vec<BlockCopy> = effect
             .swap_out
             .iter()
-            .map(|(d, h)| BlockCopy {
-                src: dev(d),
-                dst: host(h),
+            .map(|&(d, h, group)| BlockCopy {
+                src: dev(&d),
+                dst: host(&h),
                 num_slots: bs as u32,
+                group,
             })
             .collect();
         let swap_in: Vec<BlockCopy> = effect
             .swap_in
             .iter()
-            .map(|(h, d)| BlockCopy {
-                src: host(h),
-                dst: dev(d),
+            .map(|&(h, d, group)| BlockCopy {
+                src: host(&h),
+                dst: dev(&d),
                 num_slots: bs as u32,
+                group,
             })
             .collect();
         prop_assert_eq!(&self.ops.swap_out, &swap_out, "swap-out copies");
@@ -1080,14 +1303,18 @@ impl Harness {
             }
         }
         if let Some((seq, n)) = effect.new_tokens {
-            self.slots.clear();
-            self.kv
-                .new_slots_into(seq, n as u64, &mut self.slots)
-                .map_err(fail)?;
-            let values = &self.model.seqs[&seq].values;
-            prop_assert_eq!(self.slots.len(), n);
-            for (&slot, &v) in self.slots.iter().zip(&values[values.len() - n..]) {
-                self.device[slot as usize] = Some(v);
+            for g in 0..self.model.groups.len() {
+                self.slots.clear();
+                self.kv
+                    .group(g)
+                    .unwrap()
+                    .new_slots_into(seq, n as u64, &mut self.slots)
+                    .map_err(fail)?;
+                let values = &self.model.seqs[&seq].values;
+                prop_assert_eq!(self.slots.len(), n);
+                for (&slot, &v) in self.slots.iter().zip(&values[values.len() - n..]) {
+                    self.device[slot as usize] = Some(tagged(v, g));
+                }
             }
         }
         for b in self.kv.pool().free_blocks() {
@@ -1104,41 +1331,59 @@ impl Harness {
         Ok(())
     }
 
-    /// Every live sequence reads back exactly its own token values.
+    /// Every live sequence reads back exactly its own token values, in every
+    /// group, at every position the group still holds (and nothing of the
+    /// positions a window released).
     fn check_content(&mut self) -> Result<(), TestCaseError> {
         let bs = self.block_size;
         for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| m.swapped) {
-            let t = self.kv.swapped_table(seq).map_err(fail)?;
-            for (pos, &v) in m.values.iter().enumerate() {
-                let slot = t.blocks()[pos / bs as usize].index() * bs as usize + pos % bs as usize;
-                prop_assert_eq!(
-                    self.host[slot],
-                    Some(v),
-                    "swapped {:?} position {} holds the wrong token in host memory",
-                    seq,
-                    pos
-                );
+            for g in 0..self.model.groups.len() {
+                let t = self.kv.group(g).unwrap().swapped_table(seq).map_err(fail)?;
+                let from = released(&m.blocks[g]) * bs as usize;
+                for (pos, &v) in m.values.iter().enumerate().skip(from) {
+                    let slot = t.blocks()[pos / bs as usize].index() * bs as usize + pos % bs as usize;
+                    prop_assert_eq!(
+                        self.host[slot],
+                        Some(tagged(v, g)),
+                        "swapped {:?} group {} position {} holds the wrong token in host memory",
+                        seq,
+                        g,
+                        pos
+                    );
+                }
             }
         }
         for (&seq, m) in self.model.seqs.iter().filter(|(_, m)| !m.swapped) {
             let len = m.values.len() as u64;
-            let table = self.kv.block_table(seq).map_err(fail)?;
-            self.slots.clear();
-            self.kv.slots_into(seq, 0..len, &mut self.slots).map_err(fail)?;
-            for (pos, &v) in m.values.iter().enumerate() {
-                let pos = pos as u64;
-                let slot = self.kv.slot(seq, pos).map_err(fail)?;
-                prop_assert_eq!(slot, table[(pos / bs) as usize].0 as u64 * bs + pos % bs);
-                prop_assert_eq!(self.slots[pos as usize], slot);
-                prop_assert_eq!(
-                    self.device[slot as usize],
-                    Some(v),
-                    "{:?} position {} reads the wrong token",
-                    seq,
-                    pos
-                );
+            for g in 0..self.model.groups.len() {
+                let view = self.kv.group(g).unwrap();
+                let table = view.block_table(seq).map_err(fail)?;
+                let from = (released(&m.blocks[g]) as u64 * bs).min(len);
+                if from > 0 {
+                    prop_assert!(
+                        view.slot(seq, from - 1).is_err(),
+                        "a released position has a slot"
+                    );
+                    prop_assert!(view.slots_into(seq, from - 1..len, &mut self.slots).is_err());
+                }
+                self.slots.clear();
+                view.slots_into(seq, from..len, &mut self.slots).map_err(fail)?;
+                for (k, pos) in (from..len).enumerate() {
+                    let v = m.values[pos as usize];
+                    let slot = view.slot(seq, pos).map_err(fail)?;
+                    prop_assert_eq!(slot, table[(pos / bs) as usize].0 as u64 * bs + pos % bs);
+                    prop_assert_eq!(self.slots[k], slot);
+                    prop_assert_eq!(
+                        self.device[slot as usize],
+                        Some(tagged(v, g)),
+                        "{:?} group {} position {} reads the wrong token",
+                        seq,
+                        g,
+                        pos
+                    );
+                }
+                prop_assert!(view.slot(seq, len).is_err());
             }
-            prop_assert!(self.kv.slot(seq, len).is_err());
         }
         Ok(())
     }
@@ -1163,7 +1408,7 @@ impl Harness {
 }
 
 /// Replays the recorded calls on a fresh manager: same outcomes, same block ids.
-fn replay(s: Setup, calls: &[Call], final_state: &Snapshot) -> Result<(), TestCaseError> {
+fn replay(s: &Setup, calls: &[Call], final_state: &Snapshot) -> Result<(), TestCaseError> {
     let mut h = Harness::new(s);
     for (op, outcome) in calls {
         // Token values do not matter to the manager; lengths do.
@@ -1210,12 +1455,12 @@ proptest! {
 
     #[test]
     fn manager_matches_reference_model((s, ops) in scenario()) {
-        let mut h = Harness::new(s);
+        let mut h = Harness::new(&s);
         for &op in &ops {
             h.step(op)?;
         }
         let end = snapshot(&h.kv);
-        replay(s, &h.calls, &end)?;
+        replay(&s, &h.calls, &end)?;
         h.free_everything()?;
     }
 }

@@ -10,6 +10,10 @@
 //! workload, admission and frees included, and must not allocate, reallocate
 //! or free heap memory even once.
 //!
+//! A hybrid model (a full-attention and a sliding-window KV cache group sharing
+//! one pool) is held to the same rule, its window releasing a block every
+//! `block_size` steps per sequence, and so is the scheduler's decode step on it.
+//!
 //! The scheduler's decode step is held to the same rule: with 256 requests
 //! decoding, `Scheduler::step(&mut plan)` + `on_step_output(&outputs)` with a
 //! reused plan and outputs buffer makes no heap allocation once warm (one full
@@ -26,8 +30,8 @@ use std::cell::Cell;
 
 use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::{
-    BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
-    SeqId, Slot, StepPlan,
+    AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler,
+    SchedulerConfig, SeqId, Slot, StepPlan,
 };
 
 struct CountingAllocator;
@@ -97,14 +101,25 @@ const BLOCK_SIZE: u32 = 16;
 /// Parallel samples per request in the fork variant.
 const SAMPLES: u64 = 4;
 
-fn manager(prefix_caching: bool) -> KvCacheManager {
+/// The hybrid models' window: a new block every 16 steps, one released every 16.
+const WINDOW: u32 = 64;
+
+fn hybrid() -> Vec<AttentionKind> {
+    vec![
+        AttentionKind::Full,
+        AttentionKind::SlidingWindow { window: WINDOW },
+    ]
+}
+
+fn manager_with(prefix_caching: bool, groups: Vec<AttentionKind>) -> KvCacheManager {
     let blocks_per_seq = (PROMPT + STEPS).div_ceil(BLOCK_SIZE);
     KvCacheManager::new(KvCacheConfig {
-        num_blocks: SEQS as u32 * blocks_per_seq,
+        num_blocks: SEQS as u32 * blocks_per_seq * groups.len() as u32,
         block_size: BLOCK_SIZE,
         max_model_len: PROMPT + STEPS,
         watermark: 0.0,
         enable_prefix_caching: prefix_caching,
+        groups,
         ..Default::default()
     })
     .unwrap()
@@ -115,17 +130,63 @@ struct Engine {
     kv: KvCacheManager,
     ops: BlockOps,
     slots: Vec<Slot>,
+    /// Every group's slots (hybrid models).
+    group_slots: Vec<Vec<Slot>>,
     prompt: Vec<u32>,
 }
 
 impl Engine {
     fn new(prefix_caching: bool) -> Self {
+        Self::with_groups(prefix_caching, vec![AttentionKind::Full])
+    }
+
+    fn with_groups(prefix_caching: bool, groups: Vec<AttentionKind>) -> Self {
         Engine {
-            kv: manager(prefix_caching),
+            group_slots: vec![Vec::new(); groups.len()],
+            kv: manager_with(prefix_caching, groups),
             ops: BlockOps::default(),
             slots: Vec::new(),
             prompt: (0..PROMPT).collect(),
         }
+    }
+
+    /// One pass of the hybrid engine: admit `SEQS` sequences, decode `STEPS`
+    /// steps taking every group's slot of the new token in one call, free
+    /// them all (with `check`, first check what each group holds: that
+    /// allocates, so not in the measured pass). Returns the blocks the
+    /// windows released.
+    fn hybrid_pass(&mut self, check: bool) -> u64 {
+        let kv = &mut self.kv;
+        let released = kv.stats().window_released_blocks;
+        for s in 0..SEQS {
+            kv.allocate(SeqId(s), &self.prompt).unwrap();
+        }
+        kv.drain_ops(&mut self.ops);
+        for step in 0..STEPS {
+            for out in &mut self.group_slots {
+                out.clear();
+            }
+            let len = (PROMPT + step) as u64;
+            for s in 0..SEQS {
+                kv.append_and_group_slots_into(SeqId(s), &[step], len..len + 1, &mut self.group_slots)
+                    .unwrap();
+            }
+            kv.drain_ops(&mut self.ops);
+            assert!(self.group_slots.iter().all(|g| g.len() == SEQS as usize));
+        }
+        if check {
+            // The window keeps its blocks, the full group all of them.
+            let by_group = kv.blocks_by_group();
+            assert_eq!(by_group[0], SEQS * (PROMPT + STEPS).div_ceil(BLOCK_SIZE) as u64);
+            assert!(
+                by_group[1] <= SEQS * (WINDOW / BLOCK_SIZE + 1) as u64,
+                "{by_group:?}"
+            );
+        }
+        for s in 0..SEQS {
+            kv.free(SeqId(s)).unwrap();
+        }
+        kv.stats().window_released_blocks - released
     }
 
     /// One pass: admit `SEQS` sequences (as `SEQS / SAMPLES` requests forked
@@ -203,6 +264,24 @@ fn warm_decode_loop_with_prefix_caching_makes_no_heap_allocation() {
     engine.pass(false);
     assert!(engine.kv.stats().prefix_hit_tokens >= SEQS * BLOCK_SIZE as u64);
     assert!(engine.kv.num_cached_blocks() > 0);
+}
+
+#[test]
+fn warm_hybrid_decode_loop_makes_no_heap_allocation() {
+    for caching in [false, true] {
+        let mut engine = Engine::with_groups(caching, hybrid());
+        let warm_released = engine.hybrid_pass(true);
+        assert!(warm_released >= SEQS * ((PROMPT + STEPS - WINDOW) / BLOCK_SIZE - 1) as u64);
+        let (released, allocs, deallocs) = count_heap_calls(|| engine.hybrid_pass(false));
+        assert_eq!(released, warm_released);
+        assert_eq!(
+            (allocs, deallocs),
+            (0, 0),
+            "the warm hybrid pass (caching {caching}) made {allocs} heap allocations and {deallocs} frees"
+        );
+        engine.kv.check_invariants().unwrap();
+        assert_eq!(engine.kv.usage().free_blocks, engine.kv.usage().num_blocks);
+    }
 }
 
 #[test]
@@ -285,13 +364,14 @@ struct SchedEngine {
 }
 
 impl SchedEngine {
-    fn new() -> Self {
+    fn new(groups: Vec<AttentionKind>) -> Self {
         let blocks_per_seq = (PROMPT + SCHED_NEW_TOKENS).div_ceil(BLOCK_SIZE);
         let kv = KvCacheManager::new(KvCacheConfig {
-            num_blocks: SEQS as u32 * blocks_per_seq,
+            num_blocks: SEQS as u32 * blocks_per_seq * groups.len() as u32,
             block_size: BLOCK_SIZE,
             max_model_len: PROMPT + SCHED_NEW_TOKENS,
             watermark: 0.0,
+            groups,
             ..Default::default()
         })
         .unwrap();
@@ -364,7 +444,17 @@ impl SchedEngine {
 
 #[test]
 fn warm_scheduler_decode_step_makes_no_heap_allocation() {
-    let mut engine = SchedEngine::new();
+    warm_scheduler_decode_step(vec![AttentionKind::Full]);
+}
+
+#[test]
+fn warm_hybrid_scheduler_decode_step_makes_no_heap_allocation() {
+    warm_scheduler_decode_step(hybrid());
+}
+
+fn warm_scheduler_decode_step(groups: Vec<AttentionKind>) {
+    let num_groups = groups.len();
+    let mut engine = SchedEngine::new(groups);
     let (warm_steps, ..) = engine.pass();
     assert_eq!(
         warm_steps,
@@ -384,6 +474,7 @@ fn warm_scheduler_decode_step_makes_no_heap_allocation() {
         engine.sched.kv().usage().num_blocks
     );
     assert_eq!(engine.sched.stats().finished, 2 * SEQS);
+    assert_eq!(engine.plan.num_groups as usize, num_groups);
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Property-based state-machine test of prefix caching.
 //!
-//! proptest generates a small cache with prefix caching on and a sequence of
-//! operations (allocate with a tenant salt, append, fork, truncate, free,
+//! proptest generates a small cache with prefix caching on (one full-attention
+//! group, or hybrid: full + a sliding window, full + chunked local attention, a
+//! sliding window alone; each group caches its own blocks and a hit must agree
+//! across groups) and a sequence of operations (allocate with a tenant salt, append, fork, truncate, free,
 //! reset the cache, admission queries) over prompts drawn from a tiny alphabet
 //! around shared stems, so prefixes repeat, hits, evictions and duplicate
 //! content are frequent. After every step:
@@ -20,11 +22,12 @@
 //!   and within the longest prefix this tenant ever stored);
 //! - content: a simulated device memory where the "KV" of position `p` is a
 //!   hash of the tokens `0..=p` (as real keys and values depend on the whole
-//!   prefix). The engine runs the drained copies, then writes only the tokens
-//!   it computes (`cached_tokens..` after an allocation), and every live
-//!   sequence must read back the right value at every position through its
-//!   block table. A prefix hit on a wrong, stale or overwritten block shows up
-//!   as a wrong value;
+//!   prefix, and tagged with the group: groups hold different layers). The
+//!   engine runs the drained copies, then writes only the tokens it computes
+//!   (`cached_tokens..` after an allocation) in every group, and every live
+//!   sequence must read back the right value at every position each group
+//!   still holds through that group's table. A prefix hit on a wrong, stale,
+//!   overwritten or other group's block shows up as a wrong value;
 //! - aborts: some prompts are allocated and freed before their step is handed
 //!   to the engine (nothing is written); no later prompt may hit them (the
 //!   model does not count them as stored, and their blocks hold stale values).
@@ -36,7 +39,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use pagedkv::{Admission, BlockOps, KvCacheConfig, KvCacheManager, KvError, PrefixKeys, SeqId, TokenId};
+use pagedkv::{
+    Admission, AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, KvError, PrefixKeys, SeqId, TokenId,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -113,6 +118,31 @@ fn salt(tenant: u8) -> PrefixKeys {
     }
 }
 
+/// The content of a value in one group's memory (groups hold different layers).
+fn tagged(value: u64, group: usize) -> u64 {
+    value.rotate_left(3) ^ group as u64
+}
+
+fn groups() -> impl Strategy<Value = Vec<AttentionKind>> {
+    let swa = (1u32..=9).prop_map(|window| AttentionKind::SlidingWindow { window });
+    let local = (2u32..=8).prop_map(|chunk| AttentionKind::ChunkedLocal { chunk });
+    prop_oneof![
+        2 => Just(vec![AttentionKind::Full]),
+        2 => swa.clone().prop_map(|w| vec![AttentionKind::Full, w]),
+        1 => local.prop_map(|c| vec![AttentionKind::Full, c]),
+        1 => swa.prop_map(|w| vec![w]),
+    ]
+}
+
+/// The first position a query at `pos` reads, from the definitions.
+fn first_read(kind: AttentionKind, pos: u64) -> u64 {
+    match kind {
+        AttentionKind::SlidingWindow { window } => pos.saturating_sub(window as u64 - 1),
+        AttentionKind::ChunkedLocal { chunk } => pos / chunk as u64 * chunk as u64,
+        _ => 0,
+    }
+}
+
 /// The "KV" of position `p`: a function of the whole prefix `tokens[..=p]`.
 fn kv_values(tokens: &[TokenId]) -> Vec<u64> {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -127,6 +157,7 @@ fn kv_values(tokens: &[TokenId]) -> Vec<u64> {
 
 struct Harness {
     kv: KvCacheManager,
+    groups: usize,
     bs: usize,
     max_model_len: usize,
     /// The model: each live sequence's tenant and tokens.
@@ -143,7 +174,7 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
 }
 
 impl Harness {
-    fn new(num_blocks: u32, block_size: u32, max_model_len: u32) -> Self {
+    fn new(num_blocks: u32, block_size: u32, max_model_len: u32, groups: Vec<AttentionKind>) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
             block_size,
@@ -151,10 +182,12 @@ impl Harness {
             watermark: 0.0,
             enable_prefix_caching: true,
             enable_kv_events: true,
+            groups,
             ..Default::default()
         })
         .unwrap();
         Harness {
+            groups: kv.num_groups(),
             kv,
             bs: block_size as usize,
             max_model_len: max_model_len as usize,
@@ -170,7 +203,8 @@ impl Harness {
         let tables: Vec<_> = self
             .seqs
             .keys()
-            .map(|&s| self.kv.table(SeqId(s)).cloned())
+            .flat_map(|&s| (0..self.groups).map(move |g| (s, g)))
+            .map(|(s, g)| self.kv.group(g).unwrap().table(SeqId(s)).cloned())
             .collect();
         let free: Vec<_> = self.kv.pool().free_blocks().collect();
         format!(
@@ -199,12 +233,16 @@ impl Harness {
         }
         let tokens = &self.seqs[&seq].1;
         let values = kv_values(tokens);
-        self.slots.clear();
-        self.kv
-            .slots_into(SeqId(seq), from as u64..tokens.len() as u64, &mut self.slots)
-            .map_err(fail)?;
-        for (&slot, &v) in self.slots.iter().zip(&values[from..]) {
-            self.device[slot as usize] = Some(v);
+        for g in 0..self.groups {
+            self.slots.clear();
+            self.kv
+                .group(g)
+                .unwrap()
+                .slots_into(SeqId(seq), from as u64..tokens.len() as u64, &mut self.slots)
+                .map_err(fail)?;
+            for (&slot, &v) in self.slots.iter().zip(&values[from..]) {
+                self.device[slot as usize] = Some(tagged(v, g));
+            }
         }
         Ok(())
     }
@@ -212,15 +250,20 @@ impl Harness {
     fn check_content(&self) -> Result<(), TestCaseError> {
         for (&seq, (_, tokens)) in &self.seqs {
             let values = kv_values(tokens);
-            for (p, &v) in values.iter().enumerate() {
-                let slot = self.kv.slot(SeqId(seq), p as u64).map_err(fail)?;
-                prop_assert_eq!(
-                    self.device[slot as usize],
-                    Some(v),
-                    "seq {} position {} reads the wrong KV",
-                    seq,
-                    p
-                );
+            for g in 0..self.groups {
+                let view = self.kv.group(g).unwrap();
+                let from = view.table(SeqId(seq)).map_err(fail)?.num_released() as usize * self.bs;
+                for (p, &v) in values.iter().enumerate().skip(from) {
+                    let slot = view.slot(SeqId(seq), p as u64).map_err(fail)?;
+                    prop_assert_eq!(
+                        self.device[slot as usize],
+                        Some(tagged(v, g)),
+                        "seq {} group {} position {} reads the wrong KV",
+                        seq,
+                        g,
+                        p
+                    );
+                }
             }
         }
         Ok(())
@@ -250,12 +293,20 @@ impl Harness {
                     (Err(e), Some(x)) => prop_assert_eq!(e, &x),
                     (r, Some(x)) => prop_assert!(false, "expected {:?}, got {:?}", x, r),
                     (Ok(a), None) => {
-                        prop_assert_eq!(
-                            admission,
-                            Admission::Now,
-                            "allocated but admission said otherwise"
-                        );
                         let c = a.cached_tokens as usize;
+                        // "Never" is decided from lengths alone (a cached prefix
+                        // may be evicted before the request starts): with a
+                        // window, a whole-prompt prefill that overflows the pool
+                        // is never runnable, though a hit (a shorter prefill)
+                        // lets this one allocation through.
+                        let hit_beyond_never = c > 0
+                            && self.kv.groups().iter().any(|k| *k != AttentionKind::Full)
+                            && matches!(admission, Admission::Never(_));
+                        prop_assert!(
+                            admission == Admission::Now || hit_beyond_never,
+                            "allocated but admission said {:?}",
+                            admission
+                        );
                         prop_assert!(
                             c % self.bs == 0 && c < prompt.len(),
                             "cached {} of {}",
@@ -316,10 +367,23 @@ impl Harness {
             Op::Truncate { seq, back } => {
                 let len = self.seqs.get(&seq).map_or(0, |s| s.1.len());
                 let to = len.saturating_sub(back as usize);
+                // The next token (at `to`) must not read a block a window released.
+                let refused = (0..self.groups).find_map(|g| {
+                    let view = self.kv.group(g).unwrap();
+                    let released = view.table(SeqId(seq)).ok()?.num_released() as u64 * self.bs as u64;
+                    let min_len = (0..=len as u64).find(|&l| first_read(view.kind(), l) >= released)?;
+                    (released > 0 && (to as u64) < min_len).then_some(KvError::TruncateIntoReleasedWindow {
+                        seq: SeqId(seq),
+                        group: g as u32,
+                        new_len: to as u64,
+                        min_len,
+                    })
+                });
                 let r = self.kv.truncate(SeqId(seq), to as u64);
-                match self.seqs.get_mut(&seq) {
-                    None => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
-                    Some((_, mine)) => {
+                match (self.seqs.get_mut(&seq), refused) {
+                    (None, _) => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
+                    (Some(_), Some(e)) => prop_assert_eq!(&r, &Err(e)),
+                    (Some((_, mine)), None) => {
                         prop_assert_eq!(&r, &Ok(()));
                         mine.truncate(to);
                     }
@@ -375,9 +439,10 @@ proptest! {
         num_blocks in 1..24u32,
         block_size in prop_oneof![Just(1u32), Just(2), Just(4)],
         max_model_len in 8..40u32,
+        groups in groups(),
         ops in prop::collection::vec(op(), 30..70),
     ) {
-        let mut h = Harness::new(num_blocks, block_size, max_model_len);
+        let mut h = Harness::new(num_blocks, block_size, max_model_len, groups);
         for op in &ops {
             h.run(op)?;
         }

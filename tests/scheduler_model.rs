@@ -1,7 +1,9 @@
 //! Property test of the scheduler on random request traces, with an engine
 //! that really runs the plans on simulated device and host memory.
 //!
-//! proptest draws a small cache (4..=32 blocks, so preemption is common), an
+//! proptest draws a small cache (4..=32 blocks, so preemption is common), its
+//! KV cache groups (full attention, or hybrid: full + a sliding window, full +
+//! chunked local attention, a sliding window alone), an
 //! optional host tier, prefix caching on or off, budgets, both guards on or
 //! off, each victim policy, preemption mode and queue order, and a trace of
 //! requests (prompt length, max new tokens, priority, arrival step, n). The
@@ -10,9 +12,11 @@
 //! token's content at its slot — and samples fresh tokens. It checks:
 //!
 //! - content: a slot holds a hash of the sequence's tokens up to that position
-//!   (so a block holds the right tokens *and* the right prefix); every
-//!   scheduled sequence must read back its whole context through its block
-//!   table, whether it was preempted by swap (its blocks went through host
+//!   (so a block holds the right tokens *and* the right prefix), tagged with
+//!   its group; every scheduled sequence must read back, through each group's
+//!   block table, every position of its context that group still holds (all
+//!   for full attention; a window's released blocks must be ones it no longer
+//!   reads), whether it was preempted by swap (its blocks went through host
 //!   memory) or by recompute (prefilled again, partly from the prefix cache);
 //!   its tokens must be its prompt plus exactly the tokens sampled for it;
 //! - budgets: tokens per step ≤ `max_num_batched_tokens`, sequences per step
@@ -39,8 +43,8 @@ use pagedkv::scheduler::{
     AlwaysRecompute, AlwaysSwap, Automatic, Fcfs, LatestArrival, LowestPriority, MostBlocks, PriorityOrder,
 };
 use pagedkv::{
-    KvCacheConfig, KvCacheManager, PrefixKeys, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
-    SchedulerError, SeqId, StepPlan,
+    AttentionKind, KvCacheConfig, KvCacheManager, PrefixKeys, Request, RequestId, SampledToken, Scheduler,
+    SchedulerConfig, SchedulerError, SeqId, StepPlan,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -67,6 +71,7 @@ struct Setup {
     victim: u8,
     mode: u8,
     priority_order: bool,
+    groups: Vec<AttentionKind>,
 }
 
 const MAX_MODEL_LEN: u32 = 64;
@@ -87,6 +92,17 @@ struct Req {
     cancel_at: Option<u64>,
 }
 
+fn groups() -> impl Strategy<Value = Vec<AttentionKind>> {
+    let swa = (1u32..=9).prop_map(|window| AttentionKind::SlidingWindow { window });
+    let local = (2u32..=8).prop_map(|chunk| AttentionKind::ChunkedLocal { chunk });
+    prop_oneof![
+        3 => Just(vec![AttentionKind::Full]),
+        2 => swa.clone().prop_map(|w| vec![AttentionKind::Full, w]),
+        1 => local.prop_map(|c| vec![AttentionKind::Full, c]),
+        1 => swa.prop_map(|w| vec![w]),
+    ]
+}
+
 fn setup() -> impl Strategy<Value = Setup> {
     (
         (
@@ -102,9 +118,10 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
         ),
         (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()),
+        groups(),
     )
         .prop_map(
-            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po))| Setup {
+            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, iso, v, m, po), groups)| Setup {
                 num_blocks: nb,
                 block_size: bs,
                 host_blocks: hb,
@@ -118,6 +135,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 victim: v,
                 mode: m,
                 priority_order: po,
+                groups,
             },
         )
 }
@@ -154,6 +172,11 @@ fn keys(tenant: u8) -> PrefixKeys {
     }
 }
 
+/// A value as one group's memory holds it (groups hold different layers).
+fn tagged(value: u64, group: usize) -> u64 {
+    value.rotate_left(5) ^ group as u64
+}
+
 /// The content of a sequence's slots: the chained hash of its tokens,
 /// starting from its tenant (so a cross-tenant prefix hit reads wrong content).
 fn slot_values(tenant: u8, toks: &[u32]) -> Vec<u64> {
@@ -176,14 +199,51 @@ fn mix(prev: u64, token: u32) -> u64 {
 
 /// The documented "never": longer than max_model_len, or more blocks at the
 /// peak (prompt + every generated token but the last, whose KV is never
-/// stored) than the pool. The watermark does not make a request never-runnable:
-/// the scheduler runs a request alone without it. Every request this admits
-/// must finish (checked below), so the rule is tight in both directions.
+/// stored, in every group; a window holds at most its span and one prefill
+/// chunk) than the pool. The watermark does not make a request
+/// never-runnable: the scheduler runs a request alone without it. Every
+/// request this admits must finish (checked below), so the rule is tight in
+/// both directions.
 fn never_fits(s: &Setup, r: &Req) -> bool {
     let total = (r.prompt_len + r.max_new) as u64;
     let stored = total - 1;
     let bs = s.block_size as u64;
-    total > MAX_MODEL_LEN as u64 || stored.div_ceil(bs) > s.num_blocks as u64
+    let chunk = if s.chunked {
+        s.max_num_batched_tokens as u64
+    } else {
+        u64::MAX
+    };
+    // A sequence recomputed after preemption prefills its whole context again.
+    let step = chunk.min(stored);
+    let peak: u64 = s
+        .groups
+        .iter()
+        .map(|&kind| {
+            let all = stored.div_ceil(bs);
+            let (window, aligned) = match kind {
+                AttentionKind::SlidingWindow { window } => (window as u64, false),
+                AttentionKind::ChunkedLocal { chunk } => (chunk as u64, chunk as u64 % bs == 0),
+                _ => return all,
+            };
+            let span = window - 1 + step;
+            let blocks = if aligned {
+                span.div_ceil(bs)
+            } else {
+                (span + bs - 1).div_ceil(bs)
+            };
+            blocks.min(all)
+        })
+        .sum();
+    total > MAX_MODEL_LEN as u64 || peak > s.num_blocks as u64
+}
+
+/// The first position a query at `pos` reads, from the definitions.
+fn first_read(kind: AttentionKind, pos: u64) -> u64 {
+    match kind {
+        AttentionKind::SlidingWindow { window } => pos.saturating_sub(window as u64 - 1),
+        AttentionKind::ChunkedLocal { chunk } => pos / chunk as u64 * chunk as u64,
+        _ => 0,
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> TestCaseError {
@@ -198,6 +258,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         max_model_len: MAX_MODEL_LEN,
         watermark: s.watermark,
         enable_prefix_caching: s.prefix_caching,
+        groups: s.groups.clone(),
         ..Default::default()
     })
     .map_err(fail)?;
@@ -226,6 +287,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
     };
 
     let bs = s.block_size as usize;
+    let num_groups = s.groups.len();
     let mut device = vec![0u64; s.num_blocks as usize * bs];
     let mut host = vec![0u64; s.host_blocks as usize * bs];
     // The oracle: every live sequence's expected tokens.
@@ -343,25 +405,41 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
             let toks = &expected[&e.seq];
             prop_assert_eq!(sched.tokens(e.seq).unwrap(), &toks[..], "{:?}'s tokens", e.seq);
             let values = slot_values(reqs[RequestId::of(e.seq).0 .0 as usize].tenant, toks);
-            for (k, &slot) in plan.slots_of(i).iter().enumerate() {
-                device[slot as usize] = values[e.start as usize + k];
+            prop_assert_eq!(plan.num_groups as usize, num_groups);
+            for g in 0..num_groups {
+                prop_assert_eq!(plan.group_slots_of(g, i).len(), e.num_new_tokens as usize);
+                for (k, &slot) in plan.group_slots_of(g, i).iter().enumerate() {
+                    device[slot as usize] = tagged(values[e.start as usize + k], g);
+                }
             }
         }
         // Attention runs after every new token of the step is written.
         for e in &plan.scheduled {
             let toks = &expected[&e.seq];
             let values = slot_values(reqs[RequestId::of(e.seq).0 .0 as usize].tenant, toks);
-            // The whole context reads back through the block table.
-            let table = sched.block_table(e.seq).map_err(fail)?;
-            for p in 0..(e.start + e.num_new_tokens) as usize {
-                let slot = table[p / bs].index() * bs + p % bs;
-                prop_assert_eq!(
-                    device[slot],
-                    values[p],
-                    "{:?} position {} reads wrong content",
-                    e.seq,
-                    p
-                );
+            // The whole context each group reads back through its block table.
+            for g in 0..num_groups {
+                let view = sched.kv().group(g).map_err(fail)?;
+                let table = view.block_table(e.seq).map_err(fail)?;
+                let first = first_read(view.kind(), e.start as u64) as usize;
+                for p in first..(e.start + e.num_new_tokens) as usize {
+                    prop_assert!(
+                        !table[p / bs].is_null(),
+                        "{:?} group {} released position {} it reads",
+                        e.seq,
+                        g,
+                        p
+                    );
+                    let slot = table[p / bs].index() * bs + p % bs;
+                    prop_assert_eq!(
+                        device[slot],
+                        tagged(values[p], g),
+                        "{:?} group {} position {} reads wrong content",
+                        e.seq,
+                        g,
+                        p
+                    );
+                }
             }
         }
         // Sample.

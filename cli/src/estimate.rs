@@ -14,9 +14,6 @@ use pagedkv::KvDtype;
 use crate::error::InputError;
 use crate::hf_config::ModelConfig;
 
-/// vLLM's default `max_num_seqs`, the rows of logits its sampler warm-up computes.
-pub const DEFAULT_MAX_NUM_SEQS: u64 = 256;
-
 /// A parameter count and how it was obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamEstimate {

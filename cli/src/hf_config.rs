@@ -42,6 +42,31 @@ pub struct MlaProjections {
     pub v_head_dim: u64,
 }
 
+/// A config's RoPE scaling (`rope_scaling`, or `rope_parameters` in newer configs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    /// `rope_type` (or the older `type`), e.g. `llama3`, `yarn`, `linear`.
+    pub rope_type: String,
+    /// `factor`, when given.
+    pub factor: Option<f64>,
+    /// `original_max_position_embeddings`, when given.
+    pub original_max_position_embeddings: Option<u64>,
+}
+
+/// The keys vLLM 0.33.0 reads a model's maximum length from, in its order
+/// (`derive_max_model_len_and_key`); the smallest present wins.
+pub const MAX_LEN_KEYS: [&str; 9] = [
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+];
+
 /// What the planner reads from a `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -50,6 +75,9 @@ pub struct ModelConfig {
     pub section: Option<&'static str>,
     /// `model_type`, when given.
     pub model_type: Option<String>,
+    /// The language model's `model_type` (its section's, else the top level's):
+    /// what vLLM's per-model rules (MLA, sliding layers) look at.
+    pub text_model_type: Option<String>,
     /// `num_hidden_layers`.
     pub num_layers: u32,
     /// `num_attention_heads`.
@@ -71,8 +99,23 @@ pub struct ModelConfig {
     /// MLA projection sizes, when `mla` is set.
     pub mla_projections: Option<MlaProjections>,
     /// `sliding_window` when sliding-window attention is on (not when
-    /// `use_sliding_window` is false, as in Qwen2).
+    /// `use_sliding_window` is false, as in Qwen2, nor when it is 0, which vLLM
+    /// reads as off).
     pub sliding_window: Option<u64>,
+    /// `layer_types` (`sliding_attention`, `full_attention`, `chunked_attention`, ...), when given.
+    pub layer_types: Option<Vec<String>>,
+    /// `no_rope_layers` (Llama 4: 0 marks a global-attention layer), when given and not empty.
+    pub no_rope_layers: Option<Vec<u64>>,
+    /// `no_rope_layer_interval` (Llama 4's default pattern, 4), when given.
+    pub no_rope_layer_interval: Option<u64>,
+    /// `sliding_window_pattern` (Gemma 3's default pattern, 6), when given.
+    pub sliding_window_pattern: Option<u64>,
+    /// `attention_chunk_size` (Llama 4's chunked local attention), when given and not 0.
+    pub attention_chunk_size: Option<u64>,
+    /// The maximum-length keys present (from [`MAX_LEN_KEYS`]) with their values.
+    pub max_len_keys: Vec<(&'static str, u64)>,
+    /// RoPE scaling, when given.
+    pub rope: Option<RopeScaling>,
     /// `hidden_size`.
     pub hidden_size: Option<u64>,
     /// `intermediate_size` (the dense MLP's).
@@ -147,6 +190,67 @@ impl Fields<'_> {
                 format!("missing from {}; add it or pass {flag}", self.path),
             )
         })
+    }
+
+    /// A list of strings (`layer_types`).
+    fn strings(&self, name: &str) -> Result<Option<Vec<String>>, InputError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let err = || {
+            InputError::new(
+                self.qualified(name),
+                format!("expected a list of strings in {}, found {v}", self.path),
+            )
+        };
+        let items = v.as_array().ok_or_else(err)?;
+        items
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(err))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// A list of non-negative integers (`no_rope_layers`).
+    fn integers(&self, name: &str) -> Result<Option<Vec<u64>>, InputError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let items = v.as_array().ok_or_else(|| {
+            InputError::new(
+                self.qualified(name),
+                format!("expected a list of integers in {}, found {v}", self.path),
+            )
+        })?;
+        items
+            .iter()
+            .map(|x| self.as_u64(name, x))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn rope(&self) -> Result<Option<RopeScaling>, InputError> {
+        let name = if self.get("rope_scaling").is_some() {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let Some(m) = v.as_object() else {
+            return Err(InputError::new(
+                self.qualified(name),
+                format!("expected an object in {}, found {v}", self.path),
+            ));
+        };
+        let rope_type = m
+            .get("rope_type")
+            .or_else(|| m.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        Ok(Some(RopeScaling {
+            rope_type,
+            factor: m.get("factor").and_then(Value::as_f64),
+            original_max_position_embeddings: m
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64),
+        }))
     }
 
     fn bool_or_root(&self, name: &str) -> Result<Option<bool>, InputError> {
@@ -264,8 +368,20 @@ impl ModelConfig {
 
         let sliding_window = match f.bool_or_root("use_sliding_window")? {
             Some(false) => None,
-            _ => f.u64("sliding_window")?,
+            _ => f.u64("sliding_window")?.filter(|&w| w > 0),
         };
+        let mut max_len_keys = Vec::new();
+        for key in MAX_LEN_KEYS {
+            // max_position_embeddings falls back to the top level (multimodal configs).
+            let v = if key == "max_position_embeddings" {
+                max_position_embeddings
+            } else {
+                f.u64(key)?
+            };
+            if let Some(v) = v {
+                max_len_keys.push((key, v));
+            }
+        }
 
         let intermediate_size = f.u64("intermediate_size")?;
         let mut num_experts = None;
@@ -291,9 +407,15 @@ impl ModelConfig {
             }
         };
 
+        let model_type = root.get("model_type").and_then(Value::as_str).map(str::to_string);
         Ok(ModelConfig {
             section: section_name,
-            model_type: root.get("model_type").and_then(Value::as_str).map(str::to_string),
+            text_model_type: section
+                .get("model_type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| model_type.clone()),
+            model_type,
             num_layers,
             num_attention_heads,
             num_kv_heads,
@@ -305,6 +427,13 @@ impl ModelConfig {
             mla,
             mla_projections,
             sliding_window,
+            layer_types: f.strings("layer_types")?,
+            no_rope_layers: f.integers("no_rope_layers")?.filter(|l| !l.is_empty()),
+            no_rope_layer_interval: f.u64("no_rope_layer_interval")?,
+            sliding_window_pattern: f.u64("sliding_window_pattern")?,
+            attention_chunk_size: f.u64("attention_chunk_size")?.filter(|&c| c > 0),
+            max_len_keys,
+            rope: f.rope()?,
             hidden_size,
             intermediate_size,
             vocab_size: f.u64("vocab_size")?,
@@ -332,168 +461,5 @@ impl ModelConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> ModelConfig {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../data/configs")
-            .join(format!("{name}.json"));
-        ModelConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    #[test]
-    fn qwen2_vl_2b() {
-        let c = fixture("Qwen2-VL-2B-Instruct");
-        assert_eq!(c.section, None);
-        assert_eq!((c.num_layers, c.num_attention_heads, c.num_kv_heads), (28, 12, 2));
-        assert_eq!((c.head_dim, c.head_dim_derived), (128, true)); // 1536 / 12
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-        assert_eq!(c.max_position_embeddings, Some(32_768));
-        assert_eq!(c.mla, None);
-        // sliding_window is 32768 but use_sliding_window is false.
-        assert_eq!(c.sliding_window, None);
-        assert!(c.tie_word_embeddings);
-        assert!(c.has_vision);
-        assert_eq!((c.intermediate_size, c.vocab_size), (Some(8_960), Some(151_936)));
-    }
-
-    #[test]
-    fn qwen2_5_7b() {
-        let c = fixture("Qwen2.5-7B-Instruct");
-        assert_eq!((c.num_layers, c.num_attention_heads, c.num_kv_heads), (28, 28, 4));
-        assert_eq!(c.head_dim, 128); // 3584 / 28
-        assert_eq!(c.hidden_size, Some(3_584));
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-        assert_eq!(c.sliding_window, None);
-        assert!(!c.tie_word_embeddings);
-        assert!(!c.has_vision);
-    }
-
-    #[test]
-    fn llama_3_1_8b() {
-        let c = fixture("Llama-3.1-8B-Instruct");
-        assert_eq!((c.num_layers, c.num_attention_heads, c.num_kv_heads), (32, 32, 8));
-        assert_eq!(c.head_dim, 128);
-        assert_eq!(c.max_position_embeddings, Some(131_072));
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-        assert_eq!((c.mla, c.sliding_window, c.moe), (None, None, None));
-    }
-
-    #[test]
-    fn mistral_7b_reports_its_sliding_window() {
-        let c = fixture("Mistral-7B-v0.1");
-        assert_eq!((c.num_layers, c.num_attention_heads, c.num_kv_heads), (32, 32, 8));
-        assert_eq!(c.head_dim, 128);
-        assert_eq!(c.sliding_window, Some(4_096));
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-    }
-
-    #[test]
-    fn deepseek_v2_lite_is_mla_and_moe() {
-        let c = fixture("DeepSeek-V2-Lite");
-        assert_eq!(c.num_layers, 27);
-        assert_eq!(
-            c.mla,
-            Some(MlaSpec {
-                kv_lora_rank: 512,
-                qk_rope_head_dim: 64
-            })
-        );
-        let p = c.mla_projections.unwrap();
-        assert_eq!(
-            (p.q_lora_rank, p.qk_nope_head_dim, p.v_head_dim),
-            (None, 128, 128)
-        );
-        let moe = c.moe.unwrap();
-        assert_eq!((moe.num_experts, moe.expert_intermediate_size), (64, 1_408));
-        assert_eq!((moe.shared_intermediate_size, moe.dense_layers), (2 * 1_408, 1));
-        assert_eq!(c.max_position_embeddings, Some(163_840));
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-    }
-
-    #[test]
-    fn nested_text_config_with_top_level_dtype() {
-        let json = r#"{
-            "model_type": "llava",
-            "torch_dtype": "float16",
-            "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24},
-            "text_config": {
-                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": null,
-                "hidden_size": 4096, "max_position_embeddings": 4096, "head_dim": null
-            }
-        }"#;
-        let c = ModelConfig::from_json(json, "llava.json").unwrap();
-        assert_eq!(c.section, Some("text_config"));
-        assert_eq!(
-            (c.num_layers, c.num_kv_heads, c.kv_heads_defaulted),
-            (32, 32, true)
-        );
-        assert_eq!(c.head_dim, 128);
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::F16));
-        assert_eq!(c.max_position_embeddings, Some(4_096));
-        assert!(c.has_vision);
-    }
-
-    #[test]
-    fn nested_llm_config_and_new_dtype_key() {
-        let json = r#"{
-            "llm_config": {
-                "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-                "head_dim": 64, "dtype": "bfloat16", "sliding_window": 2048
-            }
-        }"#;
-        let c = ModelConfig::from_json(json, "internvl.json").unwrap();
-        assert_eq!(c.section, Some("llm_config"));
-        assert_eq!((c.num_layers, c.num_kv_heads, c.head_dim), (24, 8, 64));
-        assert_eq!(c.model_dtype().unwrap(), Some(KvDtype::Bf16));
-        assert_eq!(c.sliding_window, Some(2_048));
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (r#"{"num_attention_heads": 8}"#, "num_hidden_layers"),
-            (
-                r#"{"text_config": {"num_attention_heads": 8}}"#,
-                "text_config.num_hidden_layers",
-            ),
-            (
-                r#"{"num_hidden_layers": "28", "num_attention_heads": 8}"#,
-                "num_hidden_layers",
-            ),
-            (
-                r#"{"num_hidden_layers": 28, "num_attention_heads": 8}"#,
-                "head_dim",
-            ),
-            (
-                r#"{"num_hidden_layers": 2, "num_attention_heads": 8, "head_dim": 64, "kv_lora_rank": 512}"#,
-                "qk_rope_head_dim",
-            ),
-            (
-                r#"{"num_hidden_layers": -2, "num_attention_heads": 8}"#,
-                "num_hidden_layers",
-            ),
-            (r#"[1, 2]"#, "--config"),
-            (r#"{"num_hidden_layers": 2,"#, "--config"),
-        ];
-        for (json, field) in cases {
-            let err = ModelConfig::from_json(json, "c.json").unwrap_err();
-            assert_eq!(err.field, field, "{json}: {err}");
-            assert!(!err.to_string().contains('\n'), "{err}");
-        }
-        let odd = ModelConfig::from_json(
-            r#"{"num_hidden_layers": 2, "num_attention_heads": 8, "head_dim": 64, "torch_dtype": "float4"}"#,
-            "c.json",
-        )
-        .unwrap();
-        assert_eq!(odd.model_dtype().unwrap_err().field, "torch_dtype");
-    }
-
-    #[test]
-    fn missing_file_is_an_input_error() {
-        let err = ModelConfig::from_file(Path::new("/nonexistent/config.json")).unwrap_err();
-        assert_eq!(err.field, "--config");
-        assert!(err.reason.contains("/nonexistent/config.json"));
-    }
-}
+#[path = "hf_config_tests.rs"]
+mod tests;

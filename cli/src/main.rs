@@ -1,8 +1,10 @@
 //! `pagedkv`: the command-line tool of the pagedkv library.
 //!
-//! `pagedkv plan` sizes a paged KV cache for a model on a GPU. Exit codes:
-//! 0 the configuration fits, 1 it does not (the library's refusal with its
-//! fixes is printed), 2 the input is unusable (one line naming the flag or field).
+//! `pagedkv plan` sizes a paged KV cache for a model on a GPU, with the verdict
+//! of vLLM 0.33.0 (`--engine vllm-v1`, the default) or of vLLM's V0 engine
+//! (`--engine vllm-v0`). Exit codes: 0 the configuration fits, 1 it does not
+//! (the refusal with its fixes is printed), 2 the input is unusable (one line
+//! naming the flag or field).
 //!
 //! `pagedkv simulate` replays a request trace through allocation policies and
 //! compares what their KV memory holds. Exit codes: 0 done, 1 the simulator
@@ -10,6 +12,8 @@
 //! file, line and reason).
 
 mod args;
+mod budget;
+mod checks;
 mod error;
 mod estimate;
 mod gpus;
@@ -21,6 +25,7 @@ mod sim_args;
 mod sim_report;
 mod simulate;
 mod size;
+mod vllm_model;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -28,14 +33,14 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::Parser;
 
-use crate::args::{Cli, Command, PlanArgs};
+use crate::args::{vllm_short_flags, Cli, Command, PlanArgs};
 use crate::sim_args::SimulateArgs;
 
 /// Exit code for unusable input.
 const EXIT_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(vllm_short_flags(std::env::args())) {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };

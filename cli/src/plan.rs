@@ -1,21 +1,25 @@
-//! `pagedkv plan`: turn the flags and config into a [`CacheSpec`] and a
-//! [`MemoryBudget`], let the library size the cache, and keep what the report needs.
+//! `pagedkv plan`: turn the flags and config into a [`ModelLayout`] and a
+//! [`MemoryBudget`], let the library size the cache under the chosen engine's
+//! rules, and keep what the report needs.
 //!
-//! All arithmetic on blocks, capacity, refusals and concurrency is the
-//! library's ([`CachePlan`], [`PlanError`], [`ConcurrencyAdvice`]); this file
-//! only resolves inputs (with their origin: given, read from the config,
-//! estimated or defaulted) and sorts the outcome into fits / does not fit.
+//! All arithmetic on blocks, groups, refusals and concurrency is the
+//! library's ([`CachePlan::for_engine`], [`PlanError`], [`ConcurrencyAdvice`]);
+//! this file only resolves inputs (with their origin: given, read from the
+//! config, estimated or defaulted), applies the engine's input checks
+//! ([`crate::checks`]) and sorts the outcome into fits / does not fit.
 
-use pagedkv::{CachePlan, CacheSpec, ConcurrencyAdvice, DeviceMemory, KvDtype, MemoryBudget, PlanError, GIB};
+use pagedkv::{
+    AttentionKind, CachePlan, CacheSpec, ConcurrencyAdvice, EngineRules, KvDtype, ModelLayout, PlanError,
+    VllmV1Rules,
+};
 
-use crate::args::{DtypeChoice, PlanArgs};
+use crate::args::{DtypeChoice, Engine, MaxModelLen, PlanArgs};
+use crate::budget::resolve_budget;
+pub use crate::budget::Budget;
+use crate::checks;
 use crate::error::InputError;
-use crate::estimate::{self, DEFAULT_MAX_NUM_SEQS};
-use crate::gpus::{known_names, GpuPreset};
 use crate::hf_config::ModelConfig;
-
-/// Memory outside PyTorch's allocator assumed when `--non-torch` is absent.
-pub const DEFAULT_NON_TORCH_BYTES: u64 = GIB / 4;
+use crate::vllm_model::{self, DerivedMaxLen};
 
 /// Where an input value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +27,7 @@ pub enum Origin {
     /// Given on the command line.
     Given,
     /// Read from this config field.
-    Config(&'static str),
+    Config(String),
     /// Estimated; the text says how.
     Estimate(String),
     /// A default; the text says which.
@@ -52,39 +56,6 @@ impl Origin {
     }
 }
 
-/// The memory budget and where each of its parts came from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Budget {
-    /// `--kv-cache-memory`: the KV budget itself.
-    Direct {
-        /// Bytes for the KV cache on one GPU.
-        kv_cache_bytes: u64,
-    },
-    /// A device profile, as vLLM measures it at start-up.
-    Device {
-        /// The preset the device size came from, if any.
-        gpu: Option<GpuPreset>,
-        /// The profile handed to the library.
-        memory: DeviceMemory,
-        /// Origin of `memory.weights_bytes`.
-        weights: Origin,
-        /// Origin of `memory.non_torch_bytes`.
-        non_torch: Origin,
-        /// Origin of `memory.activation_peak_bytes`.
-        activation_peak: Origin,
-    },
-}
-
-impl Budget {
-    /// The library's budget.
-    pub fn memory_budget(&self) -> MemoryBudget {
-        match self {
-            Budget::Direct { kv_cache_bytes } => MemoryBudget::direct(*kv_cache_bytes),
-            Budget::Device { memory, .. } => MemoryBudget::device(*memory),
-        }
-    }
-}
-
 /// Every input of the plan, resolved, with its origin.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inputs {
@@ -92,22 +63,34 @@ pub struct Inputs {
     pub model: String,
     /// The config's `model_type`, if any.
     pub model_type: Option<String>,
-    /// The attention shape handed to the library (tensor parallelism included).
+    /// Whose rules decide.
+    pub engine: Engine,
+    /// Those rules, for the library.
+    pub rules: EngineRules,
+    /// The layers handed to the library (kinds, storage, dtype, parallelism).
+    pub layout: ModelLayout,
+    /// The first layer's storage with every layer counted (tensor parallelism included).
     pub spec: CacheSpec,
     /// How the KV dtype was chosen.
     pub kv_dtype_origin: Origin,
     /// Attention (query) heads, when known from the config.
     pub num_attention_heads: Option<u32>,
-    /// The config's sliding window, reported but not used in sizing.
+    /// The config's sliding window, if any.
     pub sliding_window: Option<u64>,
     /// Tokens per block.
     pub block_size: u32,
     /// The memory budget.
     pub budget: Budget,
-    /// The longest sequence to serve.
+    /// The longest sequence to serve (for `--max-model-len auto`: the upper bound of the search).
     pub max_model_len: u64,
     /// Where `max_model_len` came from.
     pub max_model_len_origin: Origin,
+    /// `--max-model-len auto`: the plan picks the longest that fits.
+    pub auto_max_model_len: bool,
+    /// Tokens per forward pass (activation estimate; tokens in flight under vllm-v1).
+    pub max_num_batched_tokens: u64,
+    /// Where it came from.
+    pub max_num_batched_tokens_origin: Origin,
     /// The average sequence length for the concurrency estimate.
     pub avg_seq_len: u64,
     /// Where `avg_seq_len` came from.
@@ -136,8 +119,8 @@ pub enum Outcome {
         /// The refusal.
         error: PlanError,
     },
-    /// Nothing (or less than a block) is left for the KV cache
-    /// ([`PlanError::NoKvMemory`], [`PlanError::BelowOneBlock`]).
+    /// Nothing (or less than a usable block) is left for the KV cache
+    /// ([`PlanError::NoKvMemory`], [`PlanError::BelowOneBlock`], [`PlanError::OnlyNullBlock`]).
     NoCache {
         /// The refusal, with the breakdown.
         error: PlanError,
@@ -172,7 +155,7 @@ impl Report {
 }
 
 /// A library `InvalidConfig` as an input error naming the flag that sets the field.
-fn invalid(err: PlanError) -> InputError {
+pub fn invalid(err: PlanError) -> InputError {
     match err {
         PlanError::InvalidConfig { field, reason } => {
             let flag = match field {
@@ -183,6 +166,7 @@ fn invalid(err: PlanError) -> InputError {
                 "gpu_memory_utilization" => Some("--gpu-memory-utilization"),
                 "gpu_memory" => Some("--gpu-memory"),
                 "tensor_parallel_size" => Some("--tensor-parallel-size"),
+                "pipeline_parallel_size" => Some("--pipeline-parallel-size"),
                 "kv_cache_memory" => Some("--kv-cache-memory"),
                 "max_model_len" => Some("--max-model-len"),
                 _ => None,
@@ -192,38 +176,63 @@ fn invalid(err: PlanError) -> InputError {
                 None => InputError::new(field, reason),
             }
         }
+        PlanError::PageSizeMismatch { .. } => InputError::new("model layers", err.to_string()),
         other => InputError::new("configuration", other.to_string()),
     }
 }
 
-fn resolve_spec(
+/// The model's layers: shape from the config (or flags), kinds per vLLM's
+/// rules for the model type, storage from the flags' overrides.
+fn resolve_layout(
     args: &PlanArgs,
     config: Option<&ModelConfig>,
     dtype: KvDtype,
-) -> Result<CacheSpec, InputError> {
-    let spec = match config {
-        Some(c) => match c.mla {
-            Some(m) => {
-                if args.kv_heads.is_some() || args.head_dim.is_some() {
-                    return Err(InputError::new(
-                        if args.kv_heads.is_some() { "--kv-heads" } else { "--head-dim" },
-                        "the config is an MLA model (kv_lora_rank): it caches one latent per token, not KV heads; drop the flag",
-                    ));
-                }
-                CacheSpec::mla(
-                    args.layers.unwrap_or(c.num_layers),
-                    m.kv_lora_rank,
-                    m.qk_rope_head_dim,
-                    dtype,
-                )
+    notes: &mut Vec<String>,
+) -> Result<ModelLayout, InputError> {
+    let m = &args.model;
+    let v1 = args.engine == Engine::VllmV1;
+    let (spec, heads) = match config {
+        Some(c) => {
+            let layers = m.layers.unwrap_or(c.num_layers);
+            let use_mla = match args.engine {
+                Engine::VllmV1 => vllm_model::uses_mla(c),
+                Engine::VllmV0 => c.mla.is_some(),
+            };
+            if c.mla.is_some() && !use_mla {
+                notes.push(format!(
+                    "the config has kv_lora_rank, but vLLM runs model type {:?} with its KV heads, not as MLA: planned with {} KV heads of {}",
+                    c.text_model_type.as_deref().unwrap_or("(none)"),
+                    c.num_kv_heads,
+                    c.head_dim
+                ));
             }
-            None => CacheSpec::new(
-                args.layers.unwrap_or(c.num_layers),
-                args.kv_heads.unwrap_or(c.num_kv_heads),
-                args.head_dim.unwrap_or(c.head_dim),
-                dtype,
-            ),
-        },
+            let spec = match c.mla.filter(|_| use_mla) {
+                Some(mla) => {
+                    if m.kv_heads.is_some() || m.head_dim.is_some() {
+                        return Err(InputError::new(
+                            if m.kv_heads.is_some() { "--kv-heads" } else { "--head-dim" },
+                            "the config is an MLA model (kv_lora_rank): it caches one latent per token, not KV heads; drop the flag",
+                        ));
+                    }
+                    CacheSpec::mla(layers, mla.kv_lora_rank, mla.qk_rope_head_dim, dtype)
+                }
+                None => {
+                    if c.kv_heads_defaulted && m.kv_heads.is_none() {
+                        notes.push(format!(
+                            "the config has no num_key_value_heads: planned as multi-head attention ({} KV heads, one per attention head), as vLLM does",
+                            c.num_kv_heads
+                        ));
+                    }
+                    CacheSpec::new(
+                        layers,
+                        m.kv_heads.unwrap_or(c.num_kv_heads),
+                        m.head_dim.unwrap_or(c.head_dim),
+                        dtype,
+                    )
+                }
+            };
+            (spec, Some(c.num_attention_heads))
+        }
         None => {
             let missing = |flag: &str| {
                 InputError::new(
@@ -231,187 +240,176 @@ fn resolve_spec(
                     "no model shape: pass --config PATH (a Hugging Face config.json), or all of --layers, --kv-heads and --head-dim",
                 )
             };
-            CacheSpec::new(
-                args.layers.ok_or_else(|| missing("--layers"))?,
-                args.kv_heads.ok_or_else(|| missing("--kv-heads"))?,
-                args.head_dim.ok_or_else(|| missing("--head-dim"))?,
+            let spec = CacheSpec::new(
+                m.layers.ok_or_else(|| missing("--layers"))?,
+                m.kv_heads.ok_or_else(|| missing("--kv-heads"))?,
+                m.head_dim.ok_or_else(|| missing("--head-dim"))?,
                 dtype,
-            )
+            );
+            (spec, None)
         }
     };
-    let spec = spec.with_tensor_parallel(args.tensor_parallel_size);
+    let spec = spec
+        .with_tensor_parallel(m.tensor_parallel_size)
+        .with_pipeline_parallel(m.pipeline_parallel_size);
+    // Validated before anything is built layer by layer.
     spec.validate().map_err(invalid)?;
-    Ok(spec)
-}
-
-fn resolve_kv_dtype(args: &PlanArgs, config: Option<&ModelConfig>) -> Result<(KvDtype, Origin), InputError> {
-    match (args.kv_dtype, config) {
-        (DtypeChoice::Dtype(d), _) => Ok((d, Origin::Given)),
-        (DtypeChoice::Auto, Some(c)) => match c.model_dtype()? {
-            Some(d) => Ok((d, Origin::Config("torch_dtype, by --kv-dtype auto"))),
-            None => Err(InputError::new(
-                "--kv-dtype",
-                "auto uses the config's torch_dtype (or dtype), which it does not have; pass --kv-dtype bf16|fp16|fp32|fp8|int8",
-            )),
-        },
-        (DtypeChoice::Auto, None) => Err(InputError::new(
-            "--kv-dtype",
-            "auto uses the config's torch_dtype, and there is no --config; pass --kv-dtype bf16|fp16|fp32|fp8|int8",
-        )),
-    }
-}
-
-/// The dtype the weights and activations are in: the config's, else bf16 (noted).
-fn model_dtype(config: &ModelConfig, notes: &mut Vec<String>) -> Result<KvDtype, InputError> {
-    match config.model_dtype() {
-        Ok(Some(d)) => Ok(d),
-        Ok(None) => {
-            notes
-                .push("the config has no torch_dtype: weights and activations estimated in bf16".to_string());
-            Ok(KvDtype::Bf16)
+    let mut kinds = match config {
+        Some(c) if v1 => vllm_model::layer_kinds(c, spec.num_layers)?,
+        _ => vec![AttentionKind::Full; spec.num_layers as usize],
+    };
+    if m.disable_sliding_window {
+        for k in &mut kinds {
+            if let AttentionKind::SlidingWindow { .. } = k {
+                *k = AttentionKind::Full;
+            }
         }
-        Err(e) => Err(InputError::new(
-            e.field,
-            format!(
-                "{}; or pass --weights and --activation-peak so that nothing is estimated",
-                e.reason
-            ),
-        )),
     }
+    let mut layout = ModelLayout::from_kinds(&spec, &kinds).map_err(invalid)?;
+    layout.num_attention_heads = heads;
+    layout.validate().map_err(invalid)?;
+    Ok(layout)
 }
 
-fn resolve_budget(
+fn resolve_kv_dtype(
     args: &PlanArgs,
     config: Option<&ModelConfig>,
     notes: &mut Vec<String>,
-) -> Result<Budget, InputError> {
-    if let Some(kv_cache_bytes) = args.kv_cache_memory {
-        return Ok(Budget::Direct { kv_cache_bytes });
-    }
-    let (gpu, device_bytes) = match (args.gpu, args.gpu_memory) {
-        (Some(g), _) => (Some(g), g.bytes()),
-        (None, Some(bytes)) => (None, bytes),
-        (None, None) => {
+) -> Result<(KvDtype, Origin), InputError> {
+    let d = match (args.model.kv_dtype, config, args.engine) {
+        (DtypeChoice::Dtype(d), _, _) => (d, Origin::Given),
+        (DtypeChoice::Auto, Some(c), Engine::VllmV1) => {
+            let (d, note) = vllm_model::auto_dtype(c)?;
+            notes.extend(note);
+            (d, Origin::Config("torch_dtype, by --kv-dtype auto".into()))
+        }
+        (DtypeChoice::Auto, Some(c), Engine::VllmV0) => match c.model_dtype()? {
+            Some(d) => (d, Origin::Config("torch_dtype, by --kv-dtype auto".into())),
+            None => {
+                return Err(InputError::new(
+                    "--kv-dtype",
+                    "auto uses the config's torch_dtype (or dtype), which it does not have; pass --kv-dtype bf16|fp16|fp32|fp8|int8",
+                ))
+            }
+        },
+        (DtypeChoice::Auto, None, _) => {
             return Err(InputError::new(
-                "--gpu",
-                format!(
-                    "no GPU memory given: pass --gpu NAME ({}), --gpu-memory SIZE, or the KV budget itself with --kv-cache-memory SIZE",
-                    known_names()
-                ),
+                "--kv-dtype",
+                "auto uses the config's torch_dtype, and there is no --config; pass --kv-dtype bf16|fp16|fp32|fp8|int8",
             ))
         }
     };
-    let tp = args.tensor_parallel_size;
-    let no_config = |flag: &str| {
-        InputError::new(
-            flag,
-            format!("required without --config: there is no model to estimate it from; pass {flag} SIZE"),
-        )
-    };
+    if args.engine == Engine::VllmV1 && matches!(d.0, KvDtype::Int8 | KvDtype::F32) {
+        notes.push(format!(
+            "KV dtype {}: not one of vLLM's --kv-cache-dtype choices (auto, float16, bfloat16, fp8, fp8_e4m3, fp8_e5m2): this plans pagedkv's own {} cache",
+            d.0, d.0
+        ));
+    }
+    Ok(d)
+}
 
-    let (weights_bytes, weights) = match (args.weights, config) {
-        (Some(b), _) => (b, Origin::Given),
-        (None, None) => return Err(no_config("--weights")),
-        (None, Some(c)) => {
-            let est = estimate::count_params(c)?;
-            let dtype = model_dtype(c, notes)?;
-            let mut how = format!(
-                "{:.2}B parameters × {} bytes ({dtype})",
-                est.params as f64 / 1e9,
-                dtype.bytes()
-            );
-            if tp > 1 {
-                how.push_str(&format!(" / {tp} GPUs"));
-            }
-            notes.extend(est.caveats.iter().map(|c| format!("weights estimate: {c}")));
-            (
-                estimate::weights_bytes(est.params, dtype, tp),
-                Origin::Estimate(how),
-            )
+/// The engine's rules: vLLM V1's tokens in flight are `max_num_batched_tokens`
+/// × the batches in flight (2 with async scheduling; with pipeline
+/// parallelism the stages + 1, or the stages alone without async scheduling).
+fn rules(args: &PlanArgs, max_num_batched_tokens: u64) -> EngineRules {
+    match args.engine {
+        Engine::VllmV0 => EngineRules::VllmV0,
+        Engine::VllmV1 => {
+            let pp = args.model.pipeline_parallel_size.max(1) as u64;
+            let batches = if args.no_async_scheduling { pp } else { pp + 1 };
+            EngineRules::VllmV1(VllmV1Rules {
+                max_in_flight_tokens: max_num_batched_tokens.saturating_mul(batches),
+                hybrid_kv_cache_manager: !args.disable_hybrid_kv_cache_manager,
+            })
         }
-    };
-    let (activation_peak_bytes, activation_peak) = match (args.activation_peak, config) {
-        (Some(b), _) => (b, Origin::Given),
-        (None, None) => return Err(no_config("--activation-peak")),
-        (None, Some(c)) => {
-            let dtype = model_dtype(c, notes)?;
-            let seqs = args.max_num_seqs.unwrap_or(DEFAULT_MAX_NUM_SEQS);
-            let bytes = estimate::activation_peak_bytes(c, dtype, args.max_num_batched_tokens, seqs)?;
-            if c.has_vision {
-                notes.push("activation estimate: a multimodal model's encoder profiling run is not included and can dominate; measure it and pass --activation-peak".to_string());
-            }
-            let how = format!(
-                "{} batched tokens (--max-num-batched-tokens)",
-                args.max_num_batched_tokens
-            );
-            (bytes, Origin::Estimate(how))
-        }
-    };
-    let (non_torch_bytes, non_torch) = match args.non_torch {
-        Some(b) => (b, Origin::Given),
-        None => (
-            DEFAULT_NON_TORCH_BYTES,
-            Origin::Default("CUDA context and NCCL, set --non-torch".to_string()),
-        ),
-    };
-    let memory = DeviceMemory {
-        device_bytes,
-        gpu_memory_utilization: args.gpu_memory_utilization,
-        weights_bytes,
-        non_torch_bytes,
-        activation_peak_bytes,
-    };
-    MemoryBudget::device(memory).validate().map_err(invalid)?;
-    Ok(Budget::Device {
-        gpu,
-        memory,
-        weights,
-        non_torch,
-        activation_peak,
-    })
+    }
 }
 
 /// Resolves every input from the flags and the config; the error names the flag or field.
 pub fn resolve(args: &PlanArgs) -> Result<Inputs, InputError> {
-    let config = args.config.as_deref().map(ModelConfig::from_file).transpose()?;
+    let config = args
+        .model
+        .config
+        .as_deref()
+        .map(ModelConfig::from_file)
+        .transpose()?;
     let config = config.as_ref();
     let mut notes = Vec::new();
 
-    let (dtype, kv_dtype_origin) = resolve_kv_dtype(args, config)?;
-    let spec = resolve_spec(args, config, dtype)?;
+    checks::block_size(args)?;
+    let (dtype, kv_dtype_origin) = resolve_kv_dtype(args, config, &mut notes)?;
+    let layout = resolve_layout(args, config, dtype, &mut notes)?;
 
-    let (max_model_len, max_model_len_origin) =
-        match (args.max_model_len, config.and_then(|c| c.max_position_embeddings)) {
-            (Some(n), _) => (n, Origin::Given),
-            (None, Some(n)) => (n, Origin::Config("max_position_embeddings")),
-            (None, None) => {
-                return Err(InputError::new(
-                    "--max-model-len",
-                    "not given and no config max_position_embeddings to default to; pass --max-model-len N",
-                ))
-            }
-        };
+    let derived: Option<DerivedMaxLen> = config.and_then(|c| match args.engine {
+        Engine::VllmV1 => vllm_model::derived_max_model_len(c, args.model.disable_sliding_window),
+        Engine::VllmV0 => c.max_position_embeddings.map(|tokens| DerivedMaxLen {
+            tokens,
+            source: "max_position_embeddings".into(),
+        }),
+    });
+    let (max_model_len, max_model_len_origin, auto_max_model_len) = match (args.max_model_len, &derived) {
+        (Some(MaxModelLen::Tokens(n)), _) => {
+            checks::max_model_len(n, derived.as_ref(), args.allow_long_max_model_len)?;
+            (n, Origin::Given, false)
+        }
+        (Some(MaxModelLen::Auto), Some(d)) => (d.tokens, Origin::Config(d.source.clone()), true),
+        (None, Some(d)) => (d.tokens, Origin::Config(d.source.clone()), false),
+        (_, None) => {
+            return Err(InputError::new(
+                "--max-model-len",
+                "not given and no config max_position_embeddings to default to; pass --max-model-len N",
+            ))
+        }
+    };
     if max_model_len == 0 {
         return Err(InputError::new("--max-model-len", "must be at least 1 token"));
     }
+    if args.max_num_seqs == Some(0) {
+        return Err(InputError::new("--max-num-seqs", "must be at least 1"));
+    }
     let (avg_seq_len, avg_seq_len_origin) = match args.avg_seq_len {
-        Some(n) if n == 0 || n > max_model_len => {
+        Some(n) if !auto_max_model_len && (n == 0 || n > max_model_len) => {
             return Err(InputError::new(
                 "--avg-seq-len",
                 format!("{n} is outside 1..={max_model_len} (max_model_len)"),
             ))
         }
+        Some(0) => return Err(InputError::new("--avg-seq-len", "must be at least 1 token")),
         Some(n) => (n, Origin::Given),
         None => (
             (max_model_len / 2).max(1),
             Origin::Default("half of max_model_len, set --avg-seq-len".to_string()),
         ),
     };
-    if args.max_num_seqs == Some(0) {
-        return Err(InputError::new("--max-num-seqs", "must be at least 1"));
-    }
 
-    let budget = resolve_budget(args, config, &mut notes)?;
+    let device = args
+        .memory
+        .gpu
+        .map(|g| (g.bytes(), g.name))
+        .or(args.memory.gpu_memory.map(|b| (b, "")));
+    let (serve_tokens, serve_seqs) = vllm_model::serve_batch_defaults(device);
+    let (max_num_batched_tokens, max_num_batched_tokens_origin) = match args.max_num_batched_tokens {
+        Some(0) => return Err(InputError::new("--max-num-batched-tokens", "must be at least 1")),
+        Some(n) => (n, Origin::Given),
+        None => {
+            // vLLM caps its default at max_num_seqs × max_model_len.
+            let seqs = args.max_num_seqs.unwrap_or(serve_seqs);
+            let n = serve_tokens.min(seqs.saturating_mul(max_model_len));
+            let which = match device {
+                None => "vllm serve's, the GPU not given; set --max-num-batched-tokens".to_string(),
+                Some(_) => "vllm serve's for this GPU".to_string(),
+            };
+            (n, Origin::Default(which))
+        }
+    };
+    let max_num_seqs_for_estimate = args.max_num_seqs.unwrap_or(serve_seqs);
+    let budget = resolve_budget(
+        args,
+        config,
+        max_num_batched_tokens,
+        max_num_seqs_for_estimate,
+        &mut notes,
+    )?;
     if let Some(c) = config {
         if c.section.is_some() || c.has_vision {
             let section = c.section.unwrap_or("the top level of the config");
@@ -420,21 +418,29 @@ pub fn resolve(args: &PlanArgs) -> Result<Inputs, InputError> {
             ));
         }
     }
+    checks::engine_notes(args, &layout, &mut notes);
 
     Ok(Inputs {
         model: args
+            .model
             .config
             .as_ref()
             .map_or_else(|| "flags".to_string(), |p| p.display().to_string()),
         model_type: config.and_then(|c| c.model_type.clone()),
-        spec,
+        engine: args.engine,
+        rules: rules(args, max_num_batched_tokens),
+        spec: layout.representative_spec(),
+        layout,
         kv_dtype_origin,
         num_attention_heads: config.map(|c| c.num_attention_heads),
         sliding_window: config.and_then(|c| c.sliding_window),
-        block_size: args.block_size,
+        block_size: args.model.block_size,
         budget,
         max_model_len,
         max_model_len_origin,
+        auto_max_model_len,
+        max_num_batched_tokens,
+        max_num_batched_tokens_origin,
         avg_seq_len,
         avg_seq_len_origin,
         max_num_seqs: args.max_num_seqs,
@@ -443,23 +449,50 @@ pub fn resolve(args: &PlanArgs) -> Result<Inputs, InputError> {
 }
 
 /// Sizes the cache with the library and sorts the outcome.
-pub fn compute(inputs: Inputs) -> Result<Report, InputError> {
-    let outcome = match CachePlan::new(&inputs.spec, inputs.block_size, &inputs.budget.memory_budget()) {
-        Ok(plan) => match plan.check_max_model_len(inputs.max_model_len) {
-            Ok(()) => {
-                let concurrency = plan.concurrency(
-                    inputs.max_model_len,
-                    Some(inputs.avg_seq_len),
-                    inputs.max_num_seqs,
-                );
-                Outcome::Fits { plan, concurrency }
-            }
-            Err(error @ PlanError::MaxModelLenTooLarge(_)) => Outcome::TooLong { plan, error },
-            Err(other) => return Err(invalid(other)),
-        },
-        Err(error @ (PlanError::NoKvMemory(_) | PlanError::BelowOneBlock { .. })) => {
-            Outcome::NoCache { error }
+pub fn compute(mut inputs: Inputs) -> Result<Report, InputError> {
+    let budget = inputs.budget.memory_budget();
+    let plan = match CachePlan::for_engine(&inputs.layout, inputs.block_size, &budget, inputs.rules) {
+        Ok(plan) => plan,
+        Err(
+            error @ (PlanError::NoKvMemory(_)
+            | PlanError::BelowOneBlock { .. }
+            | PlanError::OnlyNullBlock { .. }),
+        ) => {
+            return Ok(Report {
+                inputs,
+                outcome: Outcome::NoCache { error },
+            })
         }
+        Err(other) => return Err(invalid(other)),
+    };
+    if inputs.auto_max_model_len {
+        // vLLM's auto-fit: the longest that fits, up to the config's maximum.
+        let fitted = plan.largest_max_model_len(inputs.max_model_len);
+        if fitted == 0 {
+            inputs.notes.push("--max-model-len auto: vLLM's auto-fit refuses this budget (\"Cannot auto-fit max_model_len: not enough GPU memory available to serve even a single token. Try increasing `gpu_memory_utilization`.\"); the check below is for the config's maximum".to_string());
+        }
+        if fitted > 0 && fitted < inputs.max_model_len {
+            inputs.max_model_len_origin = Origin::Estimate(format!(
+                "--max-model-len auto, the longest that fits (the config allows {})",
+                inputs.max_model_len
+            ));
+            inputs.max_model_len = fitted;
+            if inputs.avg_seq_len_origin.kind() == "default" {
+                inputs.avg_seq_len = (fitted / 2).max(1);
+            }
+        }
+        inputs.avg_seq_len = inputs.avg_seq_len.min(inputs.max_model_len);
+    }
+    let outcome = match plan.check_max_model_len(inputs.max_model_len) {
+        Ok(()) => {
+            let concurrency = plan.concurrency(
+                inputs.max_model_len,
+                Some(inputs.avg_seq_len),
+                inputs.max_num_seqs,
+            );
+            Outcome::Fits { plan, concurrency }
+        }
+        Err(error @ PlanError::MaxModelLenTooLarge(_)) => Outcome::TooLong { plan, error },
         Err(other) => return Err(invalid(other)),
     };
     Ok(Report { inputs, outcome })

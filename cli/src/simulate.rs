@@ -15,7 +15,7 @@ use pagedkv::sim::{
 };
 use pagedkv::KvDtype;
 
-use crate::args::{DtypeChoice, PlanArgs};
+use crate::args::{DtypeChoice, MaxModelLen, MemoryArgs, ModelArgs, PlanArgs};
 use crate::error::InputError;
 use crate::gpus::find_gpu;
 use crate::plan;
@@ -120,31 +120,36 @@ fn kv_size(args: &SimulateArgs) -> Result<KvSize, InputError> {
     };
     let no_config = args.config.is_none();
     let plan_args = PlanArgs {
-        config: args.config.clone(),
-        layers: opt13b(args.layers, 40),
-        kv_heads: opt13b(args.kv_heads, 40),
-        head_dim: opt13b(args.head_dim, 128),
-        kv_dtype,
-        block_size: 16,
-        gpu: if no_memory {
-            Some(find_gpu("a100-40gb").expect("a preset"))
-        } else {
-            args.gpu
+        model: ModelArgs {
+            config: args.config.clone(),
+            layers: opt13b(args.layers, 40),
+            kv_heads: opt13b(args.kv_heads, 40),
+            head_dim: opt13b(args.head_dim, 128),
+            kv_dtype,
+            tensor_parallel_size: args.tensor_parallel_size,
+            ..ModelArgs::default()
         },
-        gpu_memory: args.gpu_memory,
-        gpu_memory_utilization: args.gpu_memory_utilization,
-        weights: args.weights.or(no_config.then_some(26_000_000_000)),
-        activation_peak: args.activation_peak.or(no_config.then_some(1 << 29)),
-        non_torch: args.non_torch,
-        kv_cache_memory: args.kv_cache_memory,
-        max_model_len: Some(args.max_model_len as u64),
+        memory: MemoryArgs {
+            gpu: if no_memory {
+                Some(find_gpu("a100-40gb").expect("a preset"))
+            } else {
+                args.gpu
+            },
+            gpu_memory: args.gpu_memory,
+            gpu_memory_utilization: Some(args.gpu_memory_utilization),
+            weights: args.weights.or(no_config.then_some(26_000_000_000)),
+            activation_peak: args.activation_peak.or(no_config.then_some(1 << 29)),
+            non_torch: args.non_torch,
+            kv_cache_memory: args.kv_cache_memory,
+            ..MemoryArgs::default()
+        },
+        max_model_len: Some(MaxModelLen::Tokens(args.max_model_len as u64)),
         max_num_seqs: Some(args.max_num_seqs as u64),
-        avg_seq_len: None,
-        max_num_batched_tokens: args
-            .max_num_batched_tokens
-            .unwrap_or(args.max_model_len.max(2048)) as u64,
-        tensor_parallel_size: args.tensor_parallel_size,
-        json: false,
+        max_num_batched_tokens: Some(
+            args.max_num_batched_tokens
+                .unwrap_or(args.max_model_len.max(2048)) as u64,
+        ),
+        ..PlanArgs::default()
     };
     let inputs = plan::resolve(&plan_args)?;
     Ok(KvSize::Plan {

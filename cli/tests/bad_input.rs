@@ -207,3 +207,57 @@ fn conflicting_budgets() {
         "--kv-cache-memory",
     );
 }
+
+#[test]
+fn negative_and_non_numeric_values_name_their_flag() {
+    let counts = [
+        "--layers",
+        "--kv-heads",
+        "--head-dim",
+        "--block-size",
+        "--tensor-parallel-size",
+        "--pipeline-parallel-size",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--avg-seq-len",
+        "--max-num-batched-tokens",
+    ];
+    let sizes = [
+        "--kv-cache-memory",
+        "--kv-cache-memory-bytes",
+        "--gpu-memory",
+        "--weights",
+        "--activation-peak",
+        "--non-torch",
+        "--cudagraph-memory",
+    ];
+    for flag in counts.iter().chain(&sizes).chain(&["--gpu-memory-utilization"]) {
+        for bad in ["-5", "-1G", "lots", "1e9"] {
+            let run = pagedkv(&["plan", flag, bad]);
+            let shown = format!("{flag} {bad}: code {} stderr {}", run.code, run.stderr);
+            assert_eq!(run.code, 2, "{shown}");
+            assert_eq!(run.stderr.trim_end().lines().count(), 1, "{shown}");
+            // clap names the flag by its own spelling (aliases resolve to the main name).
+            let main = if *flag == "--kv-cache-memory-bytes" {
+                "--kv-cache-memory"
+            } else {
+                flag
+            };
+            assert!(run.stderr.contains(main), "{shown}");
+            assert!(!run.stderr.contains("panicked"), "{shown}");
+        }
+    }
+    // -tp and -pp are vLLM's spellings of the same flags.
+    let run = pagedkv(&["plan", "-tp", "-2"]);
+    assert!(
+        run.code == 2 && run.stderr.contains("--tensor-parallel-size"),
+        "{}",
+        run.stderr
+    );
+    let run = pagedkv(&["plan", "-pp", "x"]);
+    assert!(
+        run.code == 2 && run.stderr.contains("--pipeline-parallel-size"),
+        "{}",
+        run.stderr
+    );
+}

@@ -32,10 +32,13 @@ fn estimated_weights_and_activations_are_labelled() {
     // max_model_len defaults to the config's max_position_embeddings.
     assert!(
         run.stdout
-            .contains("131072 tokens = 8192 blocks (config max_position_embeddings)"),
+            .contains("131072 tokens = 8192 blocks per sequence (config max_position_embeddings)"),
         "{}",
         run.stdout
     );
+    // vLLM 0.33.0's defaults: utilization 0.92, and `vllm serve`'s 8192 batched tokens on an H100.
+    assert!(run.stdout.contains("× utilization 0.92"), "{}", run.stdout);
+    assert!(activations.contains("8192 batched tokens"), "{activations}");
 }
 
 #[test]
@@ -105,36 +108,98 @@ fn too_many_seqs_for_full_length_is_called_out_with_the_number_that_fits() {
         "--activation-peak",
         "11.06GiB",
         "--max-model-len",
-        "60000",
+        "32768",
         "--max-num-seqs",
         "8",
     ]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // 7672 blocks, 7671 usable (vLLM's null block), 2048 per 32768-token sequence.
     assert!(
         run.stdout.contains(
-            "max_num_seqs=8 does NOT fit at full length: only 2 sequences of 60000 tokens fit at once"
+            "max_num_seqs=8 does NOT fit at full length: only 3 sequences of 32768 tokens fit at once"
         ),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("max_num_seqs=2 never does"), "{}", run.stdout);
+    assert!(run.stdout.contains("max_num_seqs=3 never does"), "{}", run.stdout);
 }
 
 #[test]
-fn sliding_window_is_reported_and_average_length_counted() {
-    let run = pagedkv(&[
+fn max_model_len_above_the_configs_needs_the_flag() {
+    let base = [
         "plan",
         "--config",
-        "data/configs/Mistral-7B-v0.1.json",
+        "data/configs/Qwen2-VL-2B-Instruct.json",
         "--kv-cache-memory",
-        "8GiB",
-        "--avg-seq-len",
-        "1000",
-    ]);
+        "4GiB",
+        "--max-model-len",
+        "60000",
+    ];
+    let run = pagedkv(&base);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: invalid --max-model-len: 60000 is greater than"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("max_position_embeddings=32768"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("--allow-long-max-model-len"),
+        "{}",
+        run.stderr
+    );
+    let mut allowed = base.to_vec();
+    allowed.push("--allow-long-max-model-len");
+    let run = pagedkv(&allowed);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn sliding_window_sizes_the_layers_under_v1_and_is_only_reported_under_v0() {
+    let mistral = |engine: &str| {
+        pagedkv(&[
+            "plan",
+            "--config",
+            "data/configs/Mistral-7B-v0.1.json",
+            "--kv-cache-memory",
+            "8GiB",
+            "--avg-seq-len",
+            "1000",
+            "--engine",
+            engine,
+        ])
+    };
+    // vLLM 0.33.0: every layer keeps its 4096-token window plus 2 × 2048 tokens in
+    // flight: a 32768-token sequence takes ceil(8191 / 16) + 1 = 513 blocks, a
+    // 1000-token one 63 + 1 = 64, of the 4095 usable (8 GiB / 2 MiB, less the null block).
+    let run = mistral("vllm-v1");
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert_eq!(number_after(&run.stdout, "sliding window"), 4_096);
-    // 8 GiB / (32 × 8 × 256 × 2 × 16 bytes) = 4096 blocks; 1000 tokens = 63 blocks.
+    assert!(
+        run.stdout.contains("32768 tokens = 513 blocks per sequence"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("7 sequences of 32768 tokens"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("63 sequences of 1000 tokens (given)"),
+        "{}",
+        run.stdout
+    );
+    // vLLM's V0 engine counted every token: 4096 blocks hold 65536 tokens, 2 full sequences.
+    let run = mistral("vllm-v0");
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert_eq!(number_after(&run.stdout, "token capacity"), 65_536);
+    assert!(run.stdout.contains("reported only"), "{}", run.stdout);
     assert!(
         run.stdout.contains("65 sequences of 1000 tokens (given)"),
         "{}",

@@ -223,6 +223,23 @@ pub enum EventSourceError {
 }
 
 impl EventSource {
+    /// The default source (GPU, rank 0, no LoRA names) for a manager whose KV
+    /// cache groups are `groups` (its [`crate::KvCacheConfig::groups`]).
+    ///
+    /// ```
+    /// use pagedkv::kv_events::{EventSource, KvCacheSpecKind};
+    /// use pagedkv::AttentionKind;
+    /// let source = EventSource::for_groups(&[AttentionKind::Full, AttentionKind::SlidingWindow { window: 512 }]);
+    /// assert_eq!(source.groups[1].kind, KvCacheSpecKind::SlidingWindow);
+    /// assert_eq!(source.groups[1].sliding_window, Some(512));
+    /// ```
+    pub fn for_groups(groups: &[AttentionKind]) -> Self {
+        EventSource {
+            groups: groups.iter().map(|&k| EventGroup::from(k)).collect(),
+            ..Default::default()
+        }
+    }
+
     /// Checks that every group and name can be published.
     pub fn validate(&self) -> Result<(), EventSourceError> {
         let invalid = |field, reason: String| Err(EventSourceError::Invalid { field, reason });
@@ -348,23 +365,26 @@ impl KvEventEncoder {
         }
     }
 
-    /// The KV cache group of an event: the one place to read the group once
-    /// [`KvEvent`] carries it (today every event is group 0).
+    /// The KV cache group an event names (an index into the source's groups).
     #[inline]
-    fn group_of(&self, _event: &KvEvent) -> usize {
-        0
+    fn group_of(&self, event: &KvEvent) -> usize {
+        match event {
+            KvEvent::BlockStored { group, .. } | KvEvent::BlockRemoved { group, .. } => *group as usize,
+            _ => 0,
+        }
     }
 
     /// The medium of an event: the one place to read it once [`KvEvent`]
-    /// carries it (today the manager's, from the source).
+    /// carries it (a host tier's events; today every event is the device's,
+    /// and the source says which medium that is).
     #[inline]
     fn medium_of(&self, _event: &KvEvent) -> Medium {
         self.source.medium
     }
 
     /// One event of KV cache group `group_idx` (an index into the source's
-    /// groups) on `medium`.
-    pub(crate) fn encode_event(&self, event: &KvEvent, group_idx: usize, medium: Medium, out: &mut Vec<u8>) {
+    /// groups; a group past them is published as full attention) on `medium`.
+    fn encode_event(&self, event: &KvEvent, group_idx: usize, medium: Medium, out: &mut Vec<u8>) {
         match event {
             KvEvent::BlockStored {
                 block_hashes,
@@ -374,6 +394,7 @@ impl KvEventEncoder {
                 extra_keys,
                 first_block_index,
                 adapter,
+                ..
             } => {
                 let group = self.source.groups.get(group_idx).copied().unwrap_or_default();
                 let window = group.sliding_window;
@@ -429,7 +450,7 @@ impl KvEventEncoder {
                     msgpack::uint(out, w as u64);
                 }
             }
-            KvEvent::BlockRemoved { block_hashes } => {
+            KvEvent::BlockRemoved { block_hashes, .. } => {
                 msgpack::struct_map_header(out, REMOVED_FIELDS, 4);
                 out.extend_from_slice(K_TYPE);
                 out.extend_from_slice(T_REMOVED);

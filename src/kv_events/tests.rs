@@ -54,13 +54,24 @@ fn stored(
             .collect(),
         first_block_index: first,
         adapter: keys.adapter,
+        group: 0,
     }
 }
 
 fn removed(hashes: &[u128]) -> KvEvent {
     KvEvent::BlockRemoved {
         block_hashes: hashes.iter().map(|&v| h(v)).collect(),
+        group: 0,
     }
+}
+
+/// The same event in KV cache group `g`.
+fn in_group(mut e: KvEvent, g: u32) -> KvEvent {
+    match &mut e {
+        KvEvent::BlockStored { group, .. } | KvEvent::BlockRemoved { group, .. } => *group = g,
+        _ => {}
+    }
+    e
 }
 
 fn source(rank: Option<u32>, loras: &[(u64, &str)]) -> EventSource {
@@ -78,18 +89,6 @@ fn source(rank: Option<u32>, loras: &[(u64, &str)]) -> EventSource {
 /// Encodes events of group 0 on the GPU through the public path.
 fn encode(src: EventSource, ts: f64, events: &[KvEvent]) -> Vec<u8> {
     KvEventEncoder::new(src).unwrap().encode(ts, events).to_vec()
-}
-
-/// Encodes a batch of one event of `group` on `medium` (the path the encoder
-/// takes once `KvEvent` carries them).
-fn encode_in(src: EventSource, ts: f64, event: &KvEvent, group: usize, medium: Medium) -> Vec<u8> {
-    let enc = KvEventEncoder::new(src).unwrap();
-    let mut out = vec![0x93];
-    msgpack::f64(&mut out, ts);
-    msgpack::array_header(&mut out, 1);
-    enc.encode_event(event, group, medium, &mut out);
-    msgpack::uint(&mut out, enc.source().data_parallel_rank.unwrap() as u64);
-    out
 }
 
 fn images() -> PrefixKeys {
@@ -198,15 +197,15 @@ fn long_names_and_lists_switch_msgpack_formats_as_vllm() {
 
 #[test]
 fn group_and_medium_fields_match_vllm() {
-    let e = stored(&range(0..8), NONE, &[H2], Some(H1), 1, 4);
-    check(
-        "stored_sliding_window_cpu",
-        encode_in(source(Some(0), &[]), 4.0, &e, 1, Medium::Cpu),
-    );
-    check(
-        "removed_many_cpu_group1",
-        encode_in(source(Some(0), &[]), 7.0, &removed(&[H1, H2, H3]), 1, Medium::Cpu),
-    );
+    // A host tier's source, and events of group 1 (a sliding window of 4096).
+    let cpu = EventSource {
+        medium: Medium::Cpu,
+        ..source(Some(0), &[])
+    };
+    let e = in_group(stored(&range(0..8), NONE, &[H2], Some(H1), 1, 4), 1);
+    check("stored_sliding_window_cpu", encode(cpu.clone(), 4.0, &[e]));
+    let e = in_group(removed(&[H1, H2, H3]), 1);
+    check("removed_many_cpu_group1", encode(cpu, 7.0, &[e]));
 }
 
 #[test]
@@ -374,6 +373,7 @@ fn manager_events_encode() {
         extra_keys: vec![vec![]],
         first_block_index: 2,
         adapter: Some(7),
+        group: 0,
     };
     assert_eq!(events[1], want);
     let bytes = encode(source(Some(0), &[(7, "sql-lora")]), 1.0, &events);

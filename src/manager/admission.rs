@@ -5,16 +5,23 @@
 //! promises they keep:
 //! - **never**: an empty prompt, prompt + max new tokens longer than
 //!   `max_model_len`, or more blocks at the sequence's peak than the whole
-//!   pool has. The peak counts the tokens whose KV is ever stored: the prompt
-//!   and every generated token but the last (the last sampled token is
-//!   returned, never fed back).
-//! - **now**: the prompt's blocks (less those of its cached prefix that running
-//!   sequences hold already) are free, keeping the watermark free for the
-//!   running sequences to grow. With nothing on the device the watermark is
-//!   not kept: nobody needs it, and a prompt that fits the pool must be able
-//!   to start.
+//!   pool has. The peak counts the tokens whose KV is ever stored (the prompt
+//!   and every generated token but the last: the last sampled token is
+//!   returned, never fed back) in every KV cache group, where a
+//!   sliding-window or chunked local group holds at most its window plus one
+//!   prefill chunk ([`crate::AttentionKind::max_blocks_per_seq`]);
+//! - **now**: the blocks the prompt's prefill takes at its peak (less those of
+//!   its cached prefix that running sequences hold already) are free, keeping
+//!   the watermark free for the running sequences to grow. With nothing on the
+//!   device the watermark is not kept: nobody needs it, and a prompt that fits
+//!   the pool must be able to start;
 //! - **later** otherwise.
+//!
+//! Prompts are assumed to be prefilled in chunks of
+//! `KvCacheConfig::prefill_chunk_tokens` (whole, by default); the reference
+//! scheduler passes its own token budget.
 
+use super::caching::{hit_from, CachedPrefix};
 use super::{Admission, AdmissionRefusal, KvCacheManager};
 use crate::error::KvError;
 use crate::ids::TokenId;
@@ -44,8 +51,24 @@ impl KvCacheManager {
     /// assert_eq!(kv.check_admission(&cold, &keys, 0), Admission::Later);
     /// ```
     pub fn check_admission(&self, prompt: &[TokenId], keys: &PrefixKeys, max_new_tokens: u64) -> Admission {
-        let held = self.cached_prefix(prompt, keys, true).held_blocks;
-        self.admission(prompt.len() as u64, max_new_tokens, held)
+        self.check_admission_chunked(prompt, keys, max_new_tokens, self.config_chunk())
+    }
+
+    /// [`Self::check_admission`] for a prefill in chunks of `chunk` tokens.
+    pub(crate) fn check_admission_chunked(
+        &self,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+        max_new_tokens: u64,
+        chunk: u64,
+    ) -> Admission {
+        let hit = self.cached_prefix(prompt, keys, true);
+        self.admission(prompt.len() as u64, max_new_tokens, &hit, chunk)
+    }
+
+    /// The prefill chunk admission assumes: `prefill_chunk_tokens`, or whole prompts.
+    fn config_chunk(&self) -> u64 {
+        self.config.prefill_chunk_tokens.map_or(u64::MAX, u64::from)
     }
 
     /// [`Self::check_admission`] from the prompt's length alone, for a manager
@@ -64,7 +87,12 @@ impl KvCacheManager {
         if self.prefix.is_some() {
             return Err(KvError::AdmissionNeedsPrompt);
         }
-        Ok(self.admission(prompt_len, max_new_tokens, 0))
+        Ok(self.admission(
+            prompt_len,
+            max_new_tokens,
+            &CachedPrefix::default(),
+            self.config_chunk(),
+        ))
     }
 
     /// Whether a request of these lengths can ever run to completion in this
@@ -80,6 +108,16 @@ impl KvCacheManager {
     /// assert!(matches!(kv.check_runnable(8, 10), Err(AdmissionRefusal::ExceedsPool { .. })));
     /// ```
     pub fn check_runnable(&self, prompt_len: u64, max_new_tokens: u64) -> Result<(), AdmissionRefusal> {
+        self.check_runnable_chunked(prompt_len, max_new_tokens, self.config_chunk())
+    }
+
+    /// [`Self::check_runnable`] for a prefill in chunks of `chunk` tokens.
+    pub(crate) fn check_runnable_chunked(
+        &self,
+        prompt_len: u64,
+        max_new_tokens: u64,
+        chunk: u64,
+    ) -> Result<(), AdmissionRefusal> {
         if prompt_len == 0 {
             return Err(AdmissionRefusal::EmptyPrompt);
         }
@@ -92,7 +130,16 @@ impl KvCacheManager {
         }
         let stored = prompt_len + max_new_tokens.saturating_sub(1);
         let num_blocks = self.pool.num_blocks() as u64;
-        let peak = self.blocks_for(stored);
+        // A sequence preempted by recompute prefills its whole context again:
+        // up to `stored` tokens in flight, in chunks of at most `chunk`.
+        let step = chunk.clamp(1, stored);
+        let bs = self.config.block_size;
+        let peak: u64 = self
+            .config
+            .groups
+            .iter()
+            .map(|k| k.max_blocks_per_seq(stored, step, bs))
+            .sum();
         if peak > num_blocks {
             return Err(AdmissionRefusal::ExceedsPool {
                 tokens: stored,
@@ -115,14 +162,33 @@ impl KvCacheManager {
         }
     }
 
-    /// Admission with `held` leading prompt blocks already held by running
-    /// sequences (shared, so they take no free block).
-    pub(super) fn admission(&self, prompt_len: u64, max_new_tokens: u64, held: u64) -> Admission {
-        if let Err(why) = self.check_runnable(prompt_len, max_new_tokens) {
+    /// Admission of a prompt whose cached prefix is `hit`, prefilled in
+    /// chunks of `chunk` tokens.
+    pub(super) fn admission(
+        &self,
+        prompt_len: u64,
+        max_new_tokens: u64,
+        hit: &CachedPrefix,
+        chunk: u64,
+    ) -> Admission {
+        if let Err(why) = self.check_runnable_chunked(prompt_len, max_new_tokens, chunk) {
             return Admission::Never(why);
         }
+        let bs = self.config.block_size;
+        let step = chunk.clamp(1, prompt_len);
         let prompt_blocks = self.blocks_for(prompt_len);
-        if prompt_blocks - held + self.reserve_for_growth() <= self.pool.num_free() as u64 {
+        let mut needed = 0;
+        for (g, kind) in self.config.groups.iter().enumerate() {
+            // Blocks the group holds from the hit on: its window at the hit
+            // point and the prefill's blocks, at most a window and a chunk.
+            let from_hit = prompt_blocks - hit_from(*kind, hit.hit_blocks as usize, bs) as u64;
+            let peak = kind.max_blocks_per_seq(prompt_len, step, bs);
+            // Held hit blocks take no free block, unless the window slides
+            // past them during the prefill (then its peak may be all new blocks).
+            let held = hit.held_blocks.get(g).copied().unwrap_or(0);
+            needed += if from_hit <= peak { from_hit - held } else { peak };
+        }
+        if needed + self.reserve_for_growth() <= self.pool.num_free() as u64 {
             Admission::Now
         } else {
             Admission::Later

@@ -12,18 +12,29 @@
 //!   freed before that (its step abandoned) leaves nothing cached, and two
 //!   prompts admitted in the same step never share blocks that step writes.
 //!
+//! Each KV cache group caches its own blocks (a block's hash is the same in
+//! every group: it stands for the same tokens; the index is keyed by group).
+//! A hit of `L` tokens needs, in each group, the blocks that group's attention
+//! reads from position `L` on: all of them for full attention, the window
+//! before `L` for a sliding window, `L`'s chunk for chunked local attention,
+//! and always at least the block before `L` (its chained hash vouches for the
+//! whole prefix). The hit is the longest `L` every group agrees on (see `find_hit`).
+//!
 //! Freed blocks keep their hash and wait in the free queue in LRU order (the
-//! pool's queue); taking one for new content evicts it.
+//! pool's queue); taking one for new content evicts it. So do blocks a window
+//! released.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
+use smallvec::SmallVec;
+
+use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
 use crate::prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
-use crate::sizing::blocks_for;
+use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
 
 static NO_KEYS: PrefixKeys = PrefixKeys {
@@ -40,7 +51,7 @@ pub(super) struct PrefixState {
     block_size: u32,
     /// Queued KV events; `None` when nobody asked for them.
     pub(super) events: Option<Vec<KvEvent>>,
-    /// Blocks filled since the last drain, in fill order, with their hash.
+    /// Blocks filled since the last drain, in fill order (group by group), with their hash.
     pending: Vec<(BlockId, BlockHash)>,
     /// With KV events on: what each pending block's `BlockStored` needs.
     pending_events: Vec<PendingEvent>,
@@ -53,6 +64,7 @@ pub(super) struct PrefixState {
 struct PendingEvent {
     parent: Option<BlockHash>,
     extra_keys: Vec<ExtraKey>,
+    group: u32,
     /// The block's position in its sequence.
     index: u32,
     /// The sequence's LoRA adapter.
@@ -84,12 +96,13 @@ impl SeqCache {
 }
 
 /// How much of a prompt is cached.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct CachedPrefix {
-    /// Leading full blocks found in the index.
+    /// Leading full blocks of the hit (every group agrees on them).
     pub(super) hit_blocks: u64,
-    /// How many of them running sequences hold (they take no free block).
-    pub(super) held_blocks: u64,
+    /// Blocks of the hit in each group that running sequences hold (they
+    /// take no free block); empty unless asked for.
+    pub(super) held_blocks: SmallVec<[u64; 4]>,
 }
 
 impl PrefixState {
@@ -124,28 +137,35 @@ impl PrefixState {
         }
     }
 
-    /// Marks blocks `from..` of the sequence's hashed blocks as pending: they
-    /// become hittable at the next [`Self::commit_pending`].
-    fn index_blocks(&mut self, cache: &SeqCache, blocks: &[BlockId], from: usize) {
-        for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate().skip(from) {
-            self.index_block(cache, i, h, b);
+    /// Marks blocks `from..` of the sequence's hashed blocks, in every group,
+    /// as pending: they become hittable at the next [`Self::commit_pending`].
+    fn index_blocks(&mut self, cache: &SeqCache, tables: &[BlockTable], from: usize) {
+        for (group, t) in tables.iter().enumerate() {
+            for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate().skip(from) {
+                if b.is_null() {
+                    continue; // released by a window: no content to cache
+                }
+                self.index_block(cache, group as u32, i, h, b);
+            }
         }
     }
 
     /// Marks the full blocks of a sequence just swapped in that carry no hash
     /// (fresh copies of its host blocks) as pending, like blocks that fill:
     /// every full block a sequence holds stays findable.
-    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, blocks: &[BlockId]) {
-        for (i, (&h, &b)) in cache.hashes.iter().zip(blocks).enumerate() {
-            if self.index.carried_hash_of(b).is_none() {
-                self.index_block(cache, i, h, b);
+    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, tables: &[BlockTable]) {
+        for (group, t) in tables.iter().enumerate() {
+            for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate() {
+                if !b.is_null() && self.index.carried_hash_of(b).is_none() {
+                    self.index_block(cache, group as u32, i, h, b);
+                }
             }
         }
     }
 
-    fn index_block(&mut self, cache: &SeqCache, i: usize, h: BlockHash, b: BlockId) {
+    fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
         let bs = self.block_size as usize;
-        self.index.insert_pending(h, b);
+        self.index.insert_pending(group, h, b);
         self.pending.push((b, h));
         if self.events.is_some() {
             self.pending_events.push(PendingEvent {
@@ -153,6 +173,7 @@ impl PrefixState {
                 extra_keys: cache
                     .keys()
                     .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
+                group,
                 index: i as u32,
                 adapter: cache.keys().adapter,
             });
@@ -161,17 +182,18 @@ impl PrefixState {
         }
     }
 
-    /// Commits one pending block; true when its hash becomes newly cached
-    /// (a `BlockStored`). The same content computed twice keeps one cached
-    /// copy and no event: when the cached copy is free, the entry moves to
-    /// this block (in use) and the free one, now holding nothing cached, is
+    /// Commits one pending block; true when its hash becomes newly cached in
+    /// its group (a `BlockStored`). The same content computed twice keeps one
+    /// cached copy and no event: when the cached copy is free, the entry moves
+    /// to this block (in use) and the free one, now holding nothing cached, is
     /// queued to be reused first; when it is in use, this block becomes its
     /// duplicate (it takes the entry over if the cached copy is freed first).
     fn commit_one(&mut self, b: BlockId, h: BlockHash, pool: &mut BlockPool) -> bool {
         if self.index.pending_hash_of(b) != Some(h) {
             return false; // freed, or rewritten, since it filled
         }
-        match self.index.get(h) {
+        let group = self.index.group_of(b).expect("a pending block has a group");
+        match self.index.get(group, h) {
             None => self.index.commit(b).is_some(),
             Some(x) if pool.ref_count(x) == Ok(0) => {
                 self.index.commit_moving(b, x);
@@ -188,9 +210,10 @@ impl PrefixState {
 
     /// Commits the blocks filled since the last call (their step has just
     /// been handed to the engine): each still pending becomes hittable, or,
-    /// when its hash is cached in another block already, keeps it cached
-    /// (see `commit_one`). With KV events on, each run of consecutive newly
-    /// cached blocks of one sequence is announced as one `BlockStored`.
+    /// when its hash is cached in another block of its group already, keeps
+    /// it cached (see `commit_one`). With KV events on, each run of
+    /// consecutive newly cached blocks of one sequence and group is announced
+    /// as one `BlockStored`.
     pub(super) fn commit_pending(&mut self, pool: &mut BlockPool) {
         if self.pending.is_empty() {
             return;
@@ -208,9 +231,11 @@ impl PrefixState {
             let mut run: Option<Range<usize>> = None;
             for (i, &(b, h)) in pending.iter().enumerate() {
                 let committed = self.commit_one(b, h, pool);
-                let continues = run
-                    .as_ref()
-                    .is_some_and(|r| r.end == i && infos[i].parent == Some(pending[i - 1].1));
+                let continues = run.as_ref().is_some_and(|r| {
+                    r.end == i
+                        && infos[i].parent == Some(pending[i - 1].1)
+                        && infos[i].group == infos[i - 1].group
+                });
                 match (committed, continues) {
                     (true, true) => run.as_mut().expect("continues").end += 1,
                     (true, false) => {
@@ -250,9 +275,10 @@ impl PrefixState {
             parent_block_hash: infos[run.start].parent,
             token_ids: tokens[run.start * bs..run.end * bs].to_vec(),
             block_size: self.block_size,
+            extra_keys: infos[run.clone()].iter().map(|e| e.extra_keys.clone()).collect(),
+            group: infos[run.start].group,
             first_block_index: infos[run.start].index,
             adapter: infos[run.start].adapter,
-            extra_keys: infos[run].iter().map(|e| e.extra_keys.clone()).collect(),
         };
         self.push_event(event);
     }
@@ -263,51 +289,54 @@ impl PrefixState {
         }
     }
 
-    /// Records tokens just appended to `table`, caching the blocks they filled.
+    /// Records tokens just appended to `tables`, caching the blocks they filled.
     #[inline]
-    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, table: &BlockTable, tokens: &[TokenId]) {
+    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, tables: &[BlockTable], tokens: &[TokenId]) {
         cache.tokens.extend_from_slice(tokens);
-        debug_assert_eq!(cache.tokens.len(), table.num_tokens() as usize);
+        debug_assert_eq!(cache.tokens.len(), tables[0].num_tokens() as usize);
         let from = cache.hashes.len();
         // No division on the hot path: has the next block filled?
         if (from + 1) * self.block_size as usize <= cache.tokens.len() {
             self.hash_full_blocks(cache);
-            self.index_blocks(cache, table.blocks(), from);
+            self.index_blocks(cache, tables, from);
         }
     }
 
     /// Follows a truncate: forgets the dropped tokens and hashes. A new
     /// partially filled tail this sequence holds alone keeps a cached hash
-    /// (returns true: the next write must copy the block first, leaving the
-    /// cached content intact); a pending or duplicate hash it carries is
+    /// (its table is flagged: the next write copies the block first, leaving
+    /// the cached content intact); a pending or duplicate hash it carries is
     /// dropped (it will be written in place).
     ///
     /// Keeping the hash keeps the cache closed under prefixes: the blocks
     /// after the tail (released by the truncate, or held by others) stay
     /// reachable, and a router never sees a block removed before its children.
-    pub(super) fn truncated(&mut self, cache: &mut SeqCache, table: &BlockTable, pool: &BlockPool) -> bool {
-        let n = table.num_tokens() as usize;
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &mut [BlockTable], pool: &BlockPool) {
+        let n = tables[0].num_tokens() as usize;
         cache.tokens.truncate(n);
         cache.hashes.truncate(n / self.block_size as usize);
         if n % self.block_size as usize != 0 {
-            let last = *table.blocks().last().expect("a partial tail exists");
-            if pool.ref_count(last) == Ok(1) {
-                if self.index.hash_of(last).is_some() {
-                    return true;
+            for t in tables {
+                let last = *t.blocks().last().expect("a partial tail exists");
+                if pool.ref_count(last) == Ok(1) {
+                    if self.index.hash_of(last).is_some() {
+                        t.tail_maybe_shared = true;
+                    } else {
+                        self.index.remove_block(last);
+                    }
                 }
-                self.index.remove_block(last);
             }
         }
-        false
     }
 
     /// Drops the block's pending or duplicate hash before its content changes
     /// in place (a cached block is copied first instead: see `truncated`).
     pub(super) fn uncache(&mut self, block: BlockId) {
-        if let Some(h) = self.index.remove_block(block) {
+        if let Some((h, group)) = self.index.remove_block(block) {
             debug_assert!(false, "cached block {block:?} written in place");
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
+                group,
             });
         }
     }
@@ -315,16 +344,90 @@ impl PrefixState {
     /// A free block was taken for new content: drop the hash it carried.
     #[inline]
     pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
-        if let Some(h) = self.index.remove_block(block) {
+        if let Some((h, group)) = self.index.remove_block(block) {
             stats.prefix_evictions += 1;
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
+                group,
             });
         }
     }
 }
 
+/// The first block a hit of `hit` blocks needs cached in a group of `kind`:
+/// the first its attention reads at the hit point, and at least the block
+/// before the hit point (whose chained hash vouches for the whole prefix).
+pub(super) fn hit_from(kind: AttentionKind, hit: usize, block_size: u32) -> usize {
+    if hit == 0 {
+        return 0;
+    }
+    let first = kind.first_needed_block(hit as u64 * block_size as u64, block_size) as usize;
+    first.min(hit - 1)
+}
+
 impl KvCacheManager {
+    /// The longest hit, in blocks (at most `max_blocks`), that every group
+    /// agrees on: in each group, the blocks its attention reads from the hit
+    /// point on are cached. Full groups give an upper bound by their leading
+    /// run of cached blocks; each windowed group then lowers it to the longest
+    /// length whose window is cached, until no group lowers it (each group's
+    /// set of good lengths is searched downwards, so the fixpoint is the
+    /// largest length good for all).
+    fn find_hit(&self, p: &PrefixState, hashes: &[BlockHash], max_blocks: usize) -> usize {
+        let bs = self.config.block_size;
+        let mut hit = max_blocks.min(hashes.len());
+        for (g, kind) in self.config.groups.iter().enumerate() {
+            if *kind == AttentionKind::Full {
+                hit = (0..hit)
+                    .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
+                    .unwrap_or(hit);
+            }
+        }
+        loop {
+            let before = hit;
+            for (g, kind) in self.config.groups.iter().enumerate() {
+                if *kind == AttentionKind::Full {
+                    continue;
+                }
+                // The largest l <= hit whose blocks [first_needed(l), l) are cached:
+                // a missing block m rules out every l in (m, hit], so jump to m.
+                while hit > 0 {
+                    let from = hit_from(*kind, hit, bs);
+                    match (from..hit)
+                        .rev()
+                        .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
+                    {
+                        None => break,
+                        Some(missing) => hit = missing,
+                    }
+                }
+            }
+            if hit == before {
+                return hit;
+            }
+        }
+    }
+
+    /// Held blocks of a hit of `hit` blocks, in each group.
+    fn held_blocks(&self, p: &PrefixState, hashes: &[BlockHash], hit: usize) -> SmallVec<[u64; 4]> {
+        let bs = self.config.block_size;
+        let mut held = SmallVec::new();
+        for (g, kind) in self.config.groups.iter().enumerate() {
+            let from = hit_from(*kind, hit, bs);
+            held.push(
+                hashes[from..hit]
+                    .iter()
+                    .filter(|&&h| {
+                        p.index
+                            .get(g as u32, h)
+                            .is_some_and(|b| self.pool.ref_count(b) != Ok(0))
+                    })
+                    .count() as u64,
+            );
+        }
+        held
+    }
+
     /// `allocate_with` when prefix caching is on; the caller checked the
     /// sequence id, the empty prompt and the length.
     pub(super) fn allocate_cached(
@@ -333,58 +436,64 @@ impl KvCacheManager {
         prompt: &[TokenId],
         keys: &PrefixKeys,
     ) -> Result<Allocation, KvError> {
-        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
-        let bs = self.config.block_size as u64;
+        let bs = self.config.block_size;
         let num_tokens = prompt.len() as u64;
-        let (storage, cache) = self.spare.pop().unwrap_or_default();
+        let (mut tables, cache) = self.new_seq_storage();
         let mut cache = cache.unwrap_or_default();
         cache.tokens.clear();
         cache.tokens.extend_from_slice(prompt);
         cache.hashes.clear();
         cache.keys = (!keys.is_empty()).then(|| Arc::new(keys.clone()));
+        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         p.hash_full_blocks(&mut cache);
 
-        // The longest cached chain, leaving at least one token to compute.
-        let max_hit = ((num_tokens - 1) / bs) as usize;
-        let mut hits = 0usize;
-        let mut held = 0u64;
-        for &h in &cache.hashes[..max_hit] {
-            let Some(b) = p.index.get(h) else { break };
-            hits += 1;
-            held += (self.pool.ref_count(b) != Ok(0)) as u64;
-        }
-        let total = blocks_for(num_tokens, bs);
-        let needed = total - held;
+        // The longest cached prefix every group agrees on, leaving at least one token to compute.
+        let max_hit = ((num_tokens - 1) / bs as u64) as usize;
+        let hits = self.find_hit(p, &cache.hashes, max_hit);
+        let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
+        let total = blocks_for(num_tokens, bs as u64);
+        let placeholders: u64 = self
+            .config
+            .groups
+            .iter()
+            .map(|&k| hit_from(k, hits, bs) as u64)
+            .sum();
+        let needed = total * self.num_groups() as u64 - placeholders - held;
         if let Err(e) = self.check_start(seq, needed) {
-            self.spare.push((storage, Some(cache)));
+            self.spare.push((tables, Some(cache)));
             return Err(e);
         }
 
         let p = self.prefix.as_ref().expect("checked above");
-        let mut table = BlockTable::with_storage(storage, self.config.block_size);
-        // Hits first: a fresh allocation could otherwise evict a free hit block.
-        for &h in &cache.hashes[..hits] {
-            let b = p.index.get(h).expect("hit blocks were found above");
-            if self.pool.ref_count(b) == Ok(0) {
-                self.pool
-                    .take_free(b)
-                    .expect("a free indexed block is in the queue");
-            } else {
-                self.pool.incref(b).expect("an indexed block in use is allocated");
+        for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+            // Hits first: a fresh allocation could otherwise evict a free hit block.
+            let from = hit_from(*kind, hits, bs);
+            t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
+            for &h in &cache.hashes[from..hits] {
+                let b = p.index.get(g as u32, h).expect("hit blocks were found above");
+                if self.pool.ref_count(b) == Ok(0) {
+                    self.pool
+                        .take_free(b)
+                        .expect("a free indexed block is in the queue");
+                } else {
+                    self.pool.incref(b).expect("an indexed block in use is allocated");
+                }
+                t.blocks.push(b);
             }
-            table.blocks.push(b);
+            t.num_released = from as u32;
+            t.release_at = release_at(*kind, from as u32, bs);
         }
-        for _ in hits as u64..total {
-            table
-                .blocks
-                .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+        for t in tables.iter_mut() {
+            for _ in hits as u64..total {
+                t.blocks
+                    .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+            }
+            t.num_tokens = num_tokens as u32;
         }
-        table.num_tokens = num_tokens as u32;
-        table.appended_epoch = self.epoch;
         let p = self.prefix.as_mut().expect("checked above");
-        p.index_blocks(&cache, &table.blocks, hits);
+        p.index_blocks(&cache, &tables, hits);
 
-        let cached_tokens = hits as u64 * bs;
+        let cached_tokens = hits as u64 * bs as u64;
         self.stats.sequences_allocated += 1;
         self.stats.prefix_lookups += 1;
         self.stats.prefix_queried_tokens += num_tokens;
@@ -392,7 +501,10 @@ impl KvCacheManager {
         self.seqs.insert(
             seq,
             Seq {
-                table,
+                tables,
+                appended_epoch: self.epoch,
+                // The cached tokens are computed: a window releases from there.
+                step_start_len: cached_tokens as u32,
                 cache: Some(cache),
             },
         );
@@ -416,15 +528,41 @@ impl KvCacheManager {
             return out;
         }
         let bs = self.config.block_size as usize;
-        let mut parent = None;
-        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs).enumerate() {
-            let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
-            let Some(b) = p.index.get(h) else { break };
-            out.hit_blocks += 1;
-            if count_held {
-                out.held_blocks += (self.pool.ref_count(b) != Ok(0)) as u64;
+        let blocks = prompt[..prompt.len() - 1].chunks_exact(bs);
+        if self.config.groups.len() == 1 && self.config.groups[0] == AttentionKind::Full {
+            // One full-attention group: hash and look up block by block, stopping at the first miss.
+            let mut parent = None;
+            let mut held = 0;
+            for (i, block) in blocks.enumerate() {
+                let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
+                let Some(b) = p.index.get(0, h) else { break };
+                out.hit_blocks += 1;
+                if count_held {
+                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                }
+                parent = Some(h);
             }
-            parent = Some(h);
+            if count_held {
+                out.held_blocks.push(held);
+            }
+            return out;
+        }
+        let mut hashes: SmallVec<[BlockHash; 64]> = SmallVec::new();
+        for (i, block) in blocks.enumerate() {
+            let h = hash_block(
+                p.algo,
+                hashes.last().copied(),
+                block,
+                i as u32,
+                self.config.block_size,
+                keys,
+            );
+            hashes.push(h);
+        }
+        let hit = self.find_hit(p, &hashes, hashes.len());
+        out.hit_blocks = hit as u64;
+        if count_held {
+            out.held_blocks = self.held_blocks(p, &hashes, hit);
         }
         out
     }
@@ -449,20 +587,60 @@ impl KvCacheManager {
         self.cached_prefix(prompt, keys, false).hit_blocks * self.config.block_size as u64
     }
 
+    /// Leading tokens of `prompt` whose blocks KV cache group `group` alone
+    /// has cached now, leaving one token to compute as [`Self::cached_prefix_len`]
+    /// does (0 when prefix caching is off or `group` does not exist). This is
+    /// the prefix a router sees that follows only that group's KV events
+    /// (routers index the full-attention groups of a hybrid model); a hit also
+    /// needs the other groups' windows, so `cached_prefix_len` can be shorter. Pure.
+    ///
+    /// ```
+    /// use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 16, block_size: 4, enable_prefix_caching: true,
+    ///     groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 4 }],
+    ///     ..Default::default()
+    /// }).unwrap();
+    /// kv.allocate(SeqId(1), &(0..9).collect::<Vec<u32>>()).unwrap();
+    /// kv.drain_ops(&mut BlockOps::default());
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.cached_prefix_len_in_group(&(0..9).collect::<Vec<u32>>(), &keys, 0), 8);
+    /// assert_eq!(kv.cached_prefix_len_in_group(&[0, 1, 2, 3, 9], &keys, 0), 4);
+    /// assert_eq!(kv.cached_prefix_len_in_group(&[0, 1, 2, 3, 9], &keys, 2), 0);
+    /// ```
+    pub fn cached_prefix_len_in_group(&self, prompt: &[TokenId], keys: &PrefixKeys, group: u32) -> u64 {
+        let Some(p) = &self.prefix else { return 0 };
+        if prompt.is_empty() || group as usize >= self.config.groups.len() {
+            return 0;
+        }
+        let bs = self.config.block_size;
+        let mut parent = None;
+        let mut hit = 0;
+        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs as usize).enumerate() {
+            let h = hash_block(p.algo, parent, block, i as u32, bs, keys);
+            if p.index.get(group, h).is_none() {
+                break;
+            }
+            hit += bs as u64;
+            parent = Some(h);
+        }
+        hit
+    }
+
     /// The hash a block carries, if it is cached (prefix caching on).
     pub fn cached_block_hash(&self, block: BlockId) -> Option<BlockHash> {
         self.prefix.as_ref().and_then(|p| p.index.hash_of(block))
     }
 
-    /// Blocks cached now, in use or free (0 when prefix caching is off).
+    /// Blocks cached now, in use or free, in every group (0 when prefix caching is off).
     pub fn num_cached_blocks(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.index.len())
     }
 
-    /// Blocks in use whose content duplicates a cached block's (the same
-    /// content computed twice). Each takes the hash over if the cached copy
-    /// is freed first, so the content stays findable and no event announces
-    /// a block the engine still holds as removed.
+    /// Blocks in use whose content duplicates a cached block's of their group
+    /// (the same content computed twice). Each takes the hash over if the
+    /// cached copy is freed first, so the content stays findable and no event
+    /// announces a block the engine still holds as removed.
     pub fn num_duplicate_blocks(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.index.num_duplicates())
     }
@@ -484,19 +662,23 @@ impl KvCacheManager {
     /// ```
     pub fn reset_prefix_cache(&mut self) -> usize {
         let Some(p) = self.prefix.as_mut() else { return 0 };
-        let mut removed = Vec::new();
+        let mut removed: Vec<(u32, BlockHash)> = Vec::new();
         for b in self.pool.free_blocks() {
-            if let Some(h) = p.index.remove_block(b) {
-                removed.push(h);
+            if let Some((h, group)) = p.index.remove_block(b) {
+                removed.push((group, h));
             }
         }
         let n = removed.len();
         if p.index.is_empty() {
             p.push_event(KvEvent::AllCleared);
         } else if !removed.is_empty() {
-            p.push_event(KvEvent::BlockRemoved {
-                block_hashes: removed,
-            });
+            removed.sort_by_key(|&(g, _)| g);
+            for run in removed.chunk_by(|a, b| a.0 == b.0) {
+                p.push_event(KvEvent::BlockRemoved {
+                    block_hashes: run.iter().map(|&(_, h)| h).collect(),
+                    group: run[0].0,
+                });
+            }
         }
         n
     }
@@ -521,11 +703,11 @@ impl KvCacheManager {
                 "free block {b:?} is pending: it would become hittable though no step computes it"
             )));
         }
-        for (h, d) in p.index.duplicates() {
-            let original = p.index.get(h).expect("checked by the index");
+        for (group, h, d) in p.index.duplicates() {
+            let original = p.index.get(group, h).expect("checked by the index");
             if self.pool.ref_count(d) == Ok(0) || self.pool.ref_count(original) == Ok(0) {
                 return Err(InvariantViolation::new(format!(
-                    "duplicate {d:?} of {h:?} or its cached copy {original:?} is free: the hash would be lost on eviction"
+                    "duplicate {d:?} of {h:?} or its cached copy {original:?} (group {group}) is free: the hash would be lost on eviction"
                 )));
             }
         }
@@ -536,7 +718,7 @@ impl KvCacheManager {
                     "{seq:?} has no token list though prefix caching is on"
                 )));
             };
-            let n = s.table.num_tokens as usize;
+            let n = s.num_tokens() as usize;
             if cache.tokens.len() != n || cache.hashes.len() != n / bs {
                 return Err(InvariantViolation::new(format!(
                     "{seq:?} holds {n} tokens but remembers {} tokens and {} block hashes",
@@ -552,31 +734,43 @@ impl KvCacheManager {
                     "{seq:?}'s block hashes do not match its tokens"
                 )));
             }
-            // Every full block stays findable: cached, pending or a duplicate.
-            for (i, (&b, &mine)) in s.table.blocks.iter().zip(&cache.hashes).enumerate() {
-                if p.index.carried_hash_of(b) != Some(mine) {
-                    return Err(InvariantViolation::new(format!(
-                        "{seq:?} block {i} ({b:?}) is full but carries {:?}, not its hash {mine:?} (cached, pending or duplicate)",
-                        p.index.carried_hash_of(b)
-                    )));
-                }
-            }
-            for (i, &b) in s.table.blocks.iter().enumerate() {
-                let Some(h) = p.index.hash_of(b) else { continue };
-                match cache.hashes.get(i) {
-                    Some(&mine) if mine == h => {}
-                    Some(&mine) => {
+            for (g, t) in s.tables.iter().enumerate() {
+                // Every full block held stays findable: cached, pending or a duplicate.
+                for (i, &b) in t.live_blocks().iter().enumerate() {
+                    let i = i + t.num_released as usize;
+                    let Some(&mine) = cache.hashes.get(i) else { break };
+                    if p.index.carried_hash_of(b) != Some(mine) {
                         return Err(InvariantViolation::new(format!(
-                            "{seq:?} block {i} ({b:?}) is cached as {h:?} but its tokens hash to {mine:?}"
-                        )))
+                            "{seq:?} group {g} block {i} ({b:?}) is full but carries {:?}, not its hash {mine:?} (cached, pending or duplicate)",
+                            p.index.carried_hash_of(b)
+                        )));
                     }
-                    // The partial tail: cached content a write would change,
-                    // allowed only while the next write is known to copy first.
-                    None if s.table.tail_maybe_shared => {}
-                    None => {
+                }
+                for (i, &b) in t.live_blocks().iter().enumerate() {
+                    let i = i + t.num_released as usize;
+                    let carried = p.index.hash_of(b).or(p.index.pending_hash_of(b));
+                    let Some(h) = carried else { continue };
+                    if p.index.group_of(b) != Some(g as u32) {
                         return Err(InvariantViolation::new(format!(
-                            "{seq:?}'s partially filled tail {b:?} is cached as {h:?} and would be written in place"
-                        )))
+                            "{seq:?}'s block {b:?} in group {g} is cached in group {:?}",
+                            p.index.group_of(b)
+                        )));
+                    }
+                    match cache.hashes.get(i) {
+                        Some(&mine) if mine == h => {}
+                        Some(&mine) => {
+                            return Err(InvariantViolation::new(format!(
+                                "{seq:?} group {g} block {i} ({b:?}) is cached as {h:?} but its tokens hash to {mine:?}"
+                            )))
+                        }
+                        // The partial tail: cached content a write would change,
+                        // allowed only while the next write is known to copy first.
+                        None if t.tail_maybe_shared => {}
+                        None => {
+                            return Err(InvariantViolation::new(format!(
+                                "{seq:?}'s partially filled tail {b:?} in group {g} is cached as {h:?} and would be written in place"
+                            )))
+                        }
                     }
                 }
             }

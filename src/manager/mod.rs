@@ -1,12 +1,22 @@
 //! The KV cache manager: sequences, their block tables, sharing and
 //! copy-on-write, admission control, and the block operations the engine runs.
 //!
+//! A model's layers form one or more KV cache groups (one per attention kind:
+//! full, sliding window, chunked local; see [`crate::AttentionKind`]). Every
+//! group draws from the one block pool, and a sequence holds one
+//! [`BlockTable`] per group: the same token positions, different blocks. A
+//! sliding-window or chunked local group releases the blocks its attention
+//! will never read again as the sequence grows, leaving [`BlockId::NULL`]
+//! placeholders in its table.
+//!
 //! Invariants (checked by [`KvCacheManager::check_invariants`]):
 //! - every pool invariant (see [`crate::pool`]);
 //! - each block's reference count equals the number of block tables holding it
-//!   (a table never holds a block twice);
-//! - each table holds exactly `blocks_for(num_tokens)` blocks and at most
-//!   `max_model_len` tokens, so a sequence wastes fewer than `block_size` slots;
+//!   (a table never holds a block twice, and a block belongs to one group);
+//! - each table holds exactly `blocks_for(num_tokens)` entries and at most
+//!   `max_model_len` tokens, so a sequence wastes fewer than `block_size` slots
+//!   per group; its leading entries are placeholders only where its group's
+//!   attention reads them no more, every other entry a real block;
 //! - every queued copy names blocks of this pool.
 //!
 //! Every mutating call checks first and mutates after: a call that returns an
@@ -22,20 +32,21 @@
 //! host block (plus blocks held until the next drain), and a consistent
 //! device ↔ host association of blocks with identical content.
 //!
-//! Start reading at [`KvCacheManager::append`]: it is the hot path and shows the
-//! copy-on-write rule.
+//! Start reading at [`KvCacheManager::append`] (in `append.rs`): it is the hot
+//! path and shows the copy-on-write and window-release rules.
 
-use std::ops::Range;
+use smallvec::SmallVec;
 
 use crate::error::KvError;
-use crate::ids::{BlockId, SeqId, Slot, TokenId};
+use crate::ids::{BlockId, SeqId, TokenId};
 use crate::pool::BlockPool;
 use crate::prefix::{KvEvent, PrefixKeys};
-use crate::sizing::blocks_for;
-use crate::table::{BlockTable, BlockVec};
+use crate::sizing::{blocks_for, AttentionKind};
+use crate::table::BlockTable;
 
 mod accounting;
 mod admission;
+mod append;
 mod caching;
 mod lookup;
 mod seq_map;
@@ -47,19 +58,36 @@ mod swap_tests;
 mod tests;
 mod types;
 
+pub use lookup::GroupView;
 pub(crate) use seq_map::SeqMap;
 pub use shared::SharedKvCacheManager;
 pub use types::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage, MAX_GROUPS,
 };
 
-/// One allocated sequence: its block table, and (with prefix caching on) its
-/// tokens and block hashes, boxed so that the map entries the hot path walks
-/// stay one cache line (see the `sequence_entries_fit_a_cache_line` test).
+/// A sequence's tables, one per KV cache group (one inline: most models have one group).
+type Tables = SmallVec<[BlockTable; 1]>;
+
+/// One allocated sequence: its block table in each group, and (with prefix
+/// caching on) its tokens and block hashes, boxed so that the map entries the
+/// hot path walks stay small.
 #[derive(Debug, Clone)]
 struct Seq {
-    table: BlockTable,
+    tables: Tables,
+    /// The step (drain epoch) of the last allocate or append: the sequence's
+    /// newest tokens are uncomputed while it is the current one.
+    appended_epoch: u32,
+    /// Tokens held when that step's first allocate or append came: the ones
+    /// computed by earlier steps (what a window's release is measured from).
+    step_start_len: u32,
     cache: Option<Box<SeqCache>>,
+}
+
+impl Seq {
+    #[inline]
+    fn num_tokens(&self) -> u32 {
+        self.tables[0].num_tokens
+    }
 }
 
 use caching::{PrefixState, SeqCache};
@@ -87,6 +115,29 @@ use swap::HostTier;
 /// assert_eq!(kv.usage().free_blocks, 64);
 /// kv.check_invariants().unwrap();
 /// ```
+///
+/// A hybrid model: a full-attention group and a sliding-window group of 8
+/// tokens share one pool; the window's table releases blocks as the sequence grows.
+///
+/// ```
+/// use pagedkv::{AttentionKind, BlockId, BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+/// let mut kv = KvCacheManager::new(KvCacheConfig {
+///     num_blocks: 64, block_size: 4,
+///     groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
+///     ..Default::default()
+/// }).unwrap();
+/// kv.allocate(SeqId(1), &[0; 8]).unwrap();            // 2 blocks in each group
+/// let mut ops = BlockOps::default();
+/// for t in 0..12 {
+///     kv.drain_ops(&mut ops);                         // the previous step runs
+///     kv.append(SeqId(1), &[t]).unwrap();             // one decode step
+/// }
+/// assert_eq!(kv.block_table(SeqId(1)).unwrap().len(), 5);       // all 20 tokens
+/// // The last token (position 19) reads positions 12..=19: blocks 3 and 4.
+/// let window = kv.group(1).unwrap().block_table(SeqId(1)).unwrap();
+/// assert_eq!(&window[..3], &[BlockId::NULL; 3]);                // read no more: released
+/// assert_eq!(kv.usage().used_blocks, 5 + 2);
+/// ```
 #[derive(Debug, Clone)]
 pub struct KvCacheManager {
     config: KvCacheConfig,
@@ -94,7 +145,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     seqs: SeqMap<Seq>,
     /// Storage of freed sequences, reused by the next allocation or fork.
-    spare: Vec<(BlockVec, Option<Box<SeqCache>>)>,
+    spare: Vec<(Tables, Option<Box<SeqCache>>)>,
     copies: Vec<BlockCopy>,
     /// The host (swap) tier; `None` when `num_host_blocks` is 0.
     host: Option<HostTier>,
@@ -103,7 +154,7 @@ pub struct KvCacheManager {
     /// Prefix index and KV events; `None` when prefix caching is off.
     prefix: Option<PrefixState>,
     stats: KvStats,
-    /// Counts `drain_ops` calls (from 1, wrapping back to 1): a table
+    /// Counts `drain_ops` calls (from 1, wrapping back to 1): a sequence
     /// appended to in the current step carries the current epoch.
     epoch: u32,
 }
@@ -143,6 +194,18 @@ impl KvCacheManager {
         self.config.block_size
     }
 
+    /// The attention kind of each KV cache group, in group order.
+    #[inline]
+    pub fn groups(&self) -> &[AttentionKind] {
+        &self.config.groups
+    }
+
+    /// KV cache groups (1 unless the model mixes attention kinds).
+    #[inline]
+    pub fn num_groups(&self) -> usize {
+        self.config.groups.len()
+    }
+
     /// Free blocks kept back from new admissions for running sequences to grow.
     pub fn watermark_blocks(&self) -> u32 {
         self.watermark_blocks
@@ -164,8 +227,30 @@ impl KvCacheManager {
         blocks_for(num_tokens, self.config.block_size as u64)
     }
 
+    /// Fresh tables for a new sequence, one per group, reusing a freed
+    /// sequence's storage when there is one.
+    fn new_seq_storage(&mut self) -> (Tables, Option<Box<SeqCache>>) {
+        let (mut tables, cache) = self.spare.pop().unwrap_or_default();
+        let bs = self.config.block_size;
+        let groups = self.config.groups.len();
+        tables.truncate(groups);
+        for t in tables.iter_mut() {
+            let storage = std::mem::take(&mut t.blocks);
+            *t = BlockTable::with_storage(storage, bs);
+        }
+        while tables.len() < groups {
+            tables.push(BlockTable::with_storage(Default::default(), bs));
+        }
+        for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
+            t.release_at = release_at(*kind, 0, bs);
+        }
+        (tables, cache)
+    }
+
     /// Allocates blocks for a new sequence's prompt (with prefix caching on,
-    /// reusing its longest cached prefix under the default [`PrefixKeys`]).
+    /// reusing its longest cached prefix under the default [`PrefixKeys`]):
+    /// in every KV cache group, a block for every prompt block (all of the
+    /// prompt's tokens are computed in the step this allocation is for).
     ///
     /// Errors (nothing changes): [`KvError::DuplicateSequence`],
     /// [`KvError::EmptyPrompt`], [`KvError::ExceedsMaxModelLen`],
@@ -186,9 +271,10 @@ impl KvCacheManager {
     /// [`Allocation::cached_tokens`] says how many prompt tokens the engine may
     /// skip. At least one prompt token is always left to compute (the engine
     /// needs its logits), so a fully cached prompt recomputes its last block.
-    /// The prompt's other full blocks are cached at once: a sequence that hits
-    /// them in the same step reads keys and values that step writes, so write
-    /// a step's new K/V before attending (per layer, as paged attention does).
+    /// In a sliding-window or chunked local group the hit needs only the
+    /// blocks the group still reads at the hit point; the others become
+    /// placeholders. The prompt's other full blocks become hittable once the
+    /// step that computes them is handed to the engine (the next `drain_ops`).
     pub fn allocate_with(
         &mut self,
         seq: SeqId,
@@ -206,21 +292,30 @@ impl KvCacheManager {
         if self.prefix.is_some() {
             return self.allocate_cached(seq, prompt, keys);
         }
-        let needed = self.blocks_for(tokens);
+        let per_group = self.blocks_for(tokens);
+        let needed = per_group * self.num_groups() as u64;
         self.check_start(seq, needed)?;
 
-        let (storage, _) = self.spare.pop().unwrap_or_default();
-        let mut table = BlockTable::with_storage(storage, self.config.block_size);
-        for _ in 0..needed {
-            table.blocks.push(
-                self.pool
-                    .allocate()
-                    .expect("free blocks were counted before allocating"),
-            );
+        let (mut tables, _) = self.new_seq_storage();
+        for t in tables.iter_mut() {
+            for _ in 0..per_group {
+                t.blocks.push(
+                    self.pool
+                        .allocate()
+                        .expect("free blocks were counted before allocating"),
+                );
+            }
+            t.num_tokens = tokens as u32;
         }
-        table.num_tokens = tokens as u32;
-        table.appended_epoch = self.epoch;
-        self.seqs.insert(seq, Seq { table, cache: None });
+        self.seqs.insert(
+            seq,
+            Seq {
+                tables,
+                appended_epoch: self.epoch,
+                step_start_len: 0,
+                cache: None,
+            },
+        );
         self.stats.sequences_allocated += 1;
         Ok(Allocation {
             num_blocks: needed as u32,
@@ -228,166 +323,9 @@ impl KvCacheManager {
         })
     }
 
-    /// Appends tokens to a sequence: one (decode) or many (chunked prefill,
-    /// speculative tokens). Takes a new block only when the last one is full.
-    ///
-    /// Copy-on-write: if the last block is partially filled and shared with
-    /// another sequence, this sequence gets a fresh block first and a
-    /// [`BlockCopy`] of the filled slots is queued for [`Self::drain_ops`].
-    /// Full shared blocks stay shared.
-    ///
-    /// Errors (nothing changes): [`KvError::UnknownSequence`],
-    /// [`KvError::ExceedsMaxModelLen`], [`KvError::OutOfBlocks`].
-    #[inline]
-    pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
-        self.append_then_slots(seq, tokens, None)
-    }
-
-    /// [`Self::append`], then the slots of positions `range` of the sequence
-    /// (as it is after the append) pushed to `out`, with one lookup of the
-    /// sequence: a scheduler's per-sequence work in a step (for a decode,
-    /// `len..len + 1`; for a prefill chunk whose blocks were taken earlier,
-    /// `tokens` may be empty).
-    ///
-    /// Errors (nothing changes, nothing is pushed): those of `append`, and
-    /// [`KvError::PositionOutOfRange`] when `range` passes the new length.
-    ///
-    /// ```
-    /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
-    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
-    /// kv.allocate(SeqId(1), &[1, 2, 3, 4]).unwrap();
-    /// let mut slots = Vec::new();
-    /// kv.append_and_slots_into(SeqId(1), &[5], 4..5, &mut slots).unwrap(); // a decode
-    /// assert_eq!(slots, [kv.slot(SeqId(1), 4).unwrap()]);
-    /// assert!(kv.append_and_slots_into(SeqId(1), &[6], 4..7, &mut slots).is_err());
-    /// assert_eq!((kv.num_tokens(SeqId(1)).unwrap(), slots.len()), (5, 1));
-    /// ```
-    #[inline]
-    pub fn append_and_slots_into(
-        &mut self,
-        seq: SeqId,
-        tokens: &[TokenId],
-        range: Range<u64>,
-        out: &mut Vec<Slot>,
-    ) -> Result<(), KvError> {
-        self.append_then_slots(seq, tokens, Some((range, out)))
-    }
-
-    /// `append`, and with `slots` also the slots of a range after it.
-    #[inline(always)]
-    fn append_then_slots(
-        &mut self,
-        seq: SeqId,
-        tokens: &[TokenId],
-        slots: Option<(Range<u64>, &mut Vec<Slot>)>,
-    ) -> Result<(), KvError> {
-        let max_model_len = self.config.max_model_len;
-        let epoch = self.epoch;
-        let Some(s) = self.seqs.get_mut(&seq) else {
-            return Err(self.absent(seq));
-        };
-        let table = &mut s.table;
-        let new_len = table.num_tokens as u64 + tokens.len() as u64;
-        if new_len > max_model_len as u64 {
-            return Err(KvError::ExceedsMaxModelLen {
-                seq,
-                tokens: new_len,
-                max_model_len,
-            });
-        }
-        if let Some((range, _)) = &slots {
-            if range.start > range.end || range.end > new_len {
-                return Err(KvError::PositionOutOfRange {
-                    seq,
-                    pos: range.end,
-                    num_tokens: new_len,
-                });
-            }
-        }
-        // Fast path (almost every decode step): the tokens fit in the free
-        // slots of a last block this table holds alone. No division, no pool access.
-        let capacity = table.blocks.len() as u64 * self.config.block_size as u64;
-        if new_len <= capacity && !table.tail_maybe_shared {
-            table.num_tokens = new_len as u32;
-            if !tokens.is_empty() {
-                table.appended_epoch = epoch;
-            }
-            after_append(&mut self.prefix, s, tokens, slots);
-            return Ok(());
-        }
-        if tokens.is_empty() && slots.is_none() {
-            return Ok(());
-        }
-        if !tokens.is_empty() {
-            self.append_slow(seq, new_len)?;
-        }
-        let s = self.seqs.get_mut(&seq).expect("looked up above");
-        if !tokens.is_empty() {
-            s.table.appended_epoch = epoch;
-        }
-        after_append(&mut self.prefix, s, tokens, slots);
-        Ok(())
-    }
-
-    /// `append` when it takes blocks or may have to copy the last block.
-    fn append_slow(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
-        let bs = self.config.block_size as u64;
-        let table = &mut self
-            .seqs
-            .get_mut(&seq)
-            .ok_or(KvError::UnknownSequence { seq })?
-            .table;
-        let old_len = table.num_tokens as u64;
-        let grow = blocks_for(new_len, bs) - table.blocks.len() as u64;
-        let filled = (old_len % bs) as u32;
-        let last = table.blocks.last().copied();
-        let cow = match last {
-            Some(b) if filled != 0 && table.tail_maybe_shared => tail_needs_copy(&self.pool, &self.prefix, b),
-            _ => false,
-        };
-        let needed = grow + cow as u64;
-        if needed > self.pool.num_free() as u64 {
-            self.stats.out_of_blocks += 1;
-            return Err(KvError::OutOfBlocks {
-                needed,
-                free: self.pool.num_free() as u64,
-            });
-        }
-        if cow {
-            let src = last.expect("cow implies a last block");
-            let dst = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-            release(&mut self.pool, &mut self.prefix, &mut self.host, src);
-            *table.blocks.last_mut().expect("cow implies a last block") = dst;
-            self.copies.push(BlockCopy {
-                src,
-                dst,
-                num_slots: filled,
-            });
-            self.stats.cow_copies += 1;
-        } else if filled != 0 {
-            // An in-place write: the block's content changes, so it must not
-            // stay cached (it can carry a hash only after a truncate into it),
-            // nor stay associated with a host copy of its old content.
-            if let (Some(p), Some(b)) = (&mut self.prefix, last) {
-                p.uncache(b);
-            }
-            if let (Some(h), Some(b)) = (&mut self.host, last) {
-                h.forget_device(b);
-            }
-        }
-        for _ in 0..grow {
-            table
-                .blocks
-                .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
-        }
-        // The last block is now fresh, copied, or found exclusive.
-        table.tail_maybe_shared = false;
-        table.num_tokens = new_len as u32;
-        Ok(())
-    }
-
-    /// Makes `child` share every block of `parent` (parallel sampling, beam
-    /// search). Needs no free block: the first divergent write copies.
+    /// Makes `child` share every block of `parent` in every group (parallel
+    /// sampling, beam search). Needs no free block: the first divergent write
+    /// copies.
     ///
     /// The parent's tokens must have been handed to the engine to compute
     /// (a `drain_ops` since its last allocate or append): a later
@@ -403,42 +341,67 @@ impl KvCacheManager {
         let Some(src) = self.seqs.get(&parent) else {
             return Err(self.absent(parent));
         };
-        if self.appended_this_step(&src.table) {
+        if src.appended_epoch == self.epoch {
             return Err(KvError::NotYetComputed { seq: parent });
         }
-        let (storage, spare_cache) = self.spare.pop().unwrap_or_default();
-        let mut table = BlockTable::with_storage(storage, self.config.block_size);
-        table.blocks.extend_from_slice(&src.table.blocks);
-        table.num_tokens = src.table.num_tokens;
-        table.tail_maybe_shared = true;
+        let (mut tables, spare_cache) = self.new_seq_storage();
+        let src = self.seqs.get(&parent).expect("checked above");
+        for (t, from) in tables.iter_mut().zip(&src.tables) {
+            t.blocks.extend_from_slice(&from.blocks);
+            t.num_tokens = from.num_tokens;
+            t.num_released = from.num_released;
+            t.release_at = from.release_at;
+            t.tail_maybe_shared = true;
+        }
         let cache = src.cache.as_deref().map(|parent| {
             let mut c = spare_cache.unwrap_or_default();
             c.clone_from_parent(parent);
             c
         });
-        for &b in &table.blocks {
-            self.pool.incref(b).expect("a live table's blocks are allocated");
+        let (appended_epoch, step_start_len) = (src.appended_epoch, src.step_start_len);
+        for t in &tables {
+            for &b in t.live_blocks() {
+                self.pool.incref(b).expect("a live table's blocks are allocated");
+            }
         }
-        self.seqs.insert(child, Seq { table, cache });
-        self.seqs
+        self.seqs.insert(
+            child,
+            Seq {
+                tables,
+                appended_epoch,
+                step_start_len,
+                cache,
+            },
+        );
+        for t in self
+            .seqs
             .get_mut(&parent)
             .expect("checked above")
-            .table
-            .tail_maybe_shared = true;
+            .tables
+            .iter_mut()
+        {
+            t.tail_maybe_shared = true;
+        }
         self.stats.forks += 1;
         Ok(())
     }
 
     /// Shortens a sequence to `new_len` tokens (rejected speculative tokens,
     /// beam trimming), dropping this sequence's references to blocks past the
-    /// end, last block first. Shared blocks stay with their other holders.
+    /// end, last block first, in every group. Shared blocks stay with their
+    /// other holders.
+    ///
+    /// Errors (nothing changes): `UnknownSequence`, `SequenceSwapped`,
+    /// `TruncateBeyondLength`, and `TruncateIntoReleasedWindow` when a
+    /// sliding-window or chunked local group already released blocks the
+    /// shortened sequence's next token would read (roll back at most what the
+    /// current window still holds: a speculative draft always qualifies).
     pub fn truncate(&mut self, seq: SeqId, new_len: u64) -> Result<(), KvError> {
-        let bs = self.config.block_size as u64;
-        let Some(s) = self.seqs.get_mut(&seq) else {
+        let bs = self.config.block_size;
+        let Some(s) = self.seqs.get(&seq) else {
             return Err(self.absent(seq));
         };
-        let table = &mut s.table;
-        let num_tokens = table.num_tokens as u64;
+        let num_tokens = s.num_tokens() as u64;
         if new_len > num_tokens {
             return Err(KvError::TruncateBeyondLength {
                 seq,
@@ -446,53 +409,70 @@ impl KvCacheManager {
                 num_tokens,
             });
         }
-        let keep = blocks_for(new_len, bs) as usize;
-        while table.blocks.len() > keep {
-            let b = table.blocks.pop().expect("len > keep >= 0");
-            release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+        for (group, (t, kind)) in s.tables.iter().zip(&self.config.groups).enumerate() {
+            let min_len = kind.first_len_reading_from(t.num_released as u64, bs);
+            if new_len < min_len {
+                return Err(KvError::TruncateIntoReleasedWindow {
+                    seq,
+                    group: group as u32,
+                    new_len,
+                    min_len,
+                });
+            }
         }
-        table.num_tokens = new_len as u32;
-        // A new partially filled tail may be written in place: its host copy goes stale.
-        if let (Some(h), Some(&b), true) = (&mut self.host, table.blocks.last(), new_len % bs != 0) {
-            h.forget_device(b);
+        let s = self.seqs.get_mut(&seq).expect("checked above");
+        let keep = blocks_for(new_len, bs as u64) as usize;
+        for t in s.tables.iter_mut() {
+            while t.blocks.len() > keep {
+                let b = t.blocks.pop().expect("len > keep >= 0");
+                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+            }
+            t.num_tokens = new_len as u32;
+            let last = t.blocks.last().copied().filter(|b| !b.is_null());
+            // A new partially filled tail may be written in place: its host copy goes stale.
+            if let (Some(h), Some(b), true) = (&mut self.host, last, new_len % bs as u64 != 0) {
+                h.forget_device(b);
+            }
+            // An inner block can be shared; it may now be the partially filled last one.
+            t.tail_maybe_shared =
+                last.is_some_and(|b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
         }
-        // An inner block can be shared; it may now be the partially filled last one.
-        table.tail_maybe_shared = table
-            .blocks
-            .last()
-            .is_some_and(|&b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
+        s.step_start_len = s.step_start_len.min(new_len as u32);
         if let Some(p) = &mut self.prefix {
             let cache = s
                 .cache
                 .as_deref_mut()
                 .expect("caching on: the sequence has a cache");
-            if p.truncated(cache, table, &self.pool) {
-                table.tail_maybe_shared = true;
-            }
+            p.truncated(cache, &mut s.tables, &self.pool);
         }
         Ok(())
     }
 
-    /// Frees a sequence: drops its references, last block first (so a prefix
-    /// outlives its suffix in the free queue's eviction order).
+    /// Frees a sequence: drops its references in every group, last block
+    /// first (so a prefix outlives its suffix in the free queue's eviction
+    /// order).
     ///
     /// A swapped-out sequence can be freed too: its host blocks are released
     /// (they return to the host pool at the next [`Self::drain_ops`]).
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let Some(Seq { table, cache }) = self.seqs.remove(&seq) else {
+        let Some(Seq { tables, cache, .. }) = self.seqs.remove(&seq) else {
             return self.free_swapped(seq);
         };
         if self.prefix.is_none() && self.host.is_none() {
             // The plain allocator: nothing to keep cached, no host copy to forget.
-            for &b in table.blocks.iter().rev() {
-                self.pool.decref(b).expect("a live table's blocks are allocated");
+            for t in &tables {
+                for &b in t.live_blocks().iter().rev() {
+                    self.pool.decref(b).expect("a live table's blocks are allocated");
+                }
             }
         } else {
-            for &b in table.blocks.iter().rev() {
-                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+            for t in &tables {
+                for &b in t.live_blocks().iter().rev() {
+                    release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                }
             }
         }
-        self.spare.push((table.into_storage(), cache));
+        self.spare.push((tables, cache));
         self.stats.sequences_freed += 1;
         Ok(())
     }
@@ -509,6 +489,8 @@ impl KvCacheManager {
     /// blocks filled since the last call become hittable by later prompts
     /// (with prefix caching on; announced in KV events), and the sequences
     /// appended to since then may be forked and swapped out from now on.
+    /// Blocks a window released may be handed out by the next step: run the
+    /// steps in order (on one stream), as engines do.
     pub fn drain_ops(&mut self, ops: &mut BlockOps) {
         ops.clear();
         ops.copies.extend_from_slice(&self.copies);
@@ -526,20 +508,13 @@ impl KvCacheManager {
     fn next_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
-            // Once every 2^32 drains: no table may keep a stale epoch that
+            // Once every 2^32 drains: no sequence may keep a stale epoch that
             // would read as the new one.
             for s in self.seqs.values_mut() {
-                s.table.appended_epoch = 0;
+                s.appended_epoch = 0;
             }
             self.epoch = 1;
         }
-    }
-
-    /// Whether the sequence's table was allocated or appended to since the
-    /// last `drain_ops` (its new tokens are not computed yet).
-    #[inline]
-    fn appended_this_step(&self, t: &BlockTable) -> bool {
-        t.appended_epoch == self.epoch
     }
 
     /// The copy-on-write copies (device → device) queued since the last
@@ -594,27 +569,12 @@ impl KvCacheManager {
     }
 }
 
-/// The rest of an append once the table holds the tokens: remember them for
-/// prefix caching (hashing blocks they filled) and push the asked slots.
-#[inline(always)]
-fn after_append(
-    prefix: &mut Option<PrefixState>,
-    s: &mut Seq,
-    tokens: &[TokenId],
-    slots: Option<(Range<u64>, &mut Vec<Slot>)>,
-) {
-    if let (Some(p), false) = (prefix, tokens.is_empty()) {
-        let cache = s
-            .cache
-            .as_deref_mut()
-            .expect("caching on: the sequence has a cache");
-        p.record_tokens(cache, &s.table, tokens);
-    }
-    if let Some((range, out)) = slots {
-        // Both ends were checked against the new length, which is a u32.
-        let ok = s.table.slots_into(range.start as u32..range.end as u32, out);
-        debug_assert!(ok);
-    }
+/// The length (tokens before an append) from which a table of `kind` that
+/// released `released` blocks releases the next one (`u32::MAX`: never).
+#[inline]
+fn release_at(kind: AttentionKind, released: u32, block_size: u32) -> u32 {
+    kind.first_len_reading_from(released as u64 + 1, block_size)
+        .min(u32::MAX as u64) as u32
 }
 
 /// Whether a write into the partially filled tail `b` must copy it first:

@@ -29,11 +29,12 @@
 //! still cached in a free block moves to the swapped-in copy, one cached in a
 //! block in use gets the copy as a duplicate.
 
-use super::{release, tail_needs_copy, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
+use super::{release, release_at, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, SeqId};
 use crate::manager::types::BlockCopy;
 use crate::pool::BlockPool;
+use crate::sizing::AttentionKind;
 use crate::table::BlockTable;
 
 /// The "no associated block" value.
@@ -163,21 +164,29 @@ impl KvCacheManager {
         self.swapped.keys().copied()
     }
 
-    /// A swapped-out sequence's table: its **host** blocks, in logical order.
+    /// A swapped-out sequence's table in group 0: its **host** blocks, in
+    /// logical order ([`crate::manager::GroupView::swapped_table`] for other groups).
     pub fn swapped_table(&self, seq: SeqId) -> Result<&BlockTable, KvError> {
+        self.swapped_seq(seq).map(|s| &s.tables[0])
+    }
+
+    pub(super) fn swapped_seq(&self, seq: SeqId) -> Result<&Seq, KvError> {
         match self.swapped.get(&seq) {
-            Some(s) => Ok(&s.table),
+            Some(s) => Ok(s),
             None if self.seqs.contains_key(&seq) => Err(KvError::NotSwapped { seq }),
             None => Err(KvError::UnknownSequence { seq }),
         }
     }
 
     /// Device blocks an `append` of `num_new_tokens` tokens would take now
-    /// (new blocks, plus one for a copy-on-write of a shared partial tail).
-    /// Pure; a scheduler uses it to decide preemptions before appending.
+    /// beyond what it frees, over every group (new blocks, plus one per group
+    /// for a copy-on-write of a shared partial tail, less the blocks a
+    /// window's release frees). Pure; a scheduler uses it to decide
+    /// preemptions before appending.
     ///
-    /// Errors: those of [`Self::table`], and [`KvError::ExceedsMaxModelLen`]
-    /// when the append itself would be refused for its length.
+    /// Errors: `UnknownSequence`, `SequenceSwapped`, and
+    /// [`KvError::ExceedsMaxModelLen`] when the append itself would be refused
+    /// for its length.
     ///
     /// ```
     /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
@@ -190,43 +199,76 @@ impl KvCacheManager {
     /// assert_eq!(kv.append_blocks_needed(SeqId(2), 1).unwrap(), 1); // copy-on-write
     /// ```
     pub fn append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
-        let t = self.table(seq)?;
+        let Some(s) = self.seqs.get(&seq) else {
+            return Err(self.absent(seq));
+        };
         if num_new_tokens == 0 {
             return Ok(0);
         }
-        let bs = self.config.block_size as u64;
-        let len = t.num_tokens as u64;
+        let len = s.num_tokens() as u64;
         // The refusal `append` would give (an absurd count saturates, never wraps).
         let new_len = len.saturating_add(num_new_tokens);
         self.check_len(seq, new_len)?;
-        let grow = self.blocks_for(new_len) - t.blocks.len() as u64;
-        let cow = len % bs != 0
-            && t.tail_maybe_shared
-            && t.blocks
-                .last()
-                .is_some_and(|&b| tail_needs_copy(&self.pool, &self.prefix, b));
-        Ok(grow + cow as u64)
+        let (needed, freed) = self.append_need(s, self.release_base(s), new_len);
+        Ok(needed.saturating_sub(freed))
     }
 
-    /// Host blocks `swap_out(seq)` would take now (blocks already copied to the
-    /// host by a sharer are shared, not copied again). Pure.
+    /// Host blocks `swap_out(seq)` would take now, over every group (blocks
+    /// already copied to the host by a sharer are shared, not copied again). Pure.
     pub fn swap_out_blocks_needed(&self, seq: SeqId) -> Result<u64, KvError> {
-        let t = self.table(seq)?;
+        let Some(s) = self.seqs.get(&seq) else {
+            return Err(self.absent(seq));
+        };
         let Some(host) = &self.host else {
             return Err(KvError::NoHostTier { seq });
         };
-        Ok(t.blocks.iter().filter(|&&d| host.host_of(d).is_none()).count() as u64)
+        // As `swap_out` does: blocks a window no longer reads are released, not copied.
+        let len = self.release_base(s);
+        let bs = self.config.block_size;
+        Ok(s.tables
+            .iter()
+            .zip(&self.config.groups)
+            .flat_map(|(t, kind)| {
+                let from = if len >= t.release_at as u64 {
+                    kind.first_needed_block(len, bs) as usize
+                } else {
+                    t.num_released as usize
+                };
+                &t.blocks[from..]
+            })
+            .filter(|&&d| host.host_of(d).is_none())
+            .count() as u64)
     }
 
-    /// Device blocks `swap_in(seq)` would take now (blocks already back on the
-    /// device through a sharer are shared, not copied again). Pure.
+    /// Device blocks `swap_in(seq)` would take now, over every group (blocks
+    /// already back on the device through a sharer are shared, not copied
+    /// again). Pure.
     pub fn swap_in_blocks_needed(&self, seq: SeqId) -> Result<u64, KvError> {
-        let t = self.swapped_table(seq)?;
+        let s = self.swapped_seq(seq)?;
         let host = self
             .host
             .as_ref()
             .expect("a swapped sequence implies a host tier");
-        Ok(t.blocks.iter().filter(|&&h| host.dev_of(h).is_none()).count() as u64)
+        Ok(s.tables
+            .iter()
+            .flat_map(|t| t.live_blocks())
+            .filter(|&&h| host.dev_of(h).is_none())
+            .count() as u64)
+    }
+
+    /// Device blocks a swapped-out sequence needs to come back and then grow
+    /// by `num_new_tokens` tokens: `swap_in_blocks_needed` plus the new blocks
+    /// of every group (an upper bound: it counts no window release). Pure.
+    pub fn swap_in_and_append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
+        let swap_in = self.swap_in_blocks_needed(seq)?;
+        let s = self.swapped_seq(seq)?;
+        let new_len = (s.num_tokens() as u64).saturating_add(num_new_tokens);
+        let grow: u64 = s
+            .tables
+            .iter()
+            .map(|t| self.blocks_for(new_len).saturating_sub(t.blocks.len() as u64))
+            .sum();
+        Ok(swap_in + grow)
     }
 
     /// Whether [`Self::swap_in`] would succeed now: the sequence is swapped
@@ -239,7 +281,9 @@ impl KvCacheManager {
 
     /// Moves a sequence's blocks to the host tier: each device block is copied
     /// to a host block (queued in [`BlockOps::swap_out`]) unless a sharer
-    /// already copied it, then released. The sequence keeps its tokens and
+    /// already copied it, then released. Blocks a sliding-window or chunked
+    /// local group no longer reads (its next token's window starts after them)
+    /// are released without a copy. The sequence keeps its tokens and
     /// block hashes; until [`Self::swap_in`] it cannot be appended to, forked
     /// or read (`SequenceSwapped`), but it can be freed.
     ///
@@ -279,55 +323,80 @@ impl KvCacheManager {
         if self.host.is_none() {
             return Err(KvError::NoHostTier { seq });
         }
-        if self.appended_this_step(&s.table) {
+        if s.appended_epoch == self.epoch {
             return Err(KvError::NotYetComputed { seq });
         }
         let host = self.host.as_mut().expect("checked above");
-        let blocks = &s.table.blocks;
-        if let Some(c) = self
-            .copies
-            .iter()
-            .chain(&host.swap_in)
-            .find(|c| blocks.contains(&c.dst))
-        {
+        let holds = |b: BlockId| s.tables.iter().any(|t| t.live_blocks().contains(&b));
+        if let Some(c) = self.copies.iter().chain(&host.swap_in).find(|c| holds(c.dst)) {
             return Err(KvError::PendingWrite { seq, block: c.dst });
         }
-        let needed = blocks.iter().filter(|&&d| host.host_of(d).is_none()).count() as u64;
+        // Every token is computed: blocks a window no longer reads are released
+        // instead of copied (the next append would release them anyway).
+        let bs = self.config.block_size;
+        let len = s.num_tokens() as u64;
+        let keep_from = |t: &BlockTable, kind: &AttentionKind| {
+            if len >= t.release_at as u64 {
+                kind.first_needed_block(len, bs) as usize
+            } else {
+                t.num_released as usize
+            }
+        };
+        let needed = s
+            .tables
+            .iter()
+            .zip(&self.config.groups)
+            .flat_map(|(t, k)| &t.blocks[keep_from(t, k)..])
+            .filter(|&&d| host.host_of(d).is_none())
+            .count() as u64;
         let free = host.pool.num_free() as u64;
         if needed > free {
             return Err(KvError::HostOutOfBlocks { seq, needed, free });
         }
 
         let mut s = self.seqs.remove(&seq).expect("checked above");
-        let bs = self.config.block_size;
-        // Last block first, as `free` releases, to keep the eviction order.
-        for b in s.table.blocks.iter_mut().rev() {
-            let d = *b;
-            let host = self.host.as_mut().expect("checked above");
-            let h = match host.host_of(d) {
-                Some(h) => {
-                    host.pool.incref(h).expect("an associated host block is held");
-                    h
-                }
-                None => {
-                    let h = host.pool.allocate().expect("free host blocks were counted");
-                    host.swap_out.push(BlockCopy {
-                        src: d,
-                        dst: h,
-                        num_slots: bs,
-                    });
-                    self.stats.swap_out_copies += 1;
-                    if self.pool.ref_count(d).expect("tables hold pool blocks") > 1 {
-                        // Other device holders remain: later sharers reuse this copy.
-                        host.associate(d, h);
-                    }
-                    h
-                }
-            };
-            release(&mut self.pool, &mut self.prefix, &mut self.host, d);
-            *b = h;
+        for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
+            let release_to = keep_from(t, kind);
+            for i in t.num_released as usize..release_to {
+                let b = std::mem::replace(&mut t.blocks[i], BlockId::NULL);
+                release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                self.stats.window_released_blocks += 1;
+            }
+            t.num_released = release_to as u32;
+            t.release_at = release_at(*kind, release_to as u32, bs);
         }
-        s.table.tail_maybe_shared = false;
+        for (group, t) in s.tables.iter_mut().enumerate() {
+            let released = t.num_released as usize;
+            // Last block first, as `free` releases, to keep the eviction order.
+            for b in t.blocks[released..].iter_mut().rev() {
+                let d = *b;
+                let host = self.host.as_mut().expect("checked above");
+                let h = match host.host_of(d) {
+                    Some(h) => {
+                        host.pool.incref(h).expect("an associated host block is held");
+                        h
+                    }
+                    None => {
+                        let h = host.pool.allocate().expect("free host blocks were counted");
+                        host.swap_out.push(BlockCopy {
+                            src: d,
+                            dst: h,
+                            num_slots: bs,
+                            group: group as u32,
+                        });
+                        self.stats.swap_out_copies += 1;
+                        if self.pool.ref_count(d).expect("tables hold pool blocks") > 1 {
+                            // Other device holders remain: later sharers reuse this copy.
+                            host.associate(d, h);
+                        }
+                        h
+                    }
+                };
+                release(&mut self.pool, &mut self.prefix, &mut self.host, d);
+                *b = h;
+            }
+            t.tail_maybe_shared = false;
+        }
         self.swapped.insert(seq, s);
         self.stats.swap_outs += 1;
         Ok(())
@@ -351,48 +420,52 @@ impl KvCacheManager {
 
         let mut s = self.swapped.remove(&seq).expect("checked above");
         let bs = self.config.block_size;
-        for b in s.table.blocks.iter_mut() {
-            let h = *b;
-            let host = self
-                .host
-                .as_mut()
-                .expect("a swapped sequence implies a host tier");
-            let d = match host.dev_of(h) {
-                Some(d) => {
-                    self.pool.incref(d).expect("an associated device block is held");
-                    d
-                }
-                None => {
-                    let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-                    let host = self.host.as_mut().expect("checked");
-                    host.swap_in.push(BlockCopy {
-                        src: h,
-                        dst: d,
-                        num_slots: bs,
-                    });
-                    self.stats.swap_in_copies += 1;
-                    if host.pool.ref_count(h).expect("held") > 1 {
-                        // Other swapped holders remain: they will share `d`.
-                        host.associate(d, h);
+        for (group, t) in s.tables.iter_mut().enumerate() {
+            let released = t.num_released as usize;
+            for b in t.blocks[released..].iter_mut() {
+                let h = *b;
+                let host = self
+                    .host
+                    .as_mut()
+                    .expect("a swapped sequence implies a host tier");
+                let d = match host.dev_of(h) {
+                    Some(d) => {
+                        self.pool.incref(d).expect("an associated device block is held");
+                        d
                     }
-                    d
-                }
-            };
-            self.host.as_mut().expect("checked").release_host(h);
-            *b = d;
+                    None => {
+                        let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+                        let host = self.host.as_mut().expect("checked");
+                        host.swap_in.push(BlockCopy {
+                            src: h,
+                            dst: d,
+                            num_slots: bs,
+                            group: group as u32,
+                        });
+                        self.stats.swap_in_copies += 1;
+                        if host.pool.ref_count(h).expect("held") > 1 {
+                            // Other swapped holders remain: they will share `d`.
+                            host.associate(d, h);
+                        }
+                        d
+                    }
+                };
+                self.host.as_mut().expect("checked").release_host(h);
+                *b = d;
+            }
+            // A partially filled tail that is shared, or that a swapped sharer may
+            // come back to share, must copy before it is written.
+            let partial = t.num_tokens % bs != 0;
+            t.tail_maybe_shared = partial
+                && t.blocks.last().is_some_and(|&d| {
+                    self.pool.ref_count(d).is_ok_and(|r| r > 1)
+                        || self.host.as_ref().is_some_and(|h| h.host_of(d).is_some())
+                        || self.prefix.as_ref().is_some_and(|p| p.index.hash_of(d).is_some())
+                });
         }
-        // A partially filled tail that is shared, or that a swapped sharer may
-        // come back to share, must copy before it is written.
-        let partial = s.table.num_tokens % bs != 0;
-        s.table.tail_maybe_shared = partial
-            && s.table.blocks.last().is_some_and(|&d| {
-                self.pool.ref_count(d).is_ok_and(|r| r > 1)
-                    || self.host.as_ref().is_some_and(|h| h.host_of(d).is_some())
-                    || self.prefix.as_ref().is_some_and(|p| p.index.hash_of(d).is_some())
-            });
         if let Some(p) = &mut self.prefix {
             let cache = s.cache.as_deref().expect("caching on: the sequence has a cache");
-            p.index_swapped_in(cache, &s.table.blocks);
+            p.index_swapped_in(cache, &s.tables);
         }
         self.seqs.insert(seq, s);
         self.stats.swap_ins += 1;
@@ -401,7 +474,7 @@ impl KvCacheManager {
 
     /// `free` of a sequence that is not on the device.
     pub(super) fn free_swapped(&mut self, seq: SeqId) -> Result<(), KvError> {
-        let Seq { table, cache } = self
+        let Seq { tables, cache, .. } = self
             .swapped
             .remove(&seq)
             .ok_or(KvError::UnknownSequence { seq })?;
@@ -409,10 +482,12 @@ impl KvCacheManager {
             .host
             .as_mut()
             .expect("a swapped sequence implies a host tier");
-        for &h in table.blocks.iter().rev() {
-            host.release_host(h);
+        for t in &tables {
+            for &h in t.live_blocks().iter().rev() {
+                host.release_host(h);
+            }
         }
-        self.spare.push((table.into_storage(), cache));
+        self.spare.push((tables, cache));
         self.stats.sequences_freed += 1;
         Ok(())
     }
@@ -447,22 +522,29 @@ impl KvCacheManager {
             if self.seqs.contains_key(&seq) {
                 return bad(format!("{seq:?} is both on the device and swapped out"));
             }
-            let t = &s.table;
-            if t.blocks.len() as u64 != self.blocks_for(t.num_tokens as u64) {
-                return bad(format!(
-                    "swapped {seq:?} holds {} host blocks for {} tokens",
-                    t.blocks.len(),
-                    t.num_tokens
-                ));
-            }
-            for (i, &h) in t.blocks.iter().enumerate() {
-                if h.index() >= n {
-                    return bad(format!("swapped {seq:?} holds unknown host block {h:?}"));
+            for t in &s.tables {
+                if t.blocks.len() as u64 != self.blocks_for(t.num_tokens as u64) {
+                    return bad(format!(
+                        "swapped {seq:?} holds {} host blocks for {} tokens",
+                        t.blocks.len(),
+                        t.num_tokens
+                    ));
                 }
-                if t.blocks[..i].contains(&h) {
-                    return bad(format!("swapped {seq:?} holds host block {h:?} twice"));
+                let live = t.live_blocks();
+                if t.blocks[..t.num_released as usize].iter().any(|b| !b.is_null()) {
+                    return bad(format!(
+                        "swapped {seq:?} holds a block among its released entries"
+                    ));
                 }
-                refs[h.index()] += 1;
+                for (i, &h) in live.iter().enumerate() {
+                    if h.index() >= n {
+                        return bad(format!("swapped {seq:?} holds unknown host block {h:?}"));
+                    }
+                    if live[..i].contains(&h) {
+                        return bad(format!("swapped {seq:?} holds host block {h:?} twice"));
+                    }
+                    refs[h.index()] += 1;
+                }
             }
         }
         for (i, &r) in refs.iter().enumerate() {
@@ -501,12 +583,14 @@ impl KvCacheManager {
         }
         let bs = self.config.block_size;
         for (&seq, s) in &self.seqs {
-            let t = &s.table;
-            if let (Some(&d), true) = (t.blocks.last(), t.num_tokens % bs != 0) {
-                if host.host_of(d).is_some() && !t.tail_maybe_shared {
-                    return bad(format!(
-                        "{seq:?}'s partially filled tail {d:?} has a host copy but is not flagged: an in-place write would make the copy stale"
-                    ));
+            for t in &s.tables {
+                let last = t.blocks.last().copied().filter(|b| !b.is_null());
+                if let (Some(d), true) = (last, t.num_tokens % bs != 0) {
+                    if host.host_of(d).is_some() && !t.tail_maybe_shared {
+                        return bad(format!(
+                            "{seq:?}'s partially filled tail {d:?} has a host copy but is not flagged: an in-place write would make the copy stale"
+                        ));
+                    }
                 }
             }
         }

@@ -1,3 +1,5 @@
+use std::ops::Range;
+
 use super::*;
 use crate::pool::MAX_BLOCKS;
 
@@ -104,7 +106,8 @@ fn copy_on_write_only_for_shared_partial_blocks() {
         [BlockCopy {
             src: BlockId(1),
             dst: BlockId(2),
-            num_slots: 2
+            num_slots: 2,
+            group: 0
         }]
     );
     assert_eq!(kv.block_table(SeqId(1)).unwrap(), [BlockId(0), BlockId(2)]);
@@ -169,7 +172,8 @@ fn truncate_releases_only_own_references() {
         [BlockCopy {
             src: BlockId(1),
             dst: BlockId(3),
-            num_slots: 1
+            num_slots: 1,
+            group: 0
         }]
     );
     assert_eq!(kv.usage().internal_fragmentation, 2);
@@ -383,10 +387,11 @@ fn invalid_configs_name_the_field() {
 }
 
 #[test]
-fn sequence_entries_fit_a_cache_line() {
-    // The decode fast path touches one map entry per sequence: keep it one line.
+fn sequence_entries_stay_small() {
+    // The decode fast path touches one map entry per sequence: its table
+    // inline (one group), the window and step bookkeeping, the cache pointer.
     assert!(
-        std::mem::size_of::<(SeqId, Seq)>() <= 64,
+        std::mem::size_of::<(SeqId, Seq)>() <= 88,
         "{}",
         std::mem::size_of::<(SeqId, Seq)>()
     );
@@ -439,4 +444,39 @@ fn length_only_admission_is_refused_with_prefix_caching_on() {
         kv.check_admission(&toks(10), &PrefixKeys::default(), 10),
         Admission::Now
     );
+}
+
+#[test]
+fn a_hybrid_plan_configures_its_groups() {
+    use crate::sizing::{
+        AttentionKind, CachePlan, CacheSpec, EngineRules, KvDtype, MemoryBudget, ModelLayout,
+    };
+    // gpt-oss-20b's attention: 24 layers alternating 128-token windows and full attention.
+    let spec = CacheSpec::new(24, 8, 64, KvDtype::Bf16);
+    let kinds: Vec<_> = (0..24)
+        .map(|l| match l % 2 {
+            0 => AttentionKind::SlidingWindow { window: 128 },
+            _ => AttentionKind::Full,
+        })
+        .collect();
+    let layout = ModelLayout::from_kinds(&spec, &kinds).unwrap();
+    let plan = CachePlan::for_engine(
+        &layout,
+        16,
+        &MemoryBudget::direct(1 << 30),
+        EngineRules::vllm_v1(2048),
+    )
+    .unwrap();
+    let config = KvCacheConfig::from_plan(&plan, 32_768).unwrap();
+    let kinds: Vec<_> = plan.groups().iter().map(|g| g.kind).collect();
+    assert_eq!(config.groups, kinds);
+    assert_eq!(config.groups.len(), 2);
+    assert!(config
+        .groups
+        .contains(&AttentionKind::SlidingWindow { window: 128 }));
+    assert_eq!(config.num_blocks as u64, plan.num_blocks());
+    let mut kv = KvCacheManager::new(config).unwrap();
+    kv.allocate(SeqId(1), &toks(300)).unwrap();
+    assert_eq!(kv.blocks_by_group(), [19, 19]);
+    kv.check_invariants().unwrap();
 }

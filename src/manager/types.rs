@@ -7,7 +7,10 @@ use crate::error::{KvError, PlanError};
 use crate::ids::BlockId;
 use crate::pool::MAX_BLOCKS;
 use crate::prefix::HashAlgorithm;
-use crate::sizing::{CachePlan, MAX_BLOCK_SIZE};
+use crate::sizing::{AttentionKind, CachePlan, MAX_BLOCK_SIZE};
+
+/// Most KV cache groups a manager takes (Gemma 3 needs 6, Llama 4 4).
+pub const MAX_GROUPS: usize = 64;
 
 /// Configuration of a [`super::KvCacheManager`]; plain fields, checked by `validate()`.
 ///
@@ -42,12 +45,23 @@ pub struct KvCacheConfig {
     /// tier, and `swap_out` is refused). Size it with
     /// [`crate::CachePlan::num_host_blocks`] (what [`Self::from_plan`] does).
     pub num_host_blocks: u32,
+    /// The KV cache groups, one per attention kind and layer set, in group
+    /// order (`[Full]`: every layer attends to every earlier token). Every
+    /// group draws blocks from the one pool; a sequence holds a table per group.
+    pub groups: Vec<AttentionKind>,
+    /// The largest prefill chunk: admission assumes a longer prompt is
+    /// prefilled this many tokens per step (allocate the first chunk, append
+    /// the rest, as the reference scheduler does), so a sliding-window or
+    /// chunked local group needs only its window and one chunk at once.
+    /// `None` (the default): prompts are allocated whole.
+    pub prefill_chunk_tokens: Option<u32>,
 }
 
 impl KvCacheConfig {
-    /// A configuration sized by a capacity plan: its block count, block size and
-    /// host (swap) blocks, with `max_model_len` checked against the plan's
-    /// capacity (the error then carries the planner's advice).
+    /// A configuration sized by a capacity plan: its block count, block size,
+    /// host (swap) blocks and KV cache groups, with `max_model_len` checked
+    /// against the plan's capacity (the error then carries the planner's
+    /// advice). pagedkv keeps no null block: every block of the plan is usable.
     ///
     /// ```
     /// use pagedkv::{CachePlan, CacheSpec, KvCacheConfig, KvDtype, MemoryBudget};
@@ -75,6 +89,7 @@ impl KvCacheConfig {
             max_model_len,
             // A host tier larger than a pool holds is capped, not refused: it is only swap room.
             num_host_blocks: plan.num_host_blocks().min(MAX_BLOCKS as u64) as u32,
+            groups: plan.groups().iter().map(|g| g.kind).collect(),
             ..Default::default()
         })
     }
@@ -91,6 +106,8 @@ impl Default for KvCacheConfig {
             hash_algorithm: HashAlgorithm::default(),
             enable_kv_events: false,
             num_host_blocks: 0,
+            groups: vec![AttentionKind::Full],
+            prefill_chunk_tokens: None,
         }
     }
 }
@@ -177,7 +194,7 @@ pub struct Allocation {
 /// [`BlockOps::swap_in`] the reverse. Swap copies always carry the whole block
 /// (`num_slots == block_size`): a transfer moves whole blocks anyway.
 ///
-/// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 3]` u32 tensor.
+/// `#[repr(C)]` so a slice of copies can be uploaded as an `[n, 4]` u32 tensor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockCopy {
@@ -187,6 +204,11 @@ pub struct BlockCopy {
     pub dst: BlockId,
     /// Leading slots to copy (an engine may copy the whole block instead).
     pub num_slots: u32,
+    /// The KV cache group both blocks belong to. With the usual layout (every
+    /// group's layer `i` shares one tensor of `num_blocks` pages) a copy moves
+    /// page `src` to page `dst` in every layer tensor whatever the group; an
+    /// engine that keeps groups apart copies in the group's layers only.
+    pub group: u32,
 }
 
 /// The block operations the engine must run before a step's kernels, in
@@ -266,6 +288,9 @@ pub struct KvStats {
     pub swap_out_copies: u64,
     /// Host → device block copies queued (a shared block counts once).
     pub swap_in_copies: u64,
+    /// Blocks sliding-window and chunked local groups released as their
+    /// sequences grew past them (freed for other sequences, or shared on).
+    pub window_released_blocks: u64,
 }
 
 impl KvStats {
@@ -322,6 +347,26 @@ impl KvCacheConfig {
                     "{} is more than a pool holds ({MAX_BLOCKS}); size the host tier with CachePlan::num_host_blocks()",
                     self.num_host_blocks
                 ),
+            );
+        }
+        if self.groups.is_empty() || self.groups.len() > MAX_GROUPS {
+            return bad(
+                "groups",
+                format!(
+                    "{} KV cache groups; use 1..={MAX_GROUPS} (one per attention kind and layer set, e.g. [Full])",
+                    self.groups.len()
+                ),
+            );
+        }
+        for (g, kind) in self.groups.iter().enumerate() {
+            if let Err(crate::error::PlanError::InvalidConfig { field, reason }) = kind.validate() {
+                return bad("groups", format!("group {g}: {field}: {reason}"));
+            }
+        }
+        if self.prefill_chunk_tokens == Some(0) {
+            return bad(
+                "prefill_chunk_tokens",
+                "a prefill chunk of 0 tokens computes nothing; use the scheduler's max_num_batched_tokens (e.g. 2048), or None for whole prompts".into(),
             );
         }
         if !(self.watermark >= 0.0 && self.watermark < 1.0) {

@@ -12,7 +12,6 @@ impl Scheduler {
     /// nothing runs), first in queue order.
     pub(super) fn swap_in_some(&mut self, budget: &mut u32, plan: &mut StepPlan) {
         let max_seqs = self.config.max_num_seqs as usize;
-        let bs = self.kv.block_size() as u64;
         if self.swapped.is_empty() {
             return;
         }
@@ -28,9 +27,10 @@ impl Scheduler {
                 return;
             }
             let append_to = (s.num_computed + n).max(s.in_kv) as u64;
-            let grow =
-                crate::sizing::blocks_for(append_to, bs) - crate::sizing::blocks_for(s.in_kv as u64, bs);
-            let needed = self.kv.swap_in_blocks_needed(s.id).expect("swapped") + grow;
+            let needed = self
+                .kv
+                .swap_in_and_append_blocks_needed(s.id, append_to - s.in_kv as u64)
+                .expect("swapped");
             let watermark = if self.running.is_empty() {
                 0
             } else {
@@ -83,21 +83,24 @@ impl Scheduler {
                 return;
             }
             // With prefix caching on, blocks are still taken chunk by chunk: a
-            // block is cached as soon as it is allocated, so allocating a
-            // prompt's later chunks early would let another prompt hit blocks
-            // not computed yet. The guard then only checks that all of it fits.
+            // block becomes hittable once the step that fills it is handed
+            // over, so allocating a prompt's later chunks early would let
+            // another prompt hit blocks not computed yet. With a sliding-window
+            // or chunked local group, chunk by chunk too, so that the window
+            // releases blocks as the prefill advances. The guard then only
+            // checks that all of it fits (at its peak).
             let whole = self.config.admit_whole_prompt;
-            let alloc_len = if whole && !self.kv.config().enable_prefix_caching {
-                len
-            } else {
-                len.min(*budget)
-            };
+            let by_chunk = self.kv.config().enable_prefix_caching
+                || self.kv.groups().iter().any(|k| k.releases_blocks());
+            let alloc_len = if whole && !by_chunk { len } else { len.min(*budget) };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
-            let now = self
-                .kv
-                .check_admission(&s.tokens[..checked as usize], s.keys(), 0)
-                == Admission::Now;
+            let now = self.kv.check_admission_chunked(
+                &s.tokens[..checked as usize],
+                s.keys(),
+                0,
+                self.prefill_chunk(),
+            ) == Admission::Now;
             let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;

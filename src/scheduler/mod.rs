@@ -179,6 +179,9 @@ pub struct Scheduler {
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
     seen: Vec<SeqId>,
+    /// The step's slot mapping being built, one buffer per KV cache group
+    /// (group 0's is the plan's own buffer, swapped in for the step).
+    slots: Vec<Vec<crate::ids::Slot>>,
     stats: SchedulerStats,
 }
 
@@ -195,6 +198,7 @@ impl Scheduler {
         if sequences > 0 {
             return Err(SchedulerError::ManagerInUse { sequences });
         }
+        let num_groups = kv.num_groups();
         Ok(Scheduler {
             kv,
             config,
@@ -218,6 +222,7 @@ impl Scheduler {
             preempted_this_step: false,
             scratch: Vec::new(),
             seen: Vec::new(),
+            slots: vec![Vec::new(); num_groups],
             stats: SchedulerStats::default(),
         })
     }
@@ -341,10 +346,11 @@ impl Scheduler {
         if self.live.contains_key(&SeqId(r.id.0)) || self.cancelled_in_flight.contains(&r.id) {
             return Err(SchedulerError::DuplicateRequest { request: r.id });
         }
-        if let Err(reason) = self
-            .kv
-            .check_runnable(r.prompt.len() as u64, r.max_new_tokens as u64)
-        {
+        if let Err(reason) = self.kv.check_runnable_chunked(
+            r.prompt.len() as u64,
+            r.max_new_tokens as u64,
+            self.prefill_chunk(),
+        ) {
             self.rejected.push(r.id);
             self.stats.rejected += 1;
             return Err(SchedulerError::Rejected {
@@ -376,6 +382,17 @@ impl Scheduler {
         self.live.insert(SeqId(r.id.0), 1);
         self.enqueue_waiting(idx);
         Ok(())
+    }
+
+    /// The largest prefill chunk this scheduler plans: its token budget (the
+    /// whole prompt without chunked prefill). Admission counts a windowed
+    /// group's need with it.
+    fn prefill_chunk(&self) -> u64 {
+        if self.config.enable_chunked_prefill {
+            self.config.max_num_batched_tokens as u64
+        } else {
+            u64::MAX
+        }
     }
 
     fn insert_state(&mut self, state: SeqState) -> usize {
@@ -417,6 +434,8 @@ impl Scheduler {
     /// A decode-only step allocates nothing once `plan` has grown.
     pub fn step(&mut self, plan: &mut StepPlan) {
         plan.clear();
+        plan.num_groups = self.slots.len() as u32;
+        std::mem::swap(&mut plan.slots, &mut self.slots[0]);
         self.expected_stale |= !self.expected.is_empty();
         plan.rejected.append(&mut self.rejected);
         self.stats.steps += 1;
@@ -443,6 +462,12 @@ impl Scheduler {
             self.swap_in_some(&mut budget, plan);
             self.admit_some(&mut budget, plan);
         }
+        // Group-major: group 0's mapping, then each other group's.
+        std::mem::swap(&mut plan.slots, &mut self.slots[0]);
+        for g in self.slots[1..].iter_mut() {
+            plan.slots.extend_from_slice(g);
+            g.clear();
+        }
         self.kv.drain_ops(&mut plan.ops);
         self.kv.drain_events(&mut plan.events);
     }
@@ -450,16 +475,20 @@ impl Scheduler {
     /// Adds a planned sequence to the batch with its new slots.
     fn push_entry(&mut self, idx: usize, n: u32, budget: &mut u32, plan: &mut StepPlan) {
         let s = self.s(idx);
-        let start = s.num_computed as u64;
-        let from = plan.slots.len() as u32;
-        self.kv
-            .slots_into(s.id, start..start + n as u64, &mut plan.slots)
-            .expect("planned tokens are in the manager");
+        let (id, start) = (s.id, s.num_computed as u64);
+        let from = self.slots[0].len() as u32;
+        for (g, out) in self.slots.iter_mut().enumerate() {
+            self.kv
+                .group(g)
+                .and_then(|view| view.slots_into(id, start..start + n as u64, out))
+                .expect("planned tokens are in the manager");
+        }
         self.record_entry(idx, n, from, budget, plan);
     }
 
     /// Adds a planned sequence to the batch whose new slots are
-    /// `plan.slots[from..]`, and notes the samples it will report.
+    /// `self.slots[0][from..]` (and likewise in every group), and notes the
+    /// samples it will report.
     #[inline]
     fn record_entry(&mut self, idx: usize, n: u32, from: u32, budget: &mut u32, plan: &mut StepPlan) {
         let s = self.slab[idx].as_mut().expect("live");
@@ -488,7 +517,7 @@ impl Scheduler {
             num_new_tokens: n,
             is_prefill: !is_decode,
             num_samples: samples,
-            slots: from..plan.slots.len() as u32,
+            slots: from..self.slots[0].len() as u32,
         });
         plan.num_batched_tokens += n;
         *budget -= n;

@@ -34,17 +34,18 @@ impl Scheduler {
             (n, (s.num_computed + n).max(s.in_kv))
         };
         let mut victims = 0u32;
-        let from = plan.slots.len() as u32;
+        let from = self.slots[0].len() as u32;
         loop {
             let s = self.slab[idx].as_mut().expect("live");
             // One lookup: the tokens not yet in the manager (none when its
-            // blocks were taken earlier), then the slots of this step's tokens.
+            // blocks were taken earlier), then the slots of this step's tokens
+            // in every group.
             let start = s.num_computed as u64;
-            match self.kv.append_and_slots_into(
+            match self.kv.append_and_group_slots_into(
                 s.id,
                 &s.tokens[s.in_kv as usize..append_to as usize],
                 start..start + n as u64,
-                &mut plan.slots,
+                &mut self.slots,
             ) {
                 Ok(()) => {
                     s.in_kv = append_to;
@@ -92,7 +93,7 @@ impl Scheduler {
 
     fn candidate(&self, idx: usize) -> (u8, (i64, u64)) {
         let s = self.s(idx);
-        let num_blocks = self.kv.table(s.id).map_or(0, |t| t.num_blocks() as u32);
+        let num_blocks = self.kv.num_blocks_held(s.id).unwrap_or(0) as u32;
         let c = Candidate {
             priority: s.priority,
             arrival: s.arrival,
@@ -128,12 +129,10 @@ impl Scheduler {
             if freed >= deficit {
                 break;
             }
-            let t = self.kv.table(self.s(v).id).expect("running");
-            freed += t
-                .blocks()
-                .iter()
-                .filter(|&&b| self.kv.pool().ref_count(b) == Ok(1))
-                .count() as u64;
+            freed += self
+                .kv
+                .blocks_freed_by_free(self.s(v).id)
+                .expect("running sequences are on the device");
             count += 1;
         }
         self.scratch = scratch;

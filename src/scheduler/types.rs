@@ -223,8 +223,14 @@ pub struct StepPlan {
     pub ops: BlockOps,
     /// The batch, in running order.
     pub scheduled: Vec<ScheduledSeq>,
-    /// Slots of every new token, batch order (each sequence's range is in [`ScheduledSeq::slots`]).
+    /// Slots of every new token, group-major: KV cache group `g`'s slot of
+    /// the `k`-th token of the batch is `slots[g * num_batched_tokens + k]`
+    /// (upload it as a `[num_groups, num_batched_tokens]` tensor). Each
+    /// sequence's range in a group is [`ScheduledSeq::slots`], offset by the
+    /// group ([`Self::group_slots_of`]).
     pub slots: Vec<Slot>,
+    /// KV cache groups the slot mapping covers (1 unless the model mixes attention kinds).
+    pub num_groups: u32,
     /// Sequences preempted this step.
     pub preempted: Vec<Preempted>,
     /// Sequences this step finished (stopped or reached `max_new_tokens`),
@@ -251,12 +257,28 @@ impl StepPlan {
         self.rejected.clear();
         self.events.clear();
         self.num_batched_tokens = 0;
+        self.num_groups = 0;
     }
 
-    /// The slots of the `i`-th scheduled sequence's new tokens.
+    /// The slots of the `i`-th scheduled sequence's new tokens in group 0.
     pub fn slots_of(&self, i: usize) -> &[Slot] {
+        self.group_slots_of(0, i)
+    }
+
+    /// The slots of the `i`-th scheduled sequence's new tokens in KV cache
+    /// group `group` (empty for a group past `num_groups`).
+    pub fn group_slots_of(&self, group: usize, i: usize) -> &[Slot] {
         let r = &self.scheduled[i].slots;
-        &self.slots[r.start as usize..r.end as usize]
+        let offset = group * self.num_batched_tokens as usize;
+        self.slots
+            .get(offset + r.start as usize..offset + r.end as usize)
+            .unwrap_or(&[])
+    }
+
+    /// Group `group`'s slot mapping for the whole batch (`num_batched_tokens` slots).
+    pub fn group_slots(&self, group: usize) -> &[Slot] {
+        let n = self.num_batched_tokens as usize;
+        self.slots.get(group * n..(group + 1) * n).unwrap_or(&[])
     }
 }
 

@@ -105,6 +105,7 @@ impl Default for Scenario {
                     weights_bytes: 26_000_000_000,
                     non_torch_bytes: GIB / 4,
                     activation_peak_bytes: GIB / 2,
+                    cudagraph_bytes: 0,
                 }),
             },
             max_model_len: 2048,

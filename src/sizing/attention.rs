@@ -73,6 +73,41 @@ impl AttentionKind {
         self.first_needed_pos(pos) / block_size as u64
     }
 
+    /// The shortest sequence length `len` at which a query at position `len`
+    /// (the next token to compute) no longer reads any block before `block`:
+    /// the smallest `len` with `first_needed_block(len) >= block`. A table
+    /// that released its first `block` blocks can be truncated to no fewer
+    /// tokens; it releases block `block` when it grows past
+    /// `first_len_reading_from(block + 1)`. `u64::MAX` for full attention (it
+    /// never stops reading a block), 0 for `block == 0`.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// let swa = AttentionKind::SlidingWindow { window: 8 };
+    /// assert_eq!(swa.first_len_reading_from(2, 4), 15); // position 15 reads 8..=15
+    /// assert_eq!(swa.first_needed_block(15, 4), 2);
+    /// assert_eq!(swa.first_needed_block(14, 4), 1);
+    /// let local = AttentionKind::ChunkedLocal { chunk: 16 };
+    /// assert_eq!(local.first_len_reading_from(1, 4), 16);
+    /// ```
+    pub const fn first_len_reading_from(self, block: u64, block_size: u32) -> u64 {
+        if block == 0 {
+            return 0;
+        }
+        let start = block.saturating_mul(block_size as u64);
+        match self {
+            AttentionKind::Full => u64::MAX,
+            AttentionKind::SlidingWindow { window } => {
+                start.saturating_add((window as u64).saturating_sub(1))
+            }
+            AttentionKind::ChunkedLocal { chunk: 0 } => start,
+            AttentionKind::ChunkedLocal { chunk } => {
+                let c = chunk as u64;
+                start.div_ceil(c).saturating_mul(c)
+            }
+        }
+    }
+
     /// The most blocks one sequence of this kind ever holds at once, when it
     /// grows to `max_len` tokens computing at most `max_step_tokens` tokens per
     /// step (its prefill chunk, or 1 for decodes; blocks are released before
@@ -82,7 +117,7 @@ impl AttentionKind {
     /// use pagedkv::AttentionKind;
     /// // gpt-oss's 128-token windows, blocks of 16, prefill chunks of 2048 tokens:
     /// let swa = AttentionKind::SlidingWindow { window: 128 };
-    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.max_blocks_per_seq(100_000, 2048, 16), (127 + 2048 + 15_u64).div_ceil(16));
     /// assert_eq!(swa.max_blocks_per_seq(40, 2048, 16), 3); // never more than the sequence itself
     /// assert_eq!(AttentionKind::Full.max_blocks_per_seq(100_000, 2048, 16), 6250);
     /// ```
@@ -95,19 +130,69 @@ impl AttentionKind {
             AttentionKind::ChunkedLocal { chunk } => chunk as u64,
         };
         // A step computing positions a..b keeps positions from
-        // first_needed_pos(a) >= a - (window - 1) to b - 1: at most
-        // window - 1 + (b - a) tokens, starting anywhere in a block (+1),
-        // unless chunks start on block boundaries.
+        // first_needed_pos(a) >= a - (window - 1) to b - 1: a span of at most
+        // window - 1 + (b - a) tokens, which covers the most blocks when it
+        // starts at the last slot of a block (bs - 1 more), unless it always
+        // starts on a block boundary (chunks that are whole blocks).
+        let span = window.saturating_sub(1).saturating_add(max_step_tokens);
         let aligned =
             matches!(self, AttentionKind::ChunkedLocal { chunk } if chunk != 0 && chunk as u64 % bs == 0);
-        let steady = blocks_for(window.saturating_sub(1).saturating_add(max_step_tokens), bs)
-            + if aligned { 0 } else { 1 };
-        // (`steady` cannot overflow: blocks_for divides by a block size of at least 1.)
+        let steady = if aligned {
+            blocks_for(span, bs)
+        } else {
+            blocks_for(span.saturating_add(bs - 1), bs)
+        };
         if steady < all {
             steady
         } else {
             all
         }
+    }
+
+    /// The blocks vLLM 0.33.0 reserves per request for one layer of this kind
+    /// (`max_admission_blocks_per_request` of its KV cache specs), which both
+    /// sizes the pool at start-up and gates admission:
+    ///
+    /// - full: `ceil(max_model_len / block_size)`;
+    /// - sliding window `W`: `ceil(min(W - 1 + in_flight, max_model_len) / block_size) + 1`
+    ///   (the window need not start on a block boundary);
+    /// - chunked local `C`: `ceil(min(C + in_flight, max_model_len) / block_size)`,
+    ///
+    /// where `in_flight` is `max_in_flight_tokens`: tokens scheduled but not yet
+    /// processed, `max_num_batched_tokens` × the batches in flight (2 under
+    /// vLLM's default async scheduling). Unlike [`max_blocks_per_seq`](Self::max_blocks_per_seq)
+    /// this is vLLM's formula, including its `+ 1` when the window covers the
+    /// whole sequence.
+    ///
+    /// ```
+    /// use pagedkv::AttentionKind;
+    /// // gpt-oss's 128-token windows, 2 × 2048 tokens in flight, blocks of 16:
+    /// let swa = AttentionKind::SlidingWindow { window: 128 };
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(131_072, 4096, 16), (127 + 4096_u64).div_ceil(16) + 1);
+    /// assert_eq!(swa.vllm_max_blocks_per_seq(100, 4096, 16), 7 + 1);
+    /// let chunked = AttentionKind::ChunkedLocal { chunk: 8192 };
+    /// assert_eq!(chunked.vllm_max_blocks_per_seq(10_485_760, 4096, 16), 768);
+    /// assert_eq!(AttentionKind::Full.vllm_max_blocks_per_seq(128_000, 4096, 16), 8000);
+    /// ```
+    pub const fn vllm_max_blocks_per_seq(
+        self,
+        max_model_len: u64,
+        max_in_flight_tokens: u64,
+        block_size: u32,
+    ) -> u64 {
+        let bs = block_size as u64;
+        let (held, extra) = match self {
+            AttentionKind::Full => return blocks_for(max_model_len, bs),
+            AttentionKind::SlidingWindow { window } => (
+                (window as u64)
+                    .saturating_sub(1)
+                    .saturating_add(max_in_flight_tokens),
+                1,
+            ),
+            AttentionKind::ChunkedLocal { chunk } => ((chunk as u64).saturating_add(max_in_flight_tokens), 0),
+        };
+        let tokens = if held < max_model_len { held } else { max_model_len };
+        blocks_for(tokens, bs) + extra
     }
 
     /// Checks the window or chunk size; the error names the field.
@@ -189,6 +274,30 @@ mod tests {
     }
 
     #[test]
+    fn first_len_reading_from_inverts_first_needed_block() {
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                for kind in [
+                    AttentionKind::SlidingWindow { window: w },
+                    AttentionKind::ChunkedLocal { chunk: w },
+                ] {
+                    for block in 0..20u64 {
+                        let len = kind.first_len_reading_from(block, bs);
+                        assert!(kind.first_needed_block(len, bs) >= block, "{kind} {block} {bs}");
+                        if len > 0 {
+                            assert!(
+                                kind.first_needed_block(len - 1, bs) < block,
+                                "{kind} {block} {bs}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(AttentionKind::Full.first_len_reading_from(1, 16), u64::MAX);
+    }
+
+    #[test]
     fn zero_windows_are_refused() {
         assert!(AttentionKind::SlidingWindow { window: 0 }.validate().is_err());
         assert!(AttentionKind::ChunkedLocal { chunk: 0 }.validate().is_err());
@@ -199,6 +308,23 @@ mod tests {
     fn window_of_one_needs_only_the_current_position() {
         let k = AttentionKind::SlidingWindow { window: 1 };
         assert_eq!(k.first_needed_pos(9), 9);
-        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 2);
+        assert_eq!(k.max_blocks_per_seq(1000, 1, 4), 1);
+        assert_eq!(k.max_blocks_per_seq(1000, 2, 4), 2);
+    }
+
+    #[test]
+    fn max_blocks_is_reached_by_some_length() {
+        // The bound is tight for decodes: some sequence length reaches it.
+        for bs in [1u32, 3, 4, 16] {
+            for w in [1u32, 2, 5, 8, 16, 33] {
+                let kind = AttentionKind::SlidingWindow { window: w };
+                let bound = kind.max_blocks_per_seq(10_000, 1, bs);
+                let reached = (0..200)
+                    .map(|len| brute_peak(kind, 2000 + len, 1, bs))
+                    .max()
+                    .unwrap();
+                assert_eq!(reached, bound, "window {w} block size {bs}");
+            }
+        }
     }
 }

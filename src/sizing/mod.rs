@@ -1,13 +1,16 @@
 //! Capacity planning: model shape and memory budget → number of KV blocks.
 //!
-//! [`CacheSpec`] gives the bytes one token's keys and values take on one GPU;
-//! [`MemoryBudget`] gives the bytes left for the KV cache; [`CachePlan`] divides
-//! one by the other in whole blocks and answers the questions asked at start-up:
-//! does `max_model_len` fit (and if not, which settings would), and how many
-//! sequences fit at once.
+//! [`CacheSpec`] gives the bytes one token's keys and values take on one GPU
+//! (a uniform model); [`ModelLayout`] gives them layer by layer, each layer with
+//! its [`AttentionKind`] (hybrid models); [`MemoryBudget`] gives the bytes left
+//! for the KV cache; [`CachePlan`] groups the layers ([`KvCacheGroup`]), divides
+//! the budget into whole blocks under an engine's [`EngineRules`] and answers
+//! the questions asked at start-up: does `max_model_len` fit (and if not, which
+//! settings would), and how many sequences fit at once.
 //!
 //! Everything is exact integer arithmetic except the one multiplication by
-//! `gpu_memory_utilization`, which is floored to whole bytes as vLLM does.
+//! `gpu_memory_utilization`, rounded to whole bytes as the engine rounds it
+//! (down under vLLM V0, up under V1).
 
 use std::fmt;
 
@@ -15,12 +18,25 @@ use crate::error::PlanError;
 
 mod advice;
 mod attention;
+mod budget;
+mod groups;
+#[cfg(test)]
+mod hybrid_tests;
+mod layout;
+mod plan;
+mod rules;
 #[cfg(test)]
 mod tests;
 
-use advice::utilization_to_fit;
-pub use advice::{ByteSize, CapacityAdvice, ConcurrencyAdvice, NoKvMemory, UtilizationAdvice};
+pub use advice::{
+    format_gib, Alternative, ByteSize, CapacityAdvice, ConcurrencyAdvice, NoKvMemory, UtilizationAdvice,
+};
 pub use attention::AttentionKind;
+pub use budget::{DeviceMemory, KvMemory, MemoryBudget};
+pub use groups::KvCacheGroup;
+pub use layout::{LayerSpec, ModelLayout};
+pub use plan::{CachePlan, PlanBreakdown};
+pub use rules::{EngineRules, VllmV1Rules};
 
 /// Bytes in one GiB (2^30), the unit vLLM and PyTorch report memory in.
 pub const GIB: u64 = 1 << 30;
@@ -224,8 +240,11 @@ impl CacheSpec {
     /// Checks that every field is usable; the error names the field.
     pub fn validate(&self) -> Result<(), PlanError> {
         let bad = |field: &'static str, reason: String| Err(PlanError::InvalidConfig { field, reason });
-        if self.num_layers == 0 {
-            return bad("num_layers", "must be at least 1".into());
+        if self.num_layers == 0 || self.num_layers > MAX_LAYERS {
+            return bad(
+                "num_layers",
+                format!("{} is outside 1..={MAX_LAYERS}", self.num_layers),
+            );
         }
         if self.tensor_parallel_size == 0 {
             return bad("tensor_parallel_size", "must be at least 1".into());
@@ -338,353 +357,10 @@ impl CacheSpec {
     }
 }
 
-/// What the device's memory is spent on before the KV cache (vLLM's profile).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DeviceMemory {
-    /// Total memory of one GPU, bytes.
-    pub device_bytes: u64,
-    /// Fraction of `device_bytes` the engine may use, in (0, 1].
-    pub gpu_memory_utilization: f64,
-    /// Model weights on this GPU, bytes.
-    pub weights_bytes: u64,
-    /// Memory outside the framework's allocator (CUDA context, NCCL, graphs), bytes.
-    pub non_torch_bytes: u64,
-    /// Peak activation memory of the profiling forward pass, bytes.
-    pub activation_peak_bytes: u64,
-}
-
-impl DeviceMemory {
-    /// Bytes the engine may use: `device_bytes × gpu_memory_utilization`, floored.
-    pub fn usable_bytes(&self) -> u64 {
-        (self.device_bytes as f64 * self.gpu_memory_utilization).floor() as u64
-    }
-
-    /// Bytes spent before the KV cache: weights + non-torch + activation peak.
-    pub fn non_kv_bytes(&self) -> u64 {
-        self.weights_bytes
-            .saturating_add(self.non_torch_bytes)
-            .saturating_add(self.activation_peak_bytes)
-    }
-
-    /// Bytes left for the KV cache; negative when the rest does not fit.
-    pub fn kv_bytes(&self) -> i128 {
-        self.usable_bytes() as i128 - self.non_kv_bytes() as i128
-    }
-}
-
-/// Where the KV budget comes from.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum KvMemory {
-    /// Device memory × utilization − weights − non-torch − activation peak.
-    Device(DeviceMemory),
-    /// A KV byte budget given directly (vLLM's `kv_cache_memory_bytes`).
-    Direct {
-        /// Bytes for the KV cache on one GPU.
-        kv_cache_bytes: u64,
-    },
-}
-
-/// The memory available to the cache: the device budget and the host (swap) tier.
-///
-/// ```
-/// use pagedkv::{MemoryBudget, DeviceMemory, GIB};
-/// let gib = |x: f64| (x * GIB as f64) as u64;
-/// let budget = MemoryBudget::device(DeviceMemory {
-///     device_bytes: gib(23.64),
-///     gpu_memory_utilization: 0.9,
-///     weights_bytes: gib(7.87),
-///     non_torch_bytes: gib(0.25),
-///     activation_peak_bytes: gib(11.06),
-/// });
-/// assert!((budget.kv_bytes() as f64 / GIB as f64 - 2.096).abs() < 0.01);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MemoryBudget {
-    /// The device (GPU) KV budget.
-    pub kv: KvMemory,
-    /// Host memory for swapped-out blocks, bytes (vLLM's `swap_space`); 0 for none.
-    pub host_swap_bytes: u64,
-}
-
-impl MemoryBudget {
-    /// A budget derived from the device's memory profile.
-    pub const fn device(memory: DeviceMemory) -> Self {
-        MemoryBudget {
-            kv: KvMemory::Device(memory),
-            host_swap_bytes: 0,
-        }
-    }
-
-    /// A direct KV budget of `kv_cache_bytes` per GPU.
-    pub const fn direct(kv_cache_bytes: u64) -> Self {
-        MemoryBudget {
-            kv: KvMemory::Direct { kv_cache_bytes },
-            host_swap_bytes: 0,
-        }
-    }
-
-    /// The same budget with a host swap tier of `bytes`.
-    pub const fn with_host_swap(mut self, bytes: u64) -> Self {
-        self.host_swap_bytes = bytes;
-        self
-    }
-
-    /// Bytes left for the KV cache on one GPU; negative when nothing is left.
-    pub fn kv_bytes(&self) -> i128 {
-        match self.kv {
-            KvMemory::Device(d) => d.kv_bytes(),
-            KvMemory::Direct { kv_cache_bytes } => kv_cache_bytes as i128,
-        }
-    }
-
-    /// Checks the budget's fields; the error names the field.
-    pub fn validate(&self) -> Result<(), PlanError> {
-        if let KvMemory::Device(d) = self.kv {
-            let u = d.gpu_memory_utilization;
-            if !(u > 0.0 && u <= 1.0) {
-                return Err(PlanError::InvalidConfig {
-                    field: "gpu_memory_utilization",
-                    reason: format!("{u} is outside (0, 1]; it is the fraction of GPU memory the engine may use, e.g. 0.9"),
-                });
-            }
-            if d.device_bytes == 0 {
-                return Err(PlanError::InvalidConfig {
-                    field: "gpu_memory",
-                    reason: "device memory must be more than 0 bytes".into(),
-                });
-            }
-        }
-        if let KvMemory::Direct { kv_cache_bytes: 0 } = self.kv {
-            return Err(PlanError::InvalidConfig {
-                field: "kv_cache_memory",
-                reason: "a direct KV cache budget must be more than 0 bytes".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The sizes a plan was computed from and what they come to.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PlanBreakdown {
-    /// Bytes per token on one GPU.
-    pub bytes_per_token: u64,
-    /// Bytes per block on one GPU.
-    pub bytes_per_block: u64,
-    /// Bytes given to the KV cache (before rounding down to whole blocks).
-    pub kv_bytes: u64,
-    /// Bytes of `kv_bytes` left over after the last whole block.
-    pub unused_bytes: u64,
-}
-
-/// How many blocks fit, how many tokens they hold, and the checks on top.
-///
-/// ```
-/// use pagedkv::{CachePlan, CacheSpec, KvDtype, MemoryBudget};
-/// let spec = CacheSpec::new(28, 2, 128, KvDtype::Bf16);
-/// let plan = CachePlan::new(&spec, 16, &MemoryBudget::direct(2_246_049_792)).unwrap();
-/// assert_eq!(plan.num_blocks(), 4_896);
-/// assert_eq!(plan.token_capacity(), 78_336);
-/// let err = plan.check_max_model_len(128_000).unwrap_err();
-/// assert!(err.to_string().starts_with(
-///     "The model's max seq len (128000) is larger than the maximum number of tokens \
-///      that can be stored in KV cache (78336)."));
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct CachePlan {
-    spec: CacheSpec,
-    block_size: u32,
-    budget: MemoryBudget,
-    num_blocks: u64,
-    num_host_blocks: u64,
-    breakdown: PlanBreakdown,
-}
+/// Most layers accepted (real models have a few hundred at most; the limit
+/// keeps a layer-by-layer [`ModelLayout`] of a mistyped count from exhausting memory).
+pub const MAX_LAYERS: u32 = 1 << 16;
 
 /// Largest block size accepted (vLLM's largest is 128; larger ones waste memory
 /// to internal fragmentation and are almost certainly a mistake).
 pub const MAX_BLOCK_SIZE: u32 = 1 << 16;
-
-impl CachePlan {
-    /// Sizes the cache: `floor(KV bytes / bytes per block)` blocks.
-    ///
-    /// Fails with [`PlanError::NoKvMemory`] when weights, activations and
-    /// non-torch memory leave nothing for the cache (the message gives the
-    /// breakdown), and [`PlanError::BelowOneBlock`] when what is left does not
-    /// hold a single block.
-    pub fn new(spec: &CacheSpec, block_size: u32, budget: &MemoryBudget) -> Result<Self, PlanError> {
-        spec.validate()?;
-        budget.validate()?;
-        if block_size == 0 || block_size > MAX_BLOCK_SIZE {
-            return Err(PlanError::InvalidConfig {
-                field: "block_size",
-                reason: format!("{block_size} is outside 1..={MAX_BLOCK_SIZE}; 16 is the usual choice"),
-            });
-        }
-        let bytes_per_block = spec.bytes_per_block(block_size);
-        let kv = budget.kv_bytes();
-        if kv <= 0 {
-            let KvMemory::Device(d) = budget.kv else {
-                unreachable!("a direct budget is a u64 and only a device budget can go negative or zero")
-            };
-            return Err(PlanError::NoKvMemory(Box::new(NoKvMemory::new(
-                d,
-                bytes_per_block,
-            ))));
-        }
-        let kv_bytes = kv as u64;
-        let num_blocks = kv_bytes / bytes_per_block;
-        if num_blocks == 0 {
-            return Err(PlanError::BelowOneBlock {
-                kv_bytes,
-                bytes_per_block,
-            });
-        }
-        Ok(CachePlan {
-            spec: *spec,
-            block_size,
-            budget: *budget,
-            num_blocks,
-            num_host_blocks: budget.host_swap_bytes / bytes_per_block,
-            breakdown: PlanBreakdown {
-                bytes_per_token: spec.bytes_per_token(),
-                bytes_per_block,
-                kv_bytes,
-                unused_bytes: kv_bytes - num_blocks * bytes_per_block,
-            },
-        })
-    }
-
-    /// Device blocks that fit.
-    pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-
-    /// Host (swap) blocks that fit in the host budget.
-    pub fn num_host_blocks(&self) -> u64 {
-        self.num_host_blocks
-    }
-
-    /// Tokens the device blocks hold: `num_blocks × block_size`.
-    pub fn token_capacity(&self) -> u64 {
-        self.num_blocks * self.block_size as u64
-    }
-
-    /// Tokens per block.
-    pub fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    /// The attention shape the plan was made for.
-    pub fn spec(&self) -> &CacheSpec {
-        &self.spec
-    }
-
-    /// The budget the plan was made from.
-    pub fn budget(&self) -> &MemoryBudget {
-        &self.budget
-    }
-
-    /// Sizes and leftovers.
-    pub fn breakdown(&self) -> &PlanBreakdown {
-        &self.breakdown
-    }
-
-    /// How many sequences of `tokens_per_seq` tokens fit in the cache at once
-    /// (each rounded up to whole blocks). vLLM logs this as "maximum concurrency".
-    ///
-    /// ```
-    /// # use pagedkv::{CachePlan, CacheSpec, KvDtype, MemoryBudget};
-    /// # let spec = CacheSpec::new(28, 2, 128, KvDtype::Bf16);
-    /// let plan = CachePlan::new(&spec, 16, &MemoryBudget::direct(2_246_049_792)).unwrap();
-    /// assert_eq!(plan.max_concurrency(32_768), 2);
-    /// ```
-    pub fn max_concurrency(&self, tokens_per_seq: u64) -> u64 {
-        let per_seq = blocks_for(tokens_per_seq.max(1), self.block_size as u64);
-        self.num_blocks / per_seq
-    }
-
-    /// Checks that one sequence of `max_model_len` tokens fits; otherwise the
-    /// error carries vLLM's message and the settings that would make it fit.
-    pub fn check_max_model_len(&self, max_model_len: u64) -> Result<(), PlanError> {
-        if max_model_len == 0 {
-            return Err(PlanError::InvalidConfig {
-                field: "max_model_len",
-                reason: "must be at least 1 token".into(),
-            });
-        }
-        if max_model_len <= self.token_capacity() {
-            return Ok(());
-        }
-        Err(PlanError::MaxModelLenTooLarge(Box::new(
-            self.advice_for(max_model_len),
-        )))
-    }
-
-    /// Concurrency advice for a deployment running sequences of up to
-    /// `max_model_len` tokens (average `avg_seq_len` when known).
-    pub fn concurrency(
-        &self,
-        max_model_len: u64,
-        avg_seq_len: Option<u64>,
-        max_num_seqs: Option<u64>,
-    ) -> ConcurrencyAdvice {
-        ConcurrencyAdvice {
-            max_model_len,
-            full_length_seqs: self.max_concurrency(max_model_len),
-            avg_seq_len,
-            avg_length_seqs: avg_seq_len.map(|l| self.max_concurrency(l)),
-            max_num_seqs,
-        }
-    }
-
-    /// The blocks a sequence of `num_tokens` needs.
-    fn blocks_needed(&self, num_tokens: u64) -> u64 {
-        blocks_for(num_tokens, self.block_size as u64)
-    }
-
-    /// Token capacity of this plan with another spec and budget (None when that plan fails).
-    fn capacity_with(&self, spec: &CacheSpec, budget: &MemoryBudget) -> Option<u64> {
-        CachePlan::new(spec, self.block_size, budget)
-            .ok()
-            .map(|p| p.token_capacity())
-    }
-
-    fn advice_for(&self, max_model_len: u64) -> CapacityAdvice {
-        // Saturates for absurd lengths: "needs more than 2^64 bytes" is still a refusal.
-        let needed_kv_bytes = self
-            .blocks_needed(max_model_len)
-            .saturating_mul(self.breakdown.bytes_per_block);
-        let utilization = match self.budget.kv {
-            KvMemory::Device(d) => Some(utilization_to_fit(&d, needed_kv_bytes)),
-            KvMemory::Direct { .. } => None,
-        };
-        let fp8_capacity = (self.spec.dtype.bytes() > 1)
-            .then(|| self.capacity_with(&self.spec.with_dtype(KvDtype::Fp8E4m3), &self.budget))
-            .flatten();
-        let tp = self.spec.tensor_parallel_size.saturating_mul(2);
-        let tp_spec = self.spec.with_tensor_parallel(tp);
-        let tp_budget = match self.budget.kv {
-            // Weights split across the ranks; activations and non-torch memory are per GPU.
-            KvMemory::Device(d) => MemoryBudget {
-                kv: KvMemory::Device(DeviceMemory {
-                    weights_bytes: d.weights_bytes / 2,
-                    ..d
-                }),
-                ..self.budget
-            },
-            KvMemory::Direct { .. } => self.budget,
-        };
-        let tp_capacity = self.capacity_with(&tp_spec, &tp_budget).map(|c| (tp, c));
-        CapacityAdvice {
-            max_model_len,
-            token_capacity: self.token_capacity(),
-            largest_max_model_len: self.token_capacity(),
-            needed_kv_bytes,
-            kv_bytes: self.breakdown.kv_bytes,
-            utilization,
-            fp8_capacity,
-            tensor_parallel: tp_capacity,
-        }
-    }
-}

@@ -11,6 +11,7 @@ fn rtx4090(util: f64) -> MemoryBudget {
         weights_bytes: gib(7.87),
         non_torch_bytes: gib(0.25),
         activation_peak_bytes: gib(11.06),
+        cudagraph_bytes: 0,
     })
 }
 
@@ -37,9 +38,15 @@ fn seed_direct_budget() {
     assert_eq!(advice.needed_kv_bytes, 8000 * 458_752);
     assert_eq!(advice.utilization, None);
     // fp8 halves the bytes: twice the blocks.
-    assert_eq!(advice.fp8_capacity, Some(2 * 78_336));
+    assert_eq!(
+        advice.fp8.map(|a| (a.token_capacity, a.fits)),
+        Some((2 * 78_336, true))
+    );
     // TP 2 splits the 2 KV heads: one per GPU, twice the tokens per GPU.
-    assert_eq!(advice.tensor_parallel, Some((2, 2 * 78_336)));
+    assert_eq!(
+        advice.tensor_parallel.map(|(tp, a)| (tp, a.token_capacity)),
+        Some((2, 2 * 78_336))
+    );
     assert!(plan.check_max_model_len(78_336).is_ok());
     assert!(plan.check_max_model_len(78_337).is_err());
 }
@@ -114,6 +121,7 @@ fn no_kv_memory_breakdown() {
         weights_bytes: gib(7.87),
         non_torch_bytes: gib(0.25),
         activation_peak_bytes: gib(11.06),
+        cudagraph_bytes: 0,
     });
     let err = CachePlan::new(&QWEN2_VL_2B, 16, &budget).unwrap_err();
     let msg = err.to_string();
@@ -247,9 +255,18 @@ fn dtype_names_round_trip() {
 
 #[test]
 fn absurd_shapes_and_lengths_are_errors_not_overflows() {
-    let huge = CacheSpec::new(u32::MAX, u32::MAX, u32::MAX, KvDtype::F32);
+    let huge = CacheSpec::new(MAX_LAYERS, u32::MAX, u32::MAX, KvDtype::F32);
     match CachePlan::new(&huge, 16, &MemoryBudget::direct(GIB)) {
         Err(PlanError::InvalidConfig { field, .. }) => assert!(field.contains("head_dim"), "{field}"),
+        other => panic!("{other:?}"),
+    }
+    // A mistyped layer count is refused before anything is sized layer by layer.
+    match CachePlan::new(
+        &CacheSpec::new(u32::MAX, 1, 1, KvDtype::F32),
+        16,
+        &MemoryBudget::direct(GIB),
+    ) {
+        Err(PlanError::InvalidConfig { field, .. }) => assert_eq!(field, "num_layers"),
         other => panic!("{other:?}"),
     }
     // The largest shape that passes validation still sizes without overflow.

@@ -1,0 +1,332 @@
+//! Appending tokens: the hot path of every decode step and prefill chunk.
+//!
+//! In every KV cache group an append takes a new block only when the last
+//! one is full, copies a shared partially filled last block first
+//! (copy-on-write), and, in a sliding-window or chunked local group, first
+//! releases the blocks that no query of this step or any later one reads:
+//! those wholly before the window of the step's first new token.
+
+use std::ops::Range;
+
+use super::{release, release_at, tail_needs_copy, take_block, BlockCopy, KvCacheManager, PrefixState, Seq};
+use crate::error::KvError;
+use crate::ids::{BlockId, SeqId, Slot, TokenId};
+use crate::sizing::blocks_for;
+
+impl KvCacheManager {
+    /// Appends tokens to a sequence: one (decode) or many (chunked prefill,
+    /// speculative tokens). Takes a new block only when the last one is full.
+    ///
+    /// Copy-on-write: if the last block is partially filled and shared with
+    /// another sequence, this sequence gets a fresh block first and a
+    /// [`BlockCopy`] of the filled slots is queued for [`Self::drain_ops`].
+    /// Full shared blocks stay shared.
+    ///
+    /// Windows: in a sliding-window or chunked local group, the blocks wholly
+    /// before the window of the step's first new token are released first
+    /// (their table entries become [`BlockId::NULL`]); released blocks count
+    /// as free for this call, so a steady sliding-window decode never runs
+    /// out where it releases as much as it takes.
+    ///
+    /// Errors (nothing changes): [`KvError::UnknownSequence`],
+    /// [`KvError::SequenceSwapped`], [`KvError::ExceedsMaxModelLen`],
+    /// [`KvError::OutOfBlocks`].
+    #[inline]
+    pub fn append(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, None)
+    }
+
+    /// [`Self::append`], then the slots of positions `range` of the sequence
+    /// (as it is after the append) in group 0 pushed to `out`, with one lookup
+    /// of the sequence: a scheduler's per-sequence work in a step (for a
+    /// decode, `len..len + 1`; for a prefill chunk whose blocks were taken
+    /// earlier, `tokens` may be empty). [`Self::append_and_group_slots_into`]
+    /// gives every group's slots.
+    ///
+    /// Errors (nothing changes, nothing is pushed): those of `append`, and
+    /// [`KvError::PositionOutOfRange`] when `range` passes the new length or
+    /// starts in a block released from a window.
+    ///
+    /// ```
+    /// use pagedkv::{KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3, 4]).unwrap();
+    /// let mut slots = Vec::new();
+    /// kv.append_and_slots_into(SeqId(1), &[5], 4..5, &mut slots).unwrap(); // a decode
+    /// assert_eq!(slots, [kv.slot(SeqId(1), 4).unwrap()]);
+    /// assert!(kv.append_and_slots_into(SeqId(1), &[6], 4..7, &mut slots).is_err());
+    /// assert_eq!((kv.num_tokens(SeqId(1)).unwrap(), slots.len()), (5, 1));
+    /// ```
+    #[inline]
+    pub fn append_and_slots_into(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        range: Range<u64>,
+        out: &mut Vec<Slot>,
+    ) -> Result<(), KvError> {
+        self.append_then_slots(seq, tokens, Some((range, std::slice::from_mut(out))))
+    }
+
+    /// [`Self::append_and_slots_into`] for several groups: the slots of group
+    /// `g` are pushed to `outs[g]` (pass one buffer per group, or fewer to get
+    /// the first groups only).
+    ///
+    /// Errors: those of `append_and_slots_into`, and [`KvError::UnknownGroup`]
+    /// when `outs` has more buffers than there are groups.
+    ///
+    /// ```
+    /// use pagedkv::{AttentionKind, KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 16, block_size: 4,
+    ///     groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 4 }],
+    ///     ..Default::default()
+    /// }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();      // blocks 0 and 1
+    /// let mut slots = vec![Vec::new(), Vec::new()];
+    /// kv.append_and_group_slots_into(SeqId(1), &[4], 3..4, &mut slots).unwrap();
+    /// assert_eq!(slots, [vec![3], vec![7]]);           // the same position, each group's block
+    /// ```
+    #[inline]
+    pub fn append_and_group_slots_into(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        range: Range<u64>,
+        outs: &mut [Vec<Slot>],
+    ) -> Result<(), KvError> {
+        if outs.len() > self.num_groups() {
+            return Err(KvError::UnknownGroup {
+                group: self.num_groups() as u32,
+                num_groups: self.num_groups() as u32,
+            });
+        }
+        self.append_then_slots(seq, tokens, Some((range, outs)))
+    }
+
+    /// `append`, and with `slots` also the slots of a range after it, for
+    /// the first `outs.len()` groups.
+    #[inline(always)]
+    fn append_then_slots(
+        &mut self,
+        seq: SeqId,
+        tokens: &[TokenId],
+        slots: Option<(Range<u64>, &mut [Vec<Slot>])>,
+    ) -> Result<(), KvError> {
+        let max_model_len = self.config.max_model_len;
+        let epoch = self.epoch;
+        let bs = self.config.block_size;
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return Err(self.absent(seq));
+        };
+        let old_len = s.num_tokens() as u64;
+        let new_len = old_len + tokens.len() as u64;
+        if new_len > max_model_len as u64 {
+            return Err(KvError::ExceedsMaxModelLen {
+                seq,
+                tokens: new_len,
+                max_model_len,
+            });
+        }
+        // The tokens computed by earlier steps: a window releases what the
+        // first query of this step no longer reads (`release_base`, inlined
+        // around the borrow of `s`).
+        let base = if s.appended_epoch == epoch {
+            s.step_start_len as u64
+        } else {
+            old_len
+        };
+        if let Some((range, outs)) = &slots {
+            let out_of_range = range.start > range.end || range.end > new_len;
+            // The range must start after the blocks each window holds
+            // released once this append ran.
+            let released = |g: usize| {
+                let t = &s.tables[g];
+                if !tokens.is_empty() && base >= t.release_at as u64 {
+                    self.config.groups[g].first_needed_block(base, bs)
+                } else {
+                    t.num_released as u64
+                }
+            };
+            let in_released =
+                range.start < range.end && (0..outs.len()).any(|g| range.start / (bs as u64) < released(g));
+            if out_of_range || in_released {
+                return Err(KvError::PositionOutOfRange {
+                    seq,
+                    pos: if out_of_range { range.end } else { range.start },
+                    num_tokens: new_len,
+                });
+            }
+        }
+        // Fast path (almost every decode step): in every group the tokens fit
+        // in the free slots of a last block the table holds alone, and no
+        // window boundary is crossed. No division, no pool access.
+        let fits = |t: &crate::table::BlockTable| {
+            new_len <= t.blocks.len() as u64 * bs as u64 && !t.tail_maybe_shared && base < t.release_at as u64
+        };
+        if s.tables.iter().all(fits) {
+            for t in s.tables.iter_mut() {
+                t.num_tokens = new_len as u32;
+            }
+            if !tokens.is_empty() {
+                s.appended_epoch = epoch;
+                s.step_start_len = base as u32;
+            }
+            after_append(&mut self.prefix, s, tokens, slots);
+            return Ok(());
+        }
+        if tokens.is_empty() && slots.is_none() {
+            return Ok(());
+        }
+        if !tokens.is_empty() {
+            self.append_slow(seq, base, new_len)?;
+        }
+        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        if !tokens.is_empty() {
+            s.appended_epoch = epoch;
+            s.step_start_len = base as u32;
+        }
+        after_append(&mut self.prefix, s, tokens, slots);
+        Ok(())
+    }
+
+    /// What appending up to `new_len` tokens to a sequence on the device
+    /// takes: (blocks taken for growth and copies, blocks the windows'
+    /// releases free), `base` being the length the windows release from.
+    pub(super) fn append_need(&self, s: &Seq, base: u64, new_len: u64) -> (u64, u64) {
+        let bs = self.config.block_size;
+        let bs64 = bs as u64;
+        let (mut needed, mut freed) = (0u64, 0u64);
+        for (t, kind) in s.tables.iter().zip(&self.config.groups) {
+            let release_to = if base >= t.release_at as u64 {
+                kind.first_needed_block(base, bs) as usize
+            } else {
+                t.num_released as usize
+            };
+            freed += t.blocks[t.num_released as usize..release_to]
+                .iter()
+                .filter(|&&b| self.pool.ref_count(b) == Ok(1))
+                .count() as u64;
+            let old_len = t.num_tokens as u64;
+            let grow = blocks_for(new_len, bs64).saturating_sub(t.blocks.len() as u64);
+            let cow = old_len % bs64 != 0
+                && t.tail_maybe_shared
+                && t.blocks
+                    .last()
+                    .is_some_and(|&b| tail_needs_copy(&self.pool, &self.prefix, b));
+            needed += grow + cow as u64;
+        }
+        (needed, freed)
+    }
+
+    /// The length a sequence's windows release from at its next append: the
+    /// tokens computed by earlier steps.
+    #[inline]
+    pub(super) fn release_base(&self, s: &Seq) -> u64 {
+        if s.appended_epoch == self.epoch {
+            s.step_start_len as u64
+        } else {
+            s.num_tokens() as u64
+        }
+    }
+
+    /// `append` when it takes blocks, may have to copy a last block, or
+    /// crosses a window boundary. `base` is the length its window releases from.
+    fn append_slow(&mut self, seq: SeqId, base: u64, new_len: u64) -> Result<(), KvError> {
+        let bs = self.config.block_size;
+        let bs64 = bs as u64;
+        // Check first: blocks taken (growth, copies) against blocks free now
+        // plus those the windows' releases free.
+        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let (needed, freed) = self.append_need(s, base, new_len);
+        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        let free = self.pool.num_free() as u64;
+        if needed > free + freed {
+            self.stats.out_of_blocks += 1;
+            return Err(KvError::OutOfBlocks {
+                needed: needed - freed,
+                free,
+            });
+        }
+
+        // Every group's releases first: their blocks may serve any group's growth.
+        for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
+            if base >= t.release_at as u64 {
+                let release_to = kind.first_needed_block(base, bs) as u32;
+                for i in t.num_released..release_to {
+                    let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
+                    release(&mut self.pool, &mut self.prefix, &mut self.host, b);
+                    self.stats.window_released_blocks += 1;
+                }
+                t.num_released = release_to;
+                t.release_at = release_at(*kind, release_to, bs);
+            }
+        }
+        for (group, t) in s.tables.iter_mut().enumerate() {
+            let old_len = t.num_tokens as u64;
+            let grow = blocks_for(new_len, bs64) - t.blocks.len() as u64;
+            let filled = (old_len % bs64) as u32;
+            let last = t.blocks.last().copied();
+            let cow = match last {
+                Some(b) if filled != 0 && t.tail_maybe_shared => tail_needs_copy(&self.pool, &self.prefix, b),
+                _ => false,
+            };
+            if cow {
+                let src = last.expect("cow implies a last block");
+                let dst = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+                release(&mut self.pool, &mut self.prefix, &mut self.host, src);
+                *t.blocks.last_mut().expect("cow implies a last block") = dst;
+                self.copies.push(BlockCopy {
+                    src,
+                    dst,
+                    num_slots: filled,
+                    group: group as u32,
+                });
+                self.stats.cow_copies += 1;
+            } else if filled != 0 {
+                // An in-place write: the block's content changes, so it must not
+                // stay cached (it can carry a hash only after a truncate into it),
+                // nor stay associated with a host copy of its old content.
+                if let (Some(p), Some(b)) = (&mut self.prefix, last) {
+                    p.uncache(b);
+                }
+                if let (Some(h), Some(b)) = (&mut self.host, last) {
+                    h.forget_device(b);
+                }
+            }
+            for _ in 0..grow {
+                t.blocks
+                    .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
+            }
+            // The last block is now fresh, copied, or found exclusive.
+            t.tail_maybe_shared = false;
+            t.num_tokens = new_len as u32;
+        }
+        Ok(())
+    }
+}
+
+/// The rest of an append once the tables hold the tokens: remember them for
+/// prefix caching (hashing blocks they filled) and push the asked slots.
+#[inline(always)]
+fn after_append(
+    prefix: &mut Option<PrefixState>,
+    s: &mut Seq,
+    tokens: &[TokenId],
+    slots: Option<(Range<u64>, &mut [Vec<Slot>])>,
+) {
+    if let (Some(p), false) = (prefix, tokens.is_empty()) {
+        let cache = s
+            .cache
+            .as_deref_mut()
+            .expect("caching on: the sequence has a cache");
+        p.record_tokens(cache, &s.tables, tokens);
+    }
+    if let Some((range, outs)) = slots {
+        for (t, out) in s.tables.iter().zip(outs.iter_mut()) {
+            // Both ends were checked against the new length (a u32) and the windows.
+            let ok = t.slots_into(range.start as u32..range.end as u32, out);
+            debug_assert!(ok);
+        }
+    }
+}
