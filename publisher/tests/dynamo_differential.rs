@@ -17,19 +17,27 @@
 //! fork, free, truncate, swap out and in (with a host tier), reset the prefix
 //! cache, all in a small pool (eviction pressure).
 //!
+//! Hybrid models too (full attention beside sliding-window and chunked local
+//! groups, each group's events tagged with its kind): Dynamo must apply the
+//! full-attention group's events and filter out the others (it indexes main
+//! attention only), and its matches are compared with what pagedkv caches in
+//! the full-attention group.
+//!
 //! Dynamo keys salted blocks only under salts tagged `dynamo-cache-salt:`
 //! (its vLLM frontend tags them); the salted tenants here use such salts.
-//! Default: 4 seeds × 2,500 steps (one per pool shape); `PAGEDKV_DIFF_SEEDS`
+//! Default: 6 seeds × 2,500 steps (one per pool shape); `PAGEDKV_DIFF_SEEDS`
 //! and `PAGEDKV_DIFF_STEPS` raise them.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use dynamo_kv_router::protocols::{compute_block_hash_for_seq, BlockHashOptions, WorkerWithDpRank};
-use dynamo_kv_router::zmq_wire::{decode_event_batch, ZmqEventNormalizer, DYNAMO_CACHE_SALT_PREFIX};
+use dynamo_kv_router::zmq_wire::{
+    decode_event_batch, ZmqEventFilterReason, ZmqEventNormalizer, DYNAMO_CACHE_SALT_PREFIX,
+};
 use dynamo_kv_router::RadixTree;
 use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::sim::rng::SplitMix64;
-use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, KvEvent, PrefixKeys, SeqId, TokenId};
+use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, KvEvent, PrefixKeys, SeqId, TokenId};
 
 const WORKER: u64 = 1;
 const LORA_ID: u64 = 7;
@@ -67,20 +75,36 @@ impl Router {
         }
     }
 
-    /// Applies one published batch as Dynamo's listener does; any event
-    /// filtered out or rejected is an error.
-    fn apply(&mut self, payload: &[u8]) -> Result<(), String> {
+    /// Applies one published batch as Dynamo's listener does; `groups` is
+    /// the KV cache group of each event. Events of group 0 (full attention)
+    /// must be applied; those of a sliding-window or chunked local group must
+    /// be filtered out (Dynamo indexes main attention only); anything else is
+    /// an error.
+    fn apply(&mut self, payload: &[u8], groups: &[u32]) -> Result<(), String> {
         let batch =
             decode_event_batch(payload).map_err(|e| format!("Dynamo cannot decode the batch: {e}"))?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let worker = WorkerWithDpRank::new(WORKER, batch.data_parallel_rank.unwrap_or(0) as u32);
-        for raw in batch.events {
+        if batch.events.len() != groups.len() {
+            return Err(format!(
+                "{} events decoded, {} sent",
+                batch.events.len(),
+                groups.len()
+            ));
+        }
+        for (raw, &group) in batch.events.into_iter().zip(groups) {
             let shown = format!("{raw:?}");
-            let raw = self
-                .normalizer
-                .preprocess_with_reason(raw, worker)
-                .map_err(|r| format!("Dynamo filtered an event ({r:?}): {shown}"))?;
+            let raw = match self.normalizer.preprocess_with_reason(raw, worker) {
+                Ok(raw) if group == 0 => raw,
+                Ok(_) => return Err(format!("Dynamo kept an event of window group {group}: {shown}")),
+                Err(
+                    ZmqEventFilterReason::NonMainAttentionKind
+                    | ZmqEventFilterReason::NonMainAttentionGroup
+                    | ZmqEventFilterReason::UnlearnedGroupIdx,
+                ) if group != 0 => continue,
+                Err(r) => return Err(format!("Dynamo filtered an event ({r:?}): {shown}")),
+            };
             let placement = self
                 .normalizer
                 .normalize_preprocessed(raw, seq, worker)
@@ -121,6 +145,8 @@ struct Harness {
     encoder: KvEventEncoder,
     router: Router,
     events: Vec<KvEvent>,
+    /// The KV cache group of each event of the step.
+    event_groups: Vec<u32>,
     ops: BlockOps,
     bs: u64,
     /// Each sequence's tenant and tokens (live or swapped out).
@@ -140,7 +166,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(num_blocks: u32, block_size: u32, num_host_blocks: u32) -> Self {
+    fn new(num_blocks: u32, block_size: u32, num_host_blocks: u32, groups: &[AttentionKind]) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
             block_size,
@@ -149,16 +175,18 @@ impl Harness {
             watermark: 0.0,
             enable_prefix_caching: true,
             enable_kv_events: true,
+            groups: groups.to_vec(),
             ..Default::default()
         })
         .unwrap();
-        let mut source = EventSource::default();
+        let mut source = EventSource::for_groups(groups);
         source.lora_names.insert(LORA_ID, LORA_NAME.into());
         Harness {
             kv,
             encoder: KvEventEncoder::new(source).unwrap(),
             router: Router::new(block_size),
             events: Vec::new(),
+            event_groups: Vec::new(),
             ops: BlockOps::default(),
             bs: block_size as u64,
             seqs: BTreeMap::new(),
@@ -194,20 +222,32 @@ impl Harness {
         }
         self.max_duplicates = self.max_duplicates.max(self.kv.num_duplicate_blocks());
         if !self.events.is_empty() {
+            self.event_groups.clear();
+            self.event_groups.extend(self.events.iter().map(|e| match e {
+                KvEvent::BlockStored { group, .. } | KvEvent::BlockRemoved { group, .. } => *group,
+                _ => 0,
+            }));
             let payload = self.encoder.encode(self.steps as f64, &self.events).to_vec();
-            if let Err(e) = self.router.apply(&payload) {
+            if let Err(e) = self.router.apply(&payload, &self.event_groups) {
                 panic!("step {} ({what}): {e}\nevents: {:?}", self.steps, self.events);
             }
         }
         self.compare(what);
     }
 
-    /// Blocks of `tokens` pagedkv finds cached (the whole chain: one more token
-    /// is appended so that the "leave one token to compute" cap does not bite).
+    /// Blocks of `tokens` pagedkv finds cached in its full-attention group,
+    /// the one a router indexes (the whole chain: one more token is appended
+    /// so that the "leave one token to compute" cap does not bite). With one
+    /// group this is what `cached_prefix_len` finds.
     fn cached_blocks(&self, tokens: &[TokenId], tenant: usize) -> u64 {
         let mut probe = tokens.to_vec();
         probe.push(u32::MAX);
-        self.kv.cached_prefix_len(&probe, &tenant_keys(tenant)) / self.bs
+        let keys = tenant_keys(tenant);
+        let in_group = self.kv.cached_prefix_len_in_group(&probe, &keys, 0);
+        if self.kv.num_groups() == 1 {
+            assert_eq!(in_group, self.kv.cached_prefix_len(&probe, &keys));
+        }
+        in_group / self.bs
     }
 
     fn compare(&mut self, what: &str) {
@@ -277,8 +317,10 @@ impl Harness {
     fn truncate(&mut self, id: u64, back: usize) {
         let toks = &mut self.seqs.get_mut(&id).unwrap().1;
         let new_len = toks.len().saturating_sub(back).max(1);
-        toks.truncate(new_len);
-        self.kv.truncate(SeqId(id), new_len as u64).unwrap();
+        // A window group refuses to roll back into blocks it released.
+        if self.kv.truncate(SeqId(id), new_len as u64).is_ok() {
+            toks.truncate(new_len);
+        }
         self.end_step("truncate");
     }
 
@@ -314,9 +356,9 @@ fn pick(rng: &mut SplitMix64, n: usize) -> usize {
 }
 
 /// One seeded workload.
-fn run(seed: u64, num_blocks: u32, block_size: u32, num_host_blocks: u32) -> [(&'static str, u64); 9] {
+fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [(&'static str, u64); 9] {
     let mut rng = SplitMix64::new(seed);
-    let mut h = Harness::new(num_blocks, block_size, num_host_blocks);
+    let mut h = Harness::new(num_blocks, block_size, num_host_blocks, groups);
     let stems: Vec<Vec<TokenId>> = (0..3u32)
         .map(|s| (0..6 * block_size).map(|i| 1000 * (s + 1) + i).collect())
         .collect();
@@ -413,20 +455,47 @@ fn run(seed: u64, num_blocks: u32, block_size: u32, num_host_blocks: u32) -> [(&
     exercised
 }
 
+/// A pool shape: blocks, block size, host blocks, KV cache groups.
+type Shape = (u32, u32, u32, &'static [AttentionKind]);
+
+const FULL: &[AttentionKind] = &[AttentionKind::Full];
+const SHAPES: [Shape; 6] = [
+    (24, 4, 0, FULL),
+    (40, 4, 16, FULL),
+    (16, 2, 8, FULL),
+    (48, 16, 0, FULL),
+    // Hybrid: full attention beside a sliding window (and chunked local).
+    (
+        64,
+        4,
+        0,
+        &[AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
+    ),
+    (
+        96,
+        4,
+        24,
+        &[
+            AttentionKind::Full,
+            AttentionKind::SlidingWindow { window: 12 },
+            AttentionKind::ChunkedLocal { chunk: 16 },
+        ],
+    ),
+];
+
 #[test]
 fn seeded_workloads_agree_with_dynamo() {
-    // (pool blocks, block size, host blocks): tight and roomy pools, tiny
-    // and realistic blocks, with and without a host tier.
-    let shapes = [(24, 4, 0), (40, 4, 16), (16, 2, 8), (48, 16, 0)];
+    // Tight and roomy pools, tiny and realistic blocks, with and without a
+    // host tier, one full-attention group or hybrid groups.
     let seeds: u64 = std::env::var("PAGEDKV_DIFF_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(SHAPES.len() as u64);
     let mut total = [0u64; 9];
     let mut names = [""; 9];
     for seed in 1..=seeds {
-        let (num_blocks, block_size, host) = shapes[(seed as usize - 1) % shapes.len()];
-        for (i, (what, n)) in run(seed, num_blocks, block_size, host).into_iter().enumerate() {
+        let shape = SHAPES[(seed as usize - 1) % SHAPES.len()];
+        for (i, (what, n)) in run(seed, shape).into_iter().enumerate() {
             names[i] = what;
             total[i] += n;
         }
@@ -441,7 +510,7 @@ fn seeded_workloads_agree_with_dynamo() {
 /// content cached in another block, then the other copy is freed and evicted.
 #[test]
 fn a_duplicate_block_keeps_its_hash_when_the_cached_copy_is_evicted() {
-    let mut h = Harness::new(8, 4, 0);
+    let mut h = Harness::new(8, 4, 0, &[AttentionKind::Full]);
     let p: Vec<TokenId> = (1..=8).collect();
     let first = h.allocate(0, p.clone()).unwrap(); // 1. p cached (2 blocks)
     let second = h.allocate(0, p.clone()).unwrap(); // 2. p again: its last block duplicates p's
