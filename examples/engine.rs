@@ -544,7 +544,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     // the host tier is full.
     let mut sched =
         Scheduler::new(KvCacheManager::new(config)?, scheduler_config)?.with_preemption_mode(Automatic {
-            transfer_cost_per_token: 0.5,
+            transfer_cost_per_token: 0.1,
         });
     // The window group's tables as of the last step, and who released each
     // released block (to see other sequences reuse it).

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod kv_events;
 pub mod manager;
 pub mod pool;
 pub mod prefix;

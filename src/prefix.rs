@@ -313,6 +313,13 @@ pub enum KvEvent {
         extra_keys: Vec<Vec<ExtraKey>>,
         /// The KV cache group of the blocks.
         group: u32,
+        /// The position of the first block in its sequence (its first token is
+        /// token `first_block_index * block_size`): multimodal offsets are
+        /// published relative to each block's start.
+        first_block_index: u32,
+        /// The sequence's LoRA adapter ([`PrefixKeys::adapter`]), which vLLM
+        /// publishes with every stored block, not only the first.
+        adapter: Option<u64>,
     },
     /// Blocks stopped being cached (evicted, reset, or about to be rewritten).
     BlockRemoved {
@@ -362,17 +369,39 @@ fn key(hash: BlockHash, group: u32) -> BlockHash {
 }
 
 /// The prefix index: which block holds which hash in which KV cache group,
-/// both ways, and which blocks wait to be committed.
+/// both ways, which blocks wait to be committed, and which blocks in use
+/// duplicate a cached block.
+///
+/// A *duplicate* is a block in use whose final content is that of a hash
+/// cached in another block of its group (the same content computed twice). It
+/// carries the hash without being indexed, so that when the cached block is
+/// freed the hash moves to the duplicate instead of being lost: every full
+/// block a sequence holds stays findable, and a router that follows the KV
+/// events never sees a block vanish under a live sequence.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
     map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
-    /// The hash each block carries, committed or pending.
+    /// The hash each block carries, committed, pending or duplicated.
     hashes: Vec<Option<BlockHash>>,
     /// The group of each block that carries a hash.
     groups: Vec<u8>,
     /// Whether the block's hash is pending (carried, not in `map`).
     pending: Vec<bool>,
+    /// Whether the block is a duplicate (carried, not in `map`).
+    duplicate: Vec<bool>,
+    /// The duplicates of a cached block form a doubly linked list with the
+    /// cached block as its head: `dup_next[cached]` is the first duplicate,
+    /// `dup_next[d]` the one after `d` (or `NO_BLOCK`), `dup_prev[d]` the one
+    /// before it (the cached block for the first). Flat arrays, so keeping
+    /// duplicates never allocates.
+    dup_next: Vec<u32>,
+    dup_prev: Vec<u32>,
+    /// Duplicates in use now.
+    num_dups: usize,
 }
+
+/// The end of a duplicate list.
+const NO_BLOCK: u32 = u32::MAX;
 
 impl PrefixIndex {
     /// An empty index over `num_blocks` blocks.
@@ -382,6 +411,10 @@ impl PrefixIndex {
             hashes: vec![None; num_blocks as usize],
             groups: vec![0; num_blocks as usize],
             pending: vec![false; num_blocks as usize],
+            duplicate: vec![false; num_blocks as usize],
+            dup_next: vec![NO_BLOCK; num_blocks as usize],
+            dup_prev: vec![NO_BLOCK; num_blocks as usize],
+            num_dups: 0,
         }
     }
 
@@ -395,9 +428,44 @@ impl PrefixIndex {
     #[inline]
     pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
         match self.pending.get(block.index()) {
-            Some(false) => self.hashes[block.index()],
+            Some(false) if !self.duplicate[block.index()] => self.hashes[block.index()],
             _ => None,
         }
+    }
+
+    /// The hash cached in another block whose content `block` duplicates, if
+    /// it is a duplicate.
+    #[inline]
+    pub fn duplicate_hash_of(&self, block: BlockId) -> Option<BlockHash> {
+        match self.duplicate.get(block.index()) {
+            Some(true) => self.hashes[block.index()],
+            _ => None,
+        }
+    }
+
+    /// The hash `block` carries in any role: cached, pending or duplicate.
+    #[inline]
+    pub fn carried_hash_of(&self, block: BlockId) -> Option<BlockHash> {
+        self.hashes.get(block.index()).copied().flatten()
+    }
+
+    /// Duplicates in use now.
+    pub fn num_duplicates(&self) -> usize {
+        self.num_dups
+    }
+
+    /// Each duplicate with its group and the hash it duplicates.
+    pub fn duplicates(&self) -> impl Iterator<Item = (u32, BlockHash, BlockId)> + '_ {
+        (0..self.duplicate.len() as u32).map(BlockId).filter_map(|d| {
+            let h = self.duplicate_hash_of(d)?;
+            Some((self.groups[d.index()] as u32, h, d))
+        })
+    }
+
+    /// Whether any block is a duplicate (cheap).
+    #[inline]
+    pub(crate) fn has_duplicates(&self) -> bool {
+        self.num_dups > 0
     }
 
     /// The KV cache group of a block that carries a hash (committed or pending).
@@ -455,6 +523,67 @@ impl PrefixIndex {
         Some(h)
     }
 
+    /// Commits a pending block whose hash is cached in the free block `from`
+    /// of its group by moving the entry: `block` becomes the cached copy and
+    /// `from` carries nothing (the hash stays cached throughout).
+    pub(crate) fn commit_moving(&mut self, block: BlockId, from: BlockId) {
+        let h = self.pending_hash_of(block).expect("the block is pending");
+        let k = key(h, self.groups[block.index()] as u32);
+        debug_assert_eq!(self.map.get(&k), Some(&from), "`from` is the cached copy");
+        debug_assert_eq!(
+            self.dup_next[from.index()],
+            NO_BLOCK,
+            "a free cached block has no duplicates"
+        );
+        self.pending[block.index()] = false;
+        self.hashes[from.index()] = None;
+        self.map.insert(k, block);
+    }
+
+    /// Commits a pending block whose hash is cached in a block of its group
+    /// in use, as a duplicate of it.
+    pub(crate) fn commit_duplicate(&mut self, block: BlockId) {
+        let h = self.pending_hash_of(block).expect("the block is pending");
+        let original = self.map[&key(h, self.groups[block.index()] as u32)];
+        self.pending[block.index()] = false;
+        self.duplicate[block.index()] = true;
+        // Insert after the head (the cached block).
+        let (b, o) = (block.index(), original.index());
+        let next = self.dup_next[o];
+        self.dup_next[b] = next;
+        self.dup_prev[b] = original.0;
+        if next != NO_BLOCK {
+            self.dup_prev[next as usize] = block.0;
+        }
+        self.dup_next[o] = block.0;
+        self.num_dups += 1;
+    }
+
+    /// Hands the entry of the cached block `block` (about to become free) to
+    /// one of its duplicates, which becomes the cached copy; `block` then
+    /// carries nothing. Returns the new cached copy, or `None` (changing
+    /// nothing) when `block` is not cached or has no duplicate.
+    #[inline]
+    pub(crate) fn promote_duplicate(&mut self, block: BlockId) -> Option<BlockId> {
+        if self.num_dups == 0 {
+            return None;
+        }
+        let h = self.hash_of(block)?;
+        let d = *self.dup_next.get(block.index())?;
+        if d == NO_BLOCK {
+            return None;
+        }
+        // `d` becomes the head: the rest of the list hangs from it already.
+        self.dup_next[block.index()] = NO_BLOCK;
+        self.dup_prev[d as usize] = NO_BLOCK;
+        self.duplicate[d as usize] = false;
+        self.num_dups -= 1;
+        self.hashes[block.index()] = None;
+        self.map
+            .insert(key(h, self.groups[d as usize] as u32), BlockId(d));
+        Some(BlockId(d))
+    }
+
     /// Caches `block` under `hash` at once (committed). Returns false,
     /// changing nothing, when the hash is already cached in another block.
     #[cfg(test)]
@@ -464,13 +593,31 @@ impl PrefixIndex {
     }
 
     /// Uncaches `block`, returning the hash it carried and its group if it
-    /// was committed (a pending hash is dropped silently: nobody could see it).
+    /// was committed (a pending hash, or a duplicate's, is dropped silently:
+    /// the hash was not findable through this block).
     #[inline]
     pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<(BlockHash, u32)> {
         let h = self.hashes.get_mut(block.index())?.take()?;
         if std::mem::replace(&mut self.pending[block.index()], false) {
             return None;
         }
+        if std::mem::replace(&mut self.duplicate[block.index()], false) {
+            let b = block.index();
+            let (prev, next) = (self.dup_prev[b], self.dup_next[b]);
+            self.dup_next[prev as usize] = next;
+            if next != NO_BLOCK {
+                self.dup_prev[next as usize] = prev;
+            }
+            self.dup_next[b] = NO_BLOCK;
+            self.dup_prev[b] = NO_BLOCK;
+            self.num_dups -= 1;
+            return None;
+        }
+        debug_assert_eq!(
+            self.dup_next[block.index()],
+            NO_BLOCK,
+            "a cached block with duplicates hands its hash over"
+        );
         let group = self.groups[block.index()] as u32;
         self.map.remove(&key(h, group));
         Some((h, group))
@@ -490,13 +637,47 @@ impl PrefixIndex {
                 )));
             }
         }
-        if let Some(b) = (0..self.hashes.len()).find(|&b| self.pending[b] && self.hashes[b].is_none()) {
+        if let Some(b) = (0..self.hashes.len())
+            .find(|&b| (self.pending[b] || self.duplicate[b]) && self.hashes[b].is_none())
+        {
             return Err(InvariantViolation::new(format!(
-                "block {b} is pending but carries no hash"
+                "block {b} is pending or a duplicate but carries no hash"
+            )));
+        }
+        if let Some(b) = (0..self.hashes.len()).find(|&b| self.pending[b] && self.duplicate[b]) {
+            return Err(InvariantViolation::new(format!(
+                "block {b} is both pending and a duplicate"
+            )));
+        }
+        // Walk each cached block's duplicate list: every listed block is a
+        // duplicate of that key, linked both ways, and every duplicate is listed.
+        let mut listed = 0;
+        for (&k, &head) in &self.map {
+            let (mut prev, mut d) = (head.0, self.dup_next[head.index()]);
+            while d != NO_BLOCK {
+                let block = BlockId(d);
+                let dup_key = self
+                    .duplicate_hash_of(block)
+                    .map(|h| key(h, self.groups[d as usize] as u32));
+                if dup_key != Some(k) || self.dup_prev[d as usize] != prev || listed > self.num_dups {
+                    return Err(InvariantViolation::new(format!(
+                        "block {block:?} is listed as a duplicate of {k:?} (cached in {head:?}) but carries {:?}",
+                        self.carried_hash_of(block)
+                    )));
+                }
+                listed += 1;
+                (prev, d) = (d, self.dup_next[d as usize]);
+            }
+        }
+        let flagged = self.duplicate.iter().filter(|&&d| d).count();
+        if listed != flagged || flagged != self.num_dups {
+            return Err(InvariantViolation::new(format!(
+                "{flagged} blocks are duplicates, {listed} are listed, {} are counted",
+                self.num_dups
             )));
         }
         let carried = (0..self.hashes.len())
-            .filter(|&b| !self.pending[b] && self.hashes[b].is_some())
+            .filter(|&b| !self.pending[b] && !self.duplicate[b] && self.hashes[b].is_some())
             .count();
         if carried != self.map.len() {
             return Err(InvariantViolation::new(format!(

@@ -28,6 +28,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::{
     AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler,
     SchedulerConfig, SeqId, Slot, StepPlan,
@@ -290,6 +291,65 @@ fn warm_decode_loop_with_forks_and_copy_on_write_makes_no_heap_allocation() {
     // The copies really flow through drain_ops: all but one sample per request copy.
     assert_eq!(copies as u64, SEQS / SAMPLES * (SAMPLES - 1));
     assert_warm_pass_does_not_allocate(true, false);
+}
+
+/// Encoding a step's KV events in vLLM's wire format reuses one buffer: with
+/// prefix caching and KV events on, 256 sequences of distinct prompts decode
+/// (each fills a block every 16th step: 256 `BlockStored` in one batch) and
+/// are freed (then evicted: `BlockRemoved`); once a pass has grown the
+/// buffer, encoding every step's events of the next pass makes no heap
+/// allocation. (Only the encoding is counted: the manager builds the events.)
+#[test]
+fn encoding_a_warm_steps_kv_events_makes_no_heap_allocation() {
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: SEQS as u32 * (PROMPT + STEPS).div_ceil(BLOCK_SIZE),
+        block_size: BLOCK_SIZE,
+        max_model_len: PROMPT + STEPS,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        enable_kv_events: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let encoder = KvEventEncoder::new(EventSource::default()).unwrap();
+    let (mut ops, mut events, mut payload) = (BlockOps::default(), Vec::new(), Vec::new());
+    let mut pass = |pass: u32| -> (usize, usize, usize) {
+        let (mut encoded, mut allocs, mut deallocs) = (0, 0, 0);
+        for s in 0..SEQS {
+            // Distinct per sequence and per pass: every filled block is new.
+            let prompt: Vec<u32> = (0..PROMPT)
+                .map(|t| t ^ ((s as u32) << 16) ^ (pass << 28))
+                .collect();
+            kv.allocate(SeqId(s), &prompt).unwrap();
+        }
+        for step in 0..STEPS / 4 {
+            for s in 0..SEQS {
+                kv.append(SeqId(s), &[step ^ ((s as u32) << 16)]).unwrap();
+            }
+            kv.drain_ops(&mut ops);
+            kv.drain_events(&mut events);
+            let ((), a, d) = count_heap_calls(|| encoder.encode_into(step as f64, &events, &mut payload));
+            encoded += events.len();
+            allocs += a;
+            deallocs += d;
+        }
+        for s in 0..SEQS {
+            kv.free(SeqId(s)).unwrap();
+        }
+        (encoded, allocs, deallocs)
+    };
+    let (warm_events, _, _) = pass(0);
+    let (events_encoded, allocs, deallocs) = pass(1);
+    assert!(
+        events_encoded >= warm_events,
+        "{events_encoded} events, warm-up {warm_events}"
+    );
+    assert!(events_encoded > SEQS as usize * 10, "{events_encoded} events");
+    assert_eq!(
+        (allocs, deallocs),
+        (0, 0),
+        "encoding {events_encoded} events made {allocs} heap allocations and {deallocs} frees"
+    );
 }
 
 /// Decode steps per request in the scheduler workload (enough to spill every

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use super::{release, release_at, take_block, BlockCopy, KvCacheManager, PrefixState, Seq};
+use super::{release, release_at, tail_needs_copy, take_block, BlockCopy, KvCacheManager, PrefixState, Seq};
 use crate::error::KvError;
 use crate::ids::{BlockId, SeqId, Slot, TokenId};
 use crate::sizing::blocks_for;
@@ -213,7 +213,7 @@ impl KvCacheManager {
                 && t.tail_maybe_shared
                 && t.blocks
                     .last()
-                    .is_some_and(|&b| self.pool.ref_count(b).expect("tables hold pool blocks") > 1);
+                    .is_some_and(|&b| tail_needs_copy(&self.pool, &self.prefix, b));
             needed += grow + cow as u64;
         }
         (needed, freed)
@@ -274,17 +274,19 @@ impl KvCacheManager {
             let filled = (old_len % bs64) as u32;
             let last = t.blocks.last().copied();
             let cow = match last {
-                Some(b) if filled != 0 && t.tail_maybe_shared => {
-                    self.pool.ref_count(b).expect("tables hold pool blocks") > 1
-                }
+                Some(b) if filled != 0 && t.tail_maybe_shared => tail_needs_copy(&self.pool, &self.prefix, b),
                 _ => false,
             };
             if cow {
                 let src = last.expect("cow implies a last block");
                 let dst = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-                self.pool
-                    .decref(src)
-                    .expect("the shared block holds this table's reference");
+                release(
+                    &mut self.pool,
+                    &mut self.prefix,
+                    &mut self.host,
+                    &mut self.stats,
+                    src,
+                );
                 *t.blocks.last_mut().expect("cow implies a last block") = dst;
                 self.copies.push(BlockCopy {
                     src,

@@ -65,6 +65,10 @@ struct PendingEvent {
     parent: Option<BlockHash>,
     extra_keys: Vec<ExtraKey>,
     group: u32,
+    /// The block's position in its sequence.
+    index: u32,
+    /// The sequence's LoRA adapter.
+    adapter: Option<u64>,
 }
 
 /// What prefix caching remembers of one sequence: its tokens (to hash blocks
@@ -136,47 +140,88 @@ impl PrefixState {
     /// Marks blocks `from..` of the sequence's hashed blocks, in every group,
     /// as pending: they become hittable at the next [`Self::commit_pending`].
     fn index_blocks(&mut self, cache: &SeqCache, tables: &[BlockTable], from: usize) {
-        let bs = self.block_size as usize;
         for (group, t) in tables.iter().enumerate() {
             for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate().skip(from) {
                 if b.is_null() {
                     continue; // released by a window: no content to cache
                 }
-                self.index.insert_pending(group as u32, h, b);
-                self.pending.push((b, h));
-                if self.events.is_some() {
-                    self.pending_events.push(PendingEvent {
-                        parent: i.checked_sub(1).map(|p| cache.hashes[p]),
-                        extra_keys: cache.keys().extra_keys_for(
-                            i as u32,
-                            (i * bs) as u64,
-                            ((i + 1) * bs) as u64,
-                        ),
-                        group: group as u32,
-                    });
-                    self.pending_tokens
-                        .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
+                self.index_block(cache, group as u32, i, h, b);
+            }
+        }
+    }
+
+    /// Marks the full blocks of a sequence just swapped in that carry no hash
+    /// (fresh copies of its host blocks) as pending, like blocks that fill:
+    /// every full block a sequence holds stays findable.
+    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, tables: &[BlockTable]) {
+        for (group, t) in tables.iter().enumerate() {
+            for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate() {
+                if !b.is_null() && self.index.carried_hash_of(b).is_none() {
+                    self.index_block(cache, group as u32, i, h, b);
                 }
             }
         }
     }
 
+    fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
+        let bs = self.block_size as usize;
+        self.index.insert_pending(group, h, b);
+        self.pending.push((b, h));
+        if self.events.is_some() {
+            self.pending_events.push(PendingEvent {
+                parent: i.checked_sub(1).map(|p| cache.hashes[p]),
+                extra_keys: cache
+                    .keys()
+                    .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
+                group,
+                index: i as u32,
+                adapter: cache.keys().adapter,
+            });
+            self.pending_tokens
+                .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
+        }
+    }
+
+    /// Commits one pending block; true when its hash becomes newly cached in
+    /// its group (a `BlockStored`). The same content computed twice keeps one
+    /// cached copy and no event: when the cached copy is free, the entry moves
+    /// to this block (in use) and the free one, now holding nothing cached, is
+    /// queued to be reused first; when it is in use, this block becomes its
+    /// duplicate (it takes the entry over if the cached copy is freed first).
+    fn commit_one(&mut self, b: BlockId, h: BlockHash, pool: &mut BlockPool) -> bool {
+        if self.index.pending_hash_of(b) != Some(h) {
+            return false; // freed, or rewritten, since it filled
+        }
+        let group = self.index.group_of(b).expect("a pending block has a group");
+        match self.index.get(group, h) {
+            None => self.index.commit(b).is_some(),
+            Some(x) if pool.ref_count(x) == Ok(0) => {
+                self.index.commit_moving(b, x);
+                pool.take_free(x).expect("a free cached block is in the queue");
+                pool.decref_evict_first(x).expect("just taken");
+                false
+            }
+            Some(_) => {
+                self.index.commit_duplicate(b);
+                false
+            }
+        }
+    }
+
     /// Commits the blocks filled since the last call (their step has just
-    /// been handed to the engine): each still pending becomes hittable,
-    /// unless its hash is cached in another block of its group already (the
-    /// same content computed twice: that block keeps the entry). With KV
-    /// events on, each run of consecutive blocks of one sequence and group is
-    /// announced as one `BlockStored`.
-    pub(super) fn commit_pending(&mut self) {
+    /// been handed to the engine): each still pending becomes hittable, or,
+    /// when its hash is cached in another block of its group already, keeps
+    /// it cached (see `commit_one`). With KV events on, each run of
+    /// consecutive newly cached blocks of one sequence and group is announced
+    /// as one `BlockStored`.
+    pub(super) fn commit_pending(&mut self, pool: &mut BlockPool) {
         if self.pending.is_empty() {
             return;
         }
         let mut pending = std::mem::take(&mut self.pending);
         if self.events.is_none() {
             for &(b, h) in &pending {
-                if self.index.pending_hash_of(b) == Some(h) {
-                    self.index.commit(b);
-                }
+                self.commit_one(b, h, pool);
             }
         } else {
             let infos = std::mem::take(&mut self.pending_events);
@@ -185,7 +230,7 @@ impl PrefixState {
             // The run being built: indexes into `pending` of consecutive committed blocks.
             let mut run: Option<Range<usize>> = None;
             for (i, &(b, h)) in pending.iter().enumerate() {
-                let committed = self.index.pending_hash_of(b) == Some(h) && self.index.commit(b).is_some();
+                let committed = self.commit_one(b, h, pool);
                 let continues = run.as_ref().is_some_and(|r| {
                     r.end == i
                         && infos[i].parent == Some(pending[i - 1].1)
@@ -232,6 +277,8 @@ impl PrefixState {
             block_size: self.block_size,
             extra_keys: infos[run.clone()].iter().map(|e| e.extra_keys.clone()).collect(),
             group: infos[run.start].group,
+            first_block_index: infos[run.start].index,
+            adapter: infos[run.start].adapter,
         };
         self.push_event(event);
     }
@@ -255,9 +302,16 @@ impl PrefixState {
         }
     }
 
-    /// Follows a truncate: forgets the dropped tokens and hashes, and uncaches a
-    /// new partially filled tail this sequence holds alone (it will be rewritten).
-    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &[BlockTable], pool: &BlockPool) {
+    /// Follows a truncate: forgets the dropped tokens and hashes. A new
+    /// partially filled tail this sequence holds alone keeps a cached hash
+    /// (its table is flagged: the next write copies the block first, leaving
+    /// the cached content intact); a pending or duplicate hash it carries is
+    /// dropped (it will be written in place).
+    ///
+    /// Keeping the hash keeps the cache closed under prefixes: the blocks
+    /// after the tail (released by the truncate, or held by others) stay
+    /// reachable, and a router never sees a block removed before its children.
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &mut [BlockTable], pool: &BlockPool) {
         let n = tables[0].num_tokens() as usize;
         cache.tokens.truncate(n);
         cache.hashes.truncate(n / self.block_size as usize);
@@ -265,15 +319,21 @@ impl PrefixState {
             for t in tables {
                 let last = *t.blocks().last().expect("a partial tail exists");
                 if pool.ref_count(last) == Ok(1) {
-                    self.uncache(last);
+                    if self.index.hash_of(last).is_some() {
+                        t.tail_maybe_shared = true;
+                    } else {
+                        self.index.remove_block(last);
+                    }
                 }
             }
         }
     }
 
-    /// Drops the block's hash before its content changes in place.
+    /// Drops the block's pending or duplicate hash before its content changes
+    /// in place (a cached block is copied first instead: see `truncated`).
     pub(super) fn uncache(&mut self, block: BlockId) {
         if let Some((h, group)) = self.index.remove_block(block) {
+            debug_assert!(false, "cached block {block:?} written in place");
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
                 group,
@@ -528,6 +588,46 @@ impl KvCacheManager {
         self.cached_prefix(prompt, keys, false).hit_blocks * self.config.block_size as u64
     }
 
+    /// Leading tokens of `prompt` whose blocks KV cache group `group` alone
+    /// has cached now, leaving one token to compute as [`Self::cached_prefix_len`]
+    /// does (0 when prefix caching is off or `group` does not exist). This is
+    /// the prefix a router sees that follows only that group's KV events
+    /// (routers index the full-attention groups of a hybrid model); a hit also
+    /// needs the other groups' windows, so `cached_prefix_len` can be shorter. Pure.
+    ///
+    /// ```
+    /// use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 16, block_size: 4, enable_prefix_caching: true,
+    ///     groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 4 }],
+    ///     ..Default::default()
+    /// }).unwrap();
+    /// kv.allocate(SeqId(1), &(0..9).collect::<Vec<u32>>()).unwrap();
+    /// kv.drain_ops(&mut BlockOps::default());
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.cached_prefix_len_in_group(&(0..9).collect::<Vec<u32>>(), &keys, 0), 8);
+    /// assert_eq!(kv.cached_prefix_len_in_group(&[0, 1, 2, 3, 9], &keys, 0), 4);
+    /// assert_eq!(kv.cached_prefix_len_in_group(&[0, 1, 2, 3, 9], &keys, 2), 0);
+    /// ```
+    pub fn cached_prefix_len_in_group(&self, prompt: &[TokenId], keys: &PrefixKeys, group: u32) -> u64 {
+        let Some(p) = &self.prefix else { return 0 };
+        if prompt.is_empty() || group as usize >= self.config.groups.len() {
+            return 0;
+        }
+        let bs = self.config.block_size;
+        let mut parent = None;
+        let mut hit = 0;
+        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs as usize).enumerate() {
+            let h = hash_block(p.algo, parent, block, i as u32, bs, keys);
+            if p.index.get(group, h).is_none() {
+                break;
+            }
+            hit += bs as u64;
+            parent = Some(h);
+        }
+        hit
+    }
+
     /// The hash a block carries, if it is cached (prefix caching on).
     pub fn cached_block_hash(&self, block: BlockId) -> Option<BlockHash> {
         self.prefix.as_ref().and_then(|p| p.index.hash_of(block))
@@ -536,6 +636,14 @@ impl KvCacheManager {
     /// Blocks cached now, in use or free, in every group (0 when prefix caching is off).
     pub fn num_cached_blocks(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.index.len())
+    }
+
+    /// Blocks in use whose content duplicates a cached block's of their group
+    /// (the same content computed twice). Each takes the hash over if the
+    /// cached copy is freed first, so the content stays findable and no event
+    /// announces a block the engine still holds as removed.
+    pub fn num_duplicate_blocks(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.index.num_duplicates())
     }
 
     /// Drops the hash of every free cached block, so no later prompt hits
@@ -596,6 +704,14 @@ impl KvCacheManager {
                 "free block {b:?} is pending: it would become hittable though no step computes it"
             )));
         }
+        for (group, h, d) in p.index.duplicates() {
+            let original = p.index.get(group, h).expect("checked by the index");
+            if self.pool.ref_count(d) == Ok(0) || self.pool.ref_count(original) == Ok(0) {
+                return Err(InvariantViolation::new(format!(
+                    "duplicate {d:?} of {h:?} or its cached copy {original:?} (group {group}) is free: the hash would be lost on eviction"
+                )));
+            }
+        }
         let bs = self.config.block_size as usize;
         for (&seq, s) in &self.seqs {
             let Some(cache) = s.cache.as_deref() else {
@@ -620,6 +736,17 @@ impl KvCacheManager {
                 )));
             }
             for (g, t) in s.tables.iter().enumerate() {
+                // Every full block held stays findable: cached, pending or a duplicate.
+                for (i, &b) in t.live_blocks().iter().enumerate() {
+                    let i = i + t.num_released as usize;
+                    let Some(&mine) = cache.hashes.get(i) else { break };
+                    if p.index.carried_hash_of(b) != Some(mine) {
+                        return Err(InvariantViolation::new(format!(
+                            "{seq:?} group {g} block {i} ({b:?}) is full but carries {:?}, not its hash {mine:?} (cached, pending or duplicate)",
+                            p.index.carried_hash_of(b)
+                        )));
+                    }
+                }
                 for (i, &b) in t.live_blocks().iter().enumerate() {
                     let i = i + t.num_released as usize;
                     let carried = p.index.hash_of(b).or(p.index.pending_hash_of(b));

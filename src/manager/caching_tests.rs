@@ -69,7 +69,7 @@ fn a_full_hit_recomputes_the_last_block() {
         kv.block_table(SeqId(1)).unwrap()[1],
         kv.block_table(SeqId(2)).unwrap()[1]
     );
-    // Same content computed twice: the second block stays uncached.
+    // Same content computed twice: one cached entry, the second block is its duplicate.
     assert_eq!(kv.num_cached_blocks(), 2);
     assert_eq!(kv.cached_block_hash(kv.block_table(SeqId(2)).unwrap()[1]), None);
     kv.check_invariants().unwrap();
@@ -168,14 +168,60 @@ fn appended_blocks_are_cached_when_they_fill() {
 }
 
 #[test]
-fn truncate_into_a_cached_block_uncaches_it() {
+fn truncate_into_a_cached_block_keeps_it_cached_and_copies_before_writing() {
     let mut kv = kv(8, 4, true);
     kv.allocate(SeqId(1), &toks(0..8)).unwrap();
     run_step(&mut kv);
     assert_eq!(kv.num_cached_blocks(), 2);
+    let cached_tail = kv.block_table(SeqId(1)).unwrap()[1];
     kv.truncate(SeqId(1), 6).unwrap(); // rejected speculative tokens
-    assert_eq!(kv.num_cached_blocks(), 1);
-    kv.append(SeqId(1), &[60, 70]).unwrap();
+    assert_eq!(kv.num_cached_blocks(), 2, "the tail's content is intact");
+    kv.check_invariants().unwrap();
+    assert_eq!(
+        kv.append_blocks_needed(SeqId(1), 2),
+        Ok(1),
+        "the copy takes a block"
+    );
+    let free = kv.num_free_blocks();
+    kv.append(SeqId(1), &[60, 70]).unwrap(); // copies the tail before writing
+    assert_eq!(
+        kv.num_free_blocks(),
+        free,
+        "the copy took one, the cached original is free"
+    );
+    assert_eq!(kv.stats().cow_copies, 1);
+    let mut ops = BlockOps::default();
+    kv.drain_ops(&mut ops);
+    assert_eq!(ops.copies.len(), 1);
+    assert_eq!((ops.copies[0].src, ops.copies[0].num_slots), (cached_tail, 2));
+    kv.check_invariants().unwrap();
+    // Both continuations are found: the truncated one was not lost.
+    assert_eq!(
+        kv.cached_prefix_len(&[0, 1, 2, 3, 4, 5, 6, 7, 9], &PrefixKeys::default()),
+        8
+    );
+    assert_eq!(
+        kv.cached_prefix_len(&[0, 1, 2, 3, 4, 5, 60, 70, 9], &PrefixKeys::default()),
+        8
+    );
+    // No block was announced removed.
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert!(
+        !events.iter().any(|e| matches!(e, KvEvent::BlockRemoved { .. })),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn truncate_into_a_pending_block_drops_its_hash_silently() {
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..4)).unwrap();
+    run_step(&mut kv);
+    kv.append(SeqId(1), &toks(4..8)).unwrap(); // block 1 fills: pending
+    kv.truncate(SeqId(1), 6).unwrap();
+    kv.append(SeqId(1), &[60, 70]).unwrap(); // written in place: nobody could see it
+    assert_eq!(kv.stats().cow_copies, 0);
     run_step(&mut kv);
     kv.check_invariants().unwrap();
     assert_eq!(
@@ -189,7 +235,7 @@ fn truncate_into_a_cached_block_uncaches_it() {
 }
 
 #[test]
-fn shared_tail_after_truncate_keeps_its_hash_until_written_alone() {
+fn shared_tail_after_truncate_keeps_its_hash_and_every_write_copies() {
     let mut kv = kv(8, 4, false);
     kv.allocate(SeqId(1), &toks(0..9)).unwrap();
     run_step(&mut kv);
@@ -202,10 +248,91 @@ fn shared_tail_after_truncate_keeps_its_hash_until_written_alone() {
     assert_eq!(kv.stats().cow_copies, 1);
     kv.free(SeqId(2)).unwrap();
     kv.check_invariants().unwrap();
-    kv.append(SeqId(1), &[98]).unwrap(); // alone now: in place, uncached first
-    assert_eq!(kv.stats().cow_copies, 1);
+    kv.append(SeqId(1), &[98]).unwrap(); // alone now, but cached: copied too
+    assert_eq!(kv.stats().cow_copies, 2);
+    assert_eq!(
+        kv.num_cached_blocks(),
+        2,
+        "the original block stays cached (free)"
+    );
+    kv.check_invariants().unwrap();
+}
+
+/// The same content computed twice (a full prompt hit recomputes its last
+/// block) keeps one cached copy; when that copy is freed the hash moves to the
+/// duplicate, so nothing is lost and no event says otherwise.
+#[test]
+fn a_duplicate_takes_the_hash_over_when_the_cached_copy_is_freed() {
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..8)).unwrap();
+    run_step(&mut kv);
+    kv.allocate(SeqId(2), &toks(0..8)).unwrap(); // its block 1 duplicates seq 1's
+    run_step(&mut kv);
+    let (first, second) = (
+        kv.block_table(SeqId(1)).unwrap()[1],
+        kv.block_table(SeqId(2)).unwrap()[1],
+    );
+    assert_ne!(first, second);
+    assert_eq!(kv.num_cached_blocks(), 2);
+    assert_eq!(
+        kv.cached_block_hash(second),
+        None,
+        "a duplicate, not a second entry"
+    );
+    kv.check_invariants().unwrap();
+    kv.free(SeqId(1)).unwrap();
+    let h = kv
+        .cached_block_hash(second)
+        .expect("the duplicate took the hash over");
+    assert_eq!(kv.cached_block_hash(first), None);
+    assert_eq!(
+        kv.pool().peek_free(),
+        Some(first),
+        "holding nothing cached, reused first"
+    );
+    kv.check_invariants().unwrap();
+    kv.allocate(SeqId(3), &toks(100..120)).unwrap(); // eviction pressure: no cached block is lost
+    run_step(&mut kv);
+    assert_eq!(kv.cached_block_hash(second), Some(h));
+    assert_eq!(kv.cached_prefix_len(&toks(0..9), &PrefixKeys::default()), 8);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert!(
+        !events.iter().any(|e| matches!(e, KvEvent::BlockRemoved { .. })),
+        "{events:?}"
+    );
+}
+
+/// A block that fills with content cached in a free block takes the entry:
+/// the copy in use is the one worth keeping, and the free one is reused first.
+#[test]
+fn a_block_filling_with_content_cached_in_a_free_block_takes_the_entry() {
+    let mut kv = kv(8, 4, true);
+    kv.allocate(SeqId(1), &toks(0..4)).unwrap();
+    run_step(&mut kv);
+    kv.allocate(SeqId(2), &toks(0..3)).unwrap(); // no hit: one token short of a block
+    kv.free(SeqId(1)).unwrap(); // its block stays cached, free
+    run_step(&mut kv);
+    let old = kv
+        .pool()
+        .free_blocks()
+        .find(|&b| kv.cached_block_hash(b).is_some())
+        .unwrap();
+    kv.append(SeqId(2), &[3]).unwrap(); // fills with the same content
+    run_step(&mut kv);
+    let new = kv.block_table(SeqId(2)).unwrap()[0];
+    assert!(kv.cached_block_hash(new).is_some());
+    assert_eq!(kv.cached_block_hash(old), None);
+    assert_eq!(kv.pool().peek_free(), Some(old));
     assert_eq!(kv.num_cached_blocks(), 1);
     kv.check_invariants().unwrap();
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    assert_eq!(
+        events.len(),
+        1,
+        "stored once, never removed nor stored again: {events:?}"
+    );
 }
 
 #[test]

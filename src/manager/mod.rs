@@ -450,7 +450,7 @@ impl KvCacheManager {
                 .cache
                 .as_deref_mut()
                 .expect("caching on: the sequence has a cache");
-            p.truncated(cache, &s.tables, &self.pool);
+            p.truncated(cache, &mut s.tables, &self.pool);
         }
         Ok(())
     }
@@ -513,7 +513,7 @@ impl KvCacheManager {
             h.drain_into(ops);
         }
         if let Some(p) = &mut self.prefix {
-            p.commit_pending();
+            p.commit_pending(&mut self.pool);
         }
         self.next_epoch();
     }
@@ -591,6 +591,15 @@ fn release_at(kind: AttentionKind, released: u32, block_size: u32) -> u32 {
         .min(u32::MAX as u64) as u32
 }
 
+/// Whether a write into the partially filled tail `b` must copy it first:
+/// it is shared, or cached (its content stays cached: see
+/// `caching::PrefixState::truncated`).
+#[inline]
+fn tail_needs_copy(pool: &BlockPool, prefix: &Option<PrefixState>, b: BlockId) -> bool {
+    pool.ref_count(b).expect("tables hold pool blocks") > 1
+        || prefix.as_ref().is_some_and(|p| p.index.hash_of(b).is_some())
+}
+
 /// A block from the head of the free queue; with prefix caching on, the hash
 /// it carried (an evicted cached block) is dropped first.
 #[inline]
@@ -619,7 +628,14 @@ fn release(
 ) {
     let cached = match prefix {
         None => true,
-        Some(p) => p.index.hash_of(b).is_some(),
+        Some(p) => {
+            // A cached block about to become free hands its hash to a
+            // duplicate in use (the content stays findable, no event).
+            if p.index.has_duplicates() && pool.ref_count(b) == Ok(1) {
+                p.index.promote_duplicate(b);
+            }
+            p.index.hash_of(b).is_some()
+        }
     };
     let freed = if cached {
         pool.decref(b)
@@ -630,7 +646,7 @@ fn release(
     if freed {
         stats.blocks_returned += 1;
         // A pending block freed before its step was handed over was never
-        // written: it must not become hittable.
+        // written: it must not become hittable. A freed duplicate stops being one.
         if let (false, Some(p)) = (cached, prefix) {
             p.index.remove_block(b);
         }

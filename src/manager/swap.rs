@@ -22,10 +22,12 @@
 //! until the next `drain_ops`: the engine runs swap-outs before swap-ins, so a
 //! host block a queued swap-in still reads must not be handed to a swap-out.
 //!
-//! Swapped-in blocks are not re-entered in the prefix index (their content is
-//! final, but the index keeps one block per hash and the original may still be
-//! cached); device blocks released by `swap_out` keep their hash in the free
-//! queue like any freed block.
+//! Device blocks released by `swap_out` keep their hash in the free queue like
+//! any freed block. The full blocks a sequence gets back at `swap_in` are
+//! indexed like blocks that fill (pending until the next `drain_ops`): a hash
+//! evicted while the sequence was away is cached again (a `BlockStored`), one
+//! still cached in a free block moves to the swapped-in copy, one cached in a
+//! block in use gets the copy as a duplicate.
 
 use super::{release, release_at, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
 use crate::error::{InvariantViolation, KvError};
@@ -470,7 +472,12 @@ impl KvCacheManager {
                 && t.blocks.last().is_some_and(|&d| {
                     self.pool.ref_count(d).is_ok_and(|r| r > 1)
                         || self.host.as_ref().is_some_and(|h| h.host_of(d).is_some())
+                        || self.prefix.as_ref().is_some_and(|p| p.index.hash_of(d).is_some())
                 });
+        }
+        if let Some(p) = &mut self.prefix {
+            let cache = s.cache.as_deref().expect("caching on: the sequence has a cache");
+            p.index_swapped_in(cache, &s.tables);
         }
         self.seqs.insert(seq, s);
         self.stats.swap_ins += 1;
