@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 mod common;
-use common::timed_cycles;
+use common::{timed_cycles, DecodeCall};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pagedkv::{BlockOps, BlockPool, KvCacheConfig, KvCacheManager, SeqId};
@@ -85,55 +85,80 @@ fn alloc_free_2048_tokens(c: &mut Criterion) {
     g.finish();
 }
 
+/// The decode-step floor: `Vec<u32>` tables on a free stack, lengths in a
+/// `Vec<u64>`; each step every sequence takes a block when its last is full
+/// (every 16th step), bumps its length and (with `slots`) pushes the new
+/// token's slot into a reused buffer.
+fn floor_decode_steps(b: &mut criterion::Bencher<'_>, seqs: u64, start: u64, cycle: u64, slots: bool) {
+    let mut stack = free_stack(256 * 128);
+    let tables: Vec<Vec<u32>> = (0..seqs)
+        .map(|_| {
+            let mut t = Vec::with_capacity(128);
+            t.extend((0..start.div_ceil(16)).map(|_| stack.pop().expect("room")));
+            t
+        })
+        .collect();
+    let out: Vec<u64> = Vec::with_capacity(seqs as usize);
+    let mut state = (stack, tables, vec![start; seqs as usize], out);
+    b.iter_custom(|iters| {
+        timed_cycles(
+            &mut state,
+            iters,
+            cycle,
+            |(stack, tables, lens, out), steps| {
+                for _ in 0..steps {
+                    out.clear();
+                    for (t, len) in tables.iter_mut().zip(lens.iter_mut()) {
+                        if *len % 16 == 0 {
+                            t.push(stack.pop().expect("room"));
+                        }
+                        if slots {
+                            let last = *t.last().expect("non-empty") as u64;
+                            out.push(last * 16 + *len % 16);
+                        }
+                        *len += 1;
+                    }
+                    black_box((&*tables, &*out));
+                }
+            },
+            |(stack, tables, lens, _)| {
+                for (t, len) in tables.iter_mut().zip(lens.iter_mut()) {
+                    while t.len() as u64 > start.div_ceil(16) {
+                        stack.push(t.pop().expect("non-empty"));
+                    }
+                    *len = start;
+                }
+            },
+        )
+    })
+}
+
 /// (c) a decode step: 256 running sequences append one token each (every
 /// 16th step takes a new block per sequence), then the ops are drained.
+/// `manager` appends by `SeqId` without slots (the floor beside it:
+/// `floor_vec_u32_stack`); the other two also get each new token's slot,
+/// by `SeqId` or in one batched call over dense handles (their floor:
+/// `floor_vec_u32_stack_slots`).
 fn decode_step_256(c: &mut Criterion) {
     const SEQS: u64 = 256;
     const START: u64 = 1000;
     const CYCLE: u64 = 64; // steps before lengths are reset (untimed)
     let mut g = c.benchmark_group("c_decode_step_256_seqs");
-
     g.bench_function("floor_vec_u32_stack", |b| {
-        let mut stack = free_stack(256 * 128);
-        let tables: Vec<Vec<u32>> = (0..SEQS)
-            .map(|_| {
-                let mut t = Vec::with_capacity(128);
-                t.extend((0..START.div_ceil(16)).map(|_| stack.pop().expect("room")));
-                t
-            })
-            .collect();
-        let mut state = (stack, tables, vec![START; SEQS as usize]);
-        b.iter_custom(|iters| {
-            timed_cycles(
-                &mut state,
-                iters,
-                CYCLE,
-                |(stack, tables, lens), steps| {
-                    for _ in 0..steps {
-                        for (t, len) in tables.iter_mut().zip(lens.iter_mut()) {
-                            if *len % 16 == 0 {
-                                t.push(stack.pop().expect("room"));
-                            }
-                            *len += 1;
-                        }
-                        black_box(&*tables);
-                    }
-                },
-                |(stack, tables, lens)| {
-                    for (t, len) in tables.iter_mut().zip(lens.iter_mut()) {
-                        while t.len() as u64 > START.div_ceil(16) {
-                            stack.push(t.pop().expect("non-empty"));
-                        }
-                        *len = START;
-                    }
-                },
-            )
-        })
+        floor_decode_steps(b, SEQS, START, CYCLE, false)
     });
-
-    g.bench_function("manager", |b| {
-        common::bench_decode_steps(b, manager(256 * 128), SEQS, START, CYCLE)
+    g.bench_function("floor_vec_u32_stack_slots", |b| {
+        floor_decode_steps(b, SEQS, START, CYCLE, true)
     });
+    for (name, call) in [
+        ("manager", DecodeCall::AppendById),
+        ("manager_slots_by_seq_id", DecodeCall::SlotsById),
+        ("manager_batched_handles", DecodeCall::Batched),
+    ] {
+        g.bench_function(name, |b| {
+            common::bench_decode_steps(b, manager(256 * 128), SEQS, START, CYCLE, call)
+        });
+    }
     g.finish();
 }
 

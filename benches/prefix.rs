@@ -113,7 +113,14 @@ fn decode_step_caching(c: &mut Criterion) {
     let mut g = c.benchmark_group("g_decode_step_256_seqs_caching");
     for (name, caching) in [("floor_caching_off", false), ("caching_on", true)] {
         g.bench_function(name, |b| {
-            common::bench_decode_steps(b, manager(256 * 128, caching), 256, 1000, 64)
+            common::bench_decode_steps(
+                b,
+                manager(256 * 128, caching),
+                256,
+                1000,
+                64,
+                common::DecodeCall::AppendById,
+            )
         });
     }
     g.finish();

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::ids::{BlockId, SeqId};
+use crate::ids::{BlockId, SeqHandle, SeqId};
 use crate::manager::AdmissionRefusal;
 use crate::scheduler::RequestId;
 use crate::sizing::{AttentionKind, CapacityAdvice, NoKvMemory};
@@ -140,6 +140,13 @@ pub enum KvError {
     UnknownSequence {
         /// The sequence.
         seq: SeqId,
+    },
+    /// A [`SeqHandle`] that names no sequence on this manager's device: its
+    /// sequence was freed or swapped out since, or it comes from another manager.
+    #[error("sequence handle {handle} is stale: its sequence was freed or swapped out since it was taken, or it belongs to another manager; take a fresh one with KvCacheManager::handle(seq)")]
+    StaleHandle {
+        /// The handle.
+        handle: SeqHandle,
     },
     /// The sequence id is already in use.
     #[error("sequence {seq} is already allocated: free it first or use another id")]
@@ -281,6 +288,19 @@ pub enum KvError {
         /// Its length.
         num_tokens: u64,
     },
+}
+
+/// Why a batched call ([`crate::KvCacheManager::append_decode_into`])
+/// stopped: entry `done` of the batch was refused with `error` and changed
+/// nothing; the `done` entries before it were applied, those after it were
+/// not looked at. Retry from `done` once the cause is dealt with.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("batch entry {done} was refused ({error}); the {done} entries before it were applied, none after it")]
+pub struct BatchError {
+    /// Entries applied before the refused one.
+    pub done: usize,
+    /// Why entry `done` was refused.
+    pub error: KvError,
 }
 
 /// A caller mistake at the scheduler layer, or a request that can never run.

@@ -99,3 +99,44 @@ pub type TokenId = u32;
 /// writes a token's keys and values at its slot. `u64` like vLLM's int64 slot
 /// mapping, so no realistic cache overflows it.
 pub type Slot = u64;
+
+/// A dense handle to a sequence on the device: its slot in the manager's
+/// sequence slab, the slot's generation and the manager it came from. Hot calls
+/// that take a handle index the slab directly instead of looking the
+/// [`SeqId`] up in a map. A handle goes stale when its sequence is freed or
+/// swapped out (the slot's generation moves on); a stale handle, or one from
+/// another manager, is refused with [`crate::KvError::StaleHandle`], never
+/// resolved to another sequence.
+///
+/// ```
+/// use pagedkv::{KvCacheConfig, KvCacheManager, KvError, SeqId};
+/// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+/// kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();
+/// let h = kv.handle(SeqId(1)).unwrap();
+/// assert_eq!(kv.seq_of(h).unwrap(), SeqId(1));
+/// kv.free(SeqId(1)).unwrap();
+/// kv.allocate(SeqId(2), &[1, 2, 3]).unwrap();      // may reuse the slot
+/// assert!(matches!(kv.seq_of(h), Err(KvError::StaleHandle { .. })));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqHandle {
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+    pub(crate) owner: u32,
+}
+
+impl SeqHandle {
+    /// The slot index (dense: below the peak number of sequences on the
+    /// device), usable to index an engine's own per-sequence arrays while
+    /// the handle is live.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+impl fmt::Display for SeqHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}.{}", self.index, self.gen)
+    }
+}

@@ -13,8 +13,8 @@ pub mod sim;
 pub mod sizing;
 pub mod table;
 
-pub use error::{InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
-pub use ids::{BlockId, SeqId, Slot, TokenId};
+pub use error::{BatchError, InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
+pub use ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
 pub use manager::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
     KvUsage, SharedKvCacheManager,

@@ -33,7 +33,7 @@ pub(crate) type BlockVec = SmallVec<[BlockId; INLINE_BLOCKS]>;
 /// assert_eq!(table.blocks().len(), 2);
 /// assert_eq!(table.slot(4), Some(table.blocks()[1].0 as u64 * 4));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct BlockTable {
     pub(crate) blocks: BlockVec,
     pub(crate) num_tokens: u32,
@@ -49,7 +49,25 @@ pub struct BlockTable {
     /// releases a block: `u32::MAX` for full attention. Lets an append skip
     /// the release check with one comparison.
     pub(crate) release_at: u32,
+    /// `slot - pos` for the positions of the last block: `last × block_size
+    /// − (num_blocks − 1) × block_size`, wrapping. Kept by the manager's hot
+    /// path while it knows the table unchanged (see `manager::append`).
+    pub(crate) tail_base: u64,
 }
+
+/// Equal blocks, token counts and flags (`tail_base`, derived, is left out).
+impl PartialEq for BlockTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.blocks == other.blocks
+            && self.num_tokens == other.num_tokens
+            && self.block_size == other.block_size
+            && self.tail_maybe_shared == other.tail_maybe_shared
+            && self.num_released == other.num_released
+            && self.release_at == other.release_at
+    }
+}
+
+impl Eq for BlockTable {}
 
 impl BlockTable {
     pub(crate) fn with_storage(mut blocks: BlockVec, block_size: u32) -> Self {
@@ -61,6 +79,7 @@ impl BlockTable {
             tail_maybe_shared: false,
             num_released: 0,
             release_at: u32::MAX,
+            tail_base: 0,
         }
     }
 
@@ -150,6 +169,7 @@ mod tests {
             block_size,
             tail_maybe_shared: false,
             release_at: u32::MAX,
+            tail_base: 0,
         }
     }
 

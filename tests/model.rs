@@ -59,7 +59,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
     Admission, AdmissionRefusal, Allocation, AttentionKind, BlockCopy, BlockId, BlockOps, KvCacheConfig,
-    KvCacheManager, KvError, KvStats, KvUsage, SeqId, Slot,
+    KvCacheManager, KvError, KvStats, KvUsage, SeqHandle, SeqId, Slot,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -899,6 +899,8 @@ struct Harness {
     ops: BlockOps,
     slots: Vec<Slot>,
     calls: Vec<Call>,
+    /// The last handle taken for each sequence (kept after it goes stale).
+    handles: HashMap<SeqId, SeqHandle>,
 }
 
 /// The id of a resolved pick.
@@ -937,7 +939,39 @@ impl Harness {
             ops: BlockOps::default(),
             slots: Vec::new(),
             calls: Vec::new(),
+            handles: HashMap::new(),
         }
+    }
+
+    /// One decode through `append_decode_into` over the sequence's handle,
+    /// checking that an old handle either still names this sequence or is
+    /// refused as stale (never resolves to another sequence), and that the
+    /// slots pushed are the tables' slots of the new token.
+    fn decode_by_handle(&mut self, seq: SeqId, token: u32) -> Result<(), KvError> {
+        if let Some(&old) = self.handles.get(&seq) {
+            match self.kv.seq_of(old) {
+                Ok(s) => assert_eq!(s, seq, "a handle resolved to another sequence"),
+                Err(e) => assert!(matches!(e, KvError::StaleHandle { .. }), "{e}"),
+            }
+        }
+        let h = self.kv.handle(seq)?;
+        self.handles.insert(seq, h);
+        let len = self.kv.num_tokens(seq)?;
+        let mut slots = vec![Vec::new(); self.kv.num_groups()];
+        self.kv
+            .append_decode_into(&[(h, token)], &mut slots)
+            .map_err(|e| {
+                assert_eq!(e.done, 0);
+                e.error
+            })?;
+        for (g, out) in slots.iter().enumerate() {
+            assert_eq!(
+                out[..],
+                [self.kv.group(g).unwrap().slot(seq, len).unwrap()],
+                "group {g}"
+            );
+        }
+        Ok(())
     }
 
     /// Fresh, globally unique token values (the content the oracle checks).
@@ -1029,10 +1063,14 @@ impl Harness {
                 let seq = id(seq);
                 let values = self.values(n);
                 let tokens: Vec<u32> = values.iter().map(|&v| v as u32).collect();
-                (
-                    self.kv.append(seq, &tokens).map(|()| None),
-                    self.model.append(seq, &values),
-                )
+                // Half the decodes go through the batched call over dense
+                // handles; the slots it pushes must be the table's.
+                let real = if tokens.len() == 1 && seq.0 % 2 == 0 {
+                    self.decode_by_handle(seq, tokens[0])
+                } else {
+                    self.kv.append(seq, &tokens)
+                };
+                (real.map(|()| None), self.model.append(seq, &values))
             }
             Op::Fork { parent, child } => {
                 let (parent, child) = (id(parent), id(child));

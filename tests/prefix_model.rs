@@ -332,7 +332,16 @@ impl Harness {
                 r.is_err()
             }
             Op::Append { seq, tokens } => {
-                let r = self.kv.append(SeqId(seq), &tokens);
+                // Odd sequences decode through the batched call over dense handles.
+                let r = match self.kv.handle(SeqId(seq)) {
+                    Ok(h) if tokens.len() == 1 && seq % 2 == 1 => {
+                        let mut slots = vec![Vec::new(); self.kv.num_groups()];
+                        self.kv
+                            .append_decode_into(&[(h, tokens[0])], &mut slots)
+                            .map_err(|e| e.error)
+                    }
+                    _ => self.kv.append(SeqId(seq), &tokens),
+                };
                 match self.seqs.get_mut(&seq) {
                     None => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
                     Some((tenant, mine)) => {

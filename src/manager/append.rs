@@ -9,8 +9,8 @@
 use std::ops::Range;
 
 use super::{release, release_at, tail_needs_copy, take_block, BlockCopy, KvCacheManager, PrefixState, Seq};
-use crate::error::KvError;
-use crate::ids::{BlockId, SeqId, Slot, TokenId};
+use crate::error::{BatchError, KvError};
+use crate::ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
 use crate::sizing::blocks_for;
 
 impl KvCacheManager {
@@ -104,6 +104,164 @@ impl KvCacheManager {
         self.append_then_slots(seq, tokens, Some((range, outs)))
     }
 
+    /// A decode step's appends in one call: for each `(handle, token)` of
+    /// `batch`, in order, appends the token to the handle's sequence and
+    /// pushes the new token's slot in group `g` to `outs[g]` (pass one buffer
+    /// per group, or fewer to get the first groups only). The same as
+    /// [`Self::append_and_group_slots_into`] with `len..len + 1` for each
+    /// entry, without the map lookups: a handle indexes the sequence slab.
+    ///
+    /// Errors: the first refused entry stops the batch ([`BatchError`]: the
+    /// entries before it were applied, it and those after it changed
+    /// nothing): [`KvError::StaleHandle`], [`KvError::ExceedsMaxModelLen`],
+    /// [`KvError::OutOfBlocks`]; [`KvError::UnknownGroup`] (at entry 0) when
+    /// `outs` has more buffers than there are groups.
+    ///
+    /// ```
+    /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig { num_blocks: 8, block_size: 4, ..Default::default() }).unwrap();
+    /// kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();
+    /// kv.allocate(SeqId(2), &[1, 2, 3, 4]).unwrap();
+    /// let batch = [(kv.handle(SeqId(1)).unwrap(), 9), (kv.handle(SeqId(2)).unwrap(), 9)];
+    /// let mut slots = vec![Vec::new()];
+    /// kv.drain_ops(&mut BlockOps::default());              // the prefill step runs
+    /// kv.append_decode_into(&batch, &mut slots).unwrap();  // one decode step
+    /// assert_eq!(slots[0], [kv.slot(SeqId(1), 3).unwrap(), kv.slot(SeqId(2), 4).unwrap()]);
+    /// ```
+    pub fn append_decode_into(
+        &mut self,
+        batch: &[(SeqHandle, TokenId)],
+        outs: &mut [Vec<Slot>],
+    ) -> Result<(), BatchError> {
+        if outs.len() > self.num_groups() {
+            return Err(BatchError {
+                done: 0,
+                error: KvError::UnknownGroup {
+                    group: self.num_groups() as u32,
+                    num_groups: self.num_groups() as u32,
+                },
+            });
+        }
+        if let ([out], 1, None) = (&mut *outs, self.num_groups(), &self.prefix) {
+            // One group, no prefix caching: the common decode in a tight
+            // loop over the slab; anything but the fast case goes to `append_one`.
+            let epoch = self.epoch;
+            let mut done = 0;
+            while done < batch.len() {
+                let (entries, owner) = self.seqs.entries_hot();
+                for &(h, _) in &batch[done..] {
+                    let Some(e) = entries.get_mut(h.index as usize) else {
+                        break;
+                    };
+                    if !e.is(h, owner) {
+                        break;
+                    }
+                    let s = e.val.as_mut().expect("checked by is()");
+                    let t = &mut s.tables[0];
+                    let len = t.num_tokens;
+                    if len >= e.hot {
+                        break;
+                    }
+                    t.num_tokens = len + 1;
+                    out.push(t.tail_base.wrapping_add(len as u64));
+                    if s.appended_epoch != epoch {
+                        s.appended_epoch = epoch;
+                        s.step_start_len = len;
+                    }
+                    done += 1;
+                }
+                if let Some(&(h, token)) = batch.get(done) {
+                    if let Err(error) = self.append_one(h, token, std::slice::from_mut(out)) {
+                        return Err(BatchError { done, error });
+                    }
+                    done += 1;
+                }
+            }
+            return Ok(());
+        }
+        for (done, &(h, token)) in batch.iter().enumerate() {
+            if let Err(error) = self.append_one(h, token, outs) {
+                return Err(BatchError { done, error });
+            }
+        }
+        Ok(())
+    }
+
+    /// One entry of [`Self::append_decode_into`].
+    #[inline(always)]
+    fn append_one(&mut self, h: SeqHandle, token: TokenId, outs: &mut [Vec<Slot>]) -> Result<(), KvError> {
+        let epoch = self.epoch;
+        let Some((seq, hot, s)) = self.seqs.by_handle_hot(h) else {
+            return Err(KvError::StaleHandle { handle: h });
+        };
+        let old_len = s.num_tokens();
+        if old_len < *hot {
+            // In every group the token lands in the last block, which the
+            // table holds alone, before any window boundary or the length
+            // limit (see `fast_until`): bump the counts, push the slots.
+            if s.appended_epoch != epoch {
+                s.appended_epoch = epoch;
+                s.step_start_len = old_len;
+            }
+            for (t, out) in s.tables.iter().zip(outs.iter_mut()) {
+                out.push(t.tail_base.wrapping_add(old_len as u64));
+            }
+            for t in s.tables.iter_mut() {
+                t.num_tokens = old_len + 1;
+            }
+            if let Some(p) = &mut self.prefix {
+                let cache = s
+                    .cache
+                    .as_deref_mut()
+                    .expect("caching on: the sequence has a cache");
+                p.record_tokens(cache, &s.tables, std::slice::from_ref(&token));
+            }
+            return Ok(());
+        }
+        // The next most common case (every block_size-th decode): the last
+        // block of every table is full, no window releases a block, and the
+        // pool has a block for each group: take them from the pool.
+        let bs = self.config.block_size;
+        let base = if s.appended_epoch == epoch {
+            s.step_start_len
+        } else {
+            old_len
+        };
+        let groups = s.tables.len() as u32;
+        let grows = old_len < self.config.max_model_len
+            && self.pool.num_free() >= groups
+            && s.tables
+                .iter()
+                .all(|t| t.blocks.len() as u64 * bs as u64 == old_len as u64 && base < t.release_at);
+        if grows {
+            let mut until = self.config.max_model_len.min(old_len.saturating_add(bs));
+            for (g, t) in s.tables.iter_mut().enumerate() {
+                let b = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+                t.blocks.push(b);
+                t.tail_maybe_shared = false;
+                t.num_tokens = old_len + 1;
+                t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
+                until = until.min(t.release_at);
+                if let Some(out) = outs.get_mut(g) {
+                    out.push(b.0 as u64 * bs as u64);
+                }
+            }
+            s.appended_epoch = epoch;
+            s.step_start_len = base;
+            *hot = until;
+            if let Some(p) = &mut self.prefix {
+                let cache = s
+                    .cache
+                    .as_deref_mut()
+                    .expect("caching on: the sequence has a cache");
+                p.record_tokens(cache, &s.tables, std::slice::from_ref(&token));
+            }
+            return Ok(());
+        }
+        let old = old_len as u64;
+        self.append_then_slots(seq, &[token], Some((old..old + 1, outs)))
+    }
+
     /// `append`, and with `slots` also the slots of a range after it, for
     /// the first `outs.len()` groups.
     #[inline(always)]
@@ -116,7 +274,7 @@ impl KvCacheManager {
         let max_model_len = self.config.max_model_len;
         let epoch = self.epoch;
         let bs = self.config.block_size;
-        let Some(s) = self.seqs.get_mut(&seq) else {
+        let Some((hot, s)) = self.seqs.get_hot(&seq) else {
             return Err(self.absent(seq));
         };
         let old_len = s.num_tokens() as u64;
@@ -172,6 +330,9 @@ impl KvCacheManager {
                 s.appended_epoch = epoch;
                 s.step_start_len = base as u32;
             }
+            if *hot == 0 {
+                *hot = fast_until(s, bs, max_model_len);
+            }
             after_append(&mut self.prefix, s, tokens, slots);
             return Ok(());
         }
@@ -181,11 +342,12 @@ impl KvCacheManager {
         if !tokens.is_empty() {
             self.append_slow(seq, base, new_len)?;
         }
-        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        let (hot, s) = self.seqs.get_hot(&seq).expect("looked up above");
         if !tokens.is_empty() {
             s.appended_epoch = epoch;
             s.step_start_len = base as u32;
         }
+        *hot = fast_until(s, bs, max_model_len);
         after_append(&mut self.prefix, s, tokens, slots);
         Ok(())
     }
@@ -316,6 +478,30 @@ impl KvCacheManager {
         }
         Ok(())
     }
+}
+
+/// The length below which a one-token append to `s` needs no check (the
+/// hot word of its slab entry), refreshing each table's `tail_base`: below
+/// it, in every group, the next position is in the last block, which the
+/// table holds alone (not flagged `tail_maybe_shared`: no copy-on-write, no
+/// cached content, no host copy to forget), no window releases a block, and
+/// the length stays within `max_model_len`. 0 when any of that fails now.
+/// The bound stays true while only token counts change (appends under it);
+/// any other change to the sequence resets the word (see `SeqSlab`).
+fn fast_until(s: &mut Seq, block_size: u32, max_model_len: u32) -> u32 {
+    let bs = block_size as u64;
+    let mut until = max_model_len;
+    for t in s.tables.iter_mut() {
+        match t.blocks.last() {
+            Some(&last) if !t.tail_maybe_shared && !last.is_null() => {
+                let n = t.blocks.len() as u64;
+                t.tail_base = (last.0 as u64 * bs).wrapping_sub((n - 1) * bs);
+                until = until.min((n * bs).min(u32::MAX as u64) as u32).min(t.release_at);
+            }
+            _ => return 0,
+        }
+    }
+    until
 }
 
 /// The rest of an append once the tables hold the tokens: remember them for

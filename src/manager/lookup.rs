@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use super::{KvCacheManager, Seq};
 use crate::error::KvError;
-use crate::ids::{BlockId, SeqId, Slot};
+use crate::ids::{BlockId, SeqHandle, SeqId, Slot};
 use crate::sizing::AttentionKind;
 use crate::table::BlockTable;
 
@@ -15,6 +15,28 @@ impl KvCacheManager {
     /// Whether the sequence is allocated.
     pub fn contains(&self, seq: SeqId) -> bool {
         self.seqs.contains_key(&seq)
+    }
+
+    /// The dense handle of a sequence on the device, for the hot calls that
+    /// take one ([`Self::append_decode_into`]). It stays valid until the
+    /// sequence is freed or swapped out (see [`SeqHandle`]).
+    ///
+    /// Errors: `UnknownSequence`, `SequenceSwapped`.
+    #[inline]
+    pub fn handle(&self, seq: SeqId) -> Result<SeqHandle, KvError> {
+        self.seqs.handle(&seq).ok_or_else(|| self.absent(seq))
+    }
+
+    /// The sequence a handle names.
+    ///
+    /// Errors: [`KvError::StaleHandle`] when its sequence left the device
+    /// (freed or swapped out) or the handle belongs to another manager.
+    #[inline]
+    pub fn seq_of(&self, handle: SeqHandle) -> Result<SeqId, KvError> {
+        match self.seqs.by_handle(handle) {
+            Some((seq, _)) => Ok(seq),
+            None => Err(KvError::StaleHandle { handle }),
+        }
     }
 
     /// Allocated sequences.

@@ -59,7 +59,7 @@ mod tests;
 mod types;
 
 pub use lookup::GroupView;
-pub(crate) use seq_map::SeqMap;
+pub(crate) use seq_map::{SeqMap, SeqSlab};
 pub use shared::SharedKvCacheManager;
 pub use types::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage, MAX_GROUPS,
@@ -143,7 +143,7 @@ pub struct KvCacheManager {
     config: KvCacheConfig,
     watermark_blocks: u32,
     pool: BlockPool,
-    seqs: SeqMap<Seq>,
+    seqs: SeqSlab<Seq>,
     /// Storage of freed sequences, reused by the next allocation or fork.
     spare: Vec<(Tables, Option<Box<SeqCache>>)>,
     copies: Vec<BlockCopy>,
@@ -172,7 +172,7 @@ impl KvCacheManager {
             config,
             watermark_blocks,
             pool,
-            seqs: SeqMap::default(),
+            seqs: SeqSlab::default(),
             spare: Vec::new(),
             copies: Vec::new(),
             host,

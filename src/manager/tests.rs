@@ -390,13 +390,11 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn sequence_entries_stay_small() {
-    // The decode fast path touches one map entry per sequence: its table
-    // inline (one group), the window and step bookkeeping, the cache pointer.
-    assert!(
-        std::mem::size_of::<(SeqId, Seq)>() <= 88,
-        "{}",
-        std::mem::size_of::<(SeqId, Seq)>()
-    );
+    // The decode fast path touches one slab entry per sequence: its id,
+    // generation and hot word, its table inline (one group, with the slot
+    // base of its last block), the step bookkeeping, the cache pointer.
+    let size = std::mem::size_of::<super::seq_map::Entry<Seq>>();
+    assert!(size <= 112, "{size}");
 }
 
 #[test]
@@ -518,4 +516,117 @@ fn a_window_takes_and_returns_no_more_blocks_per_token_than_full_attention() {
         win_held,
         AttentionKind::SlidingWindow { window: 64 }.max_blocks_per_seq(2020, 1, 16)
     );
+}
+
+#[test]
+fn handles_of_other_managers_and_freed_sequences_are_refused() {
+    let mut a = kv(8, 4);
+    let mut b = kv(8, 4);
+    a.allocate(SeqId(1), &toks(3)).unwrap();
+    b.allocate(SeqId(1), &toks(3)).unwrap();
+    let ha = a.handle(SeqId(1)).unwrap();
+    let hb = b.handle(SeqId(1)).unwrap();
+    assert_ne!(ha, hb, "each manager tags its handles");
+    let stale = |r: Result<(), crate::error::BatchError>| {
+        matches!(
+            r,
+            Err(crate::error::BatchError {
+                done: 0,
+                error: KvError::StaleHandle { .. }
+            })
+        )
+    };
+    let before = snapshot(&a);
+    assert!(stale(a.append_decode_into(&[(hb, 1)], &mut [Vec::new()])));
+    assert_eq!(snapshot(&a), before);
+    // A clone is another manager: the original's handles are foreign to it.
+    let mut c = a.clone();
+    assert!(matches!(c.seq_of(ha), Err(KvError::StaleHandle { .. })));
+    let hc = c.handle(SeqId(1)).unwrap();
+    c.append_decode_into(&[(hc, 1)], &mut [Vec::new()]).unwrap();
+    // Freed, then the slot reused by another sequence: still stale.
+    a.free(SeqId(1)).unwrap();
+    a.allocate(SeqId(2), &toks(3)).unwrap();
+    assert_eq!(a.handle(SeqId(2)).unwrap().index(), ha.index());
+    assert!(matches!(a.seq_of(ha), Err(KvError::StaleHandle { .. })));
+    assert!(stale(a.append_decode_into(&[(ha, 1)], &mut [Vec::new()])));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_batch_stops_at_the_first_refusal() {
+    // Three sequences with full last blocks and one free block: the first
+    // takes it, the second is refused, the third is not looked at.
+    let mut kv = kv(4, 2);
+    for s in 1..=3 {
+        kv.allocate(SeqId(s), &toks(2)).unwrap();
+    }
+    settle(&mut kv);
+    let batch: Vec<_> = (1..=3).map(|s| (kv.handle(SeqId(s)).unwrap(), 9)).collect();
+    let mut slots = vec![Vec::new()];
+    let err = kv.append_decode_into(&batch, &mut slots).unwrap_err();
+    assert_eq!(err.done, 1);
+    assert!(matches!(err.error, KvError::OutOfBlocks { .. }), "{err}");
+    assert_eq!(slots[0], [kv.slot(SeqId(1), 2).unwrap()]);
+    assert_eq!(
+        [1, 2, 3].map(|s| kv.num_tokens(SeqId(s)).unwrap()),
+        [3, 2, 2],
+        "entries after the refused one are untouched"
+    );
+    // More buffers than groups is refused before anything runs.
+    let err = kv
+        .append_decode_into(&batch[1..], &mut [Vec::new(), Vec::new()])
+        .unwrap_err();
+    assert!(matches!(err.error, KvError::UnknownGroup { .. }));
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn batched_decode_matches_appends_by_id_in_every_group() {
+    let groups = vec![
+        AttentionKind::Full,
+        AttentionKind::SlidingWindow { window: 8 },
+        AttentionKind::ChunkedLocal { chunk: 8 },
+    ];
+    let config = KvCacheConfig {
+        num_blocks: 256,
+        block_size: 4,
+        max_model_len: 64,
+        watermark: 0.0,
+        groups,
+        ..Default::default()
+    };
+    let (mut by_id, mut batched) = (
+        KvCacheManager::new(config.clone()).unwrap(),
+        KvCacheManager::new(config).unwrap(),
+    );
+    for kv in [&mut by_id, &mut batched] {
+        for s in 0..4 {
+            kv.allocate(SeqId(s), &toks(1 + s as usize * 3)).unwrap();
+        }
+        settle(kv);
+    }
+    let batch: Vec<_> = (0..4).map(|s| (batched.handle(SeqId(s)).unwrap(), 5)).collect();
+    for step in 0..40 {
+        let mut want = vec![Vec::new(); 3];
+        for s in 0..4 {
+            let len = by_id.num_tokens(SeqId(s)).unwrap();
+            by_id
+                .append_and_group_slots_into(SeqId(s), &[5], len..len + 1, &mut want)
+                .unwrap();
+        }
+        let mut got = vec![Vec::new(); 3];
+        batched.append_decode_into(&batch, &mut got).unwrap();
+        assert_eq!(got, want, "step {step}");
+        settle(&mut by_id);
+        settle(&mut batched);
+        batched.check_invariants().unwrap();
+        if step == 20 {
+            // A fork flags the parent's tail: the next decode copies it.
+            for kv in [&mut by_id, &mut batched] {
+                kv.fork(SeqId(0), SeqId(9)).unwrap();
+            }
+        }
+    }
+    assert_eq!(snapshot(&by_id), snapshot(&batched));
 }
