@@ -1,20 +1,29 @@
 //! The block pool: a fixed number of physical blocks, their reference counts,
-//! and an intrusive doubly linked queue of free blocks.
+//! and the free blocks in two places: a stack of blocks holding nothing worth
+//! keeping, and an intrusive doubly linked queue of blocks whose content may
+//! be reused (prefix-cached blocks, in LRU order).
 //!
 //! Invariants (checked by [`BlockPool::check_invariants`]):
-//! - a block is in the free queue exactly when its reference count is 0;
-//! - `num_free` equals the length of the free queue, and free + used = total;
+//! - a block is free (in the stack or the queue, not both) exactly when its
+//!   reference count is 0;
+//! - `num_free` is the stack's length plus the queue's, and free + used = total;
+//! - each stacked block records its position in the stack;
 //! - the queue links are consistent: `next(prev(b)) == b`, the head has no
 //!   `prev`, the tail has no `next`, and walking from the head reaches the tail
-//!   in `num_free` steps.
+//!   in as many steps as the queue holds blocks.
 //!
-//! Blocks are taken from the head and returned at the tail, so the queue is in
-//! least-recently-freed-first order and can serve directly as an eviction order.
-//! Because a block can also leave the middle of the queue in O(1)
-//! ([`BlockPool::take_free`]), a cached free block can be reused in place.
+//! Allocation pops the stack, and takes the head of the queue only when the
+//! stack is empty, so the free order is: the stack, top first, then the queue
+//! from its head. [`BlockPool::decref`] returns a block to the tail of the
+//! queue (least-recently-freed-first: the eviction order of cached blocks);
+//! [`BlockPool::decref_evict_first`] pushes it on the stack (a block without
+//! a hash needs no LRU position, and a stack is where allocation is cheapest:
+//! one pop, no links to follow). A block can leave the middle of either in
+//! O(1) ([`BlockPool::take_free`]), so a cached free block can be reused in place.
 //!
 //! Metadata is one 12-byte record per block in one flat array
-//! ([`BlockPool::METADATA_BYTES_PER_BLOCK`]); nothing is allocated after construction.
+//! ([`BlockPool::METADATA_BYTES_PER_BLOCK`]) plus the stack's 4 bytes per
+//! block, reserved up front; nothing is allocated after construction.
 
 use crate::error::{InvariantViolation, PoolError};
 use crate::ids::BlockId;
@@ -22,21 +31,25 @@ use crate::ids::BlockId;
 /// The "no block" link value.
 const NIL: u32 = u32::MAX;
 
+/// The `next` of a block on the free stack (its `prev` is its position there).
+const IN_STACK: u32 = u32::MAX - 1;
+
 /// Largest pool accepted: 2^30 blocks (12 GiB of metadata). Larger pools are
 /// almost certainly a units mistake (bytes where blocks were meant).
 pub const MAX_BLOCKS: u32 = 1 << 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BlockMeta {
-    /// References held by sequences; 0 means the block is in the free queue.
+    /// References held by sequences; 0 means the block is free.
     ref_count: u32,
-    /// Previous block in the free queue, or NIL.
+    /// Previous block in the free queue, or NIL; on the stack, the block's position there.
     prev: u32,
-    /// Next block in the free queue, or NIL.
+    /// Next block in the free queue, or NIL; `IN_STACK` on the stack.
     next: u32,
 }
 
-/// A fixed-size pool of blocks with reference counts and an O(1) free queue.
+/// A fixed-size pool of blocks with reference counts, an O(1) free stack and
+/// an O(1) free queue.
 ///
 /// ```
 /// use pagedkv::{BlockId, BlockPool};
@@ -48,13 +61,17 @@ struct BlockMeta {
 /// assert!(pool.decref(a).unwrap());      // now free, at the tail of the queue
 /// assert_eq!(pool.num_free(), 4);
 /// assert!(pool.decref(a).is_err());      // double free is an error, not a panic
+/// assert_eq!(pool.allocate().unwrap(), BlockId(1)); // the stack is used first
 /// ```
 #[derive(Clone, Debug)]
 pub struct BlockPool {
     meta: Vec<BlockMeta>,
+    /// Free blocks holding nothing worth keeping; the top is allocated first.
+    stack: Vec<u32>,
     head: u32,
     tail: u32,
-    num_free: u32,
+    /// Blocks in the queue.
+    num_queued: u32,
 }
 
 impl BlockPool {
@@ -67,18 +84,20 @@ impl BlockPool {
         if num_blocks == 0 || num_blocks > MAX_BLOCKS {
             return Err(PoolError::InvalidSize { num_blocks });
         }
+        // Block 0 on top of the stack.
         let meta = (0..num_blocks)
             .map(|i| BlockMeta {
                 ref_count: 0,
-                prev: if i == 0 { NIL } else { i - 1 },
-                next: if i + 1 == num_blocks { NIL } else { i + 1 },
+                prev: num_blocks - 1 - i,
+                next: IN_STACK,
             })
             .collect();
         Ok(BlockPool {
             meta,
-            head: 0,
-            tail: num_blocks - 1,
-            num_free: num_blocks,
+            stack: (0..num_blocks).rev().collect(),
+            head: NIL,
+            tail: NIL,
+            num_queued: 0,
         })
     }
 
@@ -88,16 +107,16 @@ impl BlockPool {
         self.meta.len() as u32
     }
 
-    /// Blocks in the free queue.
+    /// Free blocks (on the stack or in the queue).
     #[inline]
     pub fn num_free(&self) -> u32 {
-        self.num_free
+        self.stack.len() as u32 + self.num_queued
     }
 
     /// Blocks held by at least one reference.
     #[inline]
     pub fn num_used(&self) -> u32 {
-        self.num_blocks() - self.num_free
+        self.num_blocks() - self.num_free()
     }
 
     fn meta(&self, block: BlockId) -> Result<&BlockMeta, PoolError> {
@@ -113,19 +132,33 @@ impl BlockPool {
         self.meta(block).map(|m| m.ref_count)
     }
 
-    /// Whether the block is in the free queue.
+    /// Whether the block is free.
     pub fn is_free(&self, block: BlockId) -> Result<bool, PoolError> {
         self.meta(block).map(|m| m.ref_count == 0)
     }
 
-    /// The block at the head of the free queue (the next to be allocated).
+    /// The next block [`Self::allocate`] returns: the top of the stack, else
+    /// the head of the queue.
     pub fn peek_free(&self) -> Option<BlockId> {
-        (self.head != NIL).then_some(BlockId(self.head))
+        match self.stack.last() {
+            Some(&b) => Some(BlockId(b)),
+            None => (self.head != NIL).then_some(BlockId(self.head)),
+        }
     }
 
-    /// Takes the block at the head of the free queue and gives it one reference.
+    /// Takes the top of the free stack, or when it is empty the head of the
+    /// free queue (the least recently freed cached block: the one to evict),
+    /// and gives it one reference.
     #[inline]
     pub fn allocate(&mut self) -> Result<BlockId, PoolError> {
+        if let Some(b) = self.stack.pop() {
+            self.meta[b as usize] = BlockMeta {
+                ref_count: 1,
+                prev: NIL,
+                next: NIL,
+            };
+            return Ok(BlockId(b));
+        }
         if self.head == NIL {
             return Err(PoolError::Exhausted {
                 num_blocks: self.num_blocks(),
@@ -137,14 +170,29 @@ impl BlockPool {
         Ok(block)
     }
 
-    /// Takes a specific free block out of the middle of the queue in O(1) and
-    /// gives it one reference (a prefix-cache hit on a freed block).
+    /// Takes a specific free block out of the middle of the stack or the
+    /// queue in O(1) and gives it one reference (a prefix-cache hit on a
+    /// freed block).
     pub fn take_free(&mut self, block: BlockId) -> Result<(), PoolError> {
         if self.meta(block)?.ref_count != 0 {
             return Err(PoolError::NotFree { block });
         }
-        self.unlink(block.0);
-        self.meta[block.index()].ref_count = 1;
+        if self.meta[block.index()].next == IN_STACK {
+            // The last block fills its place.
+            let pos = self.meta[block.index()].prev;
+            let last = self.stack.pop().expect("a stacked block is on the stack");
+            if last != block.0 {
+                self.stack[pos as usize] = last;
+                self.meta[last as usize].prev = pos;
+            }
+        } else {
+            self.unlink(block.0);
+        }
+        self.meta[block.index()] = BlockMeta {
+            ref_count: 1,
+            prev: NIL,
+            next: NIL,
+        };
         Ok(())
     }
 
@@ -171,10 +219,10 @@ impl BlockPool {
         self.drop_ref(block, false)
     }
 
-    /// Like [`Self::decref`], but a block that becomes free goes to the head of
-    /// the queue, to be reused first: the prefix cache frees blocks that hold
-    /// nothing worth keeping (no cached hash) this way, so the LRU order of the
-    /// cached ones is kept.
+    /// Like [`Self::decref`], but a block that becomes free goes on the stack,
+    /// to be reused first (most recently freed first): blocks that hold
+    /// nothing worth keeping (no cached hash, or prefix caching off) are freed
+    /// this way, so the queue keeps only the cached ones, in LRU order.
     #[inline]
     pub fn decref_evict_first(&mut self, block: BlockId) -> Result<bool, PoolError> {
         self.drop_ref(block, true)
@@ -191,19 +239,34 @@ impl BlockPool {
             return Ok(false);
         }
         if to_head {
-            self.push_head(block.0);
+            m.prev = self.stack.len() as u32;
+            m.next = IN_STACK;
+            self.stack.push(block.0);
         } else {
             self.push_tail(block.0);
         }
         Ok(true)
     }
 
-    /// Free blocks from head (next allocated, least recently freed) to tail.
+    /// Free blocks in allocation order: the stack from its top, then the
+    /// queue from its head (least recently freed) to its tail.
     pub fn free_blocks(&self) -> FreeBlocks<'_> {
         FreeBlocks {
             pool: self,
+            stacked: self.stack.len(),
             next: self.head,
-            remaining: self.num_free,
+            remaining: self.num_queued,
+        }
+    }
+
+    /// Free blocks in the queue, from its head (the next cached block to
+    /// evict) to its tail.
+    pub fn queued_blocks(&self) -> FreeBlocks<'_> {
+        FreeBlocks {
+            pool: self,
+            stacked: 0,
+            next: self.head,
+            remaining: self.num_queued,
         }
     }
 
@@ -222,7 +285,7 @@ impl BlockPool {
         let m = &mut self.meta[i as usize];
         m.prev = NIL;
         m.next = NIL;
-        self.num_free -= 1;
+        self.num_queued -= 1;
     }
 
     fn push_tail(&mut self, i: u32) {
@@ -238,28 +301,24 @@ impl BlockPool {
             self.meta[tail as usize].next = i;
         }
         self.tail = i;
-        self.num_free += 1;
-    }
-
-    fn push_head(&mut self, i: u32) {
-        let head = self.head;
-        {
-            let m = &mut self.meta[i as usize];
-            m.prev = NIL;
-            m.next = head;
-        }
-        if head == NIL {
-            self.tail = i;
-        } else {
-            self.meta[head as usize].prev = i;
-        }
-        self.head = i;
-        self.num_free += 1;
+        self.num_queued += 1;
     }
 
     /// Checks every pool invariant listed in the module docs. O(num_blocks).
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let n = self.num_blocks();
+        for (pos, &b) in self.stack.iter().enumerate() {
+            let m = self
+                .meta
+                .get(b as usize)
+                .ok_or_else(|| InvariantViolation::new(format!("free stack entry {b} is out of range")))?;
+            if m.ref_count != 0 || m.next != IN_STACK || m.prev != pos as u32 {
+                return Err(InvariantViolation::new(format!(
+                    "block {b} at free stack position {pos} has ref count {}, links ({}, {})",
+                    m.ref_count, m.prev, m.next
+                )));
+            }
+        }
         let mut walked = 0u32;
         let mut prev = NIL;
         let mut cur = self.head;
@@ -269,16 +328,16 @@ impl BlockPool {
                     "free queue link {cur} is out of range"
                 )));
             }
-            if walked == self.num_free {
+            if walked == self.num_queued {
                 return Err(InvariantViolation::new(format!(
-                    "free queue is longer than num_free ({}) or has a cycle",
-                    self.num_free
+                    "free queue is longer than num_queued ({}) or has a cycle",
+                    self.num_queued
                 )));
             }
             let m = self.meta[cur as usize];
-            if m.ref_count != 0 {
+            if m.ref_count != 0 || m.next == IN_STACK {
                 return Err(InvariantViolation::new(format!(
-                    "block {cur} is in the free queue with ref count {}",
+                    "block {cur} is in the free queue with ref count {} (or marked as stacked)",
                     m.ref_count
                 )));
             }
@@ -292,10 +351,10 @@ impl BlockPool {
             prev = cur;
             cur = m.next;
         }
-        if walked != self.num_free {
+        if walked != self.num_queued {
             return Err(InvariantViolation::new(format!(
-                "free queue holds {walked} blocks but num_free is {}",
-                self.num_free
+                "free queue holds {walked} blocks but num_queued is {}",
+                self.num_queued
             )));
         }
         if prev != self.tail {
@@ -305,10 +364,10 @@ impl BlockPool {
             )));
         }
         let zero = self.meta.iter().filter(|m| m.ref_count == 0).count() as u32;
-        if zero != self.num_free {
+        if zero != self.num_free() {
             return Err(InvariantViolation::new(format!(
-                "{zero} blocks have ref count 0 but {} are queued free: a block left the queue without a reference",
-                self.num_free
+                "{zero} blocks have ref count 0 but {} are free (stacked or queued): a block left them without a reference",
+                self.num_free()
             )));
         }
         if let Some((i, m)) = self
@@ -326,10 +385,12 @@ impl BlockPool {
     }
 }
 
-/// Iterator over the free queue, head to tail. See [`BlockPool::free_blocks`].
+/// Iterator over free blocks in allocation order. See [`BlockPool::free_blocks`].
 #[derive(Debug)]
 pub struct FreeBlocks<'a> {
     pool: &'a BlockPool,
+    /// Stack entries still to visit (from the top down).
+    stacked: usize,
     next: u32,
     remaining: u32,
 }
@@ -338,6 +399,10 @@ impl Iterator for FreeBlocks<'_> {
     type Item = BlockId;
 
     fn next(&mut self) -> Option<BlockId> {
+        if self.stacked > 0 {
+            self.stacked -= 1;
+            return Some(BlockId(self.pool.stack[self.stacked]));
+        }
         // `remaining` bounds the walk even if the links were ever corrupted.
         if self.next == NIL || self.remaining == 0 {
             return None;
@@ -355,8 +420,30 @@ mod tests {
 
     #[test]
     fn metadata_is_at_most_16_bytes_per_block() {
-        const { assert!(BlockPool::METADATA_BYTES_PER_BLOCK <= 16) };
+        // 12 bytes of record and 4 of free stack.
+        const { assert!(BlockPool::METADATA_BYTES_PER_BLOCK + 4 <= 16) };
         assert_eq!(BlockPool::METADATA_BYTES_PER_BLOCK, 12);
+    }
+
+    #[test]
+    fn take_from_the_middle_of_the_stack() {
+        let mut pool = BlockPool::new(4).unwrap();
+        pool.take_free(BlockId(1)).unwrap();
+        pool.check_invariants().unwrap();
+        pool.take_free(BlockId(0)).unwrap(); // the top
+        pool.take_free(BlockId(3)).unwrap(); // the bottom
+        pool.check_invariants().unwrap();
+        assert_eq!(pool.free_blocks().collect::<Vec<_>>(), [BlockId(2)]);
+        for b in [1, 0, 3] {
+            pool.decref_evict_first(BlockId(b)).unwrap();
+        }
+        pool.decref(BlockId(2)).unwrap_err();
+        assert_eq!(
+            pool.free_blocks().collect::<Vec<_>>(),
+            [BlockId(3), BlockId(0), BlockId(1), BlockId(2)]
+        );
+        assert_eq!(pool.queued_blocks().count(), 0);
+        pool.check_invariants().unwrap();
     }
 
     #[test]
@@ -399,7 +486,8 @@ mod tests {
         pool.take_free(BlockId(0)).unwrap();
         pool.take_free(BlockId(4)).unwrap();
         pool.check_invariants().unwrap();
-        assert_eq!(pool.free_blocks().collect::<Vec<_>>(), [BlockId(1), BlockId(3)]);
+        // A block taken from the stack's middle is replaced by its top.
+        assert_eq!(pool.free_blocks().collect::<Vec<_>>(), [BlockId(3), BlockId(1)]);
         assert!(matches!(
             pool.take_free(BlockId(2)),
             Err(PoolError::NotFree { .. })

@@ -469,7 +469,10 @@ impl KvCacheManager {
             // The plain allocator: nothing to keep cached, no host copy to forget.
             for t in &tables {
                 for &b in t.live_blocks().iter().rev() {
-                    let freed = self.pool.decref(b).expect("a live table's blocks are allocated");
+                    let freed = self
+                        .pool
+                        .decref_evict_first(b)
+                        .expect("a live table's blocks are allocated");
                     self.stats.blocks_returned += freed as u64;
                 }
             }
@@ -627,7 +630,8 @@ fn release(
     b: BlockId,
 ) {
     let cached = match prefix {
-        None => true,
+        // Nothing is kept: the block goes on the pool's free stack.
+        None => false,
         Some(p) => {
             // A cached block about to become free hands its hash to a
             // duplicate in use (the content stays findable, no event).
