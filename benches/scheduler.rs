@@ -1,8 +1,9 @@
 //! Scheduler step costs beside floors measured in the same run.
 //!
 //! - `decode_256`: a step of 256 running decodes (append, slots, plan) plus
-//!   `on_step_output`, against the floor of the manager's raw decode appends
-//!   and slot lookups for the same 256 sequences.
+//!   `on_step_output`, against two floors: the manager's decode appends and
+//!   slot lookups by `SeqId` for the same 256 sequences, and the one batched
+//!   call over their handles (`append_decode_into`) the scheduler makes.
 //! - `preempt_swap`: a step whose first decode must swap the other sequence
 //!   out (4 blocks) to get a block (setup untimed).
 //!
@@ -49,6 +50,31 @@ fn decode_256(c: &mut Criterion) {
             }
             kv.drain_ops(&mut ops);
             black_box(&slots);
+            n += 1;
+            if n % 2_000 == 0 {
+                for s in 0..SEQS {
+                    kv.truncate(SeqId(s), 32).expect("live");
+                }
+            }
+        })
+    });
+
+    // Floor: the batched manager call the scheduler makes for the same batch.
+    let mut kv = manager(1 << 16, 0);
+    for s in 0..SEQS {
+        kv.allocate(SeqId(s), &[1; 32]).expect("room");
+    }
+    let batch: Vec<_> = (0..SEQS)
+        .map(|s| (kv.handle(SeqId(s)).expect("live"), 1))
+        .collect();
+    let mut group_slots = vec![Vec::new()];
+    let mut n = 0u64;
+    g.bench_function("floor_manager_batched_decode", |b| {
+        b.iter(|| {
+            group_slots[0].clear();
+            kv.append_decode_into(&batch, &mut group_slots).expect("room");
+            kv.drain_ops(&mut ops);
+            black_box(&group_slots);
             n += 1;
             if n % 2_000 == 0 {
                 for s in 0..SEQS {

@@ -16,7 +16,7 @@ impl Scheduler {
             return;
         }
         let mut reserved = self.reserved_forks();
-        while let Some(&idx) = self.swapped.first() {
+        while let Some(&idx) = self.swapped.front() {
             let s = self.s(idx);
             let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
             if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
@@ -39,13 +39,15 @@ impl Scheduler {
             if needed + watermark > self.kv.num_free_blocks() as u64 || self.kv.swap_in(s.id).is_err() {
                 return;
             }
-            self.swapped.remove(0);
+            self.swapped.pop_front();
+            let handle = self.kv.handle(self.s(idx).id).ok();
             let s = self.slab[idx].as_mut().expect("live");
             reserved += s.forks_left as usize;
-            s.status = Status::Running;
+            self.cold[idx].status = Status::Running;
+            s.handle = handle;
             let (id, from) = (s.id, s.in_kv as usize);
             let appended = self.kv.append(id, &s.tokens[from..append_to as usize]);
-            Self::insert_by_key(&self.slab, &mut self.running, idx);
+            Self::insert_by_key(&self.cold, &mut self.running, idx);
             match appended {
                 Ok(()) => {
                     self.s_mut(idx).in_kv = append_to as u32;
@@ -72,8 +74,9 @@ impl Scheduler {
             return;
         }
         let mut reserved = self.reserved_forks();
-        while let Some(&idx) = self.waiting.first() {
+        while let Some(&idx) = self.waiting.front() {
             let s = self.slab[idx].as_ref().expect("live");
+            let keys = self.cold[idx].keys();
             let len = s.tokens.len() as u32;
             let room = self.running.len() + reserved + 1 + s.forks_left as usize <= max_seqs;
             if plan.scheduled.len() >= max_seqs || !room || *budget == 0 {
@@ -98,7 +101,7 @@ impl Scheduler {
                 len
             } else {
                 let hit = if caching {
-                    self.kv.cached_prefix_len(&s.tokens, s.keys()) as u32
+                    self.kv.cached_prefix_len(&s.tokens, keys) as u32
                 } else {
                     0
                 };
@@ -106,32 +109,32 @@ impl Scheduler {
             };
             let checked = if whole { len } else { alloc_len };
             // The watermark is kept unless nothing runs (then anything that fits the pool may start).
-            let now = self.kv.check_admission_chunked(
-                &s.tokens[..checked as usize],
-                s.keys(),
-                0,
-                self.prefill_chunk(),
-            ) == Admission::Now;
+            let now =
+                self.kv
+                    .check_admission_chunked(&s.tokens[..checked as usize], keys, 0, self.prefill_chunk())
+                    == Admission::Now;
             let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;
             }
             let id = s.id;
-            let a = match self.kv.allocate_with(id, prompt, s.keys()) {
+            let a = match self.kv.allocate_with(id, prompt, keys) {
                 Ok(a) => a,
                 Err(KvError::OutOfBlocks { .. } | KvError::BelowWatermark { .. }) => return,
                 Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
             };
-            self.waiting.remove(0);
+            self.waiting.pop_front();
+            let handle = self.kv.handle(id).ok();
+            self.cold[idx].status = Status::Running;
             let s = self.s_mut(idx);
+            s.handle = handle;
             reserved += s.forks_left as usize;
             s.num_computed = a.cached_tokens;
             s.in_kv = alloc_len;
-            s.status = Status::Running;
             let n = (len - s.num_computed)
                 .min(*budget)
                 .min(alloc_len - s.num_computed);
-            Self::insert_by_key(&self.slab, &mut self.running, idx);
+            Self::insert_by_key(&self.cold, &mut self.running, idx);
             self.push_entry(idx, n, budget, plan);
         }
     }

@@ -44,17 +44,27 @@ impl Scheduler {
                 continue;
             };
             let s = self.s(idx);
-            let (id, status) = (s.id, s.status);
-            let queue = match status {
-                Status::Running => &mut self.running,
-                Status::Waiting => &mut self.waiting,
-                Status::Swapped => &mut self.swapped,
-            };
-            let pos = queue
-                .iter()
-                .position(|&q| q == idx)
-                .expect("queued by its status");
-            queue.remove(pos);
+            let (id, status) = (s.id, self.cold[idx].status);
+            let queued = |q: &usize| *q == idx;
+            match status {
+                Status::Running => {
+                    let pos = self
+                        .running
+                        .iter()
+                        .position(queued)
+                        .expect("queued by its status");
+                    self.running.remove(pos);
+                }
+                Status::Waiting | Status::Swapped => {
+                    let queue = if status == Status::Waiting {
+                        &mut self.waiting
+                    } else {
+                        &mut self.swapped
+                    };
+                    let pos = queue.iter().position(queued).expect("queued by its status");
+                    queue.remove(pos);
+                }
+            }
             if status != Status::Waiting {
                 self.kv
                     .free(id)

@@ -29,10 +29,11 @@
 //!
 //! Start reading at [`Scheduler::step`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::error::{KvError, SchedulerError};
-use crate::ids::{SeqId, TokenId};
+use crate::error::{BatchError, KvError, SchedulerError};
+use crate::ids::{SeqHandle, SeqId, TokenId};
 use crate::manager::{KvCacheManager, SeqMap};
 use crate::prefix::{KvEvent, PrefixKeys};
 
@@ -63,31 +64,51 @@ enum Status {
     Swapped,
 }
 
-/// One sequence (one sample of a request).
+/// One sequence (one sample of a request): what a decode step and its
+/// outputs read and write, kept small (the slab's hot half).
 #[derive(Debug)]
 struct SeqState {
-    id: SeqId,
     /// Prompt and generated tokens.
     tokens: Vec<TokenId>,
-    prompt_len: u32,
-    max_new: u32,
-    priority: i32,
-    arrival: u64,
-    /// Queue order key (smallest first), then the sequence id.
-    key: ((i64, u64), SeqId),
+    id: SeqId,
+    /// Its handle in the manager while it runs (for the batched decode).
+    handle: Option<SeqHandle>,
     /// Tokens whose KV the engine has computed (or computes in the last planned step).
     num_computed: u32,
     /// Tokens the manager holds for it.
     in_kv: u32,
-    status: Status,
+    prompt_len: u32,
+    max_new: u32,
     /// Samples still to fork from this one (sample 0, until its prompt is computed).
     forks_left: u32,
     /// Sampled tokens the last plan asked of it (0: none).
     samples_expected: u32,
+}
+
+/// The rest of a sequence's state, read when it is queued, admitted,
+/// preempted or forked (the slab's cold half, `Scheduler::cold`, same index).
+#[derive(Debug, Clone)]
+struct Cold {
+    priority: i32,
+    arrival: u64,
+    /// Queue order key (smallest first), then the sequence id.
+    key: ((i64, u64), SeqId),
+    status: Status,
     /// Preempted by recompute: admitted before never-run requests.
     resumed: bool,
     /// The request's prefix keys (`None`: the defaults), shared by its samples.
     keys: Option<Arc<PrefixKeys>>,
+}
+
+impl Cold {
+    fn keys(&self) -> &PrefixKeys {
+        static DEFAULT: PrefixKeys = PrefixKeys {
+            cache_salt: None,
+            adapter: None,
+            mm_spans: Vec::new(),
+        };
+        self.keys.as_deref().unwrap_or(&DEFAULT)
+    }
 }
 
 /// One sampled token a plan asked for: of sequence `seq`, the `sample`-th
@@ -106,15 +127,6 @@ impl SeqState {
 
     fn generated(&self) -> u32 {
         self.tokens.len() as u32 - self.prompt_len
-    }
-
-    fn keys(&self) -> &PrefixKeys {
-        static DEFAULT: PrefixKeys = PrefixKeys {
-            cache_salt: None,
-            adapter: None,
-            mm_spans: Vec::new(),
-        };
-        self.keys.as_deref().unwrap_or(&DEFAULT)
     }
 }
 
@@ -153,14 +165,18 @@ pub struct Scheduler {
     mode: Box<dyn PreemptionModePolicy>,
     order: Box<dyn QueueOrder>,
     slab: Vec<Option<SeqState>>,
+    /// The cold half of each slab entry (stale for free entries).
+    cold: Vec<Cold>,
     free_slab: Vec<usize>,
     spare_tokens: Vec<Vec<TokenId>>,
     index: SeqMap<usize>,
     /// Live sequences per request id (keyed by `SeqId(request)`).
     live: SeqMap<u32>,
     running: Vec<usize>,
-    waiting: Vec<usize>,
-    swapped: Vec<usize>,
+    /// Taken from the front as requests are admitted: a deque, so admitting
+    /// from a long queue does not shift it.
+    waiting: VecDeque<usize>,
+    swapped: VecDeque<usize>,
     /// Sequences finished by the outputs being taken, moved into the plan.
     finished: Vec<SeqId>,
     rejected: Vec<RequestId>,
@@ -178,6 +194,8 @@ pub struct Scheduler {
     expected_stale: bool,
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
+    /// The step's run of plain decodes, handed to the manager in one call.
+    batch: Vec<(SeqHandle, TokenId)>,
     seen: Vec<SeqId>,
     /// The step's slot mapping being built, one buffer per KV cache group
     /// (group 0's is the plan's own buffer, swapped in for the step).
@@ -206,13 +224,14 @@ impl Scheduler {
             mode: Box::new(AlwaysRecompute),
             order: Box::new(Fcfs),
             slab: Vec::new(),
+            cold: Vec::new(),
             free_slab: Vec::new(),
             spare_tokens: Vec::new(),
             index: SeqMap::default(),
             live: SeqMap::default(),
             running: Vec::new(),
-            waiting: Vec::new(),
-            swapped: Vec::new(),
+            waiting: VecDeque::new(),
+            swapped: VecDeque::new(),
             finished: Vec::new(),
             rejected: Vec::new(),
             cancelled_in_flight: Vec::new(),
@@ -221,6 +240,7 @@ impl Scheduler {
             expected_stale: false,
             preempted_this_step: false,
             scratch: Vec::new(),
+            batch: Vec::new(),
             seen: Vec::new(),
             slots: vec![Vec::new(); num_groups],
             stats: SchedulerStats::default(),
@@ -367,18 +387,21 @@ impl Scheduler {
             tokens,
             prompt_len: r.prompt.len() as u32,
             max_new,
+            num_computed: 0,
+            in_kv: 0,
+            forks_left: r.n - 1,
+            samples_expected: 0,
+            handle: None,
+        };
+        let cold = Cold {
             priority: r.priority,
             arrival: r.arrival,
             key: (self.order.queue_key(r.priority, r.arrival), id),
-            num_computed: 0,
-            in_kv: 0,
             status: Status::Waiting,
-            forks_left: r.n - 1,
-            samples_expected: 0,
             resumed: false,
             keys: (!r.keys.is_empty()).then(|| Arc::new(r.keys)),
         };
-        let idx = self.insert_state(state);
+        let idx = self.insert_state(state, cold);
         self.live.insert(SeqId(r.id.0), 1);
         self.enqueue_waiting(idx);
         Ok(())
@@ -406,15 +429,17 @@ impl Scheduler {
         }
     }
 
-    fn insert_state(&mut self, state: SeqState) -> usize {
+    fn insert_state(&mut self, state: SeqState, cold: Cold) -> usize {
         let id = state.id;
         let idx = match self.free_slab.pop() {
             Some(i) => {
                 self.slab[i] = Some(state);
+                self.cold[i] = cold;
                 i
             }
             None => {
                 self.slab.push(Some(state));
+                self.cold.push(cold);
                 self.slab.len() - 1
             }
         };
@@ -423,18 +448,22 @@ impl Scheduler {
     }
 
     fn enqueue_waiting(&mut self, idx: usize) {
-        let k = |s: &SeqState| (!s.resumed, s.key);
-        let key = k(self.s(idx));
-        let slab = &self.slab;
-        let pos = self
-            .waiting
-            .partition_point(|&i| k(slab[i].as_ref().expect("live")) < key);
+        let k = |c: &Cold| (!c.resumed, c.key);
+        let cold = &self.cold;
+        let key = k(&cold[idx]);
+        let pos = self.waiting.partition_point(|&i| k(&cold[i]) < key);
         self.waiting.insert(pos, idx);
     }
 
-    fn insert_by_key(slab: &[Option<SeqState>], list: &mut Vec<usize>, idx: usize) {
-        let key = slab[idx].as_ref().expect("live").key;
-        let pos = list.partition_point(|&i| slab[i].as_ref().expect("live").key < key);
+    fn insert_by_key(cold: &[Cold], list: &mut Vec<usize>, idx: usize) {
+        let key = cold[idx].key;
+        let pos = list.partition_point(|&i| cold[i].key < key);
+        list.insert(pos, idx);
+    }
+
+    fn insert_by_key_deque(cold: &[Cold], list: &mut VecDeque<usize>, idx: usize) {
+        let key = cold[idx].key;
+        let pos = list.partition_point(|&i| cold[i].key < key);
         list.insert(pos, idx);
     }
 
@@ -460,6 +489,17 @@ impl Scheduler {
         for force in [false, true] {
             let mut i = 0;
             while i < self.running.len() && plan.scheduled.len() < max_seqs && budget > 0 {
+                // A run of plain decodes goes to the manager in one call; the
+                // first it cannot grow is planned alone (it may preempt).
+                let room = (max_seqs - plan.scheduled.len()).min(budget as usize);
+                let run = self.decode_run(i, room);
+                if run > 0 {
+                    let done = self.decode_batch(i, run, &mut budget, plan);
+                    i += done;
+                    if done == run {
+                        continue;
+                    }
+                }
                 match self.schedule_running(i, force, &mut budget, plan) {
                     Outcome::Scheduled | Outcome::Deferred => i += 1,
                     Outcome::PreemptedItself => {}
@@ -483,6 +523,51 @@ impl Scheduler {
         self.kv.drain_events(&mut plan.events);
     }
 
+    /// Fills `self.batch` with the plain decodes among `running[i..]`, in
+    /// order, up to `room` of them: sequences with one token to compute, not
+    /// yet in the manager. Returns how many.
+    fn decode_run(&mut self, i: usize, room: usize) -> usize {
+        self.batch.clear();
+        for &idx in &self.running[i..] {
+            if self.batch.len() == room {
+                break;
+            }
+            let s = self.slab[idx].as_ref().expect("live");
+            match s.handle {
+                Some(h) if s.tokens.len() as u32 == s.num_computed + 1 && s.in_kv == s.num_computed => {
+                    self.batch.push((h, s.tokens[s.num_computed as usize]));
+                }
+                _ => break,
+            }
+        }
+        self.batch.len()
+    }
+
+    /// Appends the decodes of `self.batch` (`running[i..i + run]`) in one
+    /// manager call and plans those it grew; returns how many (fewer than
+    /// `run` when one ran out of blocks: it is planned alone next).
+    fn decode_batch(&mut self, i: usize, run: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
+        let from = self.slots[0].len() as u32;
+        let done = match self.kv.append_decode_into(&self.batch, &mut self.slots) {
+            Ok(()) => run,
+            Err(BatchError {
+                done,
+                error: KvError::OutOfBlocks { .. },
+            }) => done,
+            Err(e) => {
+                panic!("scheduler invariant: a running sequence is on the device under its handle: {e}")
+            }
+        };
+        for k in 0..done {
+            let idx = self.running[i + k];
+            let s = self.slab[idx].as_mut().expect("live");
+            s.in_kv += 1;
+            let slot = from + k as u32;
+            self.record_entry(idx, 1, slot..slot + 1, budget, plan);
+        }
+        done
+    }
+
     /// Adds a planned sequence to the batch with its new slots.
     fn push_entry(&mut self, idx: usize, n: u32, budget: &mut u32, plan: &mut StepPlan) {
         let s = self.s(idx);
@@ -494,14 +579,22 @@ impl Scheduler {
                 .and_then(|view| view.slots_into(id, start..start + n as u64, out))
                 .expect("planned tokens are in the manager");
         }
-        self.record_entry(idx, n, from, budget, plan);
+        let to = self.slots[0].len() as u32;
+        self.record_entry(idx, n, from..to, budget, plan);
     }
 
     /// Adds a planned sequence to the batch whose new slots are
-    /// `self.slots[0][from..]` (and likewise in every group), and notes the
+    /// `self.slots[0][slots]` (and likewise in every group), and notes the
     /// samples it will report.
     #[inline]
-    fn record_entry(&mut self, idx: usize, n: u32, from: u32, budget: &mut u32, plan: &mut StepPlan) {
+    fn record_entry(
+        &mut self,
+        idx: usize,
+        n: u32,
+        slots: std::ops::Range<u32>,
+        budget: &mut u32,
+        plan: &mut StepPlan,
+    ) {
         let s = self.slab[idx].as_mut().expect("live");
         let start = s.num_computed;
         s.num_computed += n;
@@ -528,7 +621,7 @@ impl Scheduler {
             num_new_tokens: n,
             is_prefill: !is_decode,
             num_samples: samples,
-            slots: from..self.slots[0].len() as u32,
+            slots,
         });
         plan.num_batched_tokens += n;
         *budget -= n;
@@ -538,22 +631,22 @@ impl Scheduler {
     pub fn check_invariants(&self) -> Result<(), crate::error::InvariantViolation> {
         use crate::error::InvariantViolation as V;
         self.kv.check_invariants()?;
-        let queues = [
-            (&self.running, Status::Running),
-            (&self.waiting, Status::Waiting),
-            (&self.swapped, Status::Swapped),
+        let queues: [(Vec<usize>, Status); 3] = [
+            (self.running.clone(), Status::Running),
+            (self.waiting.iter().copied().collect(), Status::Waiting),
+            (self.swapped.iter().copied().collect(), Status::Swapped),
         ];
         let mut n = 0;
         for (q, status) in queues {
             n += q.len();
-            for &idx in q {
+            for &idx in &q {
                 let s = self.slab[idx]
                     .as_ref()
                     .ok_or_else(|| V::new(format!("queue entry {idx} is empty")))?;
-                if s.status != status || self.index.get(&s.id) != Some(&idx) {
+                if self.cold[idx].status != status || self.index.get(&s.id) != Some(&idx) {
                     return Err(V::new(format!(
                         "{:?} is queued as {status:?} but is {:?}",
-                        s.id, s.status
+                        s.id, self.cold[idx].status
                     )));
                 }
                 let ok = match status {

@@ -2,7 +2,7 @@
 //! forking the parallel samples after a prefill, appending the tokens and
 //! freeing finished sequences.
 
-use super::{RequestId, SampledToken, Scheduler, SchedulerError, SeqState, Status, StepPlan};
+use super::{Cold, RequestId, SampledToken, Scheduler, SchedulerError, SeqState, Status, StepPlan};
 use crate::ids::SeqId;
 
 impl Scheduler {
@@ -51,15 +51,11 @@ impl Scheduler {
             });
         }
         // The usual case: one output per sample in plan order. Equal to the
-        // list of distinct expected outputs, they need no further check.
-        let slab = &self.slab;
-        let in_plan_order = !self.expected_stale
-            && outputs.iter().zip(&self.expected).all(|(o, e)| {
-                o.seq == e.seq
-                    && slab[e.idx]
-                        .as_ref()
-                        .is_some_and(|s| s.samples_expected > e.sample)
-            });
+        // list of distinct expected outputs, they need no further check
+        // (while the expectations are fresh, each names a live sequence that
+        // still expects it: a cancel drops its request's entries).
+        let in_plan_order =
+            !self.expected_stale && outputs.iter().zip(&self.expected).all(|(o, e)| o.seq == e.seq);
         if in_plan_order {
             self.take_outputs_in_plan_order(outputs);
         } else {
@@ -88,6 +84,7 @@ impl Scheduler {
                 continue; // a child forked above
             }
             let s = self.s_mut(e.idx);
+            debug_assert!(s.samples_expected > e.sample, "a fresh expectation");
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
@@ -162,17 +159,21 @@ impl Scheduler {
         let child = SeqState {
             id: o.seq,
             tokens,
-            key: (p.key.0, o.seq),
             forks_left: 0,
             samples_expected: 0,
-            resumed: false,
-            status: Status::Running,
-            keys: p.keys.clone(),
+            handle: self.kv.handle(o.seq).ok(),
             ..*p
         };
-        let idx = self.insert_state(child);
+        let pc = &self.cold[pidx];
+        let cold = Cold {
+            key: (pc.key.0, o.seq),
+            resumed: false,
+            status: Status::Running,
+            ..pc.clone()
+        };
+        let idx = self.insert_state(child, cold);
         *self.live.get_mut(&SeqId(req.0)).expect("the parent is live") += 1;
-        Self::insert_by_key(&self.slab, &mut self.running, idx);
+        Self::insert_by_key(&self.cold, &mut self.running, idx);
         self.finish_if_done(idx, o.stop);
     }
 

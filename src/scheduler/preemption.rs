@@ -87,16 +87,18 @@ impl Scheduler {
                 }
             }
         }
-        self.record_entry(idx, n, from, budget, plan);
+        let to = self.slots[0].len() as u32;
+        self.record_entry(idx, n, from..to, budget, plan);
         Outcome::Scheduled
     }
 
     fn candidate(&self, idx: usize) -> (u8, (i64, u64)) {
         let s = self.s(idx);
         let num_blocks = self.kv.num_blocks_held(s.id).unwrap_or(0) as u32;
+        let cold = &self.cold[idx];
         let c = Candidate {
-            priority: s.priority,
-            arrival: s.arrival,
+            priority: cold.priority,
+            arrival: cold.arrival,
             num_blocks,
             num_computed: s.num_computed,
         };
@@ -153,7 +155,7 @@ impl Scheduler {
         let computed = &s.tokens[..s.num_computed as usize];
         let cost = PreemptionCost {
             recompute_tokens: s.num_computed as u64,
-            expected_cached_tokens: self.kv.cached_prefix_len(computed, s.keys()),
+            expected_cached_tokens: self.kv.cached_prefix_len(computed, self.cold[idx].keys()),
             swap_blocks: self.kv.swap_out_blocks_needed(id).ok(),
             free_host_blocks: self.kv.num_free_host_blocks() as u64,
             block_size: self.kv.block_size(),
@@ -167,17 +169,18 @@ impl Scheduler {
         };
         let s = self.slab[idx].as_mut().expect("live");
         s.samples_expected = 0;
+        s.handle = None;
         if mode == PreemptionMode::Swap {
-            s.status = Status::Swapped;
+            self.cold[idx].status = Status::Swapped;
             self.stats.preempted_swap += 1;
-            Self::insert_by_key(&self.slab, &mut self.swapped, idx);
+            Self::insert_by_key_deque(&self.cold, &mut self.swapped, idx);
         } else {
             self.stats.preempted_recompute += 1;
             self.stats.recomputed_tokens += s.num_computed as u64;
             s.num_computed = 0;
             s.in_kv = 0;
-            s.status = Status::Waiting;
-            s.resumed = true;
+            self.cold[idx].status = Status::Waiting;
+            self.cold[idx].resumed = true;
             self.enqueue_waiting(idx);
         }
         plan.preempted.push(Preempted { seq: id, mode });
