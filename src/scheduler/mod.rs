@@ -57,6 +57,9 @@ pub use types::{
     MAX_SAMPLES,
 };
 
+/// The longest run of decodes handed to the manager in one call.
+const DECODE_RUN: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Waiting,
@@ -70,6 +73,9 @@ enum Status {
 struct SeqState {
     /// Prompt and generated tokens.
     tokens: Vec<TokenId>,
+    /// The last of `tokens` (what a decode appends), kept here so planning
+    /// a decode does not read the token list.
+    last_token: TokenId,
     id: SeqId,
     /// Its handle in the manager while it runs (for the batched decode).
     handle: Option<SeqHandle>,
@@ -384,6 +390,7 @@ impl Scheduler {
         let id = r.id.seq(0);
         let state = SeqState {
             id,
+            last_token: tokens.last().copied().unwrap_or(0),
             tokens,
             prompt_len: r.prompt.len() as u32,
             max_new,
@@ -491,7 +498,11 @@ impl Scheduler {
             while i < self.running.len() && plan.scheduled.len() < max_seqs && budget > 0 {
                 // A run of plain decodes goes to the manager in one call; the
                 // first it cannot grow is planned alone (it may preempt).
-                let room = (max_seqs - plan.scheduled.len()).min(budget as usize);
+                // (In runs of at most DECODE_RUN, so the sequences' state read to
+                // build the batch is still in cache when it is recorded.)
+                let room = (max_seqs - plan.scheduled.len())
+                    .min(budget as usize)
+                    .min(DECODE_RUN);
                 let run = self.decode_run(i, room);
                 if run > 0 {
                     let done = self.decode_batch(i, run, &mut budget, plan);
@@ -535,7 +546,8 @@ impl Scheduler {
             let s = self.slab[idx].as_ref().expect("live");
             match s.handle {
                 Some(h) if s.tokens.len() as u32 == s.num_computed + 1 && s.in_kv == s.num_computed => {
-                    self.batch.push((h, s.tokens[s.num_computed as usize]));
+                    debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
+                    self.batch.push((h, s.last_token));
                 }
                 _ => break,
             }

@@ -88,6 +88,7 @@ impl Scheduler {
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
+            s.last_token = o.token;
             if o.stop || s.generated() >= s.max_new {
                 self.finish(e.idx);
             }
@@ -130,6 +131,7 @@ impl Scheduler {
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
+            s.last_token = o.token;
             self.finish_if_done(idx, o.stop);
         }
     }
@@ -159,6 +161,7 @@ impl Scheduler {
         let child = SeqState {
             id: o.seq,
             tokens,
+            last_token: o.token,
             forks_left: 0,
             samples_expected: 0,
             handle: self.kv.handle(o.seq).ok(),
