@@ -17,7 +17,7 @@ mod common;
 use common::timed_cycles;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, SeqId};
+use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, SeqHandle, SeqId, Slot};
 
 const SEQS: u64 = 256;
 const START: u64 = 1000;
@@ -50,29 +50,45 @@ fn admit(kv: &mut KvCacheManager, ops: &mut BlockOps, prompt: &[u32]) {
     kv.drain_ops(ops);
 }
 
-fn decode_steps(kv: KvCacheManager, b: &mut criterion::Bencher<'_>) {
+/// Decode steps: by `SeqId` without slots (`batched` false), or in one
+/// `append_decode_into` over the sequences' handles with every group's slots.
+fn decode_steps(kv: KvCacheManager, batched: bool, b: &mut criterion::Bencher<'_>) {
     let prompt: Vec<u32> = (0..START as u32).collect();
-    let mut state = (kv, BlockOps::default());
+    let slots: Vec<Vec<Slot>> = (0..kv.num_groups())
+        .map(|_| Vec::with_capacity(SEQS as usize))
+        .collect();
+    let mut state = (kv, BlockOps::default(), slots, Vec::new());
+    let handles = |kv: &KvCacheManager, batch: &mut Vec<(SeqHandle, u32)>| {
+        batch.clear();
+        batch.extend((0..SEQS).map(|s| (kv.handle(SeqId(s)).expect("allocated"), 1)));
+    };
     admit(&mut state.0, &mut state.1, &prompt);
+    handles(&state.0, &mut state.3);
     b.iter_custom(|iters| {
         timed_cycles(
             &mut state,
             iters,
             CYCLE,
-            |(kv, ops), steps| {
+            |(kv, ops, slots, batch), steps| {
                 for _ in 0..steps {
-                    for s in 0..SEQS {
-                        kv.append(SeqId(s), &[1]).expect("room");
+                    if batched {
+                        slots.iter_mut().for_each(Vec::clear);
+                        kv.append_decode_into(batch, slots).expect("room");
+                    } else {
+                        for s in 0..SEQS {
+                            kv.append(SeqId(s), &[1]).expect("room");
+                        }
                     }
                     kv.drain_ops(ops);
-                    black_box(&*ops);
+                    black_box((&*ops, &*slots));
                 }
             },
-            |(kv, ops)| {
+            |(kv, ops, _, batch)| {
                 for s in 0..SEQS {
                     kv.free(SeqId(s)).expect("allocated");
                 }
                 admit(kv, ops, &prompt);
+                handles(kv, batch);
             },
         )
     })
@@ -120,13 +136,16 @@ fn hybrid_decode_step_256(c: &mut Criterion) {
         })
     });
     let window = AttentionKind::SlidingWindow { window: WINDOW };
-    g.bench_function("full_one_group", |b| {
-        decode_steps(manager(vec![AttentionKind::Full]), b)
-    });
-    g.bench_function("full_and_window_two_groups", |b| {
-        decode_steps(manager(vec![AttentionKind::Full, window]), b)
-    });
-    g.bench_function("window_one_group", |b| decode_steps(manager(vec![window]), b));
+    for (name, groups) in [
+        ("full_one_group", vec![AttentionKind::Full]),
+        ("full_and_window_two_groups", vec![AttentionKind::Full, window]),
+        ("window_one_group", vec![window]),
+    ] {
+        g.bench_function(name, |b| decode_steps(manager(groups.clone()), false, b));
+        g.bench_function(format!("{name}_batched"), |b| {
+            decode_steps(manager(groups.clone()), true, b)
+        });
+    }
     g.finish();
 }
 

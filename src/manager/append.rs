@@ -8,10 +8,15 @@
 
 use std::ops::Range;
 
-use super::{release, release_at, tail_needs_copy, take_block, BlockCopy, KvCacheManager, PrefixState, Seq};
+use super::{
+    release, release_at, tail_needs_copy, take_block, BlockCopy, HostTier, KvCacheManager, KvStats,
+    PrefixState, Seq,
+};
 use crate::error::{BatchError, KvError};
 use crate::ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
-use crate::sizing::blocks_for;
+use crate::pool::BlockPool;
+use crate::sizing::{blocks_for, AttentionKind};
+use crate::table::BlockTable;
 
 impl KvCacheManager {
     /// Appends tokens to a sequence: one (decode) or many (chunked prefill,
@@ -142,52 +147,99 @@ impl KvCacheManager {
                 },
             });
         }
-        if let ([out], 1, None) = (&mut *outs, self.num_groups(), &self.prefix) {
-            // One group, no prefix caching: the common decode in a tight
-            // loop over the slab; anything but the fast case goes to `append_one`.
-            let epoch = self.epoch;
-            let mut done = 0;
-            while done < batch.len() {
-                let (entries, owner) = self.seqs.entries_hot();
-                for &(h, _) in &batch[done..] {
-                    let Some(e) = entries.get_mut(h.index as usize) else {
-                        break;
-                    };
-                    if !e.is(h, owner) {
-                        break;
-                    }
-                    let s = e.val.as_mut().expect("checked by is()");
-                    let t = &mut s.tables[0];
-                    let len = t.num_tokens;
-                    if len >= e.hot {
-                        break;
-                    }
-                    t.num_tokens = len + 1;
-                    out.push(t.tail_base.wrapping_add(len as u64));
-                    if s.appended_epoch != epoch {
-                        s.appended_epoch = epoch;
-                        s.step_start_len = len;
-                    }
-                    done += 1;
+        // The common decode in a tight loop over the slab (specialised for
+        // one group without prefix caching); anything but the fast case (see
+        // `fast_until`) goes to `append_one`.
+        let epoch = self.epoch;
+        let plain = self.num_groups() == 1 && outs.len() == 1 && self.prefix.is_none();
+        let mut done = 0;
+        while done < batch.len() {
+            done += if plain {
+                self.decode_run_plain(&batch[done..], &mut outs[0], epoch)
+            } else {
+                self.decode_run(&batch[done..], outs, epoch)
+            };
+            if let Some(&(h, token)) = batch.get(done) {
+                if let Err(error) = self.append_one(h, token, outs) {
+                    return Err(BatchError { done, error });
                 }
-                if let Some(&(h, token)) = batch.get(done) {
-                    if let Err(error) = self.append_one(h, token, std::slice::from_mut(out)) {
-                        return Err(BatchError { done, error });
-                    }
-                    done += 1;
-                }
-            }
-            return Ok(());
-        }
-        for (done, &(h, token)) in batch.iter().enumerate() {
-            if let Err(error) = self.append_one(h, token, outs) {
-                return Err(BatchError { done, error });
+                done += 1;
             }
         }
         Ok(())
     }
 
-    /// One entry of [`Self::append_decode_into`].
+    /// The leading fast entries of a batch (one group, no prefix caching):
+    /// applies them and returns how many.
+    #[inline(never)]
+    fn decode_run_plain(&mut self, batch: &[(SeqHandle, TokenId)], out: &mut Vec<Slot>, epoch: u32) -> usize {
+        let (entries, owner) = self.seqs.entries_hot();
+        let mut done = 0;
+        for &(h, _) in batch {
+            let Some(e) = entries.get_mut(h.index as usize) else {
+                break;
+            };
+            if !e.is(h, owner) {
+                break;
+            }
+            let s = e.val.as_mut().expect("checked by is()");
+            let t = &mut s.tables[0];
+            let len = t.num_tokens;
+            if len >= e.hot {
+                break;
+            }
+            t.num_tokens = len + 1;
+            out.push(t.tail_base.wrapping_add(len as u64));
+            if s.appended_epoch != epoch {
+                s.appended_epoch = epoch;
+                s.step_start_len = len;
+            }
+            done += 1;
+        }
+        done
+    }
+
+    /// [`Self::decode_run_plain`] for any groups and prefix caching.
+    #[inline(never)]
+    fn decode_run(&mut self, batch: &[(SeqHandle, TokenId)], outs: &mut [Vec<Slot>], epoch: u32) -> usize {
+        let (entries, owner) = self.seqs.entries_hot();
+        let prefix = &mut self.prefix;
+        let mut done = 0;
+        for &(h, token) in batch {
+            let Some(e) = entries.get_mut(h.index as usize) else {
+                break;
+            };
+            if !e.is(h, owner) {
+                break;
+            }
+            let s = e.val.as_mut().expect("checked by is()");
+            let len = s.tables[0].num_tokens;
+            if len >= e.hot {
+                break;
+            }
+            for (g, t) in s.tables.iter_mut().enumerate() {
+                t.num_tokens = len + 1;
+                if let Some(out) = outs.get_mut(g) {
+                    out.push(t.tail_base.wrapping_add(len as u64));
+                }
+            }
+            if s.appended_epoch != epoch {
+                s.appended_epoch = epoch;
+                s.step_start_len = len;
+            }
+            if let Some(p) = prefix {
+                let cache = s
+                    .cache
+                    .as_deref_mut()
+                    .expect("caching on: the sequence has a cache");
+                p.record_tokens(cache, &s.tables, std::slice::from_ref(&token));
+            }
+            done += 1;
+        }
+        done
+    }
+
+    /// One entry of [`Self::append_decode_into`] outside the fast case.
     #[inline(always)]
     fn append_one(&mut self, h: SeqHandle, token: TokenId, outs: &mut [Vec<Slot>]) -> Result<(), KvError> {
         let epoch = self.epoch;
@@ -195,60 +247,58 @@ impl KvCacheManager {
             return Err(KvError::StaleHandle { handle: h });
         };
         let old_len = s.num_tokens();
-        if old_len < *hot {
-            // In every group the token lands in the last block, which the
-            // table holds alone, before any window boundary or the length
-            // limit (see `fast_until`): bump the counts, push the slots.
-            if s.appended_epoch != epoch {
-                s.appended_epoch = epoch;
-                s.step_start_len = old_len;
-            }
-            for (t, out) in s.tables.iter().zip(outs.iter_mut()) {
-                out.push(t.tail_base.wrapping_add(old_len as u64));
-            }
-            for t in s.tables.iter_mut() {
-                t.num_tokens = old_len + 1;
-            }
-            if let Some(p) = &mut self.prefix {
-                let cache = s
-                    .cache
-                    .as_deref_mut()
-                    .expect("caching on: the sequence has a cache");
-                p.record_tokens(cache, &s.tables, std::slice::from_ref(&token));
-            }
-            return Ok(());
-        }
-        // The next most common case (every block_size-th decode): the last
-        // block of every table is full, no window releases a block, and the
-        // pool has a block for each group: take them from the pool.
+        // The next most common case (every block_size-th decode, and where
+        // a window moves past a block): every group takes a block (its last
+        // is full) or writes its last block in place (held alone), windows
+        // release what they read no more, and the pool has the blocks without
+        // counting the released ones. Otherwise (copy-on-write, a tight pool,
+        // the length limit) the general path checks and refuses.
         let bs = self.config.block_size;
         let base = if s.appended_epoch == epoch {
             s.step_start_len
         } else {
             old_len
         };
-        let groups = s.tables.len() as u32;
-        let grows = old_len < self.config.max_model_len
-            && self.pool.num_free() >= groups
-            && s.tables
-                .iter()
-                .all(|t| t.blocks.len() as u64 * bs as u64 == old_len as u64 && base < t.release_at);
-        if grows {
+        let grow = s.tables[0].blocks.len() as u64 * bs as u64 == old_len as u64;
+        let simple = old_len < self.config.max_model_len
+            && (!grow || self.pool.num_free() as usize >= s.tables.len())
+            && (grow || s.tables.iter().all(|t| !t.tail_maybe_shared));
+        if simple {
+            release_windows(
+                &mut s.tables,
+                &self.config.groups,
+                base as u64,
+                bs,
+                (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
+            );
+            // With every table grown, the next block_size - 1 appends are fast
+            // (up to the windows and the length limit).
             let mut until = self.config.max_model_len.min(old_len.saturating_add(bs));
             for (g, t) in s.tables.iter_mut().enumerate() {
-                let b = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-                t.blocks.push(b);
-                t.tail_maybe_shared = false;
+                if grow {
+                    let b = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+                    t.blocks.push(b);
+                    t.tail_maybe_shared = false;
+                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
+                    until = until.min(t.release_at);
+                } else {
+                    // The new token is in the last block, held alone.
+                    let last = *t.blocks.last().expect("a table holding a token has a block");
+                    let start = (t.blocks.len() as u64 - 1) * bs as u64;
+                    t.tail_base = (last.0 as u64 * bs as u64).wrapping_sub(start);
+                }
                 t.num_tokens = old_len + 1;
-                t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
-                until = until.min(t.release_at);
                 if let Some(out) = outs.get_mut(g) {
-                    out.push(b.0 as u64 * bs as u64);
+                    out.push(t.tail_base.wrapping_add(old_len as u64));
                 }
             }
             s.appended_epoch = epoch;
             s.step_start_len = base;
-            *hot = until;
+            *hot = if grow {
+                until
+            } else {
+                fast_until(s, bs, self.config.max_model_len)
+            };
             if let Some(p) = &mut self.prefix {
                 let cache = s
                     .cache
@@ -412,24 +462,13 @@ impl KvCacheManager {
         }
 
         // Every group's releases first: their blocks may serve any group's growth.
-        for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
-            if base >= t.release_at as u64 {
-                let release_to = kind.first_needed_block(base, bs) as u32;
-                for i in t.num_released..release_to {
-                    let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
-                    release(
-                        &mut self.pool,
-                        &mut self.prefix,
-                        &mut self.host,
-                        &mut self.stats,
-                        b,
-                    );
-                    self.stats.window_released_blocks += 1;
-                }
-                t.num_released = release_to;
-                t.release_at = release_at(*kind, release_to, bs);
-            }
-        }
+        release_windows(
+            &mut s.tables,
+            &self.config.groups,
+            base,
+            bs,
+            (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
+        );
         for (group, t) in s.tables.iter_mut().enumerate() {
             let old_len = t.num_tokens as u64;
             let grow = blocks_for(new_len, bs64) - t.blocks.len() as u64;
@@ -477,6 +516,35 @@ impl KvCacheManager {
             t.num_tokens = new_len as u32;
         }
         Ok(())
+    }
+}
+
+/// Releases, in every sliding-window or chunked local group whose window
+/// moved past a block, the blocks wholly before what the first query of a
+/// step starting at `base` tokens reads (their entries become `BlockId::NULL`).
+fn release_windows(
+    tables: &mut [BlockTable],
+    groups: &[AttentionKind],
+    base: u64,
+    bs: u32,
+    (pool, prefix, host, stats): (
+        &mut BlockPool,
+        &mut Option<PrefixState>,
+        &mut Option<HostTier>,
+        &mut KvStats,
+    ),
+) {
+    for (t, kind) in tables.iter_mut().zip(groups) {
+        if base >= t.release_at as u64 {
+            let release_to = kind.first_needed_block(base, bs) as u32;
+            for i in t.num_released..release_to {
+                let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
+                release(pool, prefix, host, stats, b);
+                stats.window_released_blocks += 1;
+            }
+            t.num_released = release_to;
+            t.release_at = release_at(*kind, release_to, bs);
+        }
     }
 }
 
