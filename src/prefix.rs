@@ -220,15 +220,20 @@ pub fn hash_block(
         Some(p) => p.get(),
         None => u128::from_le_bytes(ROOT_SEED),
     };
-    // The common case (no extra keys, blocks of up to 64 tokens) hashes from a
-    // stack buffer sized to the block (zeroing 256 bytes for a 16-token block
-    // costs as much as hashing it).
+    // The common case (no extra keys) hashes the token ids in place: on a
+    // little-endian machine their bytes are the input already. Elsewhere,
+    // blocks of up to 64 tokens are copied into a stack buffer sized to the block.
     if keys.is_empty() {
-        if tokens.len() <= 16 {
-            return hash_on_stack::<{ 4 * 16 }>(algo, parent, tokens);
-        }
-        if tokens.len() <= 64 {
-            return hash_on_stack::<{ 4 * 64 }>(algo, parent, tokens);
+        #[cfg(target_endian = "little")]
+        return chained(algo, parent, bytemuck::cast_slice(tokens));
+        #[cfg(not(target_endian = "little"))]
+        {
+            if tokens.len() <= 16 {
+                return hash_on_stack::<{ 4 * 16 }>(algo, parent, tokens);
+            }
+            if tokens.len() <= 64 {
+                return hash_on_stack::<{ 4 * 64 }>(algo, parent, tokens);
+            }
         }
     }
     let mut buf: Vec<u8> = Vec::with_capacity(4 * tokens.len() + 64);
@@ -256,7 +261,9 @@ pub fn hash_block(
     chained(algo, parent, &buf)
 }
 
-/// `hash_block` of a block without extra keys whose input fits in `N` bytes.
+/// `hash_block` of a block without extra keys whose input fits in `N` bytes
+/// (big-endian targets, where the token ids' bytes are not the input).
+#[cfg(not(target_endian = "little"))]
 #[inline]
 fn hash_on_stack<const N: usize>(algo: HashAlgorithm, parent: u128, tokens: &[TokenId]) -> BlockHash {
     let mut buf = [0u8; N];
@@ -825,5 +832,46 @@ mod tests {
         let s = hash_block(HashAlgorithm::Sha256, None, &[1, 2], 0, 2, &k);
         assert_ne!(s, hash_block(A, None, &[1, 2], 0, 2, &k));
         assert_eq!(s, hash_block(HashAlgorithm::Sha256, None, &[1, 2], 0, 2, &k));
+    }
+}
+
+#[cfg(test)]
+mod pinned_hashes {
+    use super::*;
+
+    /// Hash values are part of the KV-event wire contract (routers compare
+    /// them across restarts): these were computed before hashing went in place.
+    #[test]
+    fn block_hashes_keep_their_values() {
+        let keys = PrefixKeys::default();
+        let a = hash_block(
+            HashAlgorithm::Xxh3_128,
+            None,
+            &(0..16).collect::<Vec<u32>>(),
+            0,
+            16,
+            &keys,
+        );
+        let b = hash_block(HashAlgorithm::Xxh3_128, Some(a), &[u32::MAX; 16], 1, 16, &keys);
+        let c = hash_block(
+            HashAlgorithm::Xxh3_128,
+            Some(b),
+            &(100..132).collect::<Vec<u32>>(),
+            2,
+            32,
+            &keys,
+        );
+        let d = hash_block(
+            HashAlgorithm::Xxh3_128,
+            None,
+            &(7..107).collect::<Vec<u32>>(),
+            0,
+            100,
+            &keys,
+        );
+        assert_eq!(a.get(), 0x57a8251d9875fc9f3fbabd112613bb73);
+        assert_eq!(b.get(), 0x3238b896355951be87f9910d800918f6);
+        assert_eq!(c.get(), 0xbe6e93cf3e0447e470bce86d00690fcd);
+        assert_eq!(d.get(), 0xc52d7d9dbe52a5553f8d2da393bd775b);
     }
 }

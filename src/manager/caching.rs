@@ -447,10 +447,34 @@ impl KvCacheManager {
         let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         p.hash_full_blocks(&mut cache);
 
-        // The longest cached prefix every group agrees on, leaving at least one token to compute.
+        // The longest cached prefix every group agrees on, leaving at least
+        // one token to compute; each group's hit blocks are resolved into its
+        // table here (placeholders where a window needs none), counting those
+        // in use, so taking them below needs no second lookup.
         let max_hit = ((num_tokens - 1) / bs as u64) as usize;
-        let hits = self.find_hit(p, &cache.hashes, max_hit);
-        let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
+        let mut held = 0u64;
+        let hits = if self.config.groups[..] == [AttentionKind::Full] {
+            // One full-attention group: the hit is the leading run found, in one pass.
+            let t = &mut tables[0];
+            for &h in &cache.hashes[..max_hit] {
+                let Some(b) = p.index.get(0, h) else { break };
+                held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                t.blocks.push(b);
+            }
+            t.blocks.len()
+        } else {
+            let hits = self.find_hit(p, &cache.hashes, max_hit);
+            for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+                let from = hit_from(*kind, hits, bs);
+                t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
+                for &h in &cache.hashes[from..hits] {
+                    let b = p.index.get(g as u32, h).expect("find_hit found every hit block");
+                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                    t.blocks.push(b);
+                }
+            }
+            hits
+        };
         let total = blocks_for(num_tokens, bs as u64);
         let placeholders: u64 = self
             .config
@@ -464,13 +488,10 @@ impl KvCacheManager {
             return Err(e);
         }
 
-        let p = self.prefix.as_ref().expect("checked above");
-        for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+        for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
             // Hits first: a fresh allocation could otherwise evict a free hit block.
             let from = hit_from(*kind, hits, bs);
-            t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
-            for &h in &cache.hashes[from..hits] {
-                let b = p.index.get(g as u32, h).expect("hit blocks were found above");
+            for &b in &t.blocks[from..hits] {
                 if self.pool.ref_count(b) == Ok(0) {
                     self.pool
                         .take_free(b)
@@ -479,7 +500,6 @@ impl KvCacheManager {
                 } else {
                     self.pool.incref(b).expect("an indexed block in use is allocated");
                 }
-                t.blocks.push(b);
             }
             t.num_released = from as u32;
             t.release_at = release_at(*kind, from as u32, bs);
