@@ -3,10 +3,15 @@
 //!     std's SipHash over the same bytes; hashing throughput in bytes/s;
 //! (f) allocate a 2048-token prompt whose first half is cached, then free it,
 //!     beside the same call with prefix caching off;
-//! (g) a decode step of 256 sequences with prefix caching on, beside off.
+//! (g) a decode step of 256 sequences with prefix caching on, beside off;
+//! (j) allocate a fully cached 2048-token prompt (hash, lookup, take the hit
+//!     blocks, one new block for the token left to compute) and free it,
+//!     beside a radix trie over token ids (a stand-in for TGI's radix
+//!     allocator, written here) doing the same lookup, allocation and free.
 //!
 //! Run: `cargo bench --bench prefix` (release). Results: BENCHMARKS.md.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::hint::black_box;
 use std::time::Duration;
@@ -67,6 +72,7 @@ fn lookup_2048(c: &mut Criterion) {
     let mut query = prompt.clone();
     query.push(1);
     kv.allocate(SeqId(0), &query).expect("room");
+    kv.drain_ops(&mut Default::default()); // the prefill step runs: its blocks become hittable
     assert_eq!(kv.cached_prefix_len(&query, &keys), PROMPT as u64);
     g.bench_function("cached_prefix_len", |b| {
         b.iter(|| kv.cached_prefix_len(black_box(&query), &keys))
@@ -126,9 +132,130 @@ fn decode_step_caching(c: &mut Criterion) {
     g.finish();
 }
 
+/// The floor of (j): a radix trie over token ids, as TGI's radix allocator
+/// keeps its prefix cache: each node holds a run of tokens (a multiple of the
+/// block size) and their blocks, children keyed by their first token, a
+/// reference count per node; a lookup walks the trie comparing tokens; blocks
+/// beyond the hit come from a free stack.
+struct RadixTrie {
+    nodes: Vec<TrieNode>,
+    free: Vec<u32>,
+    block_size: usize,
+}
+
+struct TrieNode {
+    key: Vec<u32>,
+    blocks: Vec<u32>,
+    children: HashMap<u32, usize>,
+    ref_count: u32,
+}
+
+impl RadixTrie {
+    fn new(num_blocks: u32, block_size: usize) -> Self {
+        let root = TrieNode {
+            key: Vec::new(),
+            blocks: Vec::new(),
+            children: HashMap::new(),
+            ref_count: 0,
+        };
+        RadixTrie {
+            nodes: vec![root],
+            free: (0..num_blocks).rev().collect(),
+            block_size,
+        }
+    }
+
+    /// Caches `tokens` (whole blocks) under the root as one node.
+    fn insert(&mut self, tokens: &[u32]) {
+        let blocks = (0..tokens.len() / self.block_size)
+            .map(|_| self.free.pop().expect("room"))
+            .collect();
+        self.nodes.push(TrieNode {
+            key: tokens.to_vec(),
+            blocks,
+            children: HashMap::new(),
+            ref_count: 0,
+        });
+        let id = self.nodes.len() - 1;
+        self.nodes[0].children.insert(tokens[0], id);
+    }
+
+    /// Walks the trie over `tokens`: the deepest node matched and the blocks
+    /// of the whole blocks matched, appended to `table`.
+    fn lookup(&self, tokens: &[u32], table: &mut Vec<u32>) -> usize {
+        let (mut node, mut at) = (0, 0);
+        while let Some(&child) = tokens.get(at).and_then(|t| self.nodes[node].children.get(t)) {
+            let c = &self.nodes[child];
+            let shared = c
+                .key
+                .iter()
+                .zip(&tokens[at..])
+                .take_while(|(a, b)| a == b)
+                .count();
+            let whole = shared / self.block_size;
+            table.extend_from_slice(&c.blocks[..whole]);
+            at += whole * self.block_size;
+            node = child;
+            if shared < c.key.len() {
+                break;
+            }
+        }
+        node
+    }
+
+    /// Allocates `prompt` (leaving its last token to compute): the hit
+    /// blocks, referenced through their node, then fresh blocks.
+    fn allocate(&mut self, prompt: &[u32], table: &mut Vec<u32>) -> usize {
+        let node = self.lookup(&prompt[..prompt.len() - 1], table);
+        self.nodes[node].ref_count += 1;
+        let total = prompt.len().div_ceil(self.block_size);
+        while table.len() < total {
+            table.push(self.free.pop().expect("room"));
+        }
+        node
+    }
+
+    fn free(&mut self, node: usize, hit_blocks: usize, table: &mut Vec<u32>) {
+        self.nodes[node].ref_count -= 1;
+        self.free.extend(table.drain(hit_blocks..).rev());
+        table.clear();
+    }
+}
+
+/// (j) a fully cached 2048-token prompt allocated and freed: 127 blocks hit
+/// (the last token is left to compute, so its block is new), one taken.
+fn alloc_free_cached_2048(c: &mut Criterion) {
+    let mut g = c.benchmark_group("j_alloc_free_cached_2048_tokens");
+    let prompt: Vec<u32> = (0..PROMPT).map(|t| t * 31 + 7).collect();
+    let mut trie = RadixTrie::new(4096, BLOCK_SIZE as usize);
+    trie.insert(&prompt);
+    let mut table = Vec::with_capacity(128);
+    g.bench_function("floor_radix_trie", |b| {
+        b.iter(|| {
+            let node = trie.allocate(black_box(&prompt), &mut table);
+            assert_eq!(table.len(), 128);
+            black_box(&table);
+            trie.free(node, 127, &mut table);
+        })
+    });
+    let mut kv = manager(4096, true);
+    kv.allocate(SeqId(0), &prompt).expect("room");
+    kv.drain_ops(&mut Default::default());
+    kv.free(SeqId(0)).expect("allocated");
+    g.bench_function("manager_allocate_free", |b| {
+        b.iter(|| {
+            let a = kv.allocate(SeqId(1), black_box(&prompt)).expect("room");
+            debug_assert_eq!(a.cached_tokens, PROMPT - BLOCK_SIZE);
+            kv.free(SeqId(1)).expect("allocated");
+            a
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = lookup_2048, alloc_half_hit, decode_step_caching
+    targets = lookup_2048, alloc_half_hit, decode_step_caching, alloc_free_cached_2048
 }
 criterion_main!(benches);
