@@ -484,7 +484,7 @@ impl KvCacheManager {
             .sum();
         let needed = total * self.num_groups() as u64 - placeholders - held;
         if let Err(e) = self.check_start(seq, needed) {
-            self.spare.push((tables, Some(cache)));
+            self.recycle(tables, Some(cache));
             return Err(e);
         }
 

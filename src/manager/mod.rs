@@ -65,6 +65,13 @@ pub use types::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage, MAX_GROUPS,
 };
 
+/// Freed sequences whose storage is kept for reuse: a warm decode loop
+/// allocates nothing, and a burst of frees does not pin memory for good.
+const MAX_SPARE: usize = 256;
+
+/// Freed storage larger than this (in blocks per table) is not kept.
+const MAX_SPARE_BLOCKS: usize = 4096;
+
 /// A sequence's tables, one per KV cache group (one inline: most models have one group).
 type Tables = SmallVec<[BlockTable; 1]>;
 
@@ -144,7 +151,8 @@ pub struct KvCacheManager {
     watermark_blocks: u32,
     pool: BlockPool,
     seqs: SeqSlab<Seq>,
-    /// Storage of freed sequences, reused by the next allocation or fork.
+    /// Storage of freed sequences, reused by the next allocation or fork
+    /// (at most `MAX_SPARE`, see `recycle`).
     spare: Vec<(Tables, Option<Box<SeqCache>>)>,
     copies: Vec<BlockCopy>,
     /// The host (swap) tier; `None` when `num_host_blocks` is 0.
@@ -225,6 +233,18 @@ impl KvCacheManager {
     #[inline]
     fn blocks_for(&self, num_tokens: u64) -> u64 {
         blocks_for(num_tokens, self.config.block_size as u64)
+    }
+
+    /// Keeps a freed sequence's storage for the next allocation or fork, up
+    /// to [`MAX_SPARE`] of them, and none whose table storage grew past
+    /// [`MAX_SPARE_BLOCKS`] blocks: after a burst of frees, or one very long
+    /// sequence, the memory goes back to the allocator instead of staying
+    /// reserved for good.
+    fn recycle(&mut self, tables: Tables, cache: Option<Box<SeqCache>>) {
+        let large = tables.iter().any(|t| t.blocks.capacity() > MAX_SPARE_BLOCKS);
+        if self.spare.len() < MAX_SPARE && !large {
+            self.spare.push((tables, cache));
+        }
     }
 
     /// Fresh tables for a new sequence, one per group, reusing a freed
@@ -489,7 +509,7 @@ impl KvCacheManager {
                 }
             }
         }
-        self.spare.push((tables, cache));
+        self.recycle(tables, cache);
         self.stats.sequences_freed += 1;
         Ok(())
     }

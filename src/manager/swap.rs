@@ -499,7 +499,7 @@ impl KvCacheManager {
                 host.release_host(h);
             }
         }
-        self.spare.push((tables, cache));
+        self.recycle(tables, cache);
         self.stats.sequences_freed += 1;
         Ok(())
     }

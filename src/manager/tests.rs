@@ -638,3 +638,28 @@ fn batched_decode_matches_appends_by_id_in_every_group() {
     }
     assert_eq!(snapshot(&by_id), snapshot(&batched));
 }
+
+#[test]
+fn freed_storage_kept_for_reuse_is_bounded() {
+    let mut kv = kv(4096, 1);
+    for s in 0..(MAX_SPARE as u64 + 44) {
+        kv.allocate(SeqId(s), &toks(3)).unwrap();
+    }
+    for s in 0..(MAX_SPARE as u64 + 44) {
+        kv.free(SeqId(s)).unwrap();
+    }
+    assert_eq!(kv.spare.len(), MAX_SPARE);
+    // A table that grew past MAX_SPARE_BLOCKS is not kept.
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 8192,
+        block_size: 1,
+        max_model_len: 8192,
+        watermark: 0.0,
+        ..Default::default()
+    })
+    .unwrap();
+    kv.allocate(SeqId(1), &toks(MAX_SPARE_BLOCKS + 1)).unwrap();
+    kv.free(SeqId(1)).unwrap();
+    assert!(kv.spare.is_empty());
+    kv.check_invariants().unwrap();
+}

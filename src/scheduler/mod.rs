@@ -57,6 +57,9 @@ pub use types::{
     MAX_SAMPLES,
 };
 
+/// Token lists of finished sequences kept for reuse (those of up to 2^20 tokens).
+const MAX_SPARE_TOKENS: usize = 256;
+
 /// The longest run of decodes handed to the manager in one call.
 const DECODE_RUN: usize = 64;
 

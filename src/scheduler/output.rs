@@ -206,7 +206,10 @@ impl Scheduler {
     pub(super) fn retire(&mut self, idx: usize) {
         let s = self.slab[idx].take().expect("live");
         self.index.remove(&s.id);
-        self.spare_tokens.push(s.tokens);
+        // Kept for the next request, up to a bound (see `MAX_SPARE_TOKENS`).
+        if self.spare_tokens.len() < super::MAX_SPARE_TOKENS && s.tokens.capacity() <= 1 << 20 {
+            self.spare_tokens.push(s.tokens);
+        }
         self.free_slab.push(idx);
         let key = SeqId(RequestId::of(s.id).0 .0);
         let live = self.live.get_mut(&key).expect("live request");
