@@ -119,7 +119,7 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
     if let Some(path) = &args.plot {
         let names: Vec<String> = setup.policies.iter().map(|p| p.name()).collect();
         let drawn = match &outcome {
-            Outcome::Runs(results) => plot::write_svg(path, results),
+            Outcome::Runs(results, _) => plot::write_svg(path, results),
             Outcome::Rates(points) => plot::write_rates_svg(path, &names, points),
             Outcome::Capacities(sweep) => plot::write_capacities_svg(path, &names, sweep),
         };
@@ -129,9 +129,9 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
         }
     }
     let text = match (&outcome, args.json, args.csv) {
-        (Outcome::Runs(r), true, _) => format!("{:#}\n", sim_report::render_json(&setup, r)),
-        (Outcome::Runs(r), _, true) => sim_report::render_csv(r),
-        (Outcome::Runs(r), _, _) => sim_report::render_text(&setup, r),
+        (Outcome::Runs(r, f), true, _) => format!("{:#}\n", sim_report::render_json(&setup, r, f.as_ref())),
+        (Outcome::Runs(r, _), _, true) => sim_report::render_csv(r),
+        (Outcome::Runs(r, f), _, _) => sim_report::render_text(&setup, r, f.as_ref()),
         (Outcome::Rates(p), true, _) => format!("{:#}\n", sim_report::render_rates_json(&setup, p)),
         (Outcome::Rates(p), _, true) => sim_report::render_rates_csv(p),
         (Outcome::Rates(p), _, _) => sim_report::render_rates_text(&setup, p),
