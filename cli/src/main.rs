@@ -11,30 +11,15 @@
 //! failed (a bug: please report it), 2 unusable input (a flag, or a trace's
 //! file, line and reason).
 
-mod args;
-mod budget;
-mod checks;
-mod error;
-mod estimate;
-mod gpus;
-mod hf_config;
-mod plan;
-mod plot;
-mod report;
-mod sim_args;
-mod sim_report;
-mod simulate;
-mod size;
-mod vllm_model;
-
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 
-use crate::args::{vllm_short_flags, Cli, Command, PlanArgs};
-use crate::sim_args::SimulateArgs;
+use pagedkv_cli::args::{vllm_short_flags, Cli, Command, PlanArgs};
+use pagedkv_cli::sim_args::SimulateArgs;
+use pagedkv_cli::{plan, plot, report, sim_report, simulate};
 
 /// Exit code for unusable input.
 const EXIT_INPUT: u8 = 2;
@@ -97,7 +82,7 @@ fn run_plan(args: &PlanArgs) -> ExitCode {
 }
 
 fn run_simulate(args: &SimulateArgs) -> ExitCode {
-    use crate::simulate::Outcome;
+    use pagedkv_cli::simulate::Outcome;
     let setup = match simulate::resolve(args) {
         Ok(s) => s,
         Err(e) => {
