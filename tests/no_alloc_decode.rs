@@ -31,7 +31,7 @@ use std::cell::Cell;
 use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::{
     AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler,
-    SchedulerConfig, SeqId, Slot, StepPlan,
+    SchedulerConfig, SeqHandle, SeqId, Slot, StepPlan,
 };
 
 struct CountingAllocator;
@@ -132,6 +132,8 @@ struct Engine {
     slots: Vec<Slot>,
     /// Every group's slots (hybrid models).
     group_slots: Vec<Vec<Slot>>,
+    /// The batched decode's handles and tokens.
+    batch: Vec<(SeqHandle, u32)>,
     prompt: Vec<u32>,
 }
 
@@ -146,6 +148,7 @@ impl Engine {
             kv: manager_with(prefix_caching, groups),
             ops: BlockOps::default(),
             slots: Vec::new(),
+            batch: Vec::new(),
             prompt: (0..PROMPT).collect(),
         }
     }
@@ -156,25 +159,39 @@ impl Engine {
     /// allocates, so not in the measured pass). Returns the blocks the
     /// windows released.
     fn hybrid_pass(&mut self, check: bool) -> u64 {
+        self.groups_pass(check, false)
+    }
+
+    /// `hybrid_pass`, with `batched` the steps in one `append_decode_into`
+    /// over the sequences' handles each.
+    fn groups_pass(&mut self, check: bool, batched: bool) -> u64 {
         let kv = &mut self.kv;
         let released = kv.stats().window_released_blocks;
         for s in 0..SEQS {
             kv.allocate(SeqId(s), &self.prompt).unwrap();
         }
         kv.drain_ops(&mut self.ops);
+        self.batch.clear();
+        self.batch
+            .extend((0..SEQS).map(|s| (kv.handle(SeqId(s)).unwrap(), 0)));
         for step in 0..STEPS {
             for out in &mut self.group_slots {
                 out.clear();
             }
             let len = (PROMPT + step) as u64;
-            for s in 0..SEQS {
-                kv.append_and_group_slots_into(SeqId(s), &[step], len..len + 1, &mut self.group_slots)
-                    .unwrap();
+            if batched {
+                self.batch.iter_mut().for_each(|(_, t)| *t = step);
+                kv.append_decode_into(&self.batch, &mut self.group_slots).unwrap();
+            } else {
+                for s in 0..SEQS {
+                    kv.append_and_group_slots_into(SeqId(s), &[step], len..len + 1, &mut self.group_slots)
+                        .unwrap();
+                }
             }
             kv.drain_ops(&mut self.ops);
             assert!(self.group_slots.iter().all(|g| g.len() == SEQS as usize));
         }
-        if check {
+        if check && kv.num_groups() == 2 {
             // The window keeps its blocks, the full group all of them.
             let by_group = kv.blocks_by_group();
             assert_eq!(by_group[0], SEQS * (PROMPT + STEPS).div_ceil(BLOCK_SIZE) as u64);
@@ -281,6 +298,27 @@ fn warm_hybrid_decode_loop_makes_no_heap_allocation() {
         );
         engine.kv.check_invariants().unwrap();
         assert_eq!(engine.kv.usage().free_blocks, engine.kv.usage().num_blocks);
+    }
+}
+
+/// The batched decode over dense handles, one group and hybrid, caching off
+/// and on: no heap allocation once warm.
+#[test]
+fn warm_batched_decode_loop_makes_no_heap_allocation() {
+    for groups in [vec![AttentionKind::Full], hybrid()] {
+        for caching in [false, true] {
+            let mut engine = Engine::with_groups(caching, groups.clone());
+            let warm_released = engine.groups_pass(true, true);
+            let (released, allocs, deallocs) = count_heap_calls(|| engine.groups_pass(false, true));
+            assert_eq!(released, warm_released);
+            assert_eq!(
+                (allocs, deallocs),
+                (0, 0),
+                "the warm batched pass ({groups:?}, caching {caching}) made {allocs} heap allocations and {deallocs} frees"
+            );
+            engine.kv.check_invariants().unwrap();
+            assert_eq!(engine.kv.usage().free_blocks, engine.kv.usage().num_blocks);
+        }
     }
 }
 
