@@ -170,6 +170,46 @@ impl BlockPool {
         Ok(block)
     }
 
+    /// Allocates `n` blocks at once, appended to `out` in the order
+    /// [`Self::allocate`] would return them, or none when fewer are free
+    /// ([`PoolError::Exhausted`]). Blocks come off the stack in one slice
+    /// copy; only the rest come from the queue one by one.
+    ///
+    /// ```
+    /// use pagedkv::{BlockId, BlockPool};
+    /// let mut pool = BlockPool::new(4).unwrap();
+    /// let mut table = Vec::new();
+    /// pool.allocate_n(3, &mut table).unwrap();
+    /// assert_eq!(table, [BlockId(0), BlockId(1), BlockId(2)]);
+    /// assert!(pool.allocate_n(2, &mut table).is_err());
+    /// assert_eq!(table.len(), 3);
+    /// ```
+    pub fn allocate_n(&mut self, n: u32, out: &mut impl Extend<BlockId>) -> Result<(), PoolError> {
+        if n > self.num_free() {
+            return Err(PoolError::Exhausted {
+                num_blocks: self.num_blocks(),
+            });
+        }
+        let from_stack = (n as usize).min(self.stack.len());
+        let keep = self.stack.len() - from_stack;
+        for &b in &self.stack[keep..] {
+            self.meta[b as usize] = BlockMeta {
+                ref_count: 1,
+                prev: NIL,
+                next: NIL,
+            };
+        }
+        out.extend(self.stack[keep..].iter().rev().map(|&b| BlockId(b)));
+        self.stack.truncate(keep);
+        for _ in from_stack..n as usize {
+            let block = BlockId(self.head);
+            self.unlink(block.0);
+            self.meta[block.index()].ref_count = 1;
+            out.extend(std::iter::once(block));
+        }
+        Ok(())
+    }
+
     /// Takes a specific free block out of the middle of the stack or the
     /// queue in O(1) and gives it one reference (a prefix-cache hit on a
     /// freed block).
@@ -226,6 +266,29 @@ impl BlockPool {
     #[inline]
     pub fn decref_evict_first(&mut self, block: BlockId) -> Result<bool, PoolError> {
         self.drop_ref(block, true)
+    }
+
+    /// [`Self::decref_evict_first`] of each block, in order, for blocks the
+    /// caller knows to be allocated (a table's): returns how many became free.
+    /// Panics on a free or unknown block (a broken caller invariant).
+    #[inline]
+    pub(crate) fn release_all_evict_first<'a>(&mut self, blocks: impl Iterator<Item = &'a BlockId>) -> u64 {
+        let mut freed = 0;
+        for &b in blocks {
+            let m = &mut self.meta[b.index()];
+            assert!(
+                m.ref_count > 0,
+                "released block {b:?} is free: a table held a free block"
+            );
+            m.ref_count -= 1;
+            if m.ref_count == 0 {
+                m.prev = self.stack.len() as u32;
+                m.next = IN_STACK;
+                self.stack.push(b.0);
+                freed += 1;
+            }
+        }
+        freed
     }
 
     #[inline(always)]

@@ -318,13 +318,9 @@ impl KvCacheManager {
 
         let (mut tables, _) = self.new_seq_storage();
         for t in tables.iter_mut() {
-            for _ in 0..per_group {
-                t.blocks.push(
-                    self.pool
-                        .allocate()
-                        .expect("free blocks were counted before allocating"),
-                );
-            }
+            self.pool
+                .allocate_n(per_group as u32, &mut t.blocks)
+                .expect("free blocks were counted before allocating");
             t.num_tokens = tokens as u32;
         }
         self.stats.blocks_taken += needed;
@@ -488,13 +484,7 @@ impl KvCacheManager {
         if self.prefix.is_none() && self.host.is_none() {
             // The plain allocator: nothing to keep cached, no host copy to forget.
             for t in &tables {
-                for &b in t.live_blocks().iter().rev() {
-                    let freed = self
-                        .pool
-                        .decref_evict_first(b)
-                        .expect("a live table's blocks are allocated");
-                    self.stats.blocks_returned += freed as u64;
-                }
+                self.stats.blocks_returned += self.pool.release_all_evict_first(t.live_blocks().iter().rev());
             }
         } else {
             for t in &tables {
