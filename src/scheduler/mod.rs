@@ -506,7 +506,7 @@ impl Scheduler {
                 let room = (max_seqs - plan.scheduled.len())
                     .min(budget as usize)
                     .min(DECODE_RUN);
-                let run = self.decode_run(i, room);
+                let run = self.decode_run(i, room, &mut budget, plan);
                 if run > 0 {
                     let done = self.decode_batch(i, run, &mut budget, plan);
                     i += done;
@@ -537,34 +537,63 @@ impl Scheduler {
         self.kv.drain_events(&mut plan.events);
     }
 
-    /// Fills `self.batch` with the plain decodes among `running[i..]`, in
-    /// order, up to `room` of them: sequences with one token to compute, not
-    /// yet in the manager. Returns how many.
-    fn decode_run(&mut self, i: usize, room: usize) -> usize {
+    /// Plans the plain decodes among `running[i..]`, in order, up to `room`
+    /// of them (sequences with one token to compute, not yet in the manager,
+    /// no sample to fork), as if their appends succeed, filling `self.batch`
+    /// with their handles and tokens in the same pass. Returns how many.
+    fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
         self.batch.clear();
+        let from = self.slots[0].len() as u32;
         for &idx in &self.running[i..] {
             if self.batch.len() == room {
                 break;
             }
-            let s = self.slab[idx].as_ref().expect("live");
-            match s.handle {
-                Some(h) if s.tokens.len() as u32 == s.num_computed + 1 && s.in_kv == s.num_computed => {
-                    debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
-                    self.batch.push((h, s.last_token));
+            let s = self.slab[idx].as_mut().expect("live");
+            let h = match s.handle {
+                Some(h)
+                    if s.tokens.len() as u32 == s.num_computed + 1
+                        && s.in_kv == s.num_computed
+                        && s.forks_left == 0 =>
+                {
+                    h
                 }
                 _ => break,
-            }
+            };
+            debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
+            debug_assert_eq!(s.samples_expected, 0);
+            let slot = from + self.batch.len() as u32;
+            self.batch.push((h, s.last_token));
+            let start = s.num_computed;
+            s.in_kv += 1;
+            s.num_computed += 1;
+            s.samples_expected = 1;
+            self.expected.push(Expected {
+                seq: s.id,
+                idx,
+                sample: 0,
+            });
+            plan.scheduled.push(ScheduledSeq {
+                seq: s.id,
+                start,
+                num_new_tokens: 1,
+                is_prefill: start < s.prompt_len,
+                num_samples: 1,
+                slots: slot..slot + 1,
+            });
         }
-        self.batch.len()
+        let run = self.batch.len();
+        plan.num_batched_tokens += run as u32;
+        *budget -= run as u32;
+        run
     }
 
-    /// Appends the decodes of `self.batch` (`running[i..i + run]`) in one
-    /// manager call and plans those it grew; returns how many (fewer than
-    /// `run` when one ran out of blocks: it is planned alone next).
+    /// Appends the decodes `decode_run` planned (`running[i..i + run]`) in
+    /// one manager call; returns how many it grew. When one ran out of
+    /// blocks, it and those after it are taken out of the plan again (it is
+    /// planned alone next).
     fn decode_batch(&mut self, i: usize, run: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
-        let from = self.slots[0].len() as u32;
         let done = match self.kv.append_decode_into(&self.batch, &mut self.slots) {
-            Ok(()) => run,
+            Ok(()) => return run,
             Err(BatchError {
                 done,
                 error: KvError::OutOfBlocks { .. },
@@ -573,13 +602,17 @@ impl Scheduler {
                 panic!("scheduler invariant: a running sequence is on the device under its handle: {e}")
             }
         };
-        for k in 0..done {
-            let idx = self.running[i + k];
+        let undo = run - done;
+        for &idx in &self.running[i + done..i + run] {
             let s = self.slab[idx].as_mut().expect("live");
-            s.in_kv += 1;
-            let slot = from + k as u32;
-            self.record_entry(idx, 1, slot..slot + 1, budget, plan);
+            s.in_kv -= 1;
+            s.num_computed -= 1;
+            s.samples_expected = 0;
         }
+        plan.scheduled.truncate(plan.scheduled.len() - undo);
+        self.expected.truncate(self.expected.len() - undo);
+        plan.num_batched_tokens -= undo as u32;
+        *budget += undo as u32;
         done
     }
 
