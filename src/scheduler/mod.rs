@@ -57,7 +57,7 @@ pub use types::{
     MAX_SAMPLES,
 };
 
-/// Token lists of finished sequences kept for reuse (those of up to 2^20 tokens).
+/// Token lists of finished sequences kept for reuse (those of up to 2^16 tokens).
 const MAX_SPARE_TOKENS: usize = 256;
 
 /// The longest run of decodes handed to the manager in one call.
@@ -387,8 +387,12 @@ impl Scheduler {
                 reason,
             });
         }
+        // Room for every token the request may reach (admission bounds it by
+        // max_model_len): 4 bytes a token, nothing beside the KV it will hold,
+        // and decoding never grows the list.
         let mut tokens = self.spare_tokens.pop().unwrap_or_default();
         tokens.clear();
+        tokens.reserve(r.prompt.len() + max_new as usize);
         tokens.extend_from_slice(&r.prompt);
         let id = r.id.seq(0);
         let state = SeqState {

@@ -156,6 +156,7 @@ impl Scheduler {
             .expect("a parent finishing its prompt is on the device");
         let mut tokens = self.spare_tokens.pop().unwrap_or_default();
         tokens.clear();
+        tokens.reserve((p.prompt_len + p.max_new) as usize);
         tokens.extend_from_slice(&p.tokens[..p.num_computed as usize]);
         tokens.push(o.token);
         let child = SeqState {
@@ -207,7 +208,7 @@ impl Scheduler {
         let s = self.slab[idx].take().expect("live");
         self.index.remove(&s.id);
         // Kept for the next request, up to a bound (see `MAX_SPARE_TOKENS`).
-        if self.spare_tokens.len() < super::MAX_SPARE_TOKENS && s.tokens.capacity() <= 1 << 20 {
+        if self.spare_tokens.len() < super::MAX_SPARE_TOKENS && s.tokens.capacity() <= 1 << 16 {
             self.spare_tokens.push(s.tokens);
         }
         self.free_slab.push(idx);
