@@ -264,13 +264,15 @@ impl KvCacheManager {
             && (!grow || self.pool.num_free() as usize >= s.tables.len())
             && (grow || s.tables.iter().all(|t| !t.tail_maybe_shared));
         if simple {
-            release_windows(
-                &mut s.tables,
-                &self.config.groups,
-                base as u64,
-                bs,
-                (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
-            );
+            if s.tables.iter().any(|t| base as u64 >= t.release_at as u64) {
+                release_windows(
+                    &mut s.tables,
+                    &self.config.groups,
+                    base as u64,
+                    bs,
+                    (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
+                );
+            }
             // With every table grown, the next block_size - 1 appends are fast
             // (up to the windows and the length limit).
             let mut until = self.config.max_model_len.min(old_len.saturating_add(bs));
