@@ -105,7 +105,7 @@ pub type Slot = u64;
 /// that take a handle index the slab directly instead of looking the
 /// [`SeqId`] up in a map. A handle goes stale when its sequence is freed or
 /// swapped out (the slot's generation moves on); a stale handle, or one from
-/// another manager, is refused with [`crate::KvError::StaleHandle`], never
+/// another manager (a clone of a manager counts as another), is refused with [`crate::KvError::StaleHandle`], never
 /// resolved to another sequence.
 ///
 /// ```
