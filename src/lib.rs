@@ -17,10 +17,10 @@ pub use error::{InvariantViolation, KvError, PlanError, PoolError, SchedulerErro
 pub use ids::{BlockId, SeqId, Slot, TokenId};
 pub use manager::{
     Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
-    KvUsage, SharedKvCacheManager,
+    KvUsage, PrefixOffload, SharedKvCacheManager,
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
-pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
+pub use prefix::{hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
 pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
     blocks_for, format_gib, Alternative, AttentionKind, ByteSize, CachePlan, CacheSpec, CapacityAdvice,

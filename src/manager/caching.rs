@@ -29,11 +29,14 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::offload::{Offload, StoredMeta};
 use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
-use crate::prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
+use crate::prefix::{
+    hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
+};
 use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
 
@@ -48,7 +51,7 @@ static NO_KEYS: PrefixKeys = PrefixKeys {
 pub(super) struct PrefixState {
     pub(super) index: PrefixIndex,
     algo: HashAlgorithm,
-    block_size: u32,
+    pub(super) block_size: u32,
     /// Queued KV events; `None` when nobody asked for them.
     pub(super) events: Option<Vec<KvEvent>>,
     /// Blocks filled since the last drain, in fill order (group by group), with their hash.
@@ -57,6 +60,9 @@ pub(super) struct PrefixState {
     pending_events: Vec<PendingEvent>,
     /// The token ids of the pending blocks (events only), `block_size` each.
     pending_tokens: Vec<TokenId>,
+    /// With `prefix_offload` on: evicted (or freed) cached blocks waiting to
+    /// be copied to the host tier at the next drain (see `offload.rs`).
+    pub(super) offload: Option<Offload>,
 }
 
 /// What a pending block's `BlockStored` event needs beside its hash.
@@ -115,6 +121,7 @@ impl PrefixState {
             pending: Vec::new(),
             pending_events: Vec::new(),
             pending_tokens: Vec::new(),
+            offload: Offload::new(config),
         }
     }
 
@@ -163,7 +170,7 @@ impl PrefixState {
         }
     }
 
-    fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
+    pub(super) fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
         let bs = self.block_size as usize;
         self.index.insert_pending(group, h, b);
         self.pending.push((b, h));
@@ -279,11 +286,28 @@ impl PrefixState {
             group: infos[run.start].group,
             first_block_index: infos[run.start].index,
             adapter: infos[run.start].adapter,
+            tier: CacheTier::Device,
         };
+        if let Some(meta) = self.offload.as_mut().and_then(|o| o.meta.as_mut()) {
+            // What a host-tier `BlockStored` of each block will need once it is offloaded.
+            for i in run.clone() {
+                let info = &infos[i];
+                meta.insert(
+                    (info.group, pending[i].1),
+                    StoredMeta {
+                        parent: info.parent,
+                        extra_keys: info.extra_keys.clone(),
+                        index: info.index,
+                        adapter: info.adapter,
+                        tokens: tokens[i * bs..(i + 1) * bs].into(),
+                    },
+                );
+            }
+        }
         self.push_event(event);
     }
 
-    fn push_event(&mut self, event: KvEvent) {
+    pub(super) fn push_event(&mut self, event: KvEvent) {
         if let Some(events) = &mut self.events {
             events.push(event);
         }
@@ -337,18 +361,25 @@ impl PrefixState {
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
                 group,
+                tier: CacheTier::Device,
             });
         }
     }
 
-    /// A free block was taken for new content: drop the hash it carried.
+    /// A free block was taken for new content: drop the hash it carried
+    /// (with offload on, its content is queued for the host tier: the copy
+    /// runs before the step that overwrites it).
     #[inline]
     pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
         if let Some((h, group)) = self.index.remove_block(block) {
             stats.prefix_evictions += 1;
+            if let Some(o) = &mut self.offload {
+                o.queue.push((block, h, group));
+            }
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
                 group,
+                tier: CacheTier::Device,
             });
         }
     }
@@ -373,14 +404,24 @@ impl KvCacheManager {
     /// length whose window is cached, until no group lowers it (each group's
     /// set of good lengths is searched downwards, so the fixpoint is the
     /// largest length good for all).
-    fn find_hit(&self, p: &PrefixState, hashes: &[BlockHash], max_blocks: usize) -> usize {
+    ///
+    /// With `host` (the host tier's index, when a reload is possible now), a
+    /// block cached in either tier counts.
+    fn find_hit(
+        &self,
+        p: &PrefixState,
+        host: Option<&PrefixIndex>,
+        hashes: &[BlockHash],
+        max_blocks: usize,
+    ) -> usize {
         let bs = self.config.block_size;
+        let missing = |g: usize, h: BlockHash| {
+            p.index.get(g as u32, h).is_none() && !host.is_some_and(|c| c.get(g as u32, h).is_some())
+        };
         let mut hit = max_blocks.min(hashes.len());
         for (g, kind) in self.config.groups.iter().enumerate() {
             if *kind == AttentionKind::Full {
-                hit = (0..hit)
-                    .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
-                    .unwrap_or(hit);
+                hit = (0..hit).find(|&i| missing(g, hashes[i])).unwrap_or(hit);
             }
         }
         loop {
@@ -393,10 +434,7 @@ impl KvCacheManager {
                 // a missing block m rules out every l in (m, hit], so jump to m.
                 while hit > 0 {
                     let from = hit_from(*kind, hit, bs);
-                    match (from..hit)
-                        .rev()
-                        .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
-                    {
+                    match (from..hit).rev().find(|&i| missing(g, hashes[i])) {
                         None => break,
                         Some(missing) => hit = missing,
                     }
@@ -406,6 +444,14 @@ impl KvCacheManager {
                 return hit;
             }
         }
+    }
+
+    /// The host tier's index of offloaded blocks, when a hit may reload from
+    /// it now (offload on, and no queued copy-on-write copy names a free
+    /// device block: see `offload.rs`).
+    fn reload_index(&self) -> Option<&PrefixIndex> {
+        let cached = self.host.as_ref()?.cached.as_ref()?;
+        self.queued_copy_on_free_block().is_none().then_some(cached)
     }
 
     /// Held blocks of a hit of `hit` blocks, in each group.
@@ -449,7 +495,8 @@ impl KvCacheManager {
 
         // The longest cached prefix every group agrees on, leaving at least one token to compute.
         let max_hit = ((num_tokens - 1) / bs as u64) as usize;
-        let hits = self.find_hit(p, &cache.hashes, max_hit);
+        let host_index = self.reload_index();
+        let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
         let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
         let total = blocks_for(num_tokens, bs as u64);
         let placeholders: u64 = self
@@ -465,12 +512,26 @@ impl KvCacheManager {
         }
 
         let p = self.prefix.as_ref().expect("checked above");
+        // Blocks of the hit the device misses, reloaded from the host: (group, position, host block).
+        let mut reloads: SmallVec<[(u32, u32, BlockId); 8]> = SmallVec::new();
         for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
-            // Hits first: a fresh allocation could otherwise evict a free hit block.
+            // Hits first: a fresh allocation could otherwise evict a free hit
+            // block (or, offloading, push a host hit block out of the host tier).
             let from = hit_from(*kind, hits, bs);
             t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
-            for &h in &cache.hashes[from..hits] {
-                let b = p.index.get(g as u32, h).expect("hit blocks were found above");
+            for (i, &h) in cache.hashes.iter().enumerate().take(hits).skip(from) {
+                let Some(b) = p.index.get(g as u32, h) else {
+                    let host = self.host.as_mut().expect("a host hit implies a host tier");
+                    let hb = host
+                        .cached
+                        .as_ref()
+                        .and_then(|c| c.get(g as u32, h))
+                        .expect("hit blocks were found above");
+                    host.hold_for_reload(hb);
+                    reloads.push((g as u32, i as u32, hb));
+                    t.blocks.push(BlockId::NULL); // the reloaded copy, below
+                    continue;
+                };
                 if self.pool.ref_count(b) == Ok(0) {
                     self.pool
                         .take_free(b)
@@ -484,6 +545,18 @@ impl KvCacheManager {
             t.num_released = from as u32;
             t.release_at = release_at(*kind, from as u32, bs);
         }
+        for &(g, i, hb) in &reloads {
+            let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+            let host = self.host.as_mut().expect("a host hit implies a host tier");
+            host.swap_in.push(super::BlockCopy {
+                src: hb,
+                dst: d,
+                num_slots: bs,
+                group: g,
+            });
+            self.stats.reload_copies += 1;
+            tables[g as usize].blocks[i as usize] = d;
+        }
         for t in tables.iter_mut() {
             for _ in hits as u64..total {
                 t.blocks
@@ -492,7 +565,18 @@ impl KvCacheManager {
             t.num_tokens = num_tokens as u32;
         }
         let p = self.prefix.as_mut().expect("checked above");
+        // Reloaded copies become hittable at the next drain, like swapped-in blocks.
+        for &(g, i, _) in &reloads {
+            let (i, h) = (i as usize, cache.hashes[i as usize]);
+            p.index_block(&cache, g, i, h, tables[g as usize].blocks[i]);
+        }
         p.index_blocks(&cache, &tables, hits);
+        if !reloads.is_empty() {
+            let mut positions: SmallVec<[u32; 8]> = reloads.iter().map(|r| r.1).collect();
+            positions.sort_unstable();
+            positions.dedup();
+            self.stats.prefix_host_hit_tokens += positions.len() as u64 * bs as u64;
+        }
 
         let cached_tokens = hits as u64 * bs as u64;
         self.stats.sequences_allocated += 1;
@@ -530,17 +614,21 @@ impl KvCacheManager {
         }
         let bs = self.config.block_size as usize;
         let blocks = prompt[..prompt.len() - 1].chunks_exact(bs);
+        let host = self.reload_index();
         if self.config.groups.len() == 1 && self.config.groups[0] == AttentionKind::Full {
             // One full-attention group: hash and look up block by block, stopping at the first miss.
             let mut parent = None;
             let mut held = 0;
             for (i, block) in blocks.enumerate() {
                 let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
-                let Some(b) = p.index.get(0, h) else { break };
-                out.hit_blocks += 1;
-                if count_held {
-                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                match p.index.get(0, h) {
+                    Some(b) if count_held => held += (self.pool.ref_count(b) != Ok(0)) as u64,
+                    Some(_) => {}
+                    // On the host: a hit, on a fresh device block (nothing held).
+                    None if host.is_some_and(|c| c.get(0, h).is_some()) => {}
+                    None => break,
                 }
+                out.hit_blocks += 1;
                 parent = Some(h);
             }
             if count_held {
@@ -560,7 +648,7 @@ impl KvCacheManager {
             );
             hashes.push(h);
         }
-        let hit = self.find_hit(p, &hashes, hashes.len());
+        let hit = self.find_hit(p, host, &hashes, hashes.len());
         out.hit_blocks = hit as u64;
         if count_held {
             out.held_blocks = self.held_blocks(p, &hashes, hit);
@@ -661,6 +749,10 @@ impl KvCacheManager {
     /// assert_eq!(kv.reset_prefix_cache(), 2);
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::default()), 0);
     /// ```
+    ///
+    /// With prefix offload on, every block offloaded to the host tier is
+    /// dropped too (and the offloads queued this step are cancelled); the
+    /// count is of device blocks only.
     pub fn reset_prefix_cache(&mut self) -> usize {
         let Some(p) = self.prefix.as_mut() else { return 0 };
         let mut removed: Vec<(u32, BlockHash)> = Vec::new();
@@ -670,18 +762,102 @@ impl KvCacheManager {
             }
         }
         let n = removed.len();
+        let mut host_removed: Vec<(u32, BlockHash)> = Vec::new();
+        let host_cached = self.host.as_mut().and_then(|h| h.cached.as_mut());
+        if let (Some(cached), Some(o)) = (host_cached, p.offload.as_mut()) {
+            o.queue.clear();
+            for i in 0..self.config.num_host_blocks {
+                if let Some((h, group)) = cached.remove_block(BlockId(i)) {
+                    host_removed.push((group, h));
+                }
+            }
+            let device = &p.index;
+            if let Some(meta) = &mut o.meta {
+                meta.retain(|&(g, h), _| device.get(g, h).is_some());
+            }
+        }
         if p.index.is_empty() {
             p.push_event(KvEvent::AllCleared);
-        } else if !removed.is_empty() {
-            removed.sort_by_key(|&(g, _)| g);
-            for run in removed.chunk_by(|a, b| a.0 == b.0) {
-                p.push_event(KvEvent::BlockRemoved {
-                    block_hashes: run.iter().map(|&(_, h)| h).collect(),
-                    group: run[0].0,
-                });
+        } else {
+            for (tier, mut removed) in [(CacheTier::Device, removed), (CacheTier::Host, host_removed)] {
+                removed.sort_by_key(|&(g, _)| g);
+                for run in removed.chunk_by(|a, b| a.0 == b.0) {
+                    p.push_event(KvEvent::BlockRemoved {
+                        block_hashes: run.iter().map(|&(_, h)| h).collect(),
+                        group: run[0].0,
+                        tier,
+                    });
+                }
             }
         }
         n
+    }
+
+    /// Blocks offloaded to the host tier now, in every group (0 without
+    /// prefix offload).
+    pub fn num_host_cached_blocks(&self) -> usize {
+        self.host
+            .as_ref()
+            .and_then(|h| h.cached.as_ref())
+            .map_or(0, |c| c.len())
+    }
+
+    /// The cached prefix of `prompt` as a router that keeps one index per tier
+    /// sees it in KV cache group `group` (Dynamo's device index, then its
+    /// lower-tier index continuing from the device's match): leading tokens
+    /// whose blocks the device caches, then tokens whose blocks continue in
+    /// the host tier, leaving one token to compute as
+    /// [`Self::cached_prefix_len`] does. `(0, 0)` when prefix caching is off
+    /// or `group` does not exist. Pure.
+    ///
+    /// ```
+    /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, PrefixOffload, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 3, block_size: 4, num_host_blocks: 4, watermark: 0.0,
+    ///     enable_prefix_caching: true, prefix_offload: PrefixOffload::OnEvict, ..Default::default()
+    /// }).unwrap();
+    /// let mut ops = BlockOps::default();
+    /// let a: Vec<u32> = (0..8).collect();
+    /// kv.allocate(SeqId(1), &a).unwrap();           // 2 blocks
+    /// kv.drain_ops(&mut ops);
+    /// kv.free(SeqId(1)).unwrap();                   // both cached, free
+    /// kv.allocate(SeqId(2), &[9; 12]).unwrap();     // evicts both: offloaded
+    /// kv.drain_ops(&mut ops);
+    /// assert_eq!(ops.swap_out.len(), 2);            // device -> host, before the step
+    /// kv.free(SeqId(2)).unwrap();
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.cached_prefix_tiers_in_group(&[0, 1, 2, 3, 4, 5, 6, 7, 0], &keys, 0), (0, 8));
+    /// let r = kv.allocate(SeqId(3), &[0, 1, 2, 3, 4, 5, 6, 7, 0]).unwrap();
+    /// assert_eq!(r.cached_tokens, 8);               // reloaded, not recomputed
+    /// kv.drain_ops(&mut ops);
+    /// assert_eq!(ops.swap_in.len(), 2);             // host -> device, before the step
+    /// kv.check_invariants().unwrap();
+    /// ```
+    pub fn cached_prefix_tiers_in_group(
+        &self,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+        group: u32,
+    ) -> (u64, u64) {
+        let Some(p) = &self.prefix else { return (0, 0) };
+        if prompt.is_empty() || group as usize >= self.config.groups.len() {
+            return (0, 0);
+        }
+        let host = self.host.as_ref().and_then(|h| h.cached.as_ref());
+        let bs = self.config.block_size;
+        let (mut parent, mut device, mut on_host) = (None, 0, 0);
+        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs as usize).enumerate() {
+            let h = hash_block(p.algo, parent, block, i as u32, bs, keys);
+            if on_host == 0 && p.index.get(group, h).is_some() {
+                device += bs as u64;
+            } else if host.is_some_and(|c| c.get(group, h).is_some()) {
+                on_host += bs as u64;
+            } else {
+                break;
+            }
+            parent = Some(h);
+        }
+        (device, on_host)
     }
 
     /// Prefix-caching invariants (see the module docs of `manager`).

@@ -49,6 +49,7 @@ mod admission;
 mod append;
 mod caching;
 mod lookup;
+mod offload;
 mod seq_map;
 mod shared;
 mod swap;
@@ -62,7 +63,8 @@ pub use lookup::GroupView;
 pub(crate) use seq_map::SeqMap;
 pub use shared::SharedKvCacheManager;
 pub use types::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage, MAX_GROUPS,
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
+    PrefixOffload, MAX_GROUPS,
 };
 
 /// A sequence's tables, one per KV cache group (one inline: most models have one group).
@@ -509,6 +511,13 @@ impl KvCacheManager {
         ops.clear();
         ops.copies.extend_from_slice(&self.copies);
         self.copies.clear();
+        // Before the host blocks released this step return to the host pool.
+        offload::offload_queued(
+            &mut self.prefix,
+            &mut self.host,
+            &mut self.stats,
+            self.config.block_size,
+        );
         if let Some(h) = &mut self.host {
             h.drain_into(ops);
         }
@@ -647,8 +656,12 @@ fn release(
         stats.blocks_returned += 1;
         // A pending block freed before its step was handed over was never
         // written: it must not become hittable. A freed duplicate stops being one.
-        if let (false, Some(p)) = (cached, prefix) {
-            p.index.remove_block(b);
+        match (cached, prefix) {
+            (false, Some(p)) => {
+                p.index.remove_block(b);
+            }
+            (true, Some(p)) => p.freed_cached(b),
+            _ => {}
         }
         if let Some(h) = host {
             h.forget_device(b);
