@@ -237,7 +237,10 @@ impl PrefixState {
             // The run being built: indexes into `pending` of consecutive committed blocks.
             let mut run: Option<Range<usize>> = None;
             for (i, &(b, h)) in pending.iter().enumerate() {
-                let committed = self.commit_one(b, h, pool);
+                // A stale entry (its block freed before the drain, then filled
+                // again with the same content in another group) is skipped:
+                // the block's own entry, later in the list, names its group.
+                let committed = self.index.group_of(b) == Some(infos[i].group) && self.commit_one(b, h, pool);
                 let continues = run.as_ref().is_some_and(|r| {
                     r.end == i
                         && infos[i].parent == Some(pending[i - 1].1)
