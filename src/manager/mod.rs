@@ -50,6 +50,8 @@ mod append;
 mod caching;
 mod lookup;
 mod offload;
+#[cfg(test)]
+mod offload_tests;
 mod seq_map;
 mod shared;
 mod swap;
