@@ -24,7 +24,12 @@
 //!    sequence's block table in that group
 //!    (`slot = table[p / block_size] * block_size + p % block_size`);
 //! 4. samples a token for every sequence that finished its prompt or decoded,
-//!    and reports them back ([`Scheduler::on_step_output`]).
+//!    and reports them back ([`Scheduler::on_step_output`]);
+//! 5. publishes the step's KV events (`plan.events`) as one batch in vLLM's
+//!    wire format ([`pagedkv::kv_events::KvEventEncoder`]; the package
+//!    `pagedkv-publisher` would send it over ZeroMQ), and follows them as a
+//!    cache-aware router would: every removed block was stored before, and
+//!    in the full-attention group every stored block's parent is known.
 //!
 //! The workload forces everything the cache manager can do to real data:
 //! parallel sampling (`n = 4`: the samples share the prompt's blocks and
@@ -52,11 +57,12 @@ use std::ops::Range;
 
 use std::collections::HashMap;
 
+use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::scheduler::Automatic;
 use pagedkv::{
     AttentionKind, BlockCopy, BlockId, CachePlan, CacheSpec, EngineRules, KvCacheConfig, KvCacheManager,
-    KvDtype, MemoryBudget, ModelLayout, Request, RequestId, SampledToken, Scheduler, SchedulerConfig, SeqId,
-    StepPlan, TokenId,
+    KvDtype, KvEvent, MemoryBudget, ModelLayout, Request, RequestId, SampledToken, Scheduler,
+    SchedulerConfig, SeqId, StepPlan, TokenId,
 };
 
 // ---------------------------------------------------------------------------
@@ -465,6 +471,18 @@ pub struct Report {
     pub verified_sequences: u64,
     /// Sampled tokens checked (each with its logits).
     pub verified_tokens: u64,
+    /// KV event batches published (one per step that had events).
+    pub event_batches: u64,
+    /// Blocks announced stored and removed by those events.
+    pub events_stored_blocks: u64,
+    /// Blocks announced removed.
+    pub events_removed_blocks: u64,
+    /// Bytes of the batches in vLLM's wire format.
+    pub event_bytes: u64,
+    /// Events a router following them would reject: a removal of a block it
+    /// never saw stored, or a full-attention store whose parent it does not
+    /// hold. Must stay 0.
+    pub events_rejected: u64,
     /// Largest |engine logit − reference logit|.
     pub max_abs_dlogit: f32,
     /// Whether every logit was bitwise equal to the reference's.
@@ -523,8 +541,14 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
         num_host_blocks: cache_plan.num_host_blocks() as u32,
         groups: cache_plan.groups().iter().map(|g| g.kind).collect(),
         enable_prefix_caching: true,
+        enable_kv_events: true,
         ..KvCacheConfig::default()
     };
+    let encoder = KvEventEncoder::new(EventSource::for_groups(&config.groups))?;
+    let groups = config.groups.clone();
+    let mut batch_bytes: Vec<u8> = Vec::new();
+    // What a router following the events holds: (group, block hash).
+    let mut router: std::collections::HashSet<(u32, pagedkv::BlockHash)> = std::collections::HashSet::new();
     let window_group = config
         .groups
         .iter()
@@ -578,6 +602,15 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
             &mut released_by,
             &mut report,
         )?;
+
+        // (1b) The step's KV events: one batch on the wire, and a router's view.
+        if !plan.events.is_empty() {
+            let ts = report.steps as f64; // a real engine: seconds since the epoch
+            encoder.encode_into(ts, &plan.events, &mut batch_bytes);
+            report.event_batches += 1;
+            report.event_bytes += batch_bytes.len() as u64;
+            follow_events(&plan.events, &groups, &mut router, &mut report);
+        }
 
         // (2) Block operations, in this order, before anything reads the cache.
         for c in &plan.ops.swap_out {
@@ -703,6 +736,49 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
 
 /// Notes the window group's blocks released since the last step (entries that
 /// became placeholders), and counts those another sequence now holds.
+/// Applies `events` to `router` as a cache-aware router would, counting what
+/// it would reject.
+fn follow_events(
+    events: &[KvEvent],
+    groups: &[AttentionKind],
+    router: &mut std::collections::HashSet<(u32, pagedkv::BlockHash)>,
+    report: &mut Report,
+) {
+    for e in events {
+        match e {
+            KvEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                group,
+                ..
+            } => {
+                // Window groups release blocks behind the window by design, so
+                // only a full-attention group's cache is closed under prefixes.
+                let full = groups[*group as usize] == AttentionKind::Full;
+                if let (true, Some(p)) = (full, parent_block_hash) {
+                    if !router.contains(&(*group, *p)) {
+                        report.events_rejected += 1;
+                    }
+                }
+                for h in block_hashes {
+                    router.insert((*group, *h));
+                }
+                report.events_stored_blocks += block_hashes.len() as u64;
+            }
+            KvEvent::BlockRemoved { block_hashes, group } => {
+                for h in block_hashes {
+                    if !router.remove(&(*group, *h)) {
+                        report.events_rejected += 1;
+                    }
+                }
+                report.events_removed_blocks += block_hashes.len() as u64;
+            }
+            KvEvent::AllCleared => router.clear(),
+            _ => report.events_rejected += 1, // an event kind a router does not know
+        }
+    }
+}
+
 fn track_window_reuse(
     sched: &Scheduler,
     plan: &StepPlan,
@@ -866,6 +942,15 @@ impl fmt::Display for Report {
             f,
             "sliding window          {} blocks released ({} then held by other sequences)",
             self.window_released_blocks, self.window_blocks_reused
+        )?;
+        writeln!(
+            f,
+            "KV events               {} batches, {} blocks stored, {} removed, {} bytes on vLLM's wire ({} a router rejects)",
+            self.event_batches,
+            self.events_stored_blocks,
+            self.events_removed_blocks,
+            self.event_bytes,
+            self.events_rejected
         )?;
         let max = if self.max_abs_dlogit == 0.0 {
             "0".to_string()

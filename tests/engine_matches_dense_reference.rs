@@ -45,6 +45,17 @@ fn paged_engine_matches_dense_reference() {
         report.same_step_reads, 0,
         "a sequence read blocks filled in the same step:\n{report}"
     );
+    // Each step's KV events go out as one batch in vLLM's wire format, and a
+    // router following them never sees a removal of a block it does not hold
+    // nor, in the full-attention group, a block whose parent it lacks.
+    assert!(
+        report.event_batches > 0 && report.events_stored_blocks > 0 && report.events_removed_blocks > 0,
+        "no KV events:\n{report}"
+    );
+    assert_eq!(
+        report.events_rejected, 0,
+        "a router would reject events:\n{report}"
+    );
     // The README shows this run's output (`cargo run --release --example engine`).
     assert!(
         include_str!("../README.md").contains(&report.to_string()),

@@ -11,30 +11,15 @@
 //! failed (a bug: please report it), 2 unusable input (a flag, or a trace's
 //! file, line and reason).
 
-mod args;
-mod budget;
-mod checks;
-mod error;
-mod estimate;
-mod gpus;
-mod hf_config;
-mod plan;
-mod plot;
-mod report;
-mod sim_args;
-mod sim_report;
-mod simulate;
-mod size;
-mod vllm_model;
-
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 
-use crate::args::{vllm_short_flags, Cli, Command, PlanArgs};
-use crate::sim_args::SimulateArgs;
+use pagedkv_cli::args::{vllm_short_flags, Cli, Command, PlanArgs};
+use pagedkv_cli::sim_args::SimulateArgs;
+use pagedkv_cli::{plan, plot, report, sim_report, simulate};
 
 /// Exit code for unusable input.
 const EXIT_INPUT: u8 = 2;
@@ -97,7 +82,7 @@ fn run_plan(args: &PlanArgs) -> ExitCode {
 }
 
 fn run_simulate(args: &SimulateArgs) -> ExitCode {
-    use crate::simulate::Outcome;
+    use pagedkv_cli::simulate::Outcome;
     let setup = match simulate::resolve(args) {
         Ok(s) => s,
         Err(e) => {
@@ -119,7 +104,7 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
     if let Some(path) = &args.plot {
         let names: Vec<String> = setup.policies.iter().map(|p| p.name()).collect();
         let drawn = match &outcome {
-            Outcome::Runs(results) => plot::write_svg(path, results),
+            Outcome::Runs(results, _) => plot::write_svg(path, results),
             Outcome::Rates(points) => plot::write_rates_svg(path, &names, points),
             Outcome::Capacities(sweep) => plot::write_capacities_svg(path, &names, sweep),
         };
@@ -129,9 +114,9 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
         }
     }
     let text = match (&outcome, args.json, args.csv) {
-        (Outcome::Runs(r), true, _) => format!("{:#}\n", sim_report::render_json(&setup, r)),
-        (Outcome::Runs(r), _, true) => sim_report::render_csv(r),
-        (Outcome::Runs(r), _, _) => sim_report::render_text(&setup, r),
+        (Outcome::Runs(r, f), true, _) => format!("{:#}\n", sim_report::render_json(&setup, r, f.as_ref())),
+        (Outcome::Runs(r, _), _, true) => sim_report::render_csv(r),
+        (Outcome::Runs(r, f), _, _) => sim_report::render_text(&setup, r, f.as_ref()),
         (Outcome::Rates(p), true, _) => format!("{:#}\n", sim_report::render_rates_json(&setup, p)),
         (Outcome::Rates(p), _, true) => sim_report::render_rates_csv(p),
         (Outcome::Rates(p), _, _) => sim_report::render_rates_text(&setup, p),

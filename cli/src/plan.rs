@@ -333,7 +333,12 @@ pub fn resolve(args: &PlanArgs) -> Result<Inputs, InputError> {
         .as_deref()
         .map(ModelConfig::from_file)
         .transpose()?;
-    let config = config.as_ref();
+    resolve_with(args, config.as_ref())
+}
+
+/// [`resolve`] with the config already read (`args.model.config` is then
+/// only its name in messages).
+pub fn resolve_with(args: &PlanArgs, config: Option<&ModelConfig>) -> Result<Inputs, InputError> {
     let mut notes = Vec::new();
 
     checks::block_size(args)?;

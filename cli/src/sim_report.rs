@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use pagedkv::sim::{LatencySummary, Percentiles, RunResult, RunSummary, Scenario, StepSample, Workload};
 use serde_json::{json, Value};
 
-use crate::simulate::{CapacitySweep, RatePoint, Setup};
+use crate::simulate::{CapacitySweep, FullAttentionRuns, RatePoint, Setup};
 
 /// Most time-series points per policy in the JSON output.
 pub const MAX_SERIES_POINTS: usize = 500;
@@ -157,6 +157,9 @@ fn heading(out: &mut String, setup: &Setup) {
         "engine: {}; KV memory {} token slots, max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}",
         scenario.name, slots, scenario.max_model_len, scenario.max_num_seqs, scenario.max_num_batched_tokens
     );
+    if let Some(line) = groups_line(scenario) {
+        let _ = writeln!(out, "{line}");
+    }
     let t = &scenario.time_model;
     let _ = writeln!(
         out,
@@ -175,6 +178,84 @@ fn heading(out: &mut String, setup: &Setup) {
     }
 }
 
+fn kib(bytes: u64) -> String {
+    short(bytes as f64 / 1024.0)
+}
+
+/// For a model in several KV cache groups: the groups and the pool at 16-token blocks.
+fn groups_line(scenario: &Scenario) -> Option<String> {
+    let plan = scenario.plan(16).ok().flatten()?;
+    if plan.groups().len() < 2 && !plan.groups().iter().any(|g| g.kind.releases_blocks()) {
+        return None;
+    }
+    let groups: Vec<String> = plan
+        .groups()
+        .iter()
+        .map(|g| format!("{} ({} layers)", g.kind, g.num_layers()))
+        .collect();
+    let mut line = format!(
+        "KV cache groups: {}; one pool of {} blocks of 16 tokens, {} KiB a block",
+        groups.join(", "),
+        plan.num_blocks(),
+        kib(plan.breakdown().bytes_per_block)
+    );
+    if let Some(full) = scenario.full_attention().and_then(|f| f.plan(16).ok().flatten()) {
+        let _ = write!(
+            line,
+            " (every layer as full attention: {} blocks of {} KiB)",
+            full.num_blocks(),
+            kib(full.breakdown().bytes_per_block)
+        );
+    }
+    Some(line)
+}
+
+/// The paged policies beside their runs with every layer planned as full attention.
+fn render_full_attention(out: &mut String, results: &[RunResult], full: &FullAttentionRuns) {
+    let _ = writeln!(
+        out,
+        "\nagainst every layer planned as full attention (same memory, same policy; KV/token: KV bytes held per token \
+         of context on the device, mean over steps)"
+    );
+    let header: Vec<String> = [
+        "policy", "KV/token", "all full", "saved", "batch", "all full", "preempt", "all full", "tok/s",
+        "all full", "TTFT p90", "all full",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    let per_token = |s: &RunSummary| {
+        s.kv_bytes_per_context_token
+            .map_or("-".to_string(), |b| format!("{:.0}", b))
+    };
+    let rows: Vec<Vec<String>> = full
+        .runs
+        .iter()
+        .map(|(i, f)| {
+            let h = &results[*i].summary;
+            let saved = match (h.kv_bytes_per_context_token, f.kv_bytes_per_context_token) {
+                (Some(a), Some(b)) if b > 0.0 => pct(1.0 - a / b),
+                _ => "-".into(),
+            };
+            vec![
+                h.policy.clone(),
+                per_token(h),
+                per_token(f),
+                saved,
+                format!("{:.1}", h.mean_running),
+                format!("{:.1}", f.mean_running),
+                h.preemptions.to_string(),
+                f.preemptions.to_string(),
+                format!("{:.0}", h.tokens_per_s),
+                format!("{:.0}", f.tokens_per_s),
+                secs(h.latency.ttft.p90),
+                secs(f.latency.ttft.p90),
+            ]
+        })
+        .collect();
+    table(out, &header, &rows);
+}
+
 const LEGEND: &str = "\
 tokens/waste/frag/free: shares of the whole KV memory (slot-steps over all steps) holding token states / reserved
   for tokens not generated yet / reserved but never used / free; batch: mean running sequences; prefix hit: prompt
@@ -184,8 +265,9 @@ paged<B>-vllm: vLLM 0.33.0's v1 scheduling (prefix caching, watermark 0, no guar
   reservations, first fit.
 ";
 
-/// The memory and latency tables with a short header and the definitions below them.
-pub fn render_text(setup: &Setup, results: &[RunResult]) -> String {
+/// The memory and latency tables with a short header and the definitions below them
+/// (and, for a hybrid model, the comparison with every layer as full attention).
+pub fn render_text(setup: &Setup, results: &[RunResult], full: Option<&FullAttentionRuns>) -> String {
     let mut out = String::new();
     heading(&mut out, setup);
     let summaries: Vec<&RunSummary> = results.iter().map(|r| &r.summary).collect();
@@ -203,6 +285,10 @@ pub fn render_text(setup: &Setup, results: &[RunResult]) -> String {
             "\nrejected: {} longer than max_model_len, {} larger than the KV memory, {} with an empty prompt or output",
             s.rejected_too_long, s.rejected_too_large, s.rejected_empty
         );
+    }
+    if let Some(full) = full {
+        render_full_attention(&mut out, results, full);
+        out.push('\n');
     }
     out.push_str(LEGEND);
     out
@@ -423,6 +509,7 @@ fn summary_json(s: &RunSummary) -> Value {
         "generated_tokens": s.generated_tokens,
         "tokens_per_step": s.tokens_per_step,
         "tokens_per_s": s.tokens_per_s,
+        "kv_bytes_per_context_token": s.kv_bytes_per_context_token,
         "latency": {
             "ttft_s": percentiles_json(&l.ttft),
             "tpot_s": percentiles_json(&l.tpot),
@@ -462,6 +549,12 @@ fn scenario_json(setup: &Setup) -> Value {
         "name": scenario.name,
         "token_slots": scenario.token_slots().unwrap_or(0),
         "blocks_of_16": scenario.num_blocks(16).unwrap_or(0),
+        "kv_cache_groups": scenario.plan(16).ok().flatten().map(|p| p.groups().iter().map(|g| json!({
+            "kind": g.kind.to_string(),
+            "layers": g.num_layers(),
+            "padded_layers": g.num_padded_layers,
+        })).collect::<Vec<_>>()),
+        "bytes_per_block_of_16": scenario.bytes_per_block(16).ok().flatten(),
         "max_model_len": scenario.max_model_len,
         "max_num_seqs": scenario.max_num_seqs,
         "max_num_batched_tokens": scenario.max_num_batched_tokens,
@@ -480,8 +573,10 @@ fn scenario_json(setup: &Setup) -> Value {
 
 /// One JSON object: workload, scenario, and per policy its summary and a
 /// time series of at most [`MAX_SERIES_POINTS`] samples.
-pub fn render_json(setup: &Setup, results: &[RunResult]) -> Value {
-    json!({
+/// For a hybrid model, `full_attention` holds the paged policies' summaries
+/// with every layer planned as full attention.
+pub fn render_json(setup: &Setup, results: &[RunResult], full: Option<&FullAttentionRuns>) -> Value {
+    let mut v = json!({
         "workload": workload_json(&setup.workload),
         "scenario": scenario_json(setup),
         "runs": results.iter().map(|r| {
@@ -489,7 +584,15 @@ pub fn render_json(setup: &Setup, results: &[RunResult]) -> Value {
             v["series"] = Value::Array(downsample(&r.samples, MAX_SERIES_POINTS).iter().map(sample_json).collect());
             v
         }).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(full) = full {
+        v["full_attention"] = json!({
+            "scenario": full.scenario.name,
+            "blocks_of_16": full.scenario.num_blocks(16).unwrap_or(0),
+            "runs": full.runs.iter().map(|(_, s)| summary_json(s)).collect::<Vec<_>>(),
+        });
+    }
+    v
 }
 
 /// A rate sweep as one JSON object: per rate, the policies' summaries.

@@ -63,6 +63,9 @@ pub struct Setup {
     pub arrivals: String,
     /// Caveats for the report, one sentence each.
     pub notes: Vec<String>,
+    /// For a hybrid model (KV cache groups), the same engine with every
+    /// layer planned as full attention: the paged policies run on it too.
+    pub full_attention: Option<Scenario>,
     time_scale: f64,
 }
 
@@ -88,10 +91,19 @@ pub struct CapacitySweep {
     pub runs: Vec<Vec<RunSummary>>,
 }
 
+/// The paged policies run again with every layer planned as full attention.
+pub struct FullAttentionRuns {
+    /// The scenario they ran on.
+    pub scenario: Scenario,
+    /// (index into the runs, the summary on the full-attention scenario).
+    pub runs: Vec<(usize, RunSummary)>,
+}
+
 /// What a setup produced.
 pub enum Outcome {
-    /// One run per policy.
-    Runs(Vec<RunResult>),
+    /// One run per policy, and for a hybrid model the paged policies' runs
+    /// with every layer planned as full attention.
+    Runs(Vec<RunResult>, Option<FullAttentionRuns>),
     /// A rate sweep.
     Rates(Vec<RatePoint>),
     /// A capacity sweep.
@@ -275,6 +287,15 @@ fn kv_size(args: &SimulateArgs, base: &Scenario) -> Result<KvSize, InputError> {
         ..PlanArgs::default()
     };
     let inputs = plan::resolve(&plan_args)?;
+    // A model that mixes attention kinds is sized as the chosen engine sizes
+    // it (KV cache groups sharing one pool); a uniform one as before.
+    if inputs.layout.layers.iter().any(|l| l.kind.releases_blocks()) {
+        return Ok(KvSize::Layout {
+            layout: inputs.layout,
+            budget: inputs.budget.memory_budget(),
+            rules: inputs.rules,
+        });
+    }
     Ok(KvSize::Plan {
         spec: inputs.spec,
         budget: inputs.budget.memory_budget(),
@@ -284,8 +305,12 @@ fn kv_size(args: &SimulateArgs, base: &Scenario) -> Result<KvSize, InputError> {
 /// The step-time model: the base scenario's, the KV bytes of the resolved model, the flags.
 fn time_model(args: &SimulateArgs, base: &Scenario, kv: &KvSize) -> StepTimeModel {
     let mut t = base.time_model;
-    if let (KvSize::Plan { spec, .. }, false) = (kv, *kv == base.kv) {
-        t.kv_bytes_per_token = spec.bytes_per_token() as f64;
+    match (kv, *kv == base.kv) {
+        (KvSize::Plan { spec, .. }, false) => t.kv_bytes_per_token = spec.bytes_per_token() as f64,
+        // Every layer's bytes per token: a decode reads at most that much
+        // (a window layer reads less once the context outgrows its window).
+        (KvSize::Layout { layout, .. }, false) => t.kv_bytes_per_token = layout.bytes_per_token() as f64,
+        _ => {}
     }
     let ms = |x: Option<f64>, d: f64| x.map_or(d, |v| v / 1e3);
     t.base_s = ms(args.step_time_base_ms, t.base_s);
@@ -326,7 +351,7 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
     let own_timing = args.step_time_base_ms.is_some()
         && args.step_time_prefill_ms.is_some()
         && args.step_time_decode_ms.is_some();
-    if matches!(kv, KvSize::Plan { .. }) && kv != base.kv && !own_timing {
+    if matches!(kv, KvSize::Plan { .. } | KvSize::Layout { .. }) && kv != base.kv && !own_timing {
         notes.push(format!(
             "the step-time model keeps the default engine's constants ({}) but this model's KV bytes; set \
              --step-time-base-ms, --step-time-prefill-ms, --step-time-decode-ms and --hbm-gbps for this model and GPU",
@@ -410,6 +435,10 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         Sweep::Rates(_) => workload,
         _ => arrive(&workload, single_rate, args.time_scale)?,
     };
+    let full_attention = match sweep {
+        Sweep::None => scenario.full_attention(),
+        _ => None,
+    };
     Ok(Setup {
         workload,
         scenario,
@@ -417,6 +446,7 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         sweep,
         arrivals,
         notes,
+        full_attention,
         time_scale: args.time_scale,
     })
 }
@@ -479,7 +509,25 @@ pub fn run(setup: &Setup) -> Result<Outcome, Result<InputError, SimError>> {
                         .map_err(Err)?,
                 );
             }
-            Ok(Outcome::Runs(results))
+            let full = match &setup.full_attention {
+                Some(scenario) => {
+                    let mut runs = Vec::new();
+                    for (i, p) in setup.policies.iter().enumerate() {
+                        if let Policy::Paged(_) = p {
+                            let r = bar
+                                .run(format!("{} (all full)", p.name()), scenario, &setup.workload, p)
+                                .map_err(Err)?;
+                            runs.push((i, r.summary));
+                        }
+                    }
+                    Some(FullAttentionRuns {
+                        scenario: scenario.clone(),
+                        runs,
+                    })
+                }
+                None => None,
+            };
+            Ok(Outcome::Runs(results, full))
         }
         Sweep::Rates(rates) => {
             let mut points = Vec::new();

@@ -181,3 +181,146 @@ fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
     let ttft = &v["runs"][0]["latency"]["ttft_s"];
     assert!(ttft["p50"].as_f64().unwrap() <= ttft["p99"].as_f64().unwrap());
 }
+
+/// A hybrid model (gpt-oss-20b: 128-token sliding windows alternating with
+/// full attention) runs as two KV cache groups, and each paged policy runs
+/// again with every layer planned as full attention in the same memory.
+#[test]
+fn a_hybrid_config_reports_the_memory_saved_against_full_attention() {
+    let config = workspace_root().join("data/configs/gpt-oss-20b.json");
+    let run = pagedkv(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--kv-cache-memory",
+        "1GiB",
+        "--max-model-len",
+        "8192",
+        "--limit",
+        "1500",
+        "--policies",
+        "paged16,reserve-oracle",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    let groups = v["scenario"]["kv_cache_groups"].as_array().unwrap();
+    let kinds: Vec<&str> = groups.iter().map(|g| g["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sliding_window(128)", "full"]);
+    assert!(groups.iter().all(|g| g["layers"] == 12));
+    // 24 layers x 8 KV heads x 64 x 2 (K and V) x 2 bytes = 48 KiB a token;
+    // a block of 16 tokens holds one group's 12 layers.
+    assert_eq!(v["scenario"]["bytes_per_block_of_16"], 16 * 24 * 1024);
+    let hybrid = &v["runs"][0];
+    let full = v["full_attention"]["runs"].as_array().unwrap();
+    assert_eq!(full.len(), 1, "only paged policies run again");
+    let full = &full[0];
+    assert_eq!(full["policy"], "paged16");
+    let per_token = |r: &serde_json::Value| r["kv_bytes_per_context_token"].as_f64().unwrap();
+    // No prefix sharing here: full attention holds at least every token's 48 KiB,
+    // the hybrid model at least the full half's 24 KiB, and well below full attention.
+    assert!(per_token(full) >= 49_152.0, "{}", per_token(full));
+    assert!(per_token(hybrid) >= 24_576.0, "{}", per_token(hybrid));
+    assert!(
+        per_token(hybrid) < 0.8 * per_token(full),
+        "{} vs {}",
+        per_token(hybrid),
+        per_token(full)
+    );
+    // The memory binds: the released window blocks run a larger batch with fewer preemptions.
+    assert!(hybrid["mean_running"].as_f64() > full["mean_running"].as_f64());
+    assert!(hybrid["preemptions"].as_u64() < full["preemptions"].as_u64());
+    assert!(
+        v["runs"][1]["kv_bytes_per_context_token"].is_null(),
+        "reservations hold no blocks"
+    );
+
+    let text = pagedkv(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--kv-cache-memory",
+        "1GiB",
+        "--limit",
+        "200",
+        "--policies",
+        "paged16",
+    ]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout
+            .contains("KV cache groups: sliding_window(128) (12 layers), full (12 layers)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("against every layer planned as full attention"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// A window longer than every sequence (gemma-2-9b's 4096 under max_model_len
+/// 2048) releases nothing: the hybrid run is the full-attention run, but for
+/// prompts the hybrid run takes chunk by chunk (it allocates a long prompt's
+/// blocks as its chunks run). Watermark 0: a 1% watermark rounds to different
+/// block counts in pools of different block sizes.
+#[test]
+fn a_window_longer_than_every_sequence_saves_nothing() {
+    let config = workspace_root().join("data/configs/gemma-2-9b.json");
+    let run = pagedkv(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--kv-cache-memory",
+        "2GiB",
+        "--limit",
+        "800",
+        "--policies",
+        "paged16-wm0",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    let (hybrid, full) = (&v["runs"][0], &v["full_attention"]["runs"][0]);
+    for field in ["preemptions", "steps", "finished", "generated_tokens"] {
+        assert_eq!(hybrid[field], full[field], "{field}");
+    }
+    let per_token = |r: &serde_json::Value| r["kv_bytes_per_context_token"].as_f64().unwrap();
+    let gap = (per_token(hybrid) - per_token(full)).abs() / per_token(full);
+    assert!(gap < 1e-4, "{} vs {}", per_token(hybrid), per_token(full));
+}
+
+/// README.md shows this command's comparison with full attention.
+#[test]
+fn readme_hybrid_comparison_is_current() {
+    let config = workspace_root().join("data/configs/gpt-oss-20b.json");
+    let run = pagedkv(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--kv-cache-memory",
+        "2GiB",
+        "--max-model-len",
+        "8192",
+        "--policies",
+        "paged16,paged16-vllm",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("against every layer"))
+        .take(4)
+        .chain(run.stdout.lines().filter(|l| l.starts_with("KV cache groups")))
+        .collect();
+    assert_eq!(rows.len(), 5, "{}", run.stdout);
+    for row in rows {
+        assert!(
+            readme.contains(row),
+            "README.md's hybrid simulate output is stale; missing:\n{row}"
+        );
+    }
+}

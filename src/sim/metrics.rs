@@ -62,6 +62,11 @@ pub struct StepSample {
     pub preemptions: u64,
     /// Requests finished so far.
     pub finished: u64,
+    /// Tokens of the sequences on the device (each sequence counts its own;
+    /// paged runs only).
+    pub context_tokens: u64,
+    /// Blocks in use (every KV cache group; paged runs only).
+    pub used_blocks: u64,
 }
 
 /// What one step computed, the input of the [`StepTimeModel`].
@@ -255,6 +260,11 @@ pub struct RunSummary {
     pub tokens_per_s: f64,
     /// Latencies and goodput of the finished requests.
     pub latency: LatencySummary,
+    /// KV bytes held per token of the sequences on the device (Σ used
+    /// blocks × bytes per block / Σ their tokens over steps; a paged run of a
+    /// planned model). Below the model's bytes per token when sliding-window
+    /// groups release what they no longer read (or prefixes are shared).
+    pub kv_bytes_per_context_token: Option<f64>,
 }
 
 impl RunSummary {
@@ -298,6 +308,10 @@ pub(crate) struct Recorder {
     sum_total: u128,
     sum_free: u128,
     sum_running: u128,
+    sum_used_blocks: u128,
+    sum_context: u128,
+    /// Bytes of one block, when known: for `kv_bytes_per_context_token`.
+    pub(crate) bytes_per_block: Option<u64>,
 }
 
 impl Recorder {
@@ -350,6 +364,8 @@ impl Recorder {
         self.sum_total += s.total_slots as u128;
         self.sum_free += s.free_slots as u128;
         self.sum_running += s.running as u128;
+        self.sum_used_blocks += s.used_blocks as u128;
+        self.sum_context += s.context_tokens as u128;
         self.summary.max_running = self.summary.max_running.max(s.running);
         self.summary.steps += 1;
         self.time = end;
@@ -376,6 +392,10 @@ impl Recorder {
         };
         s.prefix_hit_rate = ratio(s.prefix_hit_tokens as u128, self.admitted_prompt_tokens as u128);
         s.latency = self.latency.summarize(slo, self.time);
+        s.kv_bytes_per_context_token = self
+            .bytes_per_block
+            .filter(|_| self.sum_context > 0)
+            .map(|b| self.sum_used_blocks as f64 * b as f64 / self.sum_context as f64);
         RunResult {
             summary: self.summary,
             samples: self.samples,

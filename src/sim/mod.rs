@@ -47,7 +47,9 @@ pub use policy::{
 };
 pub use workload::{Arrivals, FollowUp, SimRequest, ThinkTime, Workload};
 
-use crate::sizing::{CachePlan, CacheSpec, DeviceMemory, KvDtype, MemoryBudget, GIB};
+use crate::sizing::{
+    AttentionKind, CachePlan, CacheSpec, DeviceMemory, EngineRules, KvDtype, MemoryBudget, ModelLayout, GIB,
+};
 
 /// How big the KV memory is.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +61,19 @@ pub enum KvSize {
         spec: CacheSpec,
         /// The memory.
         budget: MemoryBudget,
+    },
+    /// A model given layer by layer (hybrid attention: sliding-window or
+    /// chunked local layers beside full ones), sized under `rules` (vLLM's
+    /// grouping into KV cache groups sharing one pool; pagedkv's manager uses
+    /// every block, vLLM's null block included). The manager gets one group
+    /// per planned KV cache group.
+    Layout {
+        /// The model's layers.
+        layout: ModelLayout,
+        /// The memory.
+        budget: MemoryBudget,
+        /// The rules that group the layers and round the budget.
+        rules: EngineRules,
     },
     /// `num_blocks` blocks of `block_size` tokens; other block sizes get the
     /// same number of token slots (rounded down to whole blocks).
@@ -241,10 +256,88 @@ impl Scenario {
         Ok(())
     }
 
-    /// Token slots of the KV memory (the reservation baselines' pool).
+    /// The capacity plan at `block_size` (`None` for [`KvSize::Blocks`]).
+    pub fn plan(&self, block_size: u32) -> Result<Option<CachePlan>, SimError> {
+        Ok(match &self.kv {
+            KvSize::Plan { spec, budget } => Some(CachePlan::new(spec, block_size, budget)?),
+            KvSize::Layout {
+                layout,
+                budget,
+                rules,
+            } => Some(CachePlan::for_engine(layout, block_size, budget, *rules)?),
+            KvSize::Blocks { .. } => None,
+        })
+    }
+
+    /// The manager's KV cache groups at `block_size`: the plan's (one full
+    /// attention group unless the model is given layer by layer).
+    pub fn groups(&self, block_size: u32) -> Result<Vec<AttentionKind>, SimError> {
+        Ok(match self.plan(block_size)? {
+            Some(plan) => plan.groups().iter().map(|g| g.kind).collect(),
+            None => vec![AttentionKind::Full],
+        })
+    }
+
+    /// Bytes of one block at `block_size` on one GPU (`None` for [`KvSize::Blocks`]).
+    pub fn bytes_per_block(&self, block_size: u32) -> Result<Option<u64>, SimError> {
+        Ok(self.plan(block_size)?.map(|p| p.breakdown().bytes_per_block))
+    }
+
+    /// The same scenario with every layer planned as full attention: what an
+    /// engine without hybrid support makes of the model and budget (`None`
+    /// unless the model is given layer by layer).
+    ///
+    /// ```
+    /// use pagedkv::sim::{KvSize, Scenario};
+    /// use pagedkv::{AttentionKind, CacheSpec, EngineRules, KvDtype, MemoryBudget, ModelLayout, GIB};
+    /// let spec = CacheSpec::new(24, 8, 64, KvDtype::Bf16);
+    /// let kinds: Vec<_> = (0..24)
+    ///     .map(|l| if l % 2 == 0 { AttentionKind::SlidingWindow { window: 128 } } else { AttentionKind::Full })
+    ///     .collect();
+    /// let s = Scenario {
+    ///     kv: KvSize::Layout {
+    ///         layout: ModelLayout::from_kinds(&spec, &kinds).unwrap(),
+    ///         budget: MemoryBudget::direct(4 * GIB),
+    ///         rules: EngineRules::vllm_v1(2048),
+    ///     },
+    ///     ..Scenario::default()
+    /// };
+    /// assert_eq!(s.groups(16).unwrap().len(), 2);
+    /// let full = s.full_attention().unwrap();
+    /// assert_eq!(full.groups(16).unwrap(), [AttentionKind::Full]);
+    /// // Two groups of 12 layers: one block is half the bytes of a 24-layer block.
+    /// assert_eq!(s.num_blocks(16).unwrap(), 2 * full.num_blocks(16).unwrap());
+    /// ```
+    pub fn full_attention(&self) -> Option<Scenario> {
+        match &self.kv {
+            KvSize::Layout {
+                layout,
+                budget,
+                rules,
+            } => Some(Scenario {
+                name: format!("{} (every layer planned as full attention)", self.name),
+                kv: KvSize::Layout {
+                    layout: layout.all_full(),
+                    budget: *budget,
+                    rules: *rules,
+                },
+                ..self.clone()
+            }),
+            _ => None,
+        }
+    }
+
+    /// Token slots of the KV memory (the reservation baselines' pool). A
+    /// model given layer by layer counts as full attention in every layer:
+    /// a reservation reserves every layer's KV for the whole length.
     pub fn token_slots(&self) -> Result<u64, SimError> {
         match &self.kv {
             KvSize::Plan { spec, budget } => Ok(CachePlan::new(spec, 1, budget)?.num_blocks()),
+            KvSize::Layout {
+                layout,
+                budget,
+                rules,
+            } => Ok(CachePlan::for_engine(&layout.all_full(), 1, budget, *rules)?.num_blocks()),
             KvSize::Blocks {
                 num_blocks,
                 block_size,
@@ -264,14 +357,25 @@ impl Scenario {
                 let budget = (*budget).with_host_swap(self.swap_space_bytes);
                 Ok(CachePlan::new(spec, block_size, &budget)?.num_host_blocks())
             }
+            KvSize::Layout {
+                layout,
+                budget,
+                rules,
+            } => {
+                let budget = (*budget).with_host_swap(self.swap_space_bytes);
+                Ok(CachePlan::for_engine(layout, block_size, &budget, *rules)?.num_host_blocks())
+            }
             KvSize::Blocks { .. } => self.num_blocks(block_size),
         }
     }
 
-    /// Blocks of `block_size` tokens the KV memory holds.
+    /// Blocks of `block_size` tokens the KV memory holds (every KV cache group draws from them).
     pub fn num_blocks(&self, block_size: u32) -> Result<u64, SimError> {
         match &self.kv {
-            KvSize::Plan { spec, budget } => Ok(CachePlan::new(spec, block_size, budget)?.num_blocks()),
+            KvSize::Plan { .. } | KvSize::Layout { .. } => Ok(self
+                .plan(block_size)?
+                .expect("a planned scenario has a plan")
+                .num_blocks()),
             KvSize::Blocks { .. } if block_size == 0 => Err(SimError::InvalidConfig {
                 field: "block_size",
                 reason: "must be at least 1 token".into(),

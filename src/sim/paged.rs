@@ -78,6 +78,7 @@ fn scheduler(scenario: &Scenario, policy: &PagedPolicy) -> Result<Scheduler, Sim
         watermark: policy.watermark,
         enable_prefix_caching: policy.prefix_caching,
         num_host_blocks,
+        groups: scenario.groups(bs)?,
         ..Default::default()
     })?;
     let vllm = policy.vllm;
@@ -114,6 +115,7 @@ pub(crate) fn run_paged(
     let bs = policy.block_size as u64;
     let reqs = &workload.requests[..];
     let mut rec = Recorder::new(name.clone(), reqs.len() as u64);
+    rec.bytes_per_block = scenario.bytes_per_block(policy.block_size)?;
     // Tokens each sample generated so far, and samples still running, per request.
     let first_sample: Vec<usize> = reqs
         .iter()
@@ -252,7 +254,10 @@ pub(crate) fn run_paged(
         }
         rec.summary.generated_tokens += outputs.len() as u64;
         rec.summary.preemptions += plan.preempted.len() as u64;
-        let mut sample = step_sample(&sched.kv().usage(), policy.block_size);
+        let usage = sched.kv().usage();
+        let mut sample = step_sample(&usage, policy.block_size);
+        sample.context_tokens = usage.logical_tokens;
+        sample.used_blocks = usage.used_blocks;
         sample.running = plan.scheduled.len() as u32;
         sample.waiting = sched.queue_lens().1 as u32;
         sample.batched_tokens = plan.num_batched_tokens;
