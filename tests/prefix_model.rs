@@ -100,6 +100,12 @@ enum Op {
     SwapIn {
         seq: u64,
     },
+    /// Free `seq` if it exists, then allocate a prompt allocated before (its
+    /// blocks may have been evicted, and offloaded to the host tier, since).
+    Revisit {
+        seq: u64,
+        pick: usize,
+    },
 }
 
 fn tokens(max: usize) -> impl Strategy<Value = Vec<TokenId>> {
@@ -126,6 +132,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reset),
         1 => (0..NUM_IDS).prop_map(|seq| Op::SwapOut { seq }),
         1 => (0..NUM_IDS).prop_map(|seq| Op::SwapIn { seq }),
+        2 => (0..NUM_IDS, 0..8usize).prop_map(|(seq, pick)| Op::Revisit { seq, pick }),
     ]
 }
 
@@ -185,6 +192,8 @@ struct Harness {
     stored: HashMap<(u8, Vec<TokenId>), ()>,
     /// Sequences swapped out (in `seqs` too).
     swapped: BTreeSet<u64>,
+    /// Prompts allocated so far (the last 8), with their tenant.
+    prompts: Vec<(u8, Vec<TokenId>)>,
     device: Vec<Option<u64>>,
     /// The host tier's memory.
     host: Vec<Option<u64>>,
@@ -229,6 +238,7 @@ impl Harness {
             seqs: BTreeMap::new(),
             stored: HashMap::new(),
             swapped: BTreeSet::new(),
+            prompts: Vec::new(),
             device: vec![None; (num_blocks * block_size) as usize],
             host: vec![None; (num_host_blocks * block_size) as usize],
             ops: BlockOps::default(),
@@ -339,6 +349,22 @@ impl Harness {
     }
 
     fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        if let Op::Revisit { seq, pick } = *op {
+            let Some((tenant, prompt)) = self.prompts.get(pick % self.prompts.len().max(1)).cloned() else {
+                return Ok(());
+            };
+            // A new request under this id: the old one finished.
+            if self.seqs.contains_key(&seq) {
+                self.run(&Op::Free { seq })?;
+            }
+            return self.run(&Op::Allocate { seq, tenant, prompt });
+        }
+        if let Op::Allocate { tenant, prompt, .. } = op {
+            if self.prompts.len() == 8 {
+                self.prompts.remove(0);
+            }
+            self.prompts.push((*tenant, prompt.clone()));
+        }
         let before = self.snapshot();
         let refused = match op.clone() {
             Op::Allocate { seq, tenant, prompt } => {
@@ -526,6 +552,7 @@ impl Harness {
                 }
                 r.is_err()
             }
+            Op::Revisit { .. } => unreachable!("handled above"),
             Op::Reset => {
                 let cached_free = self
                     .kv
@@ -555,7 +582,7 @@ impl Harness {
 
 fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload)> {
     (
-        prop_oneof![1 => Just(0u32), 3 => 1..9u32],
+        prop_oneof![1 => Just(0u32), 1 => 1..4u32, 3 => 4..24u32],
         prop_oneof![
             Just(PrefixOffload::OnEvict),
             Just(PrefixOffload::OnFree),
@@ -564,31 +591,47 @@ fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload)> {
     )
 }
 
-#[test]
-fn prefix_caching_keeps_every_sequence_reading_its_own_prefix() {
-    let mut runner = TestRunner::new(Config::with_cases(cases()));
-    let strategy = (
-        1..24u32,
-        prop_oneof![Just(1u32), Just(2), Just(4)],
-        8..40u32,
-        groups(),
-        host_tier(),
-        prop::collection::vec(op(), 30..70),
-    );
-    // What the cases exercised, summed (a failing case's partial runs count too).
-    let total = std::cell::RefCell::new(KvStats::default());
-    let swaps_beside_offloads = std::cell::Cell::new(0u64);
+/// Operations for the tiered cache: requests come and go (free, revisit an
+/// earlier prompt) more than they grow, so evicted prefixes are asked for again.
+fn tiered_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Allocate { seq, tenant, prompt }),
+        2 => (0..NUM_IDS, prop_oneof![3 => tokens(2), 1 => tokens(9)]).prop_map(|(seq, tokens)| Op::Append { seq, tokens }),
+        1 => (0..NUM_IDS, 0..NUM_IDS).prop_map(|(parent, child)| Op::Fork { parent, child }),
+        1 => (0..NUM_IDS, 0..6u32).prop_map(|(seq, back)| Op::Truncate { seq, back }),
+        3 => (0..NUM_IDS).prop_map(|seq| Op::Free { seq }),
+        1 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Abort { seq, tenant, prompt }),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapOut { seq }),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapIn { seq }),
+        5 => (0..NUM_IDS, 0..8usize).prop_map(|(seq, pick)| Op::Revisit { seq, pick }),
+    ]
+}
+
+/// What the cases of one property exercised, summed.
+#[derive(Default)]
+struct Coverage {
+    stats: KvStats,
+    swaps_beside_offloads: u64,
+}
+
+/// Runs `cases` cases of the state machine over `strategy`'s pools and
+/// operations; returns what they exercised.
+fn run_cases(
+    cases: u32,
+    strategy: impl Strategy<Value = (u32, u32, u32, Vec<AttentionKind>, (u32, PrefixOffload), Vec<Op>)>,
+) -> Coverage {
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    let total = std::cell::RefCell::new(Coverage::default());
     runner
         .run(
             &strategy,
             |(num_blocks, block_size, max_model_len, groups, host, ops)| {
                 let mut h = Harness::new(num_blocks, block_size, max_model_len, groups, host);
+                let mut swaps_beside_offloads = 0;
                 for op in &ops {
                     let offloaded = h.kv.num_host_cached_blocks();
                     h.run(op)?;
-                    if matches!(op, Op::SwapOut { .. }) && offloaded > 0 {
-                        swaps_beside_offloads.set(swaps_beside_offloads.get() + 1);
-                    }
+                    swaps_beside_offloads += (matches!(op, Op::SwapOut { .. }) && offloaded > 0) as u64;
                 }
                 let live: Vec<u64> = h.seqs.keys().copied().collect();
                 for s in live {
@@ -603,22 +646,62 @@ fn prefix_caching_keeps_every_sequence_reading_its_own_prefix() {
                 h.kv.check_invariants().map_err(fail)?;
                 let s = h.kv.stats();
                 let mut t = total.borrow_mut();
-                t.offload_copies += s.offload_copies;
-                t.reload_copies += s.reload_copies;
-                t.host_evictions += s.host_evictions;
-                t.prefix_host_hit_tokens += s.prefix_host_hit_tokens;
-                t.swap_ins += s.swap_ins;
+                t.stats.offload_copies += s.offload_copies;
+                t.stats.reload_copies += s.reload_copies;
+                t.stats.host_evictions += s.host_evictions;
+                t.stats.prefix_host_hit_tokens += s.prefix_host_hit_tokens;
+                t.stats.swap_ins += s.swap_ins;
+                t.swaps_beside_offloads += swaps_beside_offloads;
                 Ok(())
             },
         )
         .unwrap();
-    let t = total.into_inner();
-    assert!(
-        t.offload_copies > 0 && t.reload_copies > 0 && t.host_evictions > 0 && t.prefix_host_hit_tokens > 0,
-        "the cases did not exercise the host tier: {t:?}"
+    total.into_inner()
+}
+
+#[test]
+fn prefix_caching_keeps_every_sequence_reading_its_own_prefix() {
+    run_cases(
+        cases(),
+        (
+            1..24u32,
+            prop_oneof![Just(1u32), Just(2), Just(4)],
+            8..40u32,
+            groups(),
+            host_tier(),
+            prop::collection::vec(op(), 30..70),
+        ),
     );
-    assert!(
-        swaps_beside_offloads.get() > 0,
-        "no swap-out met offloaded blocks"
+}
+
+/// The tiered cache under churn: blocks offloaded, reloaded (reading back
+/// what was written before the offload), evicted from a host tier that swap
+/// contends for. The run must exercise all of it.
+#[test]
+fn offloaded_blocks_read_back_what_was_written_before_the_offload() {
+    let host = (
+        prop_oneof![1 => 1..4u32, 3 => 4..32u32],
+        prop_oneof![Just(PrefixOffload::OnEvict), Just(PrefixOffload::OnFree)],
     );
+    let t = run_cases(
+        cases() / 2,
+        (
+            2..16u32,
+            prop_oneof![Just(1u32), Just(2), Just(4)],
+            8..40u32,
+            groups(),
+            host,
+            prop::collection::vec(tiered_op(), 30..70),
+        ),
+    );
+    let s = t.stats;
+    assert!(
+        s.offload_copies > 0 && s.reload_copies > 0 && s.host_evictions > 0 && s.prefix_host_hit_tokens > 0,
+        "the cases did not exercise the host tier: {s:?}"
+    );
+    eprintln!(
+        "offloaded {} blocks, reloaded {}, evicted {} from the host, {} swap-outs beside offloaded blocks",
+        s.offload_copies, s.reload_copies, s.host_evictions, t.swaps_beside_offloads
+    );
+    assert!(t.swaps_beside_offloads > 0, "no swap-out met offloaded blocks");
 }
