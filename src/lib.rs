@@ -16,8 +16,8 @@ pub mod table;
 pub use error::{InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
 pub use ids::{BlockId, SeqId, Slot, TokenId};
 pub use manager::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
-    KvUsage, PrefixOffload, SharedKvCacheManager,
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, BlockUse, Eviction, EvictionPolicy,
+    KvCacheConfig, KvCacheManager, KvStats, KvUsage, PrefixOffload, QueueEnd, SharedKvCacheManager,
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
 pub use prefix::{hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};

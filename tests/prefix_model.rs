@@ -50,8 +50,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
-    Admission, AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, KvError, KvStats, PrefixKeys,
-    PrefixOffload, SeqId, TokenId,
+    Admission, AttentionKind, BlockOps, Eviction, KvCacheConfig, KvCacheManager, KvError, KvStats,
+    PrefixKeys, PrefixOffload, SeqId, TokenId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -211,7 +211,7 @@ impl Harness {
         block_size: u32,
         max_model_len: u32,
         groups: Vec<AttentionKind>,
-        (num_host_blocks, offload): (u32, PrefixOffload),
+        (num_host_blocks, offload, eviction): (u32, PrefixOffload, Eviction),
     ) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
@@ -227,6 +227,7 @@ impl Harness {
             } else {
                 offload
             },
+            eviction,
             ..Default::default()
         })
         .unwrap();
@@ -580,7 +581,7 @@ impl Harness {
     }
 }
 
-fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload)> {
+fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload, Eviction)> {
     (
         prop_oneof![1 => Just(0u32), 1 => 1..4u32, 3 => 4..24u32],
         prop_oneof![
@@ -588,7 +589,12 @@ fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload)> {
             Just(PrefixOffload::OnFree),
             Just(PrefixOffload::Off)
         ],
+        eviction(),
     )
+}
+
+fn eviction() -> impl Strategy<Value = Eviction> {
+    prop_oneof![2 => Just(Eviction::Lru), 1 => Just(Eviction::SegmentedLru), 1 => Just(Eviction::Exclusive)]
 }
 
 /// Operations for the tiered cache: requests come and go (free, revisit an
@@ -618,7 +624,16 @@ struct Coverage {
 /// operations; returns what they exercised.
 fn run_cases(
     cases: u32,
-    strategy: impl Strategy<Value = (u32, u32, u32, Vec<AttentionKind>, (u32, PrefixOffload), Vec<Op>)>,
+    strategy: impl Strategy<
+        Value = (
+            u32,
+            u32,
+            u32,
+            Vec<AttentionKind>,
+            (u32, PrefixOffload, Eviction),
+            Vec<Op>,
+        ),
+    >,
 ) -> Coverage {
     let mut runner = TestRunner::new(Config::with_cases(cases));
     let total = std::cell::RefCell::new(Coverage::default());
@@ -682,6 +697,7 @@ fn offloaded_blocks_read_back_what_was_written_before_the_offload() {
     let host = (
         prop_oneof![1 => 1..4u32, 3 => 4..32u32],
         prop_oneof![Just(PrefixOffload::OnEvict), Just(PrefixOffload::OnFree)],
+        eviction(),
     );
     let t = run_cases(
         cases() / 2,

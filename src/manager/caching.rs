@@ -374,10 +374,14 @@ impl PrefixState {
     /// runs before the step that overwrites it).
     #[inline]
     pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
+        let reused = self
+            .offload
+            .as_mut()
+            .is_some_and(|o| std::mem::replace(&mut o.reused[block.index()], false));
         if let Some((h, group)) = self.index.remove_block(block) {
             stats.prefix_evictions += 1;
             if let Some(o) = &mut self.offload {
-                o.queue.push((block, h, group));
+                o.queue.push((block, h, group, reused));
             }
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
@@ -568,6 +572,14 @@ impl KvCacheManager {
             t.num_tokens = num_tokens as u32;
         }
         let p = self.prefix.as_mut().expect("checked above");
+        if let Some(o) = &mut p.offload {
+            // The hit blocks' content is reused (what the host tier's eviction policy weighs).
+            for (t, kind) in tables.iter().zip(&self.config.groups) {
+                for &b in &t.blocks[hit_from(*kind, hits, bs)..hits] {
+                    o.reused[b.index()] = true;
+                }
+            }
+        }
         // Reloaded copies become hittable at the next drain, like swapped-in blocks.
         for &(g, i, _) in &reloads {
             let (i, h) = (i as usize, cache.hashes[i as usize]);

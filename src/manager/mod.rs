@@ -48,6 +48,7 @@ mod accounting;
 mod admission;
 mod append;
 mod caching;
+mod eviction;
 mod lookup;
 mod offload;
 #[cfg(test)]
@@ -61,6 +62,7 @@ mod swap_tests;
 mod tests;
 mod types;
 
+pub use eviction::{BlockUse, Eviction, EvictionPolicy, QueueEnd};
 pub use lookup::GroupView;
 pub(crate) use seq_map::SeqMap;
 pub use shared::SharedKvCacheManager;

@@ -43,7 +43,9 @@
 use std::collections::HashMap;
 
 use super::swap::HostTier;
-use super::{BlockCopy, KvCacheConfig, KvStats, PrefixOffload, PrefixState};
+use super::{
+    BlockCopy, BlockUse, EvictionPolicy, KvCacheConfig, KvStats, PrefixOffload, PrefixState, QueueEnd,
+};
 use crate::error::InvariantViolation;
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
@@ -54,8 +56,12 @@ use crate::prefix::{BlockHash, CacheTier, ExtraKey, KvEvent};
 pub(super) struct Offload {
     /// Cached blocks are queued when they become free, not only when evicted.
     pub(super) on_free: bool,
-    /// Device blocks to copy to the host tier at the next drain: (block, hash, group).
-    pub(super) queue: Vec<(BlockId, BlockHash, u32)>,
+    /// Device blocks to copy to the host tier at the next drain: (block,
+    /// hash, group, whether its content was reused).
+    pub(super) queue: Vec<(BlockId, BlockHash, u32, bool)>,
+    /// Per device block: whether its cached content has been hit (for the
+    /// host tier's eviction policy); cleared when the block is taken fresh.
+    pub(super) reused: Vec<bool>,
     /// Entries of `queue` the drain has handled (0 outside a drain).
     done: usize,
     /// With KV events on: what a host-tier `BlockStored` of each hash cached
@@ -78,6 +84,7 @@ impl Offload {
         (config.prefix_offload != PrefixOffload::Off).then(|| Offload {
             on_free: config.prefix_offload == PrefixOffload::OnFree,
             queue: Vec::new(),
+            reused: vec![false; config.num_blocks as usize],
             done: 0,
             meta: config.enable_kv_events.then(HashMap::new),
         })
@@ -90,7 +97,7 @@ impl PrefixState {
     pub(super) fn freed_cached(&mut self, block: BlockId) {
         if let Some(o) = self.offload.as_mut().filter(|o| o.on_free) {
             if let (Some(h), Some(g)) = (self.index.hash_of(block), self.index.group_of(block)) {
-                o.queue.push((block, h, g));
+                o.queue.push((block, h, g, o.reused[block.index()]));
             }
         }
     }
@@ -102,7 +109,9 @@ impl PrefixState {
         let on_host = host.cached.as_ref().is_some_and(|c| c.get(group, hash).is_some());
         let Some(o) = self.offload.as_mut() else { return };
         let Some(meta) = o.meta.as_mut() else { return };
-        let queued = o.queue[o.done..].iter().any(|&(_, h, g)| (g, h) == (group, hash));
+        let queued = o.queue[o.done..]
+            .iter()
+            .any(|&(_, h, g, _)| (g, h) == (group, hash));
         if !on_device && !on_host && !queued {
             meta.remove(&(group, hash));
         }
@@ -137,6 +146,7 @@ pub(super) fn take_host_block(
     stats: &mut KvStats,
 ) -> Option<BlockId> {
     let h = host.pool.allocate().ok()?;
+    host.reused[h.index()] = false;
     if let Some((hash, group)) = host.cached.as_mut().and_then(|c| c.remove_block(h)) {
         stats.host_evictions += 1;
         if let Some(p) = prefix {
@@ -167,19 +177,22 @@ pub(super) fn offload_queued(
     if o.queue.is_empty() {
         return;
     }
+    // On free, the device still holds what it offloads; on evict, it does not.
+    let on_free = o.on_free;
     for i in 0..o.queue.len() {
         let o = prefix
             .as_mut()
             .and_then(|p| p.offload.as_mut())
             .expect("checked above");
-        let (d, hash, group) = o.queue[i];
+        let (d, hash, group, reused) = o.queue[i];
         o.done = i + 1;
         let cached = host.cached.as_ref().expect("offload implies a host index");
         if let Some(h) = cached.get(group, hash) {
             // Already on the host (offloaded before, or reloaded from there): no copy.
+            host.reused[h.index()] |= reused;
             if host.pool.ref_count(h) == Ok(0) {
                 host.pool.take_free(h).expect("a free host block is in the queue");
-                host.pool.decref(h).expect("just taken");
+                host.release_cached(h, on_free);
             }
             continue;
         }
@@ -202,8 +215,9 @@ pub(super) fn offload_queued(
             .expect("offload implies a host index")
             .insert(group, hash, h);
         debug_assert!(inserted, "the hash was not on the host");
-        // Free and cached: the most recently used end of the host queue.
-        host.pool.decref(h).expect("just taken");
+        // Free and cached: where the eviction policy puts it (LRU: the tail).
+        host.reused[h.index()] = reused;
+        host.release_cached(h, on_free);
         let p = prefix.as_mut().expect("offload implies prefix caching");
         if p.events.is_some() {
             let e = p.host_stored_event(group, hash);
@@ -226,7 +240,22 @@ impl HostTier {
         } else {
             self.pool.incref(h).expect("a held host block is allocated");
         }
+        self.reused[h.index()] = true;
         self.release_on_drain.push(h);
+    }
+
+    /// Drops the one reference of a host block holding an offloaded block:
+    /// it joins the free queue where the eviction policy says.
+    fn release_cached(&mut self, h: BlockId, on_device: bool) {
+        let reused = self.reused[h.index()];
+        match self
+            .eviction
+            .position(CacheTier::Host, BlockUse { reused, on_device })
+        {
+            QueueEnd::EvictLast => self.pool.decref(h),
+            QueueEnd::EvictFirst => self.pool.decref_evict_first(h),
+        }
+        .expect("held once");
     }
 
     /// Returns a host block held until the drain: one holding an offloaded
@@ -234,8 +263,10 @@ impl HostTier {
     /// the head (reused first).
     pub(super) fn return_held(&mut self, h: BlockId) {
         let cached = self.cached.as_ref().is_some_and(|c| c.hash_of(h).is_some());
-        if cached || self.cached.is_none() {
+        if self.cached.is_none() || (cached && self.pool.ref_count(h) != Ok(1)) {
             self.pool.decref(h).expect("held until drain");
+        } else if cached {
+            self.release_cached(h, true); // reloaded: the device holds it
         } else {
             self.pool.decref_evict_first(h).expect("held until drain");
         }
@@ -281,7 +312,7 @@ pub(super) fn check_offload_invariants(
             ));
         }
     }
-    if let Some(&(d, _, _)) = o
+    if let Some(&(d, ..)) = o
         .queue
         .iter()
         .find(|q| q.0.index() >= device.num_blocks() as usize)
@@ -290,7 +321,7 @@ pub(super) fn check_offload_invariants(
     }
     if let Some(meta) = &o.meta {
         for &(g, h) in meta.keys() {
-            let queued = o.queue.iter().any(|&(_, qh, qg)| (qg, qh) == (g, h));
+            let queued = o.queue.iter().any(|&(_, qh, qg, _)| (qg, qh) == (g, h));
             if p.index.get(g, h).is_none() && cached.get(g, h).is_none() && !queued {
                 return bad(format!(
                     "event metadata kept for {h:?} (group {g}), cached in no tier"

@@ -30,7 +30,9 @@
 //! block in use gets the copy as a duplicate.
 
 use super::offload::take_host_block;
-use super::{release, release_at, take_block, BlockOps, KvCacheConfig, KvCacheManager, PrefixOffload, Seq};
+use super::{
+    release, release_at, take_block, BlockOps, Eviction, KvCacheConfig, KvCacheManager, PrefixOffload, Seq,
+};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, SeqId};
 use crate::manager::types::BlockCopy;
@@ -58,6 +60,10 @@ pub(super) struct HostTier {
     /// With prefix offload on: which free host block holds which offloaded
     /// block's content (see `offload.rs`).
     pub(super) cached: Option<PrefixIndex>,
+    /// Per host block: whether the offloaded content it holds was reused.
+    pub(super) reused: Vec<bool>,
+    /// Where offloaded blocks join the host queue.
+    pub(super) eviction: Eviction,
 }
 
 impl HostTier {
@@ -72,6 +78,8 @@ impl HostTier {
             swap_in: Vec::new(),
             cached: (config.prefix_offload != PrefixOffload::Off)
                 .then(|| PrefixIndex::new(config.num_host_blocks)),
+            reused: vec![false; config.num_host_blocks as usize],
+            eviction: config.eviction,
         })
     }
 

@@ -59,6 +59,8 @@ pub struct KvCacheConfig {
     /// later prompt reloads them instead of recomputing them
     /// ([`PrefixOffload::Off`]; needs prefix caching and a host tier).
     pub prefix_offload: PrefixOffload,
+    /// The eviction order of cached blocks ([`crate::Eviction::Lru`]).
+    pub eviction: crate::Eviction,
 }
 
 /// When cached device blocks are copied to the host tier (the tiered prefix
@@ -148,6 +150,7 @@ impl Default for KvCacheConfig {
             groups: vec![AttentionKind::Full],
             prefill_chunk_tokens: None,
             prefix_offload: PrefixOffload::Off,
+            eviction: crate::Eviction::Lru,
         }
     }
 }

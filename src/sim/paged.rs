@@ -32,7 +32,7 @@ use crate::scheduler::{
 };
 use crate::sim::error::SimError;
 use crate::sim::metrics::{Recorder, Rejection, RunResult, StepSample, StepWork, TierSummary};
-use crate::sim::policy::{PagedPolicy, Policy, PreemptionMode, Victim};
+use crate::sim::policy::{Eviction, PagedPolicy, Policy, PreemptionMode, Victim};
 use crate::sim::sessions::ArrivalQueue;
 use crate::sim::workload::Workload;
 use crate::sim::{Progress, Scenario};
@@ -93,6 +93,11 @@ fn scheduler(scenario: &Scenario, policy: &PagedPolicy) -> Result<Scheduler, Sim
             PrefixOffload::OnEvict
         } else {
             PrefixOffload::Off
+        },
+        eviction: match policy.eviction {
+            Eviction::Lru => crate::Eviction::Lru,
+            Eviction::SegmentedLru => crate::Eviction::SegmentedLru,
+            Eviction::Exclusive => crate::Eviction::Exclusive,
         },
         ..Default::default()
     })?;

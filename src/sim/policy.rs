@@ -64,6 +64,12 @@ pub enum Victim {
 pub enum Eviction {
     /// Least recently freed first, a prefix after its suffix (the manager's order).
     Lru,
+    /// The host tier keeps reused blocks over never-reused ones
+    /// ([`crate::Eviction::SegmentedLru`]; suffix `-slru`, with `-offload`).
+    SegmentedLru,
+    /// The host tier evicts first the copies the device holds again
+    /// ([`crate::Eviction::Exclusive`]; suffix `-exclusive`, with `-offload`).
+    Exclusive,
 }
 
 /// Paged allocation and its settings.
@@ -173,7 +179,8 @@ impl ReservePolicy {
 /// An allocation policy.
 ///
 /// Names: `paged<B>` with optional suffixes `-prefix`, `-offload` (with
-/// `-prefix`: the tiered prefix cache), `-swap` / `-auto` / `-recompute`,
+/// `-prefix`: the tiered prefix cache), `-slru` (with `-offload`: the host
+/// tier's [`crate::Eviction::SegmentedLru`]), `-swap` / `-auto` / `-recompute`,
 /// `-most-blocks`, `-wm<F>` (watermark fraction), or `-vllm` (vLLM 0.33.0's
 /// scheduling, [`PagedPolicy::vllm`]) alone or with `-offload`; and
 /// `reserve-max`, `reserve-pow2`, `reserve-oracle`, placed first-fit, with
@@ -238,6 +245,11 @@ impl fmt::Display for Policy {
                 if p.offload {
                     f.write_str("-offload")?;
                 }
+                match p.eviction {
+                    Eviction::Lru => {}
+                    Eviction::SegmentedLru => f.write_str("-slru")?,
+                    Eviction::Exclusive => f.write_str("-exclusive")?,
+                }
                 Ok(())
             }
             Policy::Paged(p) => {
@@ -247,6 +259,11 @@ impl fmt::Display for Policy {
                 }
                 if p.offload {
                     f.write_str("-offload")?;
+                }
+                match p.eviction {
+                    Eviction::Lru => {}
+                    Eviction::SegmentedLru => f.write_str("-slru")?,
+                    Eviction::Exclusive => f.write_str("-exclusive")?,
                 }
                 match p.preemption {
                     PreemptionMode::Recompute => {}
@@ -267,7 +284,7 @@ impl fmt::Display for Policy {
 
 /// The suffixes a `paged<B>` name takes.
 const PAGED_SUFFIXES: &str =
-    "-prefix, -offload (with -prefix), -recompute, -swap, -auto, -most-blocks, -wm<F> (a fraction in [0, 1)), \
+    "-prefix, -offload (with -prefix), -slru or -exclusive (with -offload), -recompute, -swap, -auto, -most-blocks, -wm<F> (a fraction in [0, 1)), \
                               or -vllm (alone or with -offload)";
 /// The suffixes a `reserve-<kind>` name takes.
 const RESERVE_SUFFIXES: &str = "-buddy, -anywhere (default: first-fit)";
@@ -339,6 +356,14 @@ impl FromStr for Policy {
                     p.offload = true;
                     others -= 1;
                 }
+                "slru" => {
+                    p.eviction = Eviction::SegmentedLru;
+                    others -= 1;
+                }
+                "exclusive" => {
+                    p.eviction = Eviction::Exclusive;
+                    others -= 1;
+                }
                 "recompute" => p.preemption = PreemptionMode::Recompute,
                 "swap" => p.preemption = PreemptionMode::Swap,
                 "auto" => p.preemption = PreemptionMode::Auto,
@@ -369,10 +394,21 @@ impl FromStr for Policy {
                      arrival); write paged{block_size}-vllm alone"
                 )));
             }
+            if p.eviction != Eviction::Lru && !p.offload {
+                return Err(bad(format!(
+                    "-slru and -exclusive order the host tier of -offload; write paged{block_size}-vllm-offload-slru"
+                )));
+            }
             return Ok(Policy::Paged(PagedPolicy {
                 offload: p.offload,
+                eviction: p.eviction,
                 ..PagedPolicy::vllm(block_size)
             }));
+        }
+        if p.eviction != Eviction::Lru && !p.offload {
+            return Err(bad(format!(
+                "-slru and -exclusive order the host tier of -offload; write paged{block_size}-prefix-offload-slru"
+            )));
         }
         if p.offload && !p.prefix_caching {
             return Err(bad(format!(
@@ -424,6 +460,9 @@ mod tests {
             "paged16-prefix-offload",
             "paged16-vllm-offload",
             "paged16-prefix-offload-swap",
+            "paged16-vllm-offload-slru",
+            "paged16-prefix-offload-slru",
+            "paged16-vllm-offload-exclusive",
         ] {
             assert_eq!(name.parse::<Policy>().unwrap().to_string(), name);
         }
@@ -442,6 +481,7 @@ mod tests {
             "paged16-wm2",
             "paged16-vllm-swap",
             "paged16-offload",
+            "paged16-prefix-slru",
             "reserve-max-best",
         ] {
             let err = bad.parse::<Policy>().unwrap_err().to_string();
