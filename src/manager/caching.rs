@@ -383,11 +383,14 @@ impl PrefixState {
             if let Some(o) = &mut self.offload {
                 o.queue.push((block, h, group, reused));
             }
-            self.push_event(KvEvent::BlockRemoved {
-                block_hashes: vec![h],
-                group,
-                tier: CacheTier::Device,
-            });
+            if self.events.is_some() {
+                // (Not built when nobody listens: an eviction allocates nothing.)
+                self.push_event(KvEvent::BlockRemoved {
+                    block_hashes: vec![h],
+                    group,
+                    tier: CacheTier::Device,
+                });
+            }
         }
     }
 }

@@ -150,11 +150,13 @@ pub(super) fn take_host_block(
     if let Some((hash, group)) = host.cached.as_mut().and_then(|c| c.remove_block(h)) {
         stats.host_evictions += 1;
         if let Some(p) = prefix {
-            p.push_event(KvEvent::BlockRemoved {
-                block_hashes: vec![hash],
-                group,
-                tier: CacheTier::Host,
-            });
+            if p.events.is_some() {
+                p.push_event(KvEvent::BlockRemoved {
+                    block_hashes: vec![hash],
+                    group,
+                    tier: CacheTier::Host,
+                });
+            }
             p.forget_meta(group, hash, host);
         }
     }
