@@ -30,7 +30,10 @@
 //! With a host tier (`num_host_blocks > 0`, see `swap.rs`), also: the host
 //! pool's invariants, host ref counts equal to the swapped tables holding each
 //! host block (plus blocks held until the next drain), and a consistent
-//! device ↔ host association of blocks with identical content.
+//! device ↔ host association of blocks with identical content. With prefix
+//! offload on (see `offload.rs`), also: the host index of offloaded blocks is
+//! a bijection, no swapped table holds a host block carrying offloaded
+//! content, and queued offloads name device blocks.
 //!
 //! Start reading at [`KvCacheManager::append`] (in `append.rs`): it is the hot
 //! path and shows the copy-on-write and window-release rules.

@@ -4,11 +4,12 @@
 //! One host pool serves swap and offload. Its blocks are, at any time:
 //! - held by swapped-out sequences (their tables; never carrying a hash);
 //! - free: holding nothing, or an *offloaded* block's content, which the host
-//!   index ([`HostTier::cached`]) maps from its hash and group. Free host
-//!   blocks wait in the host pool's queue in LRU order (those holding nothing
-//!   at its head), so a swap-out or a new offload takes the least recently
-//!   used offloaded block when no empty one is left, evicting its hash: a
-//!   swap always gets the room an offloaded block takes;
+//!   index (`HostTier::cached`) maps from its hash and group. Free host
+//!   blocks wait in the host pool's queue in the eviction policy's order
+//!   (LRU by default; those holding nothing at its head, see `eviction.rs`),
+//!   so a swap-out or a new offload takes the least recently used offloaded
+//!   block when no empty one is left, evicting its hash: a swap always gets
+//!   the room an offloaded block takes;
 //! - held until the next drain: released by a swapped sequence this step, or
 //!   read by a reload queued this step (then it keeps its hash and goes back
 //!   to the queue's most recently used end).
