@@ -523,7 +523,12 @@ impl KvCacheManager {
 
         let p = self.prefix.as_ref().expect("checked above");
         // Blocks of the hit the device misses, reloaded from the host: (group, position, host block).
-        let mut reloads: SmallVec<[(u32, u32, BlockId); 8]> = SmallVec::new();
+        // (Storage reused across calls: a long host hit allocates nothing once warm.)
+        let mut reloads = self
+            .host
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.reloads))
+            .unwrap_or_default();
         for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
             // Hits first: a fresh allocation could otherwise evict a free hit
             // block (or, offloading, push a host hit block out of the host tier).
@@ -590,10 +595,20 @@ impl KvCacheManager {
         }
         p.index_blocks(&cache, &tables, hits);
         if !reloads.is_empty() {
-            let mut positions: SmallVec<[u32; 8]> = reloads.iter().map(|r| r.1).collect();
-            positions.sort_unstable();
-            positions.dedup();
-            self.stats.prefix_host_hit_tokens += positions.len() as u64 * bs as u64;
+            // Positions reloaded in any group (one group: each reload is one).
+            let positions = if self.config.groups.len() == 1 {
+                reloads.len()
+            } else {
+                let mut positions: Vec<u32> = reloads.iter().map(|r| r.1).collect();
+                positions.sort_unstable();
+                positions.dedup();
+                positions.len()
+            };
+            self.stats.prefix_host_hit_tokens += positions as u64 * bs as u64;
+        }
+        if let Some(h) = &mut self.host {
+            reloads.clear();
+            h.reloads = reloads;
         }
 
         let cached_tokens = hits as u64 * bs as u64;

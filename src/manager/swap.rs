@@ -64,6 +64,9 @@ pub(super) struct HostTier {
     pub(super) reused: Vec<bool>,
     /// Where offloaded blocks join the host queue.
     pub(super) eviction: Eviction,
+    /// Scratch for `allocate_cached`: the blocks of a hit reloaded from here
+    /// (group, position, host block).
+    pub(super) reloads: Vec<(u32, u32, BlockId)>,
 }
 
 impl HostTier {
@@ -80,6 +83,7 @@ impl HostTier {
                 .then(|| PrefixIndex::new(config.num_host_blocks)),
             reused: vec![false; config.num_host_blocks as usize],
             eviction: config.eviction,
+            reloads: Vec::new(),
         })
     }
 
