@@ -52,8 +52,8 @@ use dynamo_kv_router::RadixTree;
 use pagedkv::kv_events::{external_block_hash, EventSource, KvEventEncoder};
 use pagedkv::sim::rng::SplitMix64;
 use pagedkv::{
-    hash_block, AttentionKind, BlockOps, CacheTier, HashAlgorithm, KvCacheConfig, KvCacheManager, KvEvent,
-    PrefixKeys, PrefixOffload, SeqId, TokenId,
+    hash_block, AttentionKind, BlockOps, CacheTier, Eviction, HashAlgorithm, KvCacheConfig, KvCacheManager,
+    KvEvent, PrefixKeys, PrefixOffload, SeqId, TokenId,
 };
 
 const WORKER: u64 = 1;
@@ -238,13 +238,14 @@ impl Harness {
         block_size: u32,
         num_host_blocks: u32,
         groups: &[AttentionKind],
-        prefix_offload: PrefixOffload,
+        (prefix_offload, eviction): (PrefixOffload, Eviction),
     ) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
             block_size,
             num_host_blocks,
             prefix_offload,
+            eviction,
             max_model_len: 4096,
             watermark: 0.0,
             enable_prefix_caching: true,
@@ -478,10 +479,16 @@ fn pick(rng: &mut SplitMix64, n: usize) -> usize {
 /// One seeded workload.
 fn run(
     seed: u64,
-    (num_blocks, block_size, num_host_blocks, groups, offload): Shape,
+    (num_blocks, block_size, num_host_blocks, groups, (offload, eviction)): Shape,
 ) -> Vec<(&'static str, u64)> {
     let mut rng = SplitMix64::new(seed);
-    let mut h = Harness::new(num_blocks, block_size, num_host_blocks, groups, offload);
+    let mut h = Harness::new(
+        num_blocks,
+        block_size,
+        num_host_blocks,
+        groups,
+        (offload, eviction),
+    );
     let stems: Vec<Vec<TokenId>> = (0..3u32)
         .map(|s| (0..6 * block_size).map(|i| 1000 * (s + 1) + i).collect())
         .collect();
@@ -594,11 +601,12 @@ fn run(
     exercised
 }
 
-/// A pool shape: blocks, block size, host blocks, KV cache groups, prefix offload.
-type Shape = (u32, u32, u32, &'static [AttentionKind], PrefixOffload);
+/// A pool shape: blocks, block size, host blocks, KV cache groups, prefix
+/// offload and eviction policy.
+type Shape = (u32, u32, u32, &'static [AttentionKind], (PrefixOffload, Eviction));
 
 const FULL: &[AttentionKind] = &[AttentionKind::Full];
-const OFF: PrefixOffload = PrefixOffload::Off;
+const OFF: (PrefixOffload, Eviction) = (PrefixOffload::Off, Eviction::Lru);
 const SHAPES: [Shape; 9] = [
     (24, 4, 0, FULL, OFF),
     (40, 4, 16, FULL, OFF),
@@ -624,14 +632,14 @@ const SHAPES: [Shape; 9] = [
         OFF,
     ),
     // The tiered cache: offloaded blocks beside swapped sequences.
-    (24, 4, 24, FULL, PrefixOffload::OnEvict),
-    (16, 2, 12, FULL, PrefixOffload::OnFree),
+    (24, 4, 24, FULL, (PrefixOffload::OnEvict, Eviction::Exclusive)),
+    (16, 2, 12, FULL, (PrefixOffload::OnFree, Eviction::SegmentedLru)),
     (
         64,
         4,
         32,
         &[AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
-        PrefixOffload::OnEvict,
+        (PrefixOffload::OnEvict, Eviction::Lru),
     ),
 ];
 
