@@ -63,6 +63,8 @@ pub(super) struct PrefixState {
     /// With `prefix_offload` on: evicted (or freed) cached blocks waiting to
     /// be copied to the host tier at the next drain (see `offload.rs`).
     pub(super) offload: Option<Offload>,
+    /// The eviction policy (`KvCacheConfig::eviction`).
+    pub(super) eviction: crate::Eviction,
 }
 
 /// What a pending block's `BlockStored` event needs beside its hash.
@@ -122,7 +124,22 @@ impl PrefixState {
             pending_events: Vec::new(),
             pending_tokens: Vec::new(),
             offload: Offload::new(config),
+            eviction: config.eviction,
         }
+    }
+
+    /// Where the eviction policy puts the cached device block `b` as it
+    /// becomes free (the built-in policies: the LRU tail).
+    pub(super) fn device_position(&self, b: BlockId) -> crate::QueueEnd {
+        use crate::EvictionPolicy;
+        let reused = self.offload.as_ref().is_some_and(|o| o.reused[b.index()]);
+        self.eviction.position(
+            crate::prefix::CacheTier::Device,
+            crate::BlockUse {
+                reused,
+                on_device: true,
+            },
+        )
     }
 
     /// Hashes the sequence's full blocks that have no hash yet.

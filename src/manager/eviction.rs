@@ -7,7 +7,9 @@
 //! which end a cached block joins, given whether its content has been reused
 //! (hit by a later prompt, on the device or reloaded from the host), so every
 //! policy keeps the queues' O(1) paths; [`Eviction::Lru`] (the default)
-//! answers without looking and the manager does not even ask it.
+//! answers without looking and the manager does not even ask it. Otherwise
+//! the manager asks for both tiers: for a device block as it becomes free,
+//! for a host block as it is offloaded or its reload is done.
 //!
 //! The device queue stays LRU under every built-in policy: freeing a
 //! sequence's blocks last block first keeps a full-attention group's cache

@@ -653,7 +653,13 @@ fn release(
             p.index.hash_of(b).is_some()
         }
     };
-    let freed = if cached {
+    // A cached block joins the LRU tail, unless a non-default eviction policy
+    // says otherwise (the default is not even asked: the hot path stays as is).
+    let to_tail = cached
+        && !prefix
+            .as_ref()
+            .is_some_and(|p| p.eviction != Eviction::Lru && p.device_position(b) == QueueEnd::EvictFirst);
+    let freed = if to_tail {
         pool.decref(b)
     } else {
         pool.decref_evict_first(b)
