@@ -45,12 +45,13 @@ use std::collections::HashMap;
 
 use super::swap::HostTier;
 use super::{
-    BlockCopy, BlockUse, EvictionPolicy, KvCacheConfig, KvStats, PrefixOffload, PrefixState, QueueEnd,
+    BlockCopy, BlockUse, EvictionPolicy, KvCacheConfig, KvCacheManager, KvStats, PrefixOffload, PrefixState,
+    QueueEnd,
 };
 use crate::error::InvariantViolation;
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
-use crate::prefix::{BlockHash, CacheTier, ExtraKey, KvEvent};
+use crate::prefix::{hash_block, BlockHash, CacheTier, ExtraKey, KvEvent, PrefixKeys};
 
 /// The device side of offloading (in the manager's prefix state).
 #[derive(Debug, Clone)]
@@ -273,6 +274,75 @@ impl HostTier {
         } else {
             self.pool.decref_evict_first(h).expect("held until drain");
         }
+    }
+}
+
+impl KvCacheManager {
+    /// Blocks offloaded to the host tier now, in every group (0 without
+    /// prefix offload).
+    pub fn num_host_cached_blocks(&self) -> usize {
+        self.host
+            .as_ref()
+            .and_then(|h| h.cached.as_ref())
+            .map_or(0, |c| c.len())
+    }
+
+    /// The cached prefix of `prompt` as a router that keeps one index per tier
+    /// sees it in KV cache group `group` (Dynamo's device index, then its
+    /// lower-tier index continuing from the device's match): leading tokens
+    /// whose blocks the device caches, then tokens whose blocks continue in
+    /// the host tier, leaving one token to compute as
+    /// [`Self::cached_prefix_len`] does. `(0, 0)` when prefix caching is off
+    /// or `group` does not exist. Pure.
+    ///
+    /// ```
+    /// use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, PrefixOffload, SeqId};
+    /// let mut kv = KvCacheManager::new(KvCacheConfig {
+    ///     num_blocks: 3, block_size: 4, num_host_blocks: 4, watermark: 0.0,
+    ///     enable_prefix_caching: true, prefix_offload: PrefixOffload::OnEvict, ..Default::default()
+    /// }).unwrap();
+    /// let mut ops = BlockOps::default();
+    /// let a: Vec<u32> = (0..8).collect();
+    /// kv.allocate(SeqId(1), &a).unwrap();           // 2 blocks
+    /// kv.drain_ops(&mut ops);
+    /// kv.free(SeqId(1)).unwrap();                   // both cached, free
+    /// kv.allocate(SeqId(2), &[9; 12]).unwrap();     // evicts both: offloaded
+    /// kv.drain_ops(&mut ops);
+    /// assert_eq!(ops.swap_out.len(), 2);            // device -> host, before the step
+    /// kv.free(SeqId(2)).unwrap();
+    /// let keys = PrefixKeys::default();
+    /// assert_eq!(kv.cached_prefix_tiers_in_group(&[0, 1, 2, 3, 4, 5, 6, 7, 0], &keys, 0), (0, 8));
+    /// let r = kv.allocate(SeqId(3), &[0, 1, 2, 3, 4, 5, 6, 7, 0]).unwrap();
+    /// assert_eq!(r.cached_tokens, 8);               // reloaded, not recomputed
+    /// kv.drain_ops(&mut ops);
+    /// assert_eq!(ops.swap_in.len(), 2);             // host -> device, before the step
+    /// kv.check_invariants().unwrap();
+    /// ```
+    pub fn cached_prefix_tiers_in_group(
+        &self,
+        prompt: &[TokenId],
+        keys: &PrefixKeys,
+        group: u32,
+    ) -> (u64, u64) {
+        let Some(p) = &self.prefix else { return (0, 0) };
+        if prompt.is_empty() || group as usize >= self.config.groups.len() {
+            return (0, 0);
+        }
+        let host = self.host.as_ref().and_then(|h| h.cached.as_ref());
+        let bs = self.config.block_size;
+        let (mut parent, mut device, mut on_host) = (None, 0, 0);
+        for (i, block) in prompt[..prompt.len() - 1].chunks_exact(bs as usize).enumerate() {
+            let h = hash_block(p.algo, parent, block, i as u32, bs, keys);
+            if on_host == 0 && p.index.get(group, h).is_some() {
+                device += bs as u64;
+            } else if host.is_some_and(|c| c.get(group, h).is_some()) {
+                on_host += bs as u64;
+            } else {
+                break;
+            }
+            parent = Some(h);
+        }
+        (device, on_host)
     }
 }
 
