@@ -38,6 +38,7 @@ fn stored(seed: u64, blocks: u32) -> KvEvent {
         first_block_index: 40,
         adapter: None,
         group: 0,
+        tier: pagedkv::CacheTier::Device,
     }
 }
 
@@ -70,6 +71,7 @@ fn decode_step(c: &mut Criterion) {
     events.extend((0..256).map(|s| KvEvent::BlockRemoved {
         block_hashes: vec![hash(1_000_000 + s)],
         group: 0,
+        tier: pagedkv::CacheTier::Device,
     }));
     bench_batch(c, "h_encode_decode_step_512_events", &events);
 }

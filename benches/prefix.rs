@@ -8,6 +8,11 @@
 //!     blocks, one new block for the token left to compute) and free it,
 //!     beside a radix trie over token ids (a stand-in for TGI's radix
 //!     allocator, written here) doing the same lookup, allocation and free.
+//! (h) allocating a 2048-token prompt whose prefix is cached on the device
+//!     (the floor) beside the same prompt cached only in the host tier
+//!     (reloaded: 128 host hits, fresh device blocks, swap-in copies queued),
+//!     in a full cache (every fresh block evicts a cached one, offloaded at
+//!     the drain). The bound: the host hit costs at most 2x the floor.
 //!
 //! Run: `cargo bench --bench prefix` (release). Results: BENCHMARKS.md.
 
@@ -17,7 +22,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pagedkv::{hash_block, HashAlgorithm, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId};
+use pagedkv::{
+    hash_block, BlockOps, HashAlgorithm, KvCacheConfig, KvCacheManager, PrefixKeys, PrefixOffload, SeqId,
+};
 
 mod common;
 
@@ -253,9 +260,72 @@ fn alloc_free_cached_2048(c: &mut Criterion) {
     g.finish();
 }
 
+/// (h) a prefix hit of 2048 tokens served by the device (the floor) and by the
+/// host tier, in a full cache with offload on evict. Only `allocate` is
+/// timed; the untimed reset frees the prompt and, for the host case, evicts
+/// its device copies again (a 512-block prompt takes the whole pool).
+fn hit_by_tier(c: &mut Criterion) {
+    let mut g = c.benchmark_group("h_hit_2048_tokens_by_tier");
+    let num_blocks = 512;
+    let prompt: Vec<u32> = (0..=PROMPT).map(|t| t * 31 + 7).collect(); // 2048 cached + 1 to compute
+    let filler: Vec<u32> = (0..num_blocks * BLOCK_SIZE).map(|t| t ^ 0x5a5a_0000).collect();
+    let mut ops = BlockOps::default();
+    for (name, on_host) in [("floor_device_hit", false), ("host_hit_reload", true)] {
+        let mut kv = KvCacheManager::new(KvCacheConfig {
+            num_blocks,
+            block_size: BLOCK_SIZE,
+            max_model_len: 1 << 20,
+            watermark: 0.0,
+            enable_prefix_caching: true,
+            num_host_blocks: 1024,
+            prefix_offload: PrefixOffload::OnEvict,
+            ..Default::default()
+        })
+        .expect("valid bench config");
+        // Fill the cache: every free block holds cached content.
+        let fill = |kv: &mut KvCacheManager, ops: &mut BlockOps, tokens: &[u32]| {
+            kv.allocate(SeqId(9), tokens).expect("room");
+            kv.drain_ops(ops);
+            kv.free(SeqId(9)).expect("allocated");
+            kv.drain_ops(ops);
+        };
+        fill(&mut kv, &mut ops, &filler);
+        fill(&mut kv, &mut ops, &prompt);
+        let reset = |kv: &mut KvCacheManager, ops: &mut BlockOps| {
+            kv.free(SeqId(1)).expect("allocated");
+            kv.drain_ops(ops);
+            if on_host {
+                fill(kv, ops, &filler); // evicts the prompt's device copies (the host keeps them)
+            }
+        };
+        if on_host {
+            fill(&mut kv, &mut ops, &filler);
+        }
+        let keys = PrefixKeys::default();
+        assert_eq!(
+            kv.cached_prefix_tiers_in_group(&prompt, &keys, 0),
+            if on_host { (0, 2048) } else { (2048, 0) }
+        );
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = std::time::Instant::now();
+                    let a = kv.allocate(SeqId(1), black_box(&prompt)).expect("room");
+                    total += t.elapsed();
+                    assert_eq!(a.cached_tokens, PROMPT);
+                    reset(&mut kv, &mut ops);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = lookup_2048, alloc_half_hit, decode_step_caching, alloc_free_cached_2048
+    targets = lookup_2048, alloc_half_hit, decode_step_caching, alloc_free_cached_2048, hit_by_tier
 }
 criterion_main!(benches);

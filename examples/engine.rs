@@ -37,7 +37,10 @@
 //! hits; never on blocks the same step computes, which the engine checks), and a pool small enough
 //! that sequences are preempted both by swap (their blocks go through host
 //! memory and back) and by recompute (prefilled again, partly from the prefix
-//! cache). Every sampled token and its logits must equal those of a reference
+//! cache), and that cached prefix blocks are evicted: they are offloaded to
+//! the host tier (`PrefixOffload::OnEvict`, the same host memory as swap) and
+//! reloaded when a later prompt hits them, their K/V copied back instead of
+//! recomputed. Every sampled token and its logits must equal those of a reference
 //! run with a plain `Vec` per sequence as its KV cache (and the window as an
 //! attention mask).
 //!
@@ -60,9 +63,9 @@ use std::collections::HashMap;
 use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::scheduler::Automatic;
 use pagedkv::{
-    AttentionKind, BlockCopy, BlockId, CachePlan, CacheSpec, EngineRules, KvCacheConfig, KvCacheManager,
-    KvDtype, KvEvent, MemoryBudget, ModelLayout, Request, RequestId, SampledToken, Scheduler,
-    SchedulerConfig, SeqId, StepPlan, TokenId,
+    AttentionKind, BlockCopy, BlockId, CachePlan, CacheSpec, CacheTier, EngineRules, KvCacheConfig,
+    KvCacheManager, KvDtype, KvEvent, MemoryBudget, ModelLayout, PrefixOffload, Request, RequestId,
+    SampledToken, Scheduler, SchedulerConfig, SeqId, StepPlan, TokenId,
 };
 
 // ---------------------------------------------------------------------------
@@ -388,6 +391,8 @@ pub struct Workload {
     pub num_host_blocks: u64,
     /// Tokens per step (prompts longer than this are prefilled in chunks).
     pub max_num_batched_tokens: u32,
+    /// Whether evicted prefix blocks go to the host tier (and come back on a hit).
+    pub prefix_offload: PrefixOffload,
     /// Requests; each is added at the step numbered by its `arrival`.
     pub requests: Vec<Request>,
 }
@@ -428,6 +433,7 @@ impl Workload {
             num_blocks: 36,
             num_host_blocks: 12,
             max_num_batched_tokens: 32,
+            prefix_offload: PrefixOffload::OnEvict,
             requests,
         }
     }
@@ -452,6 +458,12 @@ pub struct Report {
     pub swap_in_copies: u64,
     /// Copy-on-write block copies run.
     pub cow_copies: u64,
+    /// Of the device → host copies, evicted prefix blocks offloaded.
+    pub offload_copies: u64,
+    /// Of the host → device copies, offloaded blocks reloaded for a prefix hit.
+    pub reload_copies: u64,
+    /// Prompt tokens of prefix hits served from the host tier.
+    pub host_hit_tokens: u64,
     /// Prompt tokens found in the prefix cache (their prefill skipped).
     pub prefix_hit_tokens: u64,
     /// Prompt tokens looked up in the prefix cache.
@@ -542,13 +554,14 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
         groups: cache_plan.groups().iter().map(|g| g.kind).collect(),
         enable_prefix_caching: true,
         enable_kv_events: true,
+        prefix_offload: w.prefix_offload,
         ..KvCacheConfig::default()
     };
     let encoder = KvEventEncoder::new(EventSource::for_groups(&config.groups))?;
     let groups = config.groups.clone();
     let mut batch_bytes: Vec<u8> = Vec::new();
-    // What a router following the events holds: (group, block hash).
-    let mut router: std::collections::HashSet<(u32, pagedkv::BlockHash)> = std::collections::HashSet::new();
+    // What a router following the events holds: (group, block hash, tier).
+    let mut router: Router = std::collections::HashSet::new();
     let window_group = config
         .groups
         .iter()
@@ -722,6 +735,9 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     report.prefix_queried_tokens = kv.prefix_queried_tokens;
     report.forks = kv.forks;
     report.window_released_blocks = kv.window_released_blocks;
+    report.offload_copies = kv.offload_copies;
+    report.reload_copies = kv.reload_copies;
+    report.host_hit_tokens = kv.prefix_host_hit_tokens;
     if sched.kv().num_free_blocks() as u64 != w.num_blocks {
         return Err(format!(
             "{} blocks leaked",
@@ -738,36 +754,40 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
 /// became placeholders), and counts those another sequence now holds.
 /// Applies `events` to `router` as a cache-aware router would, counting what
 /// it would reject.
-fn follow_events(
-    events: &[KvEvent],
-    groups: &[AttentionKind],
-    router: &mut std::collections::HashSet<(u32, pagedkv::BlockHash)>,
-    report: &mut Report,
-) {
+/// What a router following the events holds: (group, block hash, tier).
+type Router = std::collections::HashSet<(u32, pagedkv::BlockHash, CacheTier)>;
+
+fn follow_events(events: &[KvEvent], groups: &[AttentionKind], router: &mut Router, report: &mut Report) {
     for e in events {
         match e {
             KvEvent::BlockStored {
                 block_hashes,
                 parent_block_hash,
                 group,
+                tier,
                 ..
             } => {
                 // Window groups release blocks behind the window by design, so
-                // only a full-attention group's cache is closed under prefixes.
+                // only a full-attention group's device cache is closed under
+                // prefixes (the host tier holds continuations of it).
                 let full = groups[*group as usize] == AttentionKind::Full;
-                if let (true, Some(p)) = (full, parent_block_hash) {
-                    if !router.contains(&(*group, *p)) {
+                if let (true, CacheTier::Device, Some(p)) = (full, tier, parent_block_hash) {
+                    if !router.contains(&(*group, *p, CacheTier::Device)) {
                         report.events_rejected += 1;
                     }
                 }
                 for h in block_hashes {
-                    router.insert((*group, *h));
+                    router.insert((*group, *h, *tier));
                 }
                 report.events_stored_blocks += block_hashes.len() as u64;
             }
-            KvEvent::BlockRemoved { block_hashes, group } => {
+            KvEvent::BlockRemoved {
+                block_hashes,
+                group,
+                tier,
+            } => {
                 for h in block_hashes {
-                    if !router.remove(&(*group, *h)) {
+                    if !router.remove(&(*group, *h, *tier)) {
                         report.events_rejected += 1;
                     }
                 }
@@ -921,7 +941,9 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "preempted by swap       {} ({} blocks out, {} blocks in)",
-            self.preempted_swap, self.swap_out_copies, self.swap_in_copies
+            self.preempted_swap,
+            self.swap_out_copies - self.offload_copies,
+            self.swap_in_copies - self.reload_copies
         )?;
         writeln!(
             f,
@@ -932,6 +954,11 @@ impl fmt::Display for Report {
             f,
             "prefix-cache hits       {} of {} prompt tokens ({} reads of blocks the same step fills)",
             self.prefix_hit_tokens, self.prefix_queried_tokens, self.same_step_reads
+        )?;
+        writeln!(
+            f,
+            "prefix offload          {} evicted blocks to the host, {} reloaded ({} prompt tokens hit in the host tier)",
+            self.offload_copies, self.reload_copies, self.host_hit_tokens
         )?;
         writeln!(
             f,

@@ -16,11 +16,11 @@ pub mod table;
 pub use error::{BatchError, InvariantViolation, KvError, PlanError, PoolError, SchedulerError};
 pub use ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
 pub use manager::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvCacheManager, KvStats,
-    KvUsage, SharedKvCacheManager,
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, BlockUse, Eviction, EvictionPolicy,
+    KvCacheConfig, KvCacheManager, KvStats, KvUsage, PrefixOffload, QueueEnd, SharedKvCacheManager,
 };
 pub use pool::{BlockPool, MAX_BLOCKS};
-pub use prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
+pub use prefix::{hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, MmSpan, PrefixKeys};
 pub use scheduler::{Request, RequestId, SampledToken, Scheduler, SchedulerConfig, StepPlan};
 pub use sizing::{
     blocks_for, format_gib, Alternative, AttentionKind, ByteSize, CachePlan, CacheSpec, CapacityAdvice,

@@ -327,16 +327,39 @@ pub enum KvEvent {
         /// The sequence's LoRA adapter ([`PrefixKeys::adapter`]), which vLLM
         /// publishes with every stored block, not only the first.
         adapter: Option<u64>,
+        /// The tier the blocks are now cached in (a block offloaded to the
+        /// host tier is stored there; published as vLLM's `medium`).
+        tier: CacheTier,
     },
-    /// Blocks stopped being cached (evicted, reset, or about to be rewritten).
+    /// Blocks stopped being cached in a tier (evicted, reset, or about to be rewritten).
     BlockRemoved {
         /// Their hashes.
         block_hashes: Vec<BlockHash>,
         /// The KV cache group of the blocks.
         group: u32,
+        /// The tier they left (the same hash may stay cached in the other).
+        tier: CacheTier,
     },
     /// Every cached block was dropped.
     AllCleared,
+}
+
+/// Which memory a cached block lives in: the device pool, or the host tier
+/// it was offloaded to (see `KvCacheConfig::prefix_offload`). KV events carry
+/// it; the encoder publishes it as vLLM's `medium` (`"GPU"`, `"CPU"`).
+///
+/// ```
+/// use pagedkv::CacheTier;
+/// assert_eq!(CacheTier::default(), CacheTier::Device);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheTier {
+    /// Device memory (the block pool).
+    #[default]
+    Device,
+    /// The host tier (host memory).
+    Host,
 }
 
 /// Block hashes are already uniformly mixed: the low 64 bits index the map.
@@ -593,7 +616,6 @@ impl PrefixIndex {
 
     /// Caches `block` under `hash` at once (committed). Returns false,
     /// changing nothing, when the hash is already cached in another block.
-    #[cfg(test)]
     pub(crate) fn insert(&mut self, group: u32, hash: BlockHash, block: BlockId) -> bool {
         self.insert_pending(group, hash, block);
         self.commit(block).is_some()

@@ -33,6 +33,12 @@ fn paged_engine_matches_dense_reference() {
         "no copy-on-write:\n{report}"
     );
     assert!(report.prefix_hit_tokens > 0, "no prefix-cache hit:\n{report}");
+    // Evicted prefix blocks go to the host tier and come back for a hit: the
+    // reloaded K/V must be exactly what was computed before the eviction.
+    assert!(
+        report.offload_copies > 0 && report.reload_copies > 0 && report.host_hit_tokens > 0,
+        "no offload and reload of prefix blocks:\n{report}"
+    );
     // The sliding-window layers' blocks are released as sequences outgrow the
     // window, and other sequences take them: the pool really is shared.
     assert!(
@@ -83,6 +89,29 @@ fn paged_engine_matches_dense_reference_at_every_block_size() {
         assert!(
             report.preempted_swap + report.preempted_recompute > 0,
             "block size {block_size}:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn paged_engine_matches_dense_reference_with_every_prefix_offload() {
+    for offload in [
+        pagedkv::PrefixOffload::Off,
+        pagedkv::PrefixOffload::OnEvict,
+        pagedkv::PrefixOffload::OnFree,
+    ] {
+        let workload = engine::Workload {
+            prefix_offload: offload,
+            ..engine::Workload::demo()
+        };
+        let report = engine::run(&workload).unwrap_or_else(|e| panic!("{offload:?}: {e}"));
+        assert!(report.bitwise_equal, "{offload:?}:\n{report}");
+        assert_eq!(report.events_rejected, 0, "{offload:?}:\n{report}");
+        let reloaded = report.reload_copies > 0;
+        assert_eq!(
+            reloaded,
+            offload != pagedkv::PrefixOffload::Off,
+            "{offload:?}:\n{report}"
         );
     }
 }

@@ -30,8 +30,8 @@ use std::cell::Cell;
 
 use pagedkv::kv_events::{EventSource, KvEventEncoder};
 use pagedkv::{
-    AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler,
-    SchedulerConfig, SeqHandle, SeqId, Slot, StepPlan,
+    AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, PrefixOffload, Request, RequestId, SampledToken,
+    Scheduler, SchedulerConfig, SeqHandle, SeqId, Slot, StepPlan,
 };
 
 struct CountingAllocator;
@@ -281,6 +281,70 @@ fn warm_decode_loop_with_prefix_caching_makes_no_heap_allocation() {
     engine.pass(false);
     assert!(engine.kv.stats().prefix_hit_tokens >= SEQS * BLOCK_SIZE as u64);
     assert!(engine.kv.num_cached_blocks() > 0);
+}
+
+/// With the tiered prefix cache (offload on evict to a host tier smaller than
+/// what is evicted), a warm pass of sequences with distinct tokens evicts the
+/// previous pass's cached blocks on the device, copies them to the host at
+/// each drain (evicting older offloaded blocks there) and still makes no heap
+/// allocation: the offload queue and the host's copy list are reused.
+#[test]
+fn warm_decode_loop_offloading_evicted_blocks_makes_no_heap_allocation() {
+    // Off too: evicting cached blocks alone must not allocate either.
+    for offload in [PrefixOffload::Off, PrefixOffload::OnEvict] {
+        warm_eviction_pass(offload);
+    }
+}
+
+fn warm_eviction_pass(offload: PrefixOffload) {
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_host_blocks: 2048,
+        prefix_offload: offload,
+        ..manager_with(true, vec![AttentionKind::Full]).config().clone()
+    })
+    .unwrap();
+    let mut ops = BlockOps::default();
+    let mut prompt: Vec<u32> = Vec::with_capacity(PROMPT as usize);
+    // Distinct tokens per pass and sequence, so every full block is cached.
+    let mut pass = |kv: &mut KvCacheManager, ops: &mut BlockOps, n: u32| {
+        for s in 0..SEQS {
+            prompt.clear();
+            prompt.extend((0..PROMPT).map(|i| (n * SEQS as u32 + s as u32) * 100_000 + i));
+            kv.allocate(SeqId(s), &prompt).unwrap();
+        }
+        for step in 0..STEPS {
+            for s in 0..SEQS {
+                kv.append(
+                    SeqId(s),
+                    &[(n * SEQS as u32 + s as u32) * 100_000 + PROMPT + step],
+                )
+                .unwrap();
+            }
+            kv.drain_ops(ops);
+        }
+        for s in 0..SEQS {
+            kv.free(SeqId(s)).unwrap();
+        }
+        kv.drain_ops(ops);
+    };
+    // Two passes: the first fills the cache, the second evicts (and offloads) its blocks.
+    pass(&mut kv, &mut ops, 0);
+    pass(&mut kv, &mut ops, 1);
+    let before = *kv.stats();
+    let (_, allocs, deallocs) = count_heap_calls(|| pass(&mut kv, &mut ops, 2));
+    let after = kv.stats();
+    assert!(after.prefix_evictions > before.prefix_evictions, "{after:?}");
+    assert!(
+        offload == PrefixOffload::Off
+            || (after.offload_copies > before.offload_copies && after.host_evictions > before.host_evictions),
+        "the measured pass offloaded nothing: {after:?}"
+    );
+    assert_eq!(
+        (allocs, deallocs),
+        (0, 0),
+        "the warm pass evicting cached blocks ({offload:?}) made {allocs} heap allocations and {deallocs} frees"
+    );
+    kv.check_invariants().unwrap();
 }
 
 #[test]

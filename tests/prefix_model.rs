@@ -32,18 +32,29 @@
 //!   to the engine (nothing is written); no later prompt may hit them (the
 //!   model does not count them as stored, and their blocks hold stale values).
 //!
+//! - the tiered cache: with a host tier (0 to 8 host blocks) and prefix
+//!   offload on evict or on free, evicted cached blocks are copied to a
+//!   simulated host memory by the drained swap-out copies and reloaded by the
+//!   swap-in copies, so every reloaded block must read back exactly what was
+//!   written before its offload. Sequences are also swapped out and in,
+//!   contending with offloaded blocks for the one host pool (full, empty,
+//!   shared); a swapped sequence reads its own tokens once back.
+//!
 //! At the end everything is freed: the pool is all free, and after
-//! `reset_prefix_cache()` nothing is cached.
+//! `reset_prefix_cache()` nothing is cached in either tier. The run also
+//! asserts that the cases exercised offload, reload, host evictions and
+//! swaps beside offloaded blocks.
 //!
 //! Default: 768 cases of 30..=70 operations (about 38k operations, under a second). `PAGEDKV_PROPTEST_CASES` raises it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
-    Admission, AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, KvError, PrefixKeys, SeqId, TokenId,
+    Admission, AttentionKind, BlockOps, Eviction, KvCacheConfig, KvCacheManager, KvError, KvStats,
+    PrefixKeys, PrefixOffload, SeqId, TokenId,
 };
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const NUM_IDS: u64 = 6;
 
@@ -83,6 +94,18 @@ enum Op {
         prompt: Vec<TokenId>,
     },
     Reset,
+    SwapOut {
+        seq: u64,
+    },
+    SwapIn {
+        seq: u64,
+    },
+    /// Free `seq` if it exists, then allocate a prompt allocated before (its
+    /// blocks may have been evicted, and offloaded to the host tier, since).
+    Revisit {
+        seq: u64,
+        pick: usize,
+    },
 }
 
 fn tokens(max: usize) -> impl Strategy<Value = Vec<TokenId>> {
@@ -107,6 +130,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..NUM_IDS).prop_map(|seq| Op::Free { seq }),
         1 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Abort { seq, tenant, prompt }),
         1 => Just(Op::Reset),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapOut { seq }),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapIn { seq }),
+        2 => (0..NUM_IDS, 0..8usize).prop_map(|(seq, pick)| Op::Revisit { seq, pick }),
     ]
 }
 
@@ -164,7 +190,13 @@ struct Harness {
     seqs: BTreeMap<u64, (u8, Vec<TokenId>)>,
     /// Every prefix (in whole blocks) each tenant ever stored, as token vectors.
     stored: HashMap<(u8, Vec<TokenId>), ()>,
+    /// Sequences swapped out (in `seqs` too).
+    swapped: BTreeSet<u64>,
+    /// Prompts allocated so far (the last 8), with their tenant.
+    prompts: Vec<(u8, Vec<TokenId>)>,
     device: Vec<Option<u64>>,
+    /// The host tier's memory.
+    host: Vec<Option<u64>>,
     ops: BlockOps,
     slots: Vec<u64>,
 }
@@ -174,7 +206,13 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
 }
 
 impl Harness {
-    fn new(num_blocks: u32, block_size: u32, max_model_len: u32, groups: Vec<AttentionKind>) -> Self {
+    fn new(
+        num_blocks: u32,
+        block_size: u32,
+        max_model_len: u32,
+        groups: Vec<AttentionKind>,
+        (num_host_blocks, offload, eviction): (u32, PrefixOffload, Eviction),
+    ) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
             block_size,
@@ -183,6 +221,13 @@ impl Harness {
             enable_prefix_caching: true,
             enable_kv_events: true,
             groups,
+            num_host_blocks,
+            prefix_offload: if num_host_blocks == 0 {
+                PrefixOffload::Off
+            } else {
+                offload
+            },
+            eviction,
             ..Default::default()
         })
         .unwrap();
@@ -193,7 +238,10 @@ impl Harness {
             max_model_len: max_model_len as usize,
             seqs: BTreeMap::new(),
             stored: HashMap::new(),
+            swapped: BTreeSet::new(),
+            prompts: Vec::new(),
             device: vec![None; (num_blocks * block_size) as usize],
+            host: vec![None; (num_host_blocks * block_size) as usize],
             ops: BlockOps::default(),
             slots: Vec::new(),
         }
@@ -207,9 +255,11 @@ impl Harness {
             .map(|(s, g)| self.kv.group(g).unwrap().table(SeqId(s)).cloned())
             .collect();
         let free: Vec<_> = self.kv.pool().free_blocks().collect();
+        let host_free: Option<Vec<_>> = self.kv.host_pool().map(|p| p.free_blocks().collect());
         format!(
-            "{tables:?} {free:?} {} {:?}",
+            "{tables:?} {free:?} {host_free:?} {} {} {:?}",
             self.kv.num_cached_blocks(),
+            self.kv.num_host_cached_blocks(),
             self.kv.usage()
         )
     }
@@ -221,16 +271,43 @@ impl Harness {
         }
     }
 
-    /// Runs the drained copies, then writes the values of positions `from..` of `seq`.
-    fn execute(&mut self, seq: u64, from: usize) -> Result<(), TestCaseError> {
+    /// Hands the step over and runs its block operations in the engine's
+    /// order: swap-outs (device → host), swap-ins (host → device), copies.
+    fn run_ops(&mut self) {
         self.kv.drain_ops(&mut self.ops);
-        let bs = self.bs as u64;
+        let bs = self.bs;
+        let copy = |from: &[Option<u64>], to: &mut [Option<u64>], src: usize, dst: usize, n: usize| {
+            to[dst * bs..dst * bs + n].copy_from_slice(&from[src * bs..src * bs + n]);
+        };
+        for c in &self.ops.swap_out {
+            copy(
+                &self.device,
+                &mut self.host,
+                c.src.index(),
+                c.dst.index(),
+                c.num_slots as usize,
+            );
+        }
+        for c in &self.ops.swap_in {
+            copy(
+                &self.host,
+                &mut self.device,
+                c.src.index(),
+                c.dst.index(),
+                c.num_slots as usize,
+            );
+        }
         for c in &self.ops.copies {
-            for i in 0..c.num_slots as u64 {
-                self.device[(c.dst.0 as u64 * bs + i) as usize] =
-                    self.device[(c.src.0 as u64 * bs + i) as usize];
+            let (src, dst) = (c.src.index() * bs, c.dst.index() * bs);
+            for i in 0..c.num_slots as usize {
+                self.device[dst + i] = self.device[src + i];
             }
         }
+    }
+
+    /// Runs the drained operations, then writes the values of positions `from..` of `seq`.
+    fn execute(&mut self, seq: u64, from: usize) -> Result<(), TestCaseError> {
+        self.run_ops();
         let tokens = &self.seqs[&seq].1;
         let values = kv_values(tokens);
         for g in 0..self.groups {
@@ -249,6 +326,9 @@ impl Harness {
 
     fn check_content(&self) -> Result<(), TestCaseError> {
         for (&seq, (_, tokens)) in &self.seqs {
+            if self.swapped.contains(&seq) {
+                continue; // checked once swapped back in
+            }
             let values = kv_values(tokens);
             for g in 0..self.groups {
                 let view = self.kv.group(g).unwrap();
@@ -270,6 +350,22 @@ impl Harness {
     }
 
     fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        if let Op::Revisit { seq, pick } = *op {
+            let Some((tenant, prompt)) = self.prompts.get(pick % self.prompts.len().max(1)).cloned() else {
+                return Ok(());
+            };
+            // A new request under this id: the old one finished.
+            if self.seqs.contains_key(&seq) {
+                self.run(&Op::Free { seq })?;
+            }
+            return self.run(&Op::Allocate { seq, tenant, prompt });
+        }
+        if let Op::Allocate { tenant, prompt, .. } = op {
+            if self.prompts.len() == 8 {
+                self.prompts.remove(0);
+            }
+            self.prompts.push((*tenant, prompt.clone()));
+        }
         let before = self.snapshot();
         let refused = match op.clone() {
             Op::Allocate { seq, tenant, prompt } => {
@@ -344,6 +440,9 @@ impl Harness {
                 };
                 match self.seqs.get_mut(&seq) {
                     None => prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) })),
+                    Some(_) if self.swapped.contains(&seq) => {
+                        prop_assert_eq!(&r, &Err(KvError::SequenceSwapped { seq: SeqId(seq) }))
+                    }
                     Some((tenant, mine)) => {
                         let new_len = mine.len() + tokens.len();
                         if new_len > self.max_model_len {
@@ -365,6 +464,8 @@ impl Harness {
                 let r = self.kv.fork(SeqId(parent), SeqId(child));
                 if self.seqs.contains_key(&child) {
                     prop_assert_eq!(&r, &Err(KvError::DuplicateSequence { seq: SeqId(child) }));
+                } else if self.swapped.contains(&parent) {
+                    prop_assert_eq!(&r, &Err(KvError::SequenceSwapped { seq: SeqId(parent) }));
                 } else if let Some(p) = self.seqs.get(&parent).cloned() {
                     prop_assert_eq!(&r, &Ok(()));
                     self.seqs.insert(child, p);
@@ -372,6 +473,14 @@ impl Harness {
                     prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(parent) }));
                 }
                 r.is_err()
+            }
+            Op::Truncate { seq, back } if self.swapped.contains(&seq) => {
+                let len = self.seqs[&seq].1.len();
+                let r = self
+                    .kv
+                    .truncate(SeqId(seq), len.saturating_sub(back as usize) as u64);
+                prop_assert_eq!(&r, &Err(KvError::SequenceSwapped { seq: SeqId(seq) }));
+                true
             }
             Op::Truncate { seq, back } => {
                 let len = self.seqs.get(&seq).map_or(0, |s| s.1.len());
@@ -402,6 +511,46 @@ impl Harness {
             Op::Free { seq } => {
                 let r = self.kv.free(SeqId(seq));
                 prop_assert_eq!(r.is_ok(), self.seqs.remove(&seq).is_some());
+                self.swapped.remove(&seq);
+                r.is_err()
+            }
+            Op::SwapOut { seq } => {
+                let r = self.kv.swap_out(SeqId(seq));
+                match &r {
+                    _ if !self.seqs.contains_key(&seq) => {
+                        prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) }))
+                    }
+                    _ if self.swapped.contains(&seq) => {
+                        prop_assert_eq!(&r, &Err(KvError::SequenceSwapped { seq: SeqId(seq) }))
+                    }
+                    _ if self.host.is_empty() => {
+                        prop_assert_eq!(&r, &Err(KvError::NoHostTier { seq: SeqId(seq) }))
+                    }
+                    Ok(()) => {
+                        self.swapped.insert(seq);
+                        self.run_ops();
+                    }
+                    Err(KvError::HostOutOfBlocks { .. }) => {}
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                }
+                r.is_err()
+            }
+            Op::SwapIn { seq } => {
+                let r = self.kv.swap_in(SeqId(seq));
+                match &r {
+                    _ if !self.seqs.contains_key(&seq) => {
+                        prop_assert_eq!(&r, &Err(KvError::UnknownSequence { seq: SeqId(seq) }))
+                    }
+                    _ if !self.swapped.contains(&seq) => {
+                        prop_assert_eq!(&r, &Err(KvError::NotSwapped { seq: SeqId(seq) }))
+                    }
+                    Ok(()) => {
+                        self.swapped.remove(&seq);
+                        self.run_ops();
+                    }
+                    Err(KvError::OutOfBlocks { .. }) => {}
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                }
                 r.is_err()
             }
             Op::Abort { seq, tenant, prompt } => {
@@ -413,6 +562,7 @@ impl Harness {
                 }
                 r.is_err()
             }
+            Op::Revisit { .. } => unreachable!("handled above"),
             Op::Reset => {
                 let cached_free = self
                     .kv
@@ -440,28 +590,143 @@ impl Harness {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+fn host_tier() -> impl Strategy<Value = (u32, PrefixOffload, Eviction)> {
+    (
+        prop_oneof![1 => Just(0u32), 1 => 1..4u32, 3 => 4..24u32],
+        prop_oneof![
+            Just(PrefixOffload::OnEvict),
+            Just(PrefixOffload::OnFree),
+            Just(PrefixOffload::Off)
+        ],
+        eviction(),
+    )
+}
 
-    #[test]
-    fn prefix_caching_keeps_every_sequence_reading_its_own_prefix(
-        num_blocks in 1..24u32,
-        block_size in prop_oneof![Just(1u32), Just(2), Just(4)],
-        max_model_len in 8..40u32,
-        groups in groups(),
-        ops in prop::collection::vec(op(), 30..70),
-    ) {
-        let mut h = Harness::new(num_blocks, block_size, max_model_len, groups);
-        for op in &ops {
-            h.run(op)?;
-        }
-        let live: Vec<u64> = h.seqs.keys().copied().collect();
-        for s in live {
-            h.kv.free(SeqId(s)).map_err(fail)?;
-        }
-        prop_assert_eq!(h.kv.num_free_blocks(), num_blocks);
-        h.kv.reset_prefix_cache();
-        prop_assert_eq!(h.kv.num_cached_blocks(), 0);
-        h.kv.check_invariants().map_err(fail)?;
-    }
+fn eviction() -> impl Strategy<Value = Eviction> {
+    prop_oneof![2 => Just(Eviction::Lru), 1 => Just(Eviction::SegmentedLru), 1 => Just(Eviction::Exclusive)]
+}
+
+/// Operations for the tiered cache: requests come and go (free, revisit an
+/// earlier prompt) more than they grow, so evicted prefixes are asked for again.
+fn tiered_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Allocate { seq, tenant, prompt }),
+        2 => (0..NUM_IDS, prop_oneof![3 => tokens(2), 1 => tokens(9)]).prop_map(|(seq, tokens)| Op::Append { seq, tokens }),
+        1 => (0..NUM_IDS, 0..NUM_IDS).prop_map(|(parent, child)| Op::Fork { parent, child }),
+        1 => (0..NUM_IDS, 0..6u32).prop_map(|(seq, back)| Op::Truncate { seq, back }),
+        3 => (0..NUM_IDS).prop_map(|seq| Op::Free { seq }),
+        1 => (0..NUM_IDS, 0..2u8, prompt()).prop_map(|(seq, tenant, prompt)| Op::Abort { seq, tenant, prompt }),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapOut { seq }),
+        1 => (0..NUM_IDS).prop_map(|seq| Op::SwapIn { seq }),
+        5 => (0..NUM_IDS, 0..8usize).prop_map(|(seq, pick)| Op::Revisit { seq, pick }),
+    ]
+}
+
+/// What the cases of one property exercised, summed.
+#[derive(Default)]
+struct Coverage {
+    stats: KvStats,
+    swaps_beside_offloads: u64,
+}
+
+/// Runs `cases` cases of the state machine over `strategy`'s pools and
+/// operations; returns what they exercised.
+fn run_cases(
+    cases: u32,
+    strategy: impl Strategy<
+        Value = (
+            u32,
+            u32,
+            u32,
+            Vec<AttentionKind>,
+            (u32, PrefixOffload, Eviction),
+            Vec<Op>,
+        ),
+    >,
+) -> Coverage {
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    let total = std::cell::RefCell::new(Coverage::default());
+    runner
+        .run(
+            &strategy,
+            |(num_blocks, block_size, max_model_len, groups, host, ops)| {
+                let mut h = Harness::new(num_blocks, block_size, max_model_len, groups, host);
+                let mut swaps_beside_offloads = 0;
+                for op in &ops {
+                    let offloaded = h.kv.num_host_cached_blocks();
+                    h.run(op)?;
+                    swaps_beside_offloads += (matches!(op, Op::SwapOut { .. }) && offloaded > 0) as u64;
+                }
+                let live: Vec<u64> = h.seqs.keys().copied().collect();
+                for s in live {
+                    h.kv.free(SeqId(s)).map_err(fail)?;
+                }
+                h.run_ops();
+                prop_assert_eq!(h.kv.num_free_blocks(), num_blocks);
+                prop_assert_eq!(h.kv.num_free_host_blocks(), h.kv.num_host_blocks());
+                h.kv.reset_prefix_cache();
+                prop_assert_eq!(h.kv.num_cached_blocks(), 0);
+                prop_assert_eq!(h.kv.num_host_cached_blocks(), 0);
+                h.kv.check_invariants().map_err(fail)?;
+                let s = h.kv.stats();
+                let mut t = total.borrow_mut();
+                t.stats.offload_copies += s.offload_copies;
+                t.stats.reload_copies += s.reload_copies;
+                t.stats.host_evictions += s.host_evictions;
+                t.stats.prefix_host_hit_tokens += s.prefix_host_hit_tokens;
+                t.stats.swap_ins += s.swap_ins;
+                t.swaps_beside_offloads += swaps_beside_offloads;
+                Ok(())
+            },
+        )
+        .unwrap();
+    total.into_inner()
+}
+
+#[test]
+fn prefix_caching_keeps_every_sequence_reading_its_own_prefix() {
+    run_cases(
+        cases(),
+        (
+            1..24u32,
+            prop_oneof![Just(1u32), Just(2), Just(4)],
+            8..40u32,
+            groups(),
+            host_tier(),
+            prop::collection::vec(op(), 30..70),
+        ),
+    );
+}
+
+/// The tiered cache under churn: blocks offloaded, reloaded (reading back
+/// what was written before the offload), evicted from a host tier that swap
+/// contends for. The run must exercise all of it.
+#[test]
+fn offloaded_blocks_read_back_what_was_written_before_the_offload() {
+    let host = (
+        prop_oneof![1 => 1..4u32, 3 => 4..32u32],
+        prop_oneof![Just(PrefixOffload::OnEvict), Just(PrefixOffload::OnFree)],
+        eviction(),
+    );
+    let t = run_cases(
+        cases() / 2,
+        (
+            2..16u32,
+            prop_oneof![Just(1u32), Just(2), Just(4)],
+            8..40u32,
+            groups(),
+            host,
+            prop::collection::vec(tiered_op(), 30..70),
+        ),
+    );
+    let s = t.stats;
+    assert!(
+        s.offload_copies > 0 && s.reload_copies > 0 && s.host_evictions > 0 && s.prefix_host_hit_tokens > 0,
+        "the cases did not exercise the host tier: {s:?}"
+    );
+    eprintln!(
+        "offloaded {} blocks, reloaded {}, evicted {} from the host, {} swap-outs beside offloaded blocks",
+        s.offload_copies, s.reload_copies, s.host_evictions, t.swaps_beside_offloads
+    );
+    assert!(t.swaps_beside_offloads > 0, "no swap-out met offloaded blocks");
 }

@@ -4,7 +4,9 @@
 //! proptest draws a small cache (4..=32 blocks, so preemption is common), its
 //! KV cache groups (full attention, or hybrid: full + a sliding window, full +
 //! chunked local attention, a sliding window alone), an
-//! optional host tier, prefix caching on or off, budgets, both guards on or
+//! optional host tier, prefix caching on or off (with the host tier, prefix
+//! offload off, on evict or on free: evicted prefix blocks go through host
+//! memory and come back on hits), budgets, both guards on or
 //! off, each victim policy, preemption mode and queue order, and a trace of
 //! requests (prompt length, max new tokens, priority, arrival step, n). The
 //! engine adds each request at its arrival step, runs every plan — swap-out,
@@ -43,8 +45,8 @@ use pagedkv::scheduler::{
     AlwaysRecompute, AlwaysSwap, Automatic, Fcfs, LatestArrival, LowestPriority, MostBlocks, PriorityOrder,
 };
 use pagedkv::{
-    AttentionKind, KvCacheConfig, KvCacheManager, PrefixKeys, Request, RequestId, SampledToken, Scheduler,
-    SchedulerConfig, SchedulerError, SeqId, StepPlan,
+    AttentionKind, KvCacheConfig, KvCacheManager, PrefixKeys, PrefixOffload, Request, RequestId,
+    SampledToken, Scheduler, SchedulerConfig, SchedulerError, SeqId, StepPlan,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -73,9 +75,16 @@ struct Setup {
     mode: u8,
     priority_order: bool,
     groups: Vec<AttentionKind>,
+    /// The tiered prefix cache (with prefix caching and a host tier).
+    offload: PrefixOffload,
 }
 
 const MAX_MODEL_LEN: u32 = 64;
+
+thread_local! {
+    /// Host-tier reloads over the cases run on this thread (the test asserts some happened).
+    static RELOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 #[derive(Clone, Debug)]
 struct Req {
@@ -127,24 +136,32 @@ fn setup() -> impl Strategy<Value = Setup> {
             any::<bool>(),
         ),
         groups(),
+        prop::sample::select(vec![
+            PrefixOffload::Off,
+            PrefixOffload::OnEvict,
+            PrefixOffload::OnFree,
+        ]),
     )
         .prop_map(
-            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, pm, iso, v, m, po), groups)| Setup {
-                num_blocks: nb,
-                block_size: bs,
-                host_blocks: hb,
-                watermark: wm,
-                prefix_caching: pc,
-                max_num_seqs: seqs,
-                max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
-                chunked,
-                whole_prompt: wp,
-                protect_mid_prefill: pm,
-                isolate: iso,
-                victim: v,
-                mode: m,
-                priority_order: po,
-                groups,
+            |((nb, bs, hb), (wm, pc, seqs, tokens, chunked), (wp, pm, iso, v, m, po), groups, offload)| {
+                Setup {
+                    num_blocks: nb,
+                    block_size: bs,
+                    host_blocks: hb,
+                    watermark: wm,
+                    prefix_caching: pc,
+                    max_num_seqs: seqs,
+                    max_num_batched_tokens: if chunked { tokens } else { MAX_MODEL_LEN + tokens },
+                    chunked,
+                    whole_prompt: wp,
+                    protect_mid_prefill: pm,
+                    isolate: iso,
+                    victim: v,
+                    mode: m,
+                    priority_order: po,
+                    groups,
+                    offload: if pc && hb > 0 { offload } else { PrefixOffload::Off },
+                }
             },
         )
 }
@@ -268,6 +285,7 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
         watermark: s.watermark,
         enable_prefix_caching: s.prefix_caching,
         groups: s.groups.clone(),
+        prefix_offload: s.offload,
         ..Default::default()
     })
     .map_err(fail)?;
@@ -515,17 +533,19 @@ fn run(s: Setup, reqs: Vec<Req>) -> Result<(), TestCaseError> {
     }
     prop_assert!(samples_left.is_empty(), "unfinished requests: {:?}", samples_left);
     prop_assert_eq!(sched.kv().num_free_blocks(), s.num_blocks);
+    RELOADS.with(|r| r.set(r.get() + sched.kv().stats().reload_copies));
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
-
-    #[test]
-    fn every_admitted_request_finishes_with_identical_content(
-        s in setup(),
-        reqs in prop::collection::vec(req(), 1..=10),
-    ) {
-        run(s, reqs)?;
-    }
+#[test]
+fn every_admitted_request_finishes_with_identical_content() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    runner
+        .run(&(setup(), prop::collection::vec(req(), 1..=10)), |(s, reqs)| {
+            run(s, reqs)
+        })
+        .unwrap();
+    // Some recomputed sequences re-prefilled from blocks the host tier kept.
+    let reloads = RELOADS.with(|r| r.get());
+    assert!(reloads > 0, "no case reloaded a block from the host tier");
 }

@@ -201,8 +201,9 @@ pub struct SimulateArgs {
     /// Seed of token ids, synthetic lengths, arrivals and think times.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
-    /// Comma-separated policies: paged<B> with -prefix, -swap, -auto, -most-blocks, -wm<F>, or
-    /// -vllm (vLLM 0.33.0's scheduling); reserve-max, reserve-pow2, reserve-oracle with -buddy or
+    /// Comma-separated policies: paged<B> with -prefix, -offload (with -prefix: evicted prefix
+    /// blocks go to the host tier and are reloaded on a hit), -swap, -auto, -most-blocks, -wm<F>, or
+    /// -vllm (vLLM 0.33.0's scheduling; alone or with -offload); reserve-max, reserve-pow2, reserve-oracle with -buddy or
     /// -anywhere. Default: paged16, reserve-max, reserve-pow2, reserve-oracle, paged1, paged8,
     /// paged32, paged64, paged128 (Mooncake: paged16-vllm, paged16-prefix, paged16, reserve-pow2,
     /// reserve-oracle; --sweep-blocks: paged16-vllm, paged16-prefix).
@@ -290,6 +291,14 @@ pub struct SimulateArgs {
     /// Step-time model: host ↔ device bandwidth for swap copies, GB/s (25: PCIe 4.0 ×16).
     #[arg(long, value_name = "GB_PER_S")]
     pub pcie_gbps: Option<f64>,
+    /// Host blocks of the host tier (swap preemption and -offload policies share it), of each
+    /// policy's block size. Default: 4GiB of host memory (vLLM's swap_space) with a model; as many
+    /// blocks as the device with --num-blocks.
+    #[arg(long, value_name = "N", conflicts_with = "host_memory")]
+    pub host_blocks: Option<u64>,
+    /// Host memory of the host tier, e.g. 64GiB (needs a model: with --num-blocks give --host-blocks).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "num_blocks")]
+    pub host_memory: Option<u64>,
     /// Goodput: most milliseconds to the first token (2000; 10000 with Mooncake traces).
     #[arg(long, value_name = "MS")]
     pub slo_ttft_ms: Option<f64>,

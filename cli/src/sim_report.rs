@@ -261,8 +261,8 @@ tokens/waste/frag/free: shares of the whole KV memory (slot-steps over all steps
   for tokens not generated yet / reserved but never used / free; batch: mean running sequences; prefix hit: prompt
   tokens found cached at admission; tok/s and latencies: under the step-time model (an assumption).
 paged<B>: pagedkv's own scheduler (whole-prompt admission, mid-prefill and growth guards, 1% watermark);
-paged<B>-vllm: vLLM 0.33.0's v1 scheduling (prefix caching, watermark 0, no guards); reserve-*: contiguous
-  reservations, first fit.
+paged<B>-vllm: vLLM 0.33.0's v1 scheduling (prefix caching, watermark 0, no guards); -offload: evicted
+  prefix blocks are copied to the host tier and reloaded on a hit; reserve-*: contiguous reservations, first fit.
 ";
 
 /// The memory and latency tables with a short header and the definitions below them
@@ -290,8 +290,56 @@ pub fn render_text(setup: &Setup, results: &[RunResult], full: Option<&FullAtten
         render_full_attention(&mut out, results, full);
         out.push('\n');
     }
+    render_tiers(&mut out, &summaries);
     out.push_str(LEGEND);
     out
+}
+
+/// The tiered prefix cache's account of the `-offload` policies: hits by
+/// tier, bytes moved each way, modelled transfer time against the prefill
+/// time the host hits saved.
+fn render_tiers(out: &mut String, summaries: &[&RunSummary]) {
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .filter_map(|s| Some((s, s.tiers.as_ref()?)))
+        .map(|(s, t)| {
+            vec![
+                s.policy.clone(),
+                t.host_blocks.to_string(),
+                pct(s.prefix_hit_rate),
+                pct(s.prefix_hit_rate * (1.0 - t.host_share())),
+                pct(s.prefix_hit_rate * t.host_share()),
+                format!("{:.1}", t.offload_bytes / 1e9),
+                format!("{:.1}", t.reload_bytes / 1e9),
+                format!("{:.1}", t.transfer_s),
+                format!("{:.1}", t.prefill_saved_s),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\ntiered prefix cache (prefix hit split by tier in the manager's proportion of hit tokens; GB moved per GPU; \
+         seconds under the step-time model)"
+    );
+    let header: Vec<String> = [
+        "policy",
+        "host blocks",
+        "prefix hit",
+        "device",
+        "host",
+        "GB out",
+        "GB in",
+        "transfer s",
+        "prefill saved s",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    table(out, &header, &rows);
+    out.push('\n');
 }
 
 /// A rate sweep: per rate and policy, throughput and latency.
@@ -510,6 +558,17 @@ fn summary_json(s: &RunSummary) -> Value {
         "tokens_per_step": s.tokens_per_step,
         "tokens_per_s": s.tokens_per_s,
         "kv_bytes_per_context_token": s.kv_bytes_per_context_token,
+        "tiers": s.tiers.as_ref().map(|t| json!({
+            "host_blocks": t.host_blocks,
+            "hit_tokens": t.hit_tokens,
+            "host_hit_tokens": t.host_hit_tokens,
+            "offloaded_blocks": t.offloaded_blocks,
+            "reloaded_blocks": t.reloaded_blocks,
+            "offload_bytes": t.offload_bytes,
+            "reload_bytes": t.reload_bytes,
+            "transfer_s": t.transfer_s,
+            "prefill_saved_s": t.prefill_saved_s,
+        })),
         "latency": {
             "ttft_s": percentiles_json(&l.ttft),
             "tpot_s": percentiles_json(&l.tpot),

@@ -100,6 +100,7 @@ pub struct FullAttentionRuns {
 }
 
 /// What a setup produced.
+#[allow(clippy::large_enum_variant)] // one per command run: boxing buys nothing
 pub enum Outcome {
     /// One run per policy, and for a hybrid model the paged policies' runs
     /// with every layer planned as full attention.
@@ -366,8 +367,15 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         max_num_seqs: args.max_num_seqs.unwrap_or(base.max_num_seqs),
         max_num_batched_tokens: args.max_num_batched_tokens.unwrap_or(base.max_num_batched_tokens),
         slo,
-        ..base
+        swap_space_bytes: args.host_memory.unwrap_or(base.swap_space_bytes),
+        host_blocks: args.host_blocks,
     };
+    if args.host_memory.is_some() && matches!(scenario.kv, KvSize::Blocks { .. }) {
+        return Err(InputError::new(
+            "--host-memory",
+            "a size in bytes needs a model to count blocks; with --num-blocks give --host-blocks N",
+        ));
+    }
     scenario.validate().map_err(sim_input)?;
     scenario
         .token_slots()

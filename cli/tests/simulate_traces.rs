@@ -160,3 +160,57 @@ fn bad_sweep_and_session_flags_exit_2_naming_the_flag() {
         assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
     }
 }
+
+/// The tiered prefix cache: an `-offload` policy on a small device cache
+/// reports its tiers (JSON and text), hits more than the device alone, and the
+/// host-tier flags are checked.
+#[test]
+fn offload_policies_report_hits_by_tier_and_bytes_moved() {
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "simulate",
+            "--mooncake",
+            "--limit",
+            "400",
+            "--kv-cache-memory",
+            "4GiB",
+            "--host-memory",
+            "32GiB",
+            "--policies",
+            "paged16-vllm,paged16-vllm-offload,paged16-vllm-offload-exclusive",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let run = pagedkv(&args(&["--json"]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(v["runs"][0]["tiers"].is_null());
+    let device = v["runs"][0]["prefix_hit_rate"].as_f64().unwrap();
+    for run in [&v["runs"][1], &v["runs"][2]] {
+        let t = &run["tiers"];
+        assert!(t["host_hit_tokens"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["offload_bytes"].as_f64().unwrap() > 0.0 && t["reload_bytes"].as_f64().unwrap() > 0.0);
+        assert!(t["transfer_s"].as_f64().unwrap() > 0.0 && t["prefill_saved_s"].as_f64().unwrap() > 0.0);
+        assert!(run["prefix_hit_rate"].as_f64().unwrap() > device, "{run}");
+    }
+    let text = pagedkv(&args(&[]));
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(text.stdout.contains("tiered prefix cache"), "{}", text.stdout);
+    for (args, flag) in [
+        (
+            &["simulate", "--num-blocks", "100", "--host-memory", "1GiB"][..],
+            "--host-memory",
+        ),
+        (&["simulate", "--host-blocks", "x"][..], "--host-blocks"),
+        (&["simulate", "--policies", "paged16-offload"][..], "-offload"),
+        (
+            &["simulate", "--policies", "paged16-prefix-exclusive"][..],
+            "-exclusive",
+        ),
+    ] {
+        let run = pagedkv(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
+        assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
+    }
+}

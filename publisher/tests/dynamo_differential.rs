@@ -23,6 +23,16 @@
 //! attention only), and its matches are compared with what pagedkv caches in
 //! the full-attention group.
 //!
+//! The tiered prefix cache too (prefix offload on evict or on free): the
+//! host tier's events (medium "CPU") go to Dynamo's lower-tier indexer (one
+//! per tier, as its `LocalKvIndexer` routes them), and for every probe the
+//! blocks Dynamo finds continuing in the host tier after its device match
+//! must equal the blocks pagedkv finds there (`cached_prefix_tiers_in_group`).
+//! These workloads use the plain and LoRA tenants only: Dynamo 1.6.1's
+//! normalizer tracks a salted chain's namespace per block hash across tiers,
+//! so a host removal of a hash the device still caches loses the namespace
+//! of the device's later children (a Dynamo limitation, not an event error).
+//!
 //! Dynamo keys salted blocks only under salts tagged `dynamo-cache-salt:`
 //! (its vLLM frontend tags them); the salted tenants here use such salts.
 //! Default: 6 seeds × 2,500 steps (one per pool shape); `PAGEDKV_DIFF_SEEDS`
@@ -30,14 +40,21 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use dynamo_kv_router::protocols::{compute_block_hash_for_seq, BlockHashOptions, WorkerWithDpRank};
+use dynamo_kv_router::indexer::{LowerTierContinuation, LowerTierIndexer, ThreadPoolIndexer};
+use dynamo_kv_router::protocols::{
+    compute_block_hash_for_seq, BlockHashOptions, ExternalSequenceBlockHash, KvCacheEventData,
+    WorkerWithDpRank,
+};
 use dynamo_kv_router::zmq_wire::{
     decode_event_batch, ZmqEventFilterReason, ZmqEventNormalizer, DYNAMO_CACHE_SALT_PREFIX,
 };
 use dynamo_kv_router::RadixTree;
-use pagedkv::kv_events::{EventSource, KvEventEncoder};
+use pagedkv::kv_events::{external_block_hash, EventSource, KvEventEncoder};
 use pagedkv::sim::rng::SplitMix64;
-use pagedkv::{AttentionKind, BlockOps, KvCacheConfig, KvCacheManager, KvEvent, PrefixKeys, SeqId, TokenId};
+use pagedkv::{
+    hash_block, AttentionKind, BlockOps, CacheTier, Eviction, HashAlgorithm, KvCacheConfig, KvCacheManager,
+    KvEvent, PrefixKeys, PrefixOffload, SeqId, TokenId,
+};
 
 const WORKER: u64 = 1;
 const LORA_ID: u64 = 7;
@@ -57,21 +74,28 @@ fn tenant_keys(t: usize) -> PrefixKeys {
     }
 }
 
-/// Dynamo's view: its decoder, normalizer and radix tree for one worker.
+/// Dynamo's view: its decoder, normalizer, radix tree (device tier) and
+/// lower-tier indexer (host tier) for one worker.
 struct Router {
     tree: RadixTree,
+    host: ThreadPoolIndexer<LowerTierIndexer>,
+    runtime: tokio::runtime::Runtime,
     normalizer: ZmqEventNormalizer,
     block_size: u32,
     next_seq: u64,
+    host_events: u64,
 }
 
 impl Router {
     fn new(block_size: u32) -> Self {
         Router {
             tree: RadixTree::new(),
+            host: ThreadPoolIndexer::new(LowerTierIndexer::new(), 1, block_size),
+            runtime: tokio::runtime::Builder::new_current_thread().build().unwrap(),
             normalizer: ZmqEventNormalizer::new(block_size),
             block_size,
             next_seq: 0,
+            host_events: 0,
         }
     }
 
@@ -112,11 +136,53 @@ impl Router {
             let event = placement
                 .into_router_event()
                 .ok_or_else(|| format!("not a worker event: {shown}"))?;
-            self.tree
-                .apply_event(event)
-                .map_err(|e| format!("Dynamo rejected an event ({e:?}): {shown}"))?;
+            // As Dynamo's LocalKvIndexer routes events: the device tier to the
+            // radix tree, a lower tier to its own indexer, a clear to both.
+            let cleared = matches!(event.event.data, KvCacheEventData::Cleared);
+            if !event.storage_tier.is_gpu() || cleared {
+                self.host_events += !cleared as u64;
+                self.runtime
+                    .block_on(self.host.apply_event_and_wait(event.clone()))
+                    .map_err(|e| format!("Dynamo's lower tier rejected an event ({e:?}): {shown}"))?;
+            }
+            if event.storage_tier.is_gpu() {
+                self.tree
+                    .apply_event(event)
+                    .map_err(|e| format!("Dynamo rejected an event ({e:?}): {shown}"))?;
+            }
         }
         Ok(())
+    }
+
+    /// Blocks of `tokens` Dynamo's lower-tier (host) index finds continuing
+    /// after the first `device` blocks (the device match, whose last block's
+    /// hash is `last`).
+    fn matched_on_host(&self, tokens: &[TokenId], tenant: usize, device: u64, last: Option<u64>) -> u64 {
+        let hashes = self.local_hashes(tokens, tenant);
+        let worker = WorkerWithDpRank::new(WORKER, 0);
+        let start = match last {
+            Some(h) => LowerTierContinuation::new(device as usize, ExternalSequenceBlockHash(h)),
+            None => LowerTierContinuation::from_root(0),
+        };
+        let continuations = std::collections::HashMap::from([(worker, start)]);
+        let hits = self.host.backend().query_contiguous_hits(&hashes, &continuations);
+        hits.get(&worker).copied().unwrap_or(0) as u64
+    }
+
+    fn local_hashes(
+        &self,
+        tokens: &[TokenId],
+        tenant: usize,
+    ) -> Vec<dynamo_kv_router::protocols::LocalBlockHash> {
+        let salt = tenant_keys(tenant).cache_salt;
+        let options = BlockHashOptions {
+            lora_name: (tenant == 3).then_some(LORA_NAME),
+            cache_namespace: salt
+                .as_deref()
+                .and_then(|s| s.strip_prefix(DYNAMO_CACHE_SALT_PREFIX)),
+            ..Default::default()
+        };
+        compute_block_hash_for_seq(tokens, self.block_size, options)
     }
 
     /// Leading blocks of `tokens` Dynamo finds on the worker.
@@ -163,14 +229,23 @@ struct Harness {
     stored: u64,
     removed: u64,
     resets: u64,
+    host_matched_probes: u64,
 }
 
 impl Harness {
-    fn new(num_blocks: u32, block_size: u32, num_host_blocks: u32, groups: &[AttentionKind]) -> Self {
+    fn new(
+        num_blocks: u32,
+        block_size: u32,
+        num_host_blocks: u32,
+        groups: &[AttentionKind],
+        (prefix_offload, eviction): (PrefixOffload, Eviction),
+    ) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
             block_size,
             num_host_blocks,
+            prefix_offload,
+            eviction,
             max_model_len: 4096,
             watermark: 0.0,
             enable_prefix_caching: true,
@@ -199,6 +274,7 @@ impl Harness {
             stored: 0,
             removed: 0,
             resets: 0,
+            host_matched_probes: 0,
         }
     }
 
@@ -227,6 +303,10 @@ impl Harness {
                 KvEvent::BlockStored { group, .. } | KvEvent::BlockRemoved { group, .. } => *group,
                 _ => 0,
             }));
+            debug_assert!(self.events.iter().all(|e| !matches!(
+                e,
+                KvEvent::BlockStored { tier: CacheTier::Host, token_ids, .. } if token_ids.is_empty()
+            )));
             let payload = self.encoder.encode(self.steps as f64, &self.events).to_vec();
             if let Err(e) = self.router.apply(&payload, &self.event_groups) {
                 panic!("step {} ({what}): {e}\nevents: {:?}", self.steps, self.events);
@@ -240,14 +320,41 @@ impl Harness {
     /// so that the "leave one token to compute" cap does not bite). With one
     /// group this is what `cached_prefix_len` finds.
     fn cached_blocks(&self, tokens: &[TokenId], tenant: usize) -> u64 {
+        self.cached_blocks_by_tier(tokens, tenant).0
+    }
+
+    /// `cached_blocks`, and the blocks continuing in the host tier after them.
+    fn cached_blocks_by_tier(&self, tokens: &[TokenId], tenant: usize) -> (u64, u64) {
         let mut probe = tokens.to_vec();
         probe.push(u32::MAX);
         let keys = tenant_keys(tenant);
         let in_group = self.kv.cached_prefix_len_in_group(&probe, &keys, 0);
+        let (device, host) = self.kv.cached_prefix_tiers_in_group(&probe, &keys, 0);
+        assert_eq!(device, in_group);
         if self.kv.num_groups() == 1 {
-            assert_eq!(in_group, self.kv.cached_prefix_len(&probe, &keys));
+            // Both tiers count toward a hit (where a device block follows a host one, more).
+            assert!(self.kv.cached_prefix_len(&probe, &keys) >= device + host);
         }
-        in_group / self.bs
+        (in_group / self.bs, host / self.bs)
+    }
+
+    /// The external hash of block `n - 1` of `tokens` under the tenant's keys.
+    fn last_hash(&self, tokens: &[TokenId], tenant: usize, n: u64) -> Option<u64> {
+        let keys = tenant_keys(tenant);
+        let bs = self.bs as usize;
+        let mut parent = None;
+        for i in 0..n as usize {
+            let block = &tokens[i * bs..(i + 1) * bs];
+            parent = Some(hash_block(
+                HashAlgorithm::default(),
+                parent,
+                block,
+                i as u32,
+                self.bs as u32,
+                &keys,
+            ));
+        }
+        parent.map(external_block_hash)
     }
 
     fn compare(&mut self, what: &str) {
@@ -259,8 +366,10 @@ impl Harness {
             .chain(self.recent.iter().map(|(t, toks)| (*t, toks)))
             .chain(stems);
         let mut matched = 0;
+        let mut host_matched = 0;
+        let offload = self.kv.config().prefix_offload != PrefixOffload::Off;
         for (tenant, tokens) in probes {
-            let ours = self.cached_blocks(tokens, tenant);
+            let (ours, ours_host) = self.cached_blocks_by_tier(tokens, tenant);
             let theirs = self.router.matched(tokens, tenant);
             assert_eq!(
                 ours,
@@ -269,8 +378,20 @@ impl Harness {
                 self.steps
             );
             matched += (ours > 0) as u64;
+            if offload {
+                let last = self.last_hash(tokens, tenant, ours);
+                let theirs_host = self.router.matched_on_host(tokens, tenant, ours, last);
+                assert_eq!(
+                    ours_host,
+                    theirs_host,
+                    "step {} ({what}): after {ours} device blocks, pagedkv finds {ours_host} blocks of a prompt of tenant {tenant} in the host tier, Dynamo {theirs_host}\n{tokens:?}",
+                    self.steps
+                );
+                host_matched += (ours_host > 0) as u64;
+            }
         }
         self.matched_probes += matched;
+        self.host_matched_probes += host_matched;
     }
 
     fn allocate(&mut self, tenant: usize, prompt: Vec<TokenId>) -> Option<u64> {
@@ -356,9 +477,18 @@ fn pick(rng: &mut SplitMix64, n: usize) -> usize {
 }
 
 /// One seeded workload.
-fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [(&'static str, u64); 9] {
+fn run(
+    seed: u64,
+    (num_blocks, block_size, num_host_blocks, groups, (offload, eviction)): Shape,
+) -> Vec<(&'static str, u64)> {
     let mut rng = SplitMix64::new(seed);
-    let mut h = Harness::new(num_blocks, block_size, num_host_blocks, groups);
+    let mut h = Harness::new(
+        num_blocks,
+        block_size,
+        num_host_blocks,
+        groups,
+        (offload, eviction),
+    );
     let stems: Vec<Vec<TokenId>> = (0..3u32)
         .map(|s| (0..6 * block_size).map(|i| 1000 * (s + 1) + i).collect())
         .collect();
@@ -386,7 +516,15 @@ fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [
                 if prompt.is_empty() {
                     prompt.push(0);
                 }
-                let tenant = pick(&mut rng, TENANTS);
+                // Salted tenants only without offload: Dynamo 1.6.1's
+                // normalizer keeps each block hash's salt namespace whatever
+                // the tier, so a host-tier removal of a hash the device still
+                // caches makes it read the device's next salted child as
+                // unsalted (and the reverse); plain and LoRA tenants are exact.
+                let tenant = match offload {
+                    PrefixOffload::Off => pick(&mut rng, TENANTS),
+                    _ => [0, 3][pick(&mut rng, 2)],
+                };
                 if h.allocate(tenant, prompt).is_none() && !live.is_empty() {
                     // Out of blocks: preempt a running sequence, as a scheduler would.
                     let victim = any(&mut rng, &live);
@@ -433,7 +571,7 @@ fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [
     }
     // What the workload went through (checked over all seeds by the caller).
     let st = *h.kv.stats();
-    let exercised = [
+    let mut exercised = vec![
         ("probes with a match", h.matched_probes),
         ("stores", h.stored),
         ("removals", h.removed),
@@ -444,6 +582,14 @@ fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [
         ("forks", st.forks),
         ("swap-ins", st.swap_ins),
     ];
+    if offload != PrefixOffload::Off {
+        exercised.extend([
+            ("host-tier events", h.router.host_events),
+            ("probes matching in the host tier", h.host_matched_probes),
+            ("reloads", st.reload_copies),
+            ("host evictions", st.host_evictions),
+        ]);
+    }
     eprintln!("seed {seed}: {} steps: {exercised:?}", h.steps);
     // Wind down: everything freed, the cache reset; Dynamo agrees to the end.
     let ids: Vec<u64> = h.seqs.keys().copied().collect();
@@ -455,21 +601,24 @@ fn run(seed: u64, (num_blocks, block_size, num_host_blocks, groups): Shape) -> [
     exercised
 }
 
-/// A pool shape: blocks, block size, host blocks, KV cache groups.
-type Shape = (u32, u32, u32, &'static [AttentionKind]);
+/// A pool shape: blocks, block size, host blocks, KV cache groups, prefix
+/// offload and eviction policy.
+type Shape = (u32, u32, u32, &'static [AttentionKind], (PrefixOffload, Eviction));
 
 const FULL: &[AttentionKind] = &[AttentionKind::Full];
-const SHAPES: [Shape; 6] = [
-    (24, 4, 0, FULL),
-    (40, 4, 16, FULL),
-    (16, 2, 8, FULL),
-    (48, 16, 0, FULL),
+const OFF: (PrefixOffload, Eviction) = (PrefixOffload::Off, Eviction::Lru);
+const SHAPES: [Shape; 9] = [
+    (24, 4, 0, FULL, OFF),
+    (40, 4, 16, FULL, OFF),
+    (16, 2, 8, FULL, OFF),
+    (48, 16, 0, FULL, OFF),
     // Hybrid: full attention beside a sliding window (and chunked local).
     (
         64,
         4,
         0,
         &[AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
+        OFF,
     ),
     (
         96,
@@ -480,6 +629,17 @@ const SHAPES: [Shape; 6] = [
             AttentionKind::SlidingWindow { window: 12 },
             AttentionKind::ChunkedLocal { chunk: 16 },
         ],
+        OFF,
+    ),
+    // The tiered cache: offloaded blocks beside swapped sequences.
+    (24, 4, 24, FULL, (PrefixOffload::OnEvict, Eviction::Exclusive)),
+    (16, 2, 12, FULL, (PrefixOffload::OnFree, Eviction::SegmentedLru)),
+    (
+        64,
+        4,
+        32,
+        &[AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
+        (PrefixOffload::OnEvict, Eviction::Lru),
     ),
 ];
 
@@ -491,18 +651,16 @@ fn seeded_workloads_agree_with_dynamo() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SHAPES.len() as u64);
-    let mut total = [0u64; 9];
-    let mut names = [""; 9];
+    let mut total: BTreeMap<&str, u64> = BTreeMap::new();
     for seed in 1..=seeds {
         let shape = SHAPES[(seed as usize - 1) % SHAPES.len()];
-        for (i, (what, n)) in run(seed, shape).into_iter().enumerate() {
-            names[i] = what;
-            total[i] += n;
+        for (what, n) in run(seed, shape) {
+            *total.entry(what).or_default() += n;
         }
     }
     // The workloads went through every path that changes the cache.
-    for (what, n) in names.iter().zip(total) {
-        assert!(n > 0, "no {what} in any workload: {names:?} {total:?}");
+    for (what, &n) in &total {
+        assert!(n > 0, "no {what} in any workload: {total:?}");
     }
 }
 
@@ -510,7 +668,7 @@ fn seeded_workloads_agree_with_dynamo() {
 /// content cached in another block, then the other copy is freed and evicted.
 #[test]
 fn a_duplicate_block_keeps_its_hash_when_the_cached_copy_is_evicted() {
-    let mut h = Harness::new(8, 4, 0, &[AttentionKind::Full]);
+    let mut h = Harness::new(8, 4, 0, &[AttentionKind::Full], OFF);
     let p: Vec<TokenId> = (1..=8).collect();
     let first = h.allocate(0, p.clone()).unwrap(); // 1. p cached (2 blocks)
     let second = h.allocate(0, p.clone()).unwrap(); // 2. p again: its last block duplicates p's

@@ -25,6 +25,7 @@ fn events(i: u64) -> Vec<KvEvent> {
     vec![KvEvent::BlockRemoved {
         block_hashes: vec![BlockHash::from_u128(1000 + i as u128)],
         group: 0,
+        tier: pagedkv::CacheTier::Device,
     }]
 }
 

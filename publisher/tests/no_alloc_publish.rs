@@ -94,6 +94,7 @@ fn a_warm_publish_makes_no_heap_allocation_on_the_callers_thread() {
             first_block_index: 3,
             adapter: None,
             group: 0,
+            tier: pagedkv::CacheTier::Device,
         })
         .collect();
     // Warm-up: the buffers grow to a batch's size and come back.

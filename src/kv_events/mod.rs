@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::prefix::{BlockHash, ExtraKey, KvEvent};
+use crate::prefix::{BlockHash, CacheTier, ExtraKey, KvEvent};
 use crate::sizing::AttentionKind;
 
 mod msgpack;
@@ -187,8 +187,11 @@ pub struct EventSource {
     /// The engine's data-parallel rank (`Some(0)` by default; vLLM's publisher
     /// always fills it, `None` writes `nil`).
     pub data_parallel_rank: Option<u32>,
-    /// Where the manager's blocks live (GPU by default).
+    /// Where the manager's device blocks live (GPU by default).
     pub medium: Medium,
+    /// Where its host tier's blocks live (CPU by default): the medium of the
+    /// events of blocks offloaded there ([`crate::CacheTier::Host`]).
+    pub host_medium: Medium,
     /// The KV cache groups, indexed by group (default: one full-attention group).
     pub groups: Vec<EventGroup>,
     /// The name of each LoRA adapter id used in [`crate::PrefixKeys::adapter`],
@@ -202,6 +205,7 @@ impl Default for EventSource {
         EventSource {
             data_parallel_rank: Some(0),
             medium: Medium::Gpu,
+            host_medium: Medium::Cpu,
             groups: vec![EventGroup::default()],
             lora_names: BTreeMap::new(),
         }
@@ -374,12 +378,18 @@ impl KvEventEncoder {
         }
     }
 
-    /// The medium of an event: the one place to read it once [`KvEvent`]
-    /// carries it (a host tier's events; today every event is the device's,
-    /// and the source says which medium that is).
+    /// The medium of an event: the source's `medium` for the device tier,
+    /// its `host_medium` for blocks the manager offloaded to its host tier.
     #[inline]
-    fn medium_of(&self, _event: &KvEvent) -> Medium {
-        self.source.medium
+    fn medium_of(&self, event: &KvEvent) -> Medium {
+        match event {
+            KvEvent::BlockStored { tier, .. } | KvEvent::BlockRemoved { tier, .. }
+                if *tier == CacheTier::Host =>
+            {
+                self.source.host_medium
+            }
+            _ => self.source.medium,
+        }
     }
 
     /// One event of KV cache group `group_idx` (an index into the source's

@@ -55,6 +55,7 @@ fn stored(
         first_block_index: first,
         adapter: keys.adapter,
         group: 0,
+        tier: crate::CacheTier::Device,
     }
 }
 
@@ -62,6 +63,7 @@ fn removed(hashes: &[u128]) -> KvEvent {
     KvEvent::BlockRemoved {
         block_hashes: hashes.iter().map(|&v| h(v)).collect(),
         group: 0,
+        tier: crate::CacheTier::Device,
     }
 }
 
@@ -206,6 +208,26 @@ fn group_and_medium_fields_match_vllm() {
     check("stored_sliding_window_cpu", encode(cpu.clone(), 4.0, &[e]));
     let e = in_group(removed(&[H1, H2, H3]), 1);
     check("removed_many_cpu_group1", encode(cpu, 7.0, &[e]));
+}
+
+/// Events of the host tier ([`CacheTier::Host`], blocks the manager
+/// offloaded) are published on the source's host medium ("CPU"), whatever the
+/// device's medium: the same bytes as vLLM's CPU events.
+#[test]
+fn host_tier_events_are_published_as_cpu() {
+    let host = |mut e: KvEvent| {
+        match &mut e {
+            KvEvent::BlockStored { tier, .. } | KvEvent::BlockRemoved { tier, .. } => *tier = CacheTier::Host,
+            _ => {}
+        }
+        e
+    };
+    let gpu = source(Some(0), &[]);
+    assert_eq!(gpu.medium, Medium::Gpu);
+    let e = host(in_group(stored(&range(0..8), NONE, &[H2], Some(H1), 1, 4), 1));
+    check("stored_sliding_window_cpu", encode(gpu.clone(), 4.0, &[e]));
+    let e = host(in_group(removed(&[H1, H2, H3]), 1));
+    check("removed_many_cpu_group1", encode(gpu, 7.0, &[e]));
 }
 
 #[test]
@@ -374,6 +396,7 @@ fn manager_events_encode() {
         first_block_index: 2,
         adapter: Some(7),
         group: 0,
+        tier: crate::CacheTier::Device,
     };
     assert_eq!(events[1], want);
     let bytes = encode(source(Some(0), &[(7, "sql-lora")]), 1.0, &events);

@@ -191,6 +191,7 @@ impl KvCacheManager {
             )));
         }
         self.check_host_invariants()?;
+        super::offload::check_offload_invariants(&self.prefix, &self.host, &self.pool)?;
         self.check_prefix_invariants()
     }
 }

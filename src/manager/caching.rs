@@ -29,11 +29,14 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::offload::{Offload, StoredMeta};
 use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
-use crate::prefix::{hash_block, BlockHash, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys};
+use crate::prefix::{
+    hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
+};
 use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
 
@@ -47,8 +50,8 @@ static NO_KEYS: PrefixKeys = PrefixKeys {
 #[derive(Debug, Clone)]
 pub(super) struct PrefixState {
     pub(super) index: PrefixIndex,
-    algo: HashAlgorithm,
-    block_size: u32,
+    pub(super) algo: HashAlgorithm,
+    pub(super) block_size: u32,
     /// Queued KV events; `None` when nobody asked for them.
     pub(super) events: Option<Vec<KvEvent>>,
     /// Blocks filled since the last drain, in fill order (group by group), with their hash.
@@ -57,6 +60,11 @@ pub(super) struct PrefixState {
     pending_events: Vec<PendingEvent>,
     /// The token ids of the pending blocks (events only), `block_size` each.
     pending_tokens: Vec<TokenId>,
+    /// With `prefix_offload` on: evicted (or freed) cached blocks waiting to
+    /// be copied to the host tier at the next drain (see `offload.rs`).
+    pub(super) offload: Option<Offload>,
+    /// The eviction policy (`KvCacheConfig::eviction`).
+    pub(super) eviction: crate::Eviction,
 }
 
 /// What a pending block's `BlockStored` event needs beside its hash.
@@ -115,7 +123,23 @@ impl PrefixState {
             pending: Vec::new(),
             pending_events: Vec::new(),
             pending_tokens: Vec::new(),
+            offload: Offload::new(config),
+            eviction: config.eviction,
         }
+    }
+
+    /// Where the eviction policy puts the cached device block `b` as it
+    /// becomes free (the built-in policies: the LRU tail).
+    pub(super) fn device_position(&self, b: BlockId) -> crate::QueueEnd {
+        use crate::EvictionPolicy;
+        let reused = self.offload.as_ref().is_some_and(|o| o.reused[b.index()]);
+        self.eviction.position(
+            crate::prefix::CacheTier::Device,
+            crate::BlockUse {
+                reused,
+                on_device: true,
+            },
+        )
     }
 
     /// Hashes the sequence's full blocks that have no hash yet.
@@ -163,7 +187,7 @@ impl PrefixState {
         }
     }
 
-    fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
+    pub(super) fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
         let bs = self.block_size as usize;
         self.index.insert_pending(group, h, b);
         self.pending.push((b, h));
@@ -230,7 +254,10 @@ impl PrefixState {
             // The run being built: indexes into `pending` of consecutive committed blocks.
             let mut run: Option<Range<usize>> = None;
             for (i, &(b, h)) in pending.iter().enumerate() {
-                let committed = self.commit_one(b, h, pool);
+                // A stale entry (its block freed before the drain, then filled
+                // again with the same content in another group) is skipped:
+                // the block's own entry, later in the list, names its group.
+                let committed = self.index.group_of(b) == Some(infos[i].group) && self.commit_one(b, h, pool);
                 let continues = run.as_ref().is_some_and(|r| {
                     r.end == i
                         && infos[i].parent == Some(pending[i - 1].1)
@@ -279,11 +306,28 @@ impl PrefixState {
             group: infos[run.start].group,
             first_block_index: infos[run.start].index,
             adapter: infos[run.start].adapter,
+            tier: CacheTier::Device,
         };
+        if let Some(meta) = self.offload.as_mut().and_then(|o| o.meta.as_mut()) {
+            // What a host-tier `BlockStored` of each block will need once it is offloaded.
+            for i in run.clone() {
+                let info = &infos[i];
+                meta.insert(
+                    (info.group, pending[i].1),
+                    StoredMeta {
+                        parent: info.parent,
+                        extra_keys: info.extra_keys.clone(),
+                        index: info.index,
+                        adapter: info.adapter,
+                        tokens: tokens[i * bs..(i + 1) * bs].into(),
+                    },
+                );
+            }
+        }
         self.push_event(event);
     }
 
-    fn push_event(&mut self, event: KvEvent) {
+    pub(super) fn push_event(&mut self, event: KvEvent) {
         if let Some(events) = &mut self.events {
             events.push(event);
         }
@@ -337,19 +381,33 @@ impl PrefixState {
             self.push_event(KvEvent::BlockRemoved {
                 block_hashes: vec![h],
                 group,
+                tier: CacheTier::Device,
             });
         }
     }
 
-    /// A free block was taken for new content: drop the hash it carried.
+    /// A free block was taken for new content: drop the hash it carried
+    /// (with offload on, its content is queued for the host tier: the copy
+    /// runs before the step that overwrites it).
     #[inline]
     pub(super) fn evicted(&mut self, block: BlockId, stats: &mut KvStats) {
+        let reused = self
+            .offload
+            .as_mut()
+            .is_some_and(|o| std::mem::replace(&mut o.reused[block.index()], false));
         if let Some((h, group)) = self.index.remove_block(block) {
             stats.prefix_evictions += 1;
-            self.push_event(KvEvent::BlockRemoved {
-                block_hashes: vec![h],
-                group,
-            });
+            if let Some(o) = &mut self.offload {
+                o.queue.push((block, h, group, reused));
+            }
+            if self.events.is_some() {
+                // (Not built when nobody listens: an eviction allocates nothing.)
+                self.push_event(KvEvent::BlockRemoved {
+                    block_hashes: vec![h],
+                    group,
+                    tier: CacheTier::Device,
+                });
+            }
         }
     }
 }
@@ -373,14 +431,24 @@ impl KvCacheManager {
     /// length whose window is cached, until no group lowers it (each group's
     /// set of good lengths is searched downwards, so the fixpoint is the
     /// largest length good for all).
-    fn find_hit(&self, p: &PrefixState, hashes: &[BlockHash], max_blocks: usize) -> usize {
+    ///
+    /// With `host` (the host tier's index, when a reload is possible now), a
+    /// block cached in either tier counts.
+    fn find_hit(
+        &self,
+        p: &PrefixState,
+        host: Option<&PrefixIndex>,
+        hashes: &[BlockHash],
+        max_blocks: usize,
+    ) -> usize {
         let bs = self.config.block_size;
+        let missing = |g: usize, h: BlockHash| {
+            p.index.get(g as u32, h).is_none() && !host.is_some_and(|c| c.get(g as u32, h).is_some())
+        };
         let mut hit = max_blocks.min(hashes.len());
         for (g, kind) in self.config.groups.iter().enumerate() {
             if *kind == AttentionKind::Full {
-                hit = (0..hit)
-                    .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
-                    .unwrap_or(hit);
+                hit = (0..hit).find(|&i| missing(g, hashes[i])).unwrap_or(hit);
             }
         }
         loop {
@@ -393,10 +461,7 @@ impl KvCacheManager {
                 // a missing block m rules out every l in (m, hit], so jump to m.
                 while hit > 0 {
                     let from = hit_from(*kind, hit, bs);
-                    match (from..hit)
-                        .rev()
-                        .find(|&i| p.index.get(g as u32, hashes[i]).is_none())
-                    {
+                    match (from..hit).rev().find(|&i| missing(g, hashes[i])) {
                         None => break,
                         Some(missing) => hit = missing,
                     }
@@ -406,6 +471,14 @@ impl KvCacheManager {
                 return hit;
             }
         }
+    }
+
+    /// The host tier's index of offloaded blocks, when a hit may reload from
+    /// it now (offload on, and no queued copy-on-write copy names a free
+    /// device block: see `offload.rs`).
+    fn reload_index(&self) -> Option<&PrefixIndex> {
+        let cached = self.host.as_ref()?.cached.as_ref()?;
+        self.queued_copy_on_free_block().is_none().then_some(cached)
     }
 
     /// Held blocks of a hit of `hit` blocks, in each group.
@@ -448,33 +521,11 @@ impl KvCacheManager {
         p.hash_full_blocks(&mut cache);
 
         // The longest cached prefix every group agrees on, leaving at least
-        // one token to compute; each group's hit blocks are resolved into its
-        // table here (placeholders where a window needs none), counting those
-        // in use, so taking them below needs no second lookup.
+        // one token to compute (on the device or, offloading, in the host tier).
         let max_hit = ((num_tokens - 1) / bs as u64) as usize;
-        let mut held = 0u64;
-        let hits = if self.config.groups[..] == [AttentionKind::Full] {
-            // One full-attention group: the hit is the leading run found, in one pass.
-            let t = &mut tables[0];
-            for &h in &cache.hashes[..max_hit] {
-                let Some(b) = p.index.get(0, h) else { break };
-                held += (self.pool.ref_count(b) != Ok(0)) as u64;
-                t.blocks.push(b);
-            }
-            t.blocks.len()
-        } else {
-            let hits = self.find_hit(p, &cache.hashes, max_hit);
-            for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
-                let from = hit_from(*kind, hits, bs);
-                t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
-                for &h in &cache.hashes[from..hits] {
-                    let b = p.index.get(g as u32, h).expect("find_hit found every hit block");
-                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
-                    t.blocks.push(b);
-                }
-            }
-            hits
-        };
+        let host_index = self.reload_index();
+        let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
+        let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
         let total = blocks_for(num_tokens, bs as u64);
         let placeholders: u64 = self
             .config
@@ -488,10 +539,32 @@ impl KvCacheManager {
             return Err(e);
         }
 
-        for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
-            // Hits first: a fresh allocation could otherwise evict a free hit block.
+        let p = self.prefix.as_ref().expect("checked above");
+        // Blocks of the hit the device misses, reloaded from the host: (group, position, host block).
+        // (Storage reused across calls: a long host hit allocates nothing once warm.)
+        let mut reloads = self
+            .host
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.reloads))
+            .unwrap_or_default();
+        for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+            // Hits first: a fresh allocation could otherwise evict a free hit
+            // block (or, offloading, push a host hit block out of the host tier).
             let from = hit_from(*kind, hits, bs);
-            for &b in &t.blocks[from..hits] {
+            t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
+            for (i, &h) in cache.hashes.iter().enumerate().take(hits).skip(from) {
+                let Some(b) = p.index.get(g as u32, h) else {
+                    let host = self.host.as_mut().expect("a host hit implies a host tier");
+                    let hb = host
+                        .cached
+                        .as_ref()
+                        .and_then(|c| c.get(g as u32, h))
+                        .expect("hit blocks were found above");
+                    host.hold_for_reload(hb);
+                    reloads.push((g as u32, i as u32, hb));
+                    t.blocks.push(BlockId::NULL); // the reloaded copy, below
+                    continue;
+                };
                 if self.pool.ref_count(b) == Ok(0) {
                     self.pool
                         .take_free(b)
@@ -500,9 +573,22 @@ impl KvCacheManager {
                 } else {
                     self.pool.incref(b).expect("an indexed block in use is allocated");
                 }
+                t.blocks.push(b);
             }
             t.num_released = from as u32;
             t.release_at = release_at(*kind, from as u32, bs);
+        }
+        for &(g, i, hb) in &reloads {
+            let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+            let host = self.host.as_mut().expect("a host hit implies a host tier");
+            host.swap_in.push(super::BlockCopy {
+                src: hb,
+                dst: d,
+                num_slots: bs,
+                group: g,
+            });
+            self.stats.reload_copies += 1;
+            tables[g as usize].blocks[i as usize] = d;
         }
         for t in tables.iter_mut() {
             for _ in hits as u64..total {
@@ -512,7 +598,36 @@ impl KvCacheManager {
             t.num_tokens = num_tokens as u32;
         }
         let p = self.prefix.as_mut().expect("checked above");
+        if let Some(o) = &mut p.offload {
+            // The hit blocks' content is reused (what the host tier's eviction policy weighs).
+            for (t, kind) in tables.iter().zip(&self.config.groups) {
+                for &b in &t.blocks[hit_from(*kind, hits, bs)..hits] {
+                    o.reused[b.index()] = true;
+                }
+            }
+        }
+        // Reloaded copies become hittable at the next drain, like swapped-in blocks.
+        for &(g, i, _) in &reloads {
+            let (i, h) = (i as usize, cache.hashes[i as usize]);
+            p.index_block(&cache, g, i, h, tables[g as usize].blocks[i]);
+        }
         p.index_blocks(&cache, &tables, hits);
+        if !reloads.is_empty() {
+            // Positions reloaded in any group (one group: each reload is one).
+            let positions = if self.config.groups.len() == 1 {
+                reloads.len()
+            } else {
+                let mut positions: Vec<u32> = reloads.iter().map(|r| r.1).collect();
+                positions.sort_unstable();
+                positions.dedup();
+                positions.len()
+            };
+            self.stats.prefix_host_hit_tokens += positions as u64 * bs as u64;
+        }
+        if let Some(h) = &mut self.host {
+            reloads.clear();
+            h.reloads = reloads;
+        }
 
         let cached_tokens = hits as u64 * bs as u64;
         self.stats.sequences_allocated += 1;
@@ -550,17 +665,21 @@ impl KvCacheManager {
         }
         let bs = self.config.block_size as usize;
         let blocks = prompt[..prompt.len() - 1].chunks_exact(bs);
+        let host = self.reload_index();
         if self.config.groups.len() == 1 && self.config.groups[0] == AttentionKind::Full {
             // One full-attention group: hash and look up block by block, stopping at the first miss.
             let mut parent = None;
             let mut held = 0;
             for (i, block) in blocks.enumerate() {
                 let h = hash_block(p.algo, parent, block, i as u32, self.config.block_size, keys);
-                let Some(b) = p.index.get(0, h) else { break };
-                out.hit_blocks += 1;
-                if count_held {
-                    held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                match p.index.get(0, h) {
+                    Some(b) if count_held => held += (self.pool.ref_count(b) != Ok(0)) as u64,
+                    Some(_) => {}
+                    // On the host: a hit, on a fresh device block (nothing held).
+                    None if host.is_some_and(|c| c.get(0, h).is_some()) => {}
+                    None => break,
                 }
+                out.hit_blocks += 1;
                 parent = Some(h);
             }
             if count_held {
@@ -580,7 +699,7 @@ impl KvCacheManager {
             );
             hashes.push(h);
         }
-        let hit = self.find_hit(p, &hashes, hashes.len());
+        let hit = self.find_hit(p, host, &hashes, hashes.len());
         out.hit_blocks = hit as u64;
         if count_held {
             out.held_blocks = self.held_blocks(p, &hashes, hit);
@@ -681,6 +800,10 @@ impl KvCacheManager {
     /// assert_eq!(kv.reset_prefix_cache(), 2);
     /// assert_eq!(kv.cached_prefix_len(&[1, 2, 3, 4, 5], &PrefixKeys::default()), 0);
     /// ```
+    ///
+    /// With prefix offload on, every block offloaded to the host tier is
+    /// dropped too (and the offloads queued this step are cancelled); the
+    /// count is of device blocks only.
     pub fn reset_prefix_cache(&mut self) -> usize {
         let Some(p) = self.prefix.as_mut() else { return 0 };
         let mut removed: Vec<(u32, BlockHash)> = Vec::new();
@@ -690,15 +813,32 @@ impl KvCacheManager {
             }
         }
         let n = removed.len();
+        let mut host_removed: Vec<(u32, BlockHash)> = Vec::new();
+        let host_cached = self.host.as_mut().and_then(|h| h.cached.as_mut());
+        if let (Some(cached), Some(o)) = (host_cached, p.offload.as_mut()) {
+            o.queue.clear();
+            for i in 0..self.config.num_host_blocks {
+                if let Some((h, group)) = cached.remove_block(BlockId(i)) {
+                    host_removed.push((group, h));
+                }
+            }
+            let device = &p.index;
+            if let Some(meta) = &mut o.meta {
+                meta.retain(|&(g, h), _| device.get(g, h).is_some());
+            }
+        }
         if p.index.is_empty() {
             p.push_event(KvEvent::AllCleared);
-        } else if !removed.is_empty() {
-            removed.sort_by_key(|&(g, _)| g);
-            for run in removed.chunk_by(|a, b| a.0 == b.0) {
-                p.push_event(KvEvent::BlockRemoved {
-                    block_hashes: run.iter().map(|&(_, h)| h).collect(),
-                    group: run[0].0,
-                });
+        } else {
+            for (tier, mut removed) in [(CacheTier::Device, removed), (CacheTier::Host, host_removed)] {
+                removed.sort_by_key(|&(g, _)| g);
+                for run in removed.chunk_by(|a, b| a.0 == b.0) {
+                    p.push_event(KvEvent::BlockRemoved {
+                        block_hashes: run.iter().map(|&(_, h)| h).collect(),
+                        group: run[0].0,
+                        tier,
+                    });
+                }
             }
         }
         n

@@ -503,3 +503,36 @@ fn a_block_refilled_before_its_step_is_committed_with_its_new_content() {
     assert_eq!(*token_ids, vec![0, 1, 50, 51]);
     kv.check_invariants().unwrap();
 }
+
+#[test]
+fn a_block_refilled_in_another_group_before_its_step_is_announced_in_that_group() {
+    // An aborted prompt leaves pending entries for blocks 0 (group 0) and 1
+    // (group 1); the next prompt gets block 1 for group 0 with the same
+    // content. Its BlockStored must name group 0, and group 1's its own block.
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 8,
+        block_size: 2,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        enable_kv_events: true,
+        groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 1 }],
+        ..Default::default()
+    })
+    .unwrap();
+    kv.allocate(SeqId(0), &[10, 11]).unwrap();
+    kv.free(SeqId(0)).unwrap(); // aborted before its step
+    kv.allocate(SeqId(0), &[10, 11, 0]).unwrap();
+    run_step(&mut kv);
+    let mut events = Vec::new();
+    kv.drain_events(&mut events);
+    let mut groups: Vec<u32> = events
+        .iter()
+        .map(|e| match e {
+            KvEvent::BlockStored { group, .. } => *group,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(groups, [0, 1], "{events:?}");
+    kv.check_invariants().unwrap();
+}

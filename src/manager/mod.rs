@@ -30,7 +30,10 @@
 //! With a host tier (`num_host_blocks > 0`, see `swap.rs`), also: the host
 //! pool's invariants, host ref counts equal to the swapped tables holding each
 //! host block (plus blocks held until the next drain), and a consistent
-//! device ↔ host association of blocks with identical content.
+//! device ↔ host association of blocks with identical content. With prefix
+//! offload on (see `offload.rs`), also: the host index of offloaded blocks is
+//! a bijection, no swapped table holds a host block carrying offloaded
+//! content, and queued offloads name device blocks.
 //!
 //! Start reading at [`KvCacheManager::append`] (in `append.rs`): it is the hot
 //! path and shows the copy-on-write and window-release rules.
@@ -48,7 +51,11 @@ mod accounting;
 mod admission;
 mod append;
 mod caching;
+mod eviction;
 mod lookup;
+mod offload;
+#[cfg(test)]
+mod offload_tests;
 mod seq_map;
 mod shared;
 mod swap;
@@ -58,11 +65,13 @@ mod swap_tests;
 mod tests;
 mod types;
 
+pub use eviction::{BlockUse, Eviction, EvictionPolicy, QueueEnd};
 pub use lookup::GroupView;
 pub(crate) use seq_map::{SeqMap, SeqSlab};
 pub use shared::SharedKvCacheManager;
 pub use types::{
-    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage, MAX_GROUPS,
+    Admission, AdmissionRefusal, Allocation, BlockCopy, BlockOps, KvCacheConfig, KvStats, KvUsage,
+    PrefixOffload, MAX_GROUPS,
 };
 
 /// Freed sequences whose storage is kept for reuse: a warm decode loop
@@ -522,6 +531,13 @@ impl KvCacheManager {
         ops.clear();
         ops.copies.extend_from_slice(&self.copies);
         self.copies.clear();
+        // Before the host blocks released this step return to the host pool.
+        offload::offload_queued(
+            &mut self.prefix,
+            &mut self.host,
+            &mut self.stats,
+            self.config.block_size,
+        );
         if let Some(h) = &mut self.host {
             h.drain_into(ops);
         }
@@ -651,7 +667,13 @@ fn release(
             p.index.hash_of(b).is_some()
         }
     };
-    let freed = if cached {
+    // A cached block joins the LRU tail, unless a non-default eviction policy
+    // says otherwise (the default is not even asked: the hot path stays as is).
+    let to_tail = cached
+        && !prefix
+            .as_ref()
+            .is_some_and(|p| p.eviction != Eviction::Lru && p.device_position(b) == QueueEnd::EvictFirst);
+    let freed = if to_tail {
         pool.decref(b)
     } else {
         pool.decref_evict_first(b)
@@ -661,8 +683,12 @@ fn release(
         stats.blocks_returned += 1;
         // A pending block freed before its step was handed over was never
         // written: it must not become hittable. A freed duplicate stops being one.
-        if let (false, Some(p)) = (cached, prefix) {
-            p.index.remove_block(b);
+        match (cached, prefix) {
+            (false, Some(p)) => {
+                p.index.remove_block(b);
+            }
+            (true, Some(p)) => p.freed_cached(b),
+            _ => {}
         }
         if let Some(h) = host {
             h.forget_device(b);

@@ -29,11 +29,15 @@
 //! still cached in a free block moves to the swapped-in copy, one cached in a
 //! block in use gets the copy as a duplicate.
 
-use super::{release, release_at, take_block, BlockOps, KvCacheConfig, KvCacheManager, Seq};
+use super::offload::take_host_block;
+use super::{
+    release, release_at, take_block, BlockOps, Eviction, KvCacheConfig, KvCacheManager, PrefixOffload, Seq,
+};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, SeqId};
 use crate::manager::types::BlockCopy;
 use crate::pool::BlockPool;
+use crate::prefix::PrefixIndex;
 use crate::sizing::AttentionKind;
 use crate::table::BlockTable;
 
@@ -48,10 +52,21 @@ pub(super) struct HostTier {
     host_of: Vec<u32>,
     /// Per host block: the device block holding the same content, or NIL.
     dev_of: Vec<u32>,
-    /// Host blocks no sequence holds any more, returned to the pool at the next drain.
-    release_on_drain: Vec<BlockId>,
-    swap_out: Vec<BlockCopy>,
-    swap_in: Vec<BlockCopy>,
+    /// Host blocks no sequence holds any more (or read by a reload this
+    /// step), returned to the pool at the next drain.
+    pub(super) release_on_drain: Vec<BlockId>,
+    pub(super) swap_out: Vec<BlockCopy>,
+    pub(super) swap_in: Vec<BlockCopy>,
+    /// With prefix offload on: which free host block holds which offloaded
+    /// block's content (see `offload.rs`).
+    pub(super) cached: Option<PrefixIndex>,
+    /// Per host block: whether the offloaded content it holds was reused.
+    pub(super) reused: Vec<bool>,
+    /// Where offloaded blocks join the host queue.
+    pub(super) eviction: Eviction,
+    /// Scratch for `allocate_cached`: the blocks of a hit reloaded from here
+    /// (group, position, host block).
+    pub(super) reloads: Vec<(u32, u32, BlockId)>,
 }
 
 impl HostTier {
@@ -64,6 +79,11 @@ impl HostTier {
             release_on_drain: Vec::new(),
             swap_out: Vec::new(),
             swap_in: Vec::new(),
+            cached: (config.prefix_offload != PrefixOffload::Off)
+                .then(|| PrefixIndex::new(config.num_host_blocks)),
+            reused: vec![false; config.num_host_blocks as usize],
+            eviction: config.eviction,
+            reloads: Vec::new(),
         })
     }
 
@@ -117,9 +137,11 @@ impl HostTier {
         ops.swap_in.extend_from_slice(&self.swap_in);
         self.swap_out.clear();
         self.swap_in.clear();
-        for h in self.release_on_drain.drain(..) {
-            self.pool.decref(h).expect("held until drain");
+        let mut held = std::mem::take(&mut self.release_on_drain);
+        for h in held.drain(..) {
+            self.return_held(h);
         }
+        self.release_on_drain = held;
     }
 }
 
@@ -383,7 +405,8 @@ impl KvCacheManager {
                         h
                     }
                     None => {
-                        let h = host.pool.allocate().expect("free host blocks were counted");
+                        let h = take_host_block(host, &mut self.prefix, &mut self.stats)
+                            .expect("free host blocks were counted");
                         host.swap_out.push(BlockCopy {
                             src: d,
                             dst: h,
@@ -425,8 +448,8 @@ impl KvCacheManager {
     /// `BelowWatermark`, `SwapInWouldOverwrite`.
     pub fn swap_in(&mut self, seq: SeqId) -> Result<(), KvError> {
         let needed = self.swap_in_blocks_needed(seq)?;
-        if let Some(c) = self.copies.iter().find(|c| self.pool.ref_count(c.src) == Ok(0)) {
-            return Err(KvError::SwapInWouldOverwrite { seq, block: c.src });
+        if let Some(block) = self.queued_copy_on_free_block() {
+            return Err(KvError::SwapInWouldOverwrite { seq, block });
         }
         self.check_start(seq, needed)?;
 
@@ -482,6 +505,17 @@ impl KvCacheManager {
         self.seqs.insert(seq, s);
         self.stats.swap_ins += 1;
         Ok(())
+    }
+
+    /// A free device block a queued copy-on-write copy reads or writes: a
+    /// fresh block taken now could be it, and a swap-in into it would run
+    /// before the copy (which would then read, or overwrite, the new content).
+    pub(super) fn queued_copy_on_free_block(&self) -> Option<BlockId> {
+        self.copies.iter().find_map(|c| {
+            [c.src, c.dst]
+                .into_iter()
+                .find(|&b| self.pool.ref_count(b) == Ok(0))
+        })
     }
 
     /// `free` of a sequence that is not on the device.

@@ -55,6 +55,47 @@ pub struct KvCacheConfig {
     /// chunked local group needs only its window and one chunk at once.
     /// `None` (the default): prompts are allocated whole.
     pub prefill_chunk_tokens: Option<u32>,
+    /// Whether cached device blocks are offloaded to the host tier, so that a
+    /// later prompt reloads them instead of recomputing them
+    /// ([`PrefixOffload::Off`]; needs prefix caching and a host tier).
+    pub prefix_offload: PrefixOffload,
+    /// The eviction order of cached blocks ([`crate::Eviction::Lru`]).
+    pub eviction: crate::Eviction,
+}
+
+/// When cached device blocks are copied to the host tier (the tiered prefix
+/// cache). The host tier is one pool for swap and offload: swapped-out
+/// sequences hold their host blocks, and every other host block may hold an
+/// offloaded prefix block, evicted least recently used first when a swap or
+/// a newer offload needs the room (a swap always gets it).
+///
+/// A prompt whose cached prefix continues in the host tier gets those blocks
+/// back: fresh device blocks, host → device copies queued in
+/// [`BlockOps::swap_in`], and the tokens counted as cached.
+///
+/// ```
+/// use pagedkv::{KvCacheConfig, PrefixOffload};
+/// let config = KvCacheConfig {
+///     num_blocks: 64, num_host_blocks: 256, enable_prefix_caching: true,
+///     prefix_offload: PrefixOffload::OnEvict, ..Default::default()
+/// };
+/// config.validate().unwrap();
+/// assert!(KvCacheConfig { num_host_blocks: 0, ..config }.validate().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PrefixOffload {
+    /// An evicted cached block is lost (the default).
+    #[default]
+    Off,
+    /// A cached free block taken for new content is first copied to the host
+    /// tier (the copy runs before the step that overwrites it): bytes move
+    /// only for blocks the device would lose.
+    OnEvict,
+    /// A cached block is copied to the host tier when it becomes free (write
+    /// through): eviction then costs no copy on the step that needs the
+    /// block, at the price of copying blocks that a hit takes back anyway.
+    OnFree,
 }
 
 impl KvCacheConfig {
@@ -108,6 +149,8 @@ impl Default for KvCacheConfig {
             num_host_blocks: 0,
             groups: vec![AttentionKind::Full],
             prefill_chunk_tokens: None,
+            prefix_offload: PrefixOffload::Off,
+            eviction: crate::Eviction::Lru,
         }
     }
 }
@@ -295,6 +338,20 @@ pub struct KvStats {
     pub blocks_taken: u64,
     /// Device blocks returned to the free queue (their last reference dropped).
     pub blocks_returned: u64,
+    /// Of `prefix_hit_tokens`, those served from the host tier (a block of
+    /// their position reloaded in some group).
+    pub prefix_host_hit_tokens: u64,
+    /// Cached device blocks copied to the host tier (device → host copies
+    /// queued in [`BlockOps::swap_out`] by [`KvCacheConfig::prefix_offload`]).
+    pub offload_copies: u64,
+    /// Host blocks reloaded to the device for prefix hits (host → device
+    /// copies queued in [`BlockOps::swap_in`]).
+    pub reload_copies: u64,
+    /// Offloaded blocks dropped from the host tier for a swap or a newer offload.
+    pub host_evictions: u64,
+    /// Evicted device blocks not offloaded because every host block was held
+    /// by swapped-out sequences or reloads.
+    pub offloads_dropped: u64,
 }
 
 impl KvStats {
@@ -366,6 +423,17 @@ impl KvCacheConfig {
             if let Err(crate::error::PlanError::InvalidConfig { field, reason }) = kind.validate() {
                 return bad("groups", format!("group {g}: {field}: {reason}"));
             }
+        }
+        if self.prefix_offload != PrefixOffload::Off
+            && !(self.enable_prefix_caching && self.num_host_blocks > 0)
+        {
+            return bad(
+                "prefix_offload",
+                format!(
+                    "{:?} offloads cached blocks to the host tier; set enable_prefix_caching = true and num_host_blocks > 0 (or PrefixOffload::Off)",
+                    self.prefix_offload
+                ),
+            );
         }
         if self.prefill_chunk_tokens == Some(0) {
             return bad(

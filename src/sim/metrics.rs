@@ -265,6 +265,47 @@ pub struct RunSummary {
     /// planned model). Below the model's bytes per token when sliding-window
     /// groups release what they no longer read (or prefixes are shared).
     pub kv_bytes_per_context_token: Option<f64>,
+    /// The tiered prefix cache's account (an `-offload` policy only).
+    pub tiers: Option<Box<TierSummary>>,
+}
+
+/// What the tiered prefix cache did in a run: hits by tier, blocks and bytes
+/// moved each way, and the modelled transfer time against the prefill time
+/// the host hits saved. Token counts are the manager's, over every
+/// allocation (a prompt admitted in chunks is looked up with its first
+/// chunk; one resumed after recompute preemption is looked up again), so the
+/// split by tier is given as the host's share of the hit tokens.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TierSummary {
+    /// Host blocks of the host tier (shared with swap preemption).
+    pub host_blocks: u64,
+    /// Prompt tokens the manager found cached, in either tier.
+    pub hit_tokens: u64,
+    /// Of them, tokens served from the host tier (reloaded, not recomputed).
+    pub host_hit_tokens: u64,
+    /// Cached blocks copied device → host when evicted.
+    pub offloaded_blocks: u64,
+    /// Blocks copied host → device for hits.
+    pub reloaded_blocks: u64,
+    /// Bytes of those copies (per GPU: the step-time model's KV bytes per token).
+    pub offload_bytes: f64,
+    /// Bytes reloaded (per GPU).
+    pub reload_bytes: f64,
+    /// Seconds the step-time model charges for them at the host ↔ device bandwidth.
+    pub transfer_s: f64,
+    /// Seconds of prefill the host hits saved (their tokens × the prefill cost per token).
+    pub prefill_saved_s: f64,
+}
+
+impl TierSummary {
+    /// The share of the hit tokens served from the host tier.
+    pub fn host_share(&self) -> f64 {
+        if self.hit_tokens == 0 {
+            0.0
+        } else {
+            self.host_hit_tokens as f64 / self.hit_tokens as f64
+        }
+    }
 }
 
 impl RunSummary {

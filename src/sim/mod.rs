@@ -40,7 +40,7 @@ pub mod workload;
 
 pub use error::SimError;
 pub use latency::{LatencySummary, Percentiles, Slo};
-pub use metrics::{RunResult, RunSummary, StepSample, StepTimeModel, StepWork};
+pub use metrics::{RunResult, RunSummary, StepSample, StepTimeModel, StepWork, TierSummary};
 pub use policy::{
     parse_policies, Eviction, PagedPolicy, Placement, Policy, PreemptionMode, ReserveKind, ReservePolicy,
     Victim,
@@ -108,6 +108,10 @@ pub struct Scenario {
     /// byte size of a block is unknown: the host tier then gets as many blocks
     /// as the device.
     pub swap_space_bytes: u64,
+    /// Host blocks of the host tier, overriding `swap_space_bytes` (`None`:
+    /// sized from it). One host pool serves swap preemption and the tiered
+    /// prefix cache (`-offload` policies).
+    pub host_blocks: Option<u64>,
 }
 
 /// Bytes per token of the default model: OPT-13B's 40 layers × (K + V) × 5120 × 2 bytes.
@@ -146,6 +150,7 @@ impl Default for Scenario {
             time_model: StepTimeModel::default(),
             slo: Slo::default(),
             swap_space_bytes: 4 * GIB,
+            host_blocks: None,
         }
     }
 }
@@ -215,6 +220,7 @@ impl Scenario {
                 tpot_s: 0.1,
             },
             swap_space_bytes: 4 * GIB,
+            host_blocks: None,
         }
     }
 
@@ -352,6 +358,9 @@ impl Scenario {
     /// assert_eq!(s.num_host_blocks(16).unwrap(), 4 * 1024 * 1024 / (800 * 16));
     /// ```
     pub fn num_host_blocks(&self, block_size: u32) -> Result<u64, SimError> {
+        if let Some(n) = self.host_blocks {
+            return Ok(n);
+        }
         match &self.kv {
             KvSize::Plan { spec, budget } => {
                 let budget = (*budget).with_host_swap(self.swap_space_bytes);

@@ -17,19 +17,22 @@
 //! when the host tier has room and recompute would cost more tokens than the
 //! transfer); victim `LatestArrival` → [`LatestArrival`], `MostBlocks` →
 //! [`MostBlocks`]. The host tier holds `Scenario::swap_space_bytes` (vLLM's
-//! `swap_space`, 4 GiB by default) and exists only for the swap and
-//! automatic modes.
+//! `swap_space`, 4 GiB by default; or `Scenario::host_blocks`) and exists
+//! for the swap and automatic modes and for `-offload` policies (the tiered
+//! prefix cache: evicted cached blocks are copied there and reloaded on a
+//! hit; the copies are charged to the step time like swap copies). One host
+//! pool serves both: a swap takes the room of offloaded blocks.
 
 use crate::ids::TokenId;
-use crate::manager::{AdmissionRefusal, KvCacheConfig, KvCacheManager, KvUsage};
+use crate::manager::{AdmissionRefusal, KvCacheConfig, KvCacheManager, KvUsage, PrefixOffload};
 use crate::pool::MAX_BLOCKS;
 use crate::scheduler::{
     AlwaysRecompute, AlwaysSwap, Automatic, LatestArrival, MostBlocks, Request, RequestId, SampledToken,
     Scheduler, SchedulerConfig, StepPlan,
 };
 use crate::sim::error::SimError;
-use crate::sim::metrics::{Recorder, Rejection, RunResult, StepSample, StepWork};
-use crate::sim::policy::{PagedPolicy, Policy, PreemptionMode, Victim};
+use crate::sim::metrics::{Recorder, Rejection, RunResult, StepSample, StepWork, TierSummary};
+use crate::sim::policy::{Eviction, PagedPolicy, Policy, PreemptionMode, Victim};
 use crate::sim::sessions::ArrivalQueue;
 use crate::sim::workload::Workload;
 use crate::sim::{Progress, Scenario};
@@ -66,11 +69,18 @@ fn scheduler(scenario: &Scenario, policy: &PagedPolicy) -> Result<Scheduler, Sim
     let bs = policy.block_size;
     let num_blocks = pool_size(scenario.num_blocks(bs)?, "block_size", bs)?;
     let num_host_blocks = match policy.preemption {
-        PreemptionMode::Recompute => 0,
-        PreemptionMode::Swap | PreemptionMode::Auto => {
-            pool_size(scenario.num_host_blocks(bs)?, "swap_space_bytes", bs)?
-        }
+        PreemptionMode::Recompute if !policy.offload => 0,
+        _ => pool_size(scenario.num_host_blocks(bs)?, "swap_space_bytes", bs)?,
     };
+    if policy.offload && num_host_blocks == 0 {
+        return Err(SimError::InvalidConfig {
+            field: "host_blocks",
+            reason: format!(
+                "{} offloads evicted prefix blocks to the host tier, which has no block; give it host memory",
+                Policy::Paged(*policy)
+            ),
+        });
+    }
     let kv = KvCacheManager::new(KvCacheConfig {
         num_blocks,
         block_size: bs,
@@ -79,6 +89,16 @@ fn scheduler(scenario: &Scenario, policy: &PagedPolicy) -> Result<Scheduler, Sim
         enable_prefix_caching: policy.prefix_caching,
         num_host_blocks,
         groups: scenario.groups(bs)?,
+        prefix_offload: if policy.offload {
+            PrefixOffload::OnEvict
+        } else {
+            PrefixOffload::Off
+        },
+        eviction: match policy.eviction {
+            Eviction::Lru => crate::Eviction::Lru,
+            Eviction::SegmentedLru => crate::Eviction::SegmentedLru,
+            Eviction::Exclusive => crate::Eviction::Exclusive,
+        },
         ..Default::default()
     })?;
     let vllm = policy.vllm;
@@ -269,6 +289,25 @@ pub(crate) fn run_paged(
     rec.summary.recomputed_tokens = sched.stats().recomputed_tokens;
     let kv = sched.kv().stats();
     rec.summary.swapped_blocks = kv.swap_out_copies + kv.swap_in_copies;
+    if policy.offload {
+        let t = &scenario.time_model;
+        let block_bytes = t.kv_bytes_per_token * bs as f64;
+        let (offload_bytes, reload_bytes) = (
+            kv.offload_copies as f64 * block_bytes,
+            kv.reload_copies as f64 * block_bytes,
+        );
+        rec.summary.tiers = Some(Box::new(TierSummary {
+            host_blocks: sched.kv().num_host_blocks() as u64,
+            hit_tokens: kv.prefix_hit_tokens,
+            host_hit_tokens: kv.prefix_host_hit_tokens,
+            offloaded_blocks: kv.offload_copies,
+            reloaded_blocks: kv.reload_copies,
+            offload_bytes,
+            reload_bytes,
+            transfer_s: (offload_bytes + reload_bytes) / t.pcie_bytes_per_s,
+            prefill_saved_s: kv.prefix_host_hit_tokens as f64 * t.prefill_token_s,
+        }));
+    }
     Ok(rec.finish(scenario.slo))
 }
 
@@ -387,6 +426,40 @@ mod tests {
         assert!(r.summary.prefix_hit_rate > 0.7, "{}", r.summary.prefix_hit_rate);
         let cold = run(&scenario(64, 16), "paged16", spec);
         assert!(r.summary.prefill_tokens < cold.summary.prefill_tokens);
+    }
+
+    #[test]
+    fn offload_keeps_evicted_prefixes_in_the_host_tier() {
+        // Chats whose history outgrows a small device cache: the host tier keeps it.
+        let spec = SyntheticSpec {
+            turns: 4,
+            ..fixed(40, 48, 16)
+        };
+        let s = Scenario {
+            host_blocks: Some(256),
+            ..scenario(24, 16)
+        };
+        let device = run(&s, "paged16-prefix", spec.clone());
+        let tiered = run(&s, "paged16-prefix-offload", spec);
+        let t = tiered
+            .summary
+            .tiers
+            .clone()
+            .expect("an -offload run reports its tiers");
+        assert!(device.summary.tiers.is_none());
+        assert_eq!(t.host_blocks, 256);
+        assert!(
+            t.offloaded_blocks > 0 && t.reloaded_blocks > 0 && t.host_hit_tokens > 0,
+            "{t:?}"
+        );
+        assert!(
+            tiered.summary.prefix_hit_rate > device.summary.prefix_hit_rate,
+            "{} vs {}",
+            tiered.summary.prefix_hit_rate,
+            device.summary.prefix_hit_rate
+        );
+        assert!(tiered.summary.prefill_tokens < device.summary.prefill_tokens);
+        assert!(t.transfer_s > 0.0 && t.prefill_saved_s > 0.0);
     }
 
     #[test]

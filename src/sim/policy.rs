@@ -64,6 +64,12 @@ pub enum Victim {
 pub enum Eviction {
     /// Least recently freed first, a prefix after its suffix (the manager's order).
     Lru,
+    /// The host tier keeps reused blocks over never-reused ones
+    /// ([`crate::Eviction::SegmentedLru`]; suffix `-slru`, with `-offload`).
+    SegmentedLru,
+    /// The host tier evicts first the copies the device holds again
+    /// ([`crate::Eviction::Exclusive`]; suffix `-exclusive`, with `-offload`).
+    Exclusive,
 }
 
 /// Paged allocation and its settings.
@@ -84,6 +90,11 @@ pub struct PagedPolicy {
     /// Run vLLM 0.33.0's synchronous v1 scheduling instead of pagedkv's own
     /// (the `-vllm` suffix): see [`PagedPolicy::vllm`].
     pub vllm: bool,
+    /// The tiered prefix cache (the `-offload` suffix, with prefix caching):
+    /// evicted cached blocks go to the host tier and come back on a hit
+    /// ([`crate::PrefixOffload::OnEvict`]); the host tier is
+    /// [`crate::sim::Scenario::num_host_blocks`].
+    pub offload: bool,
 }
 
 impl PagedPolicy {
@@ -98,6 +109,7 @@ impl PagedPolicy {
             watermark: 0.01,
             eviction: Eviction::Lru,
             vllm: false,
+            offload: false,
         }
     }
 
@@ -124,6 +136,7 @@ impl PagedPolicy {
             watermark: 0.0,
             eviction: Eviction::Lru,
             vllm: true,
+            offload: false,
         }
     }
 }
@@ -165,9 +178,11 @@ impl ReservePolicy {
 
 /// An allocation policy.
 ///
-/// Names: `paged<B>` with optional suffixes `-prefix`, `-swap` / `-auto` /
-/// `-recompute`, `-most-blocks`, `-wm<F>` (watermark fraction), or `-vllm`
-/// alone (vLLM 0.33.0's scheduling, [`PagedPolicy::vllm`]); and
+/// Names: `paged<B>` with optional suffixes `-prefix`, `-offload` (with
+/// `-prefix`: the tiered prefix cache), `-slru` (with `-offload`: the host
+/// tier's [`crate::Eviction::SegmentedLru`]), `-swap` / `-auto` / `-recompute`,
+/// `-most-blocks`, `-wm<F>` (watermark fraction), or `-vllm` (vLLM 0.33.0's
+/// scheduling, [`PagedPolicy::vllm`]) alone or with `-offload`; and
 /// `reserve-max`, `reserve-pow2`, `reserve-oracle`, placed first-fit, with
 /// `-buddy` (buddy allocation) or `-anywhere` (no contiguity).
 ///
@@ -225,11 +240,30 @@ impl fmt::Display for Policy {
                     Placement::Anywhere => f.write_str("-anywhere"),
                 }
             }
-            Policy::Paged(p) if p.vllm => write!(f, "paged{}-vllm", p.block_size),
+            Policy::Paged(p) if p.vllm => {
+                write!(f, "paged{}-vllm", p.block_size)?;
+                if p.offload {
+                    f.write_str("-offload")?;
+                }
+                match p.eviction {
+                    Eviction::Lru => {}
+                    Eviction::SegmentedLru => f.write_str("-slru")?,
+                    Eviction::Exclusive => f.write_str("-exclusive")?,
+                }
+                Ok(())
+            }
             Policy::Paged(p) => {
                 write!(f, "paged{}", p.block_size)?;
                 if p.prefix_caching {
                     f.write_str("-prefix")?;
+                }
+                if p.offload {
+                    f.write_str("-offload")?;
+                }
+                match p.eviction {
+                    Eviction::Lru => {}
+                    Eviction::SegmentedLru => f.write_str("-slru")?,
+                    Eviction::Exclusive => f.write_str("-exclusive")?,
                 }
                 match p.preemption {
                     PreemptionMode::Recompute => {}
@@ -250,8 +284,8 @@ impl fmt::Display for Policy {
 
 /// The suffixes a `paged<B>` name takes.
 const PAGED_SUFFIXES: &str =
-    "-prefix, -recompute, -swap, -auto, -most-blocks, -wm<F> (a fraction in [0, 1)), \
-                              or -vllm alone";
+    "-prefix, -offload (with -prefix), -slru or -exclusive (with -offload), -recompute, -swap, -auto, -most-blocks, -wm<F> (a fraction in [0, 1)), \
+                              or -vllm (alone or with -offload)";
 /// The suffixes a `reserve-<kind>` name takes.
 const RESERVE_SUFFIXES: &str = "-buddy, -anywhere (default: first-fit)";
 
@@ -318,6 +352,18 @@ impl FromStr for Policy {
                     others -= 1;
                 }
                 "prefix" => p.prefix_caching = true,
+                "offload" => {
+                    p.offload = true;
+                    others -= 1;
+                }
+                "slru" => {
+                    p.eviction = Eviction::SegmentedLru;
+                    others -= 1;
+                }
+                "exclusive" => {
+                    p.eviction = Eviction::Exclusive;
+                    others -= 1;
+                }
                 "recompute" => p.preemption = PreemptionMode::Recompute,
                 "swap" => p.preemption = PreemptionMode::Swap,
                 "auto" => p.preemption = PreemptionMode::Auto,
@@ -348,7 +394,26 @@ impl FromStr for Policy {
                      arrival); write paged{block_size}-vllm alone"
                 )));
             }
-            return Ok(Policy::Paged(PagedPolicy::vllm(block_size)));
+            if p.eviction != Eviction::Lru && !p.offload {
+                return Err(bad(format!(
+                    "-slru and -exclusive order the host tier of -offload; write paged{block_size}-vllm-offload-slru"
+                )));
+            }
+            return Ok(Policy::Paged(PagedPolicy {
+                offload: p.offload,
+                eviction: p.eviction,
+                ..PagedPolicy::vllm(block_size)
+            }));
+        }
+        if p.eviction != Eviction::Lru && !p.offload {
+            return Err(bad(format!(
+                "-slru and -exclusive order the host tier of -offload; write paged{block_size}-prefix-offload-slru"
+            )));
+        }
+        if p.offload && !p.prefix_caching {
+            return Err(bad(format!(
+                "-offload keeps evicted prefix-cache blocks in host memory; it needs -prefix (paged{block_size}-prefix-offload)"
+            )));
         }
         Ok(Policy::Paged(p))
     }
@@ -392,6 +457,12 @@ mod tests {
             "reserve-pow2-buddy",
             "reserve-max-anywhere",
             "paged16-vllm",
+            "paged16-prefix-offload",
+            "paged16-vllm-offload",
+            "paged16-prefix-offload-swap",
+            "paged16-vllm-offload-slru",
+            "paged16-prefix-offload-slru",
+            "paged16-vllm-offload-exclusive",
         ] {
             assert_eq!(name.parse::<Policy>().unwrap().to_string(), name);
         }
@@ -409,6 +480,8 @@ mod tests {
             "reserve-min",
             "paged16-wm2",
             "paged16-vllm-swap",
+            "paged16-offload",
+            "paged16-prefix-slru",
             "reserve-max-best",
         ] {
             let err = bad.parse::<Policy>().unwrap_err().to_string();
