@@ -520,12 +520,53 @@ impl KvCacheManager {
         let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         p.hash_full_blocks(&mut cache);
 
+        // Blocks of the hit the device misses, reloaded from the host: (group, position, host block).
+        // (Storage reused across calls: a long host hit allocates nothing once warm.)
+        let mut reloads = self
+            .host
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.reloads))
+            .unwrap_or_default();
+        let p = self.prefix.as_ref().expect("caller checked prefix caching is on");
         // The longest cached prefix every group agrees on, leaving at least
-        // one token to compute (on the device or, offloading, in the host tier).
-        let max_hit = ((num_tokens - 1) / bs as u64) as usize;
+        // one token to compute (on the device or, offloading, in the host
+        // tier). Each group's hit blocks are resolved into its table as they
+        // are found (placeholders where a window needs none and where a block
+        // is reloaded from the host, listed in `reloads`), counting those in
+        // use, so taking them below needs no second lookup.
+        let max_hit = (((num_tokens - 1) / bs as u64) as usize).min(cache.hashes.len());
         let host_index = self.reload_index();
-        let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
-        let held: u64 = self.held_blocks(p, &cache.hashes, hits).iter().sum();
+        let mut held = 0u64;
+        let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash| {
+            if let Some(b) = p.index.get(g as u32, h) {
+                held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                t.blocks.push(b);
+            } else if let Some(hb) = host_index.and_then(|c| c.get(g as u32, h)) {
+                reloads.push((g as u32, i as u32, hb));
+                t.blocks.push(BlockId::NULL); // the reloaded copy, taken below
+            } else {
+                return false;
+            }
+            true
+        };
+        let hits = if self.config.groups[..] == [AttentionKind::Full] {
+            // One full-attention group: the hit is the leading run found, in one pass.
+            let t = &mut tables[0];
+            (0..max_hit)
+                .take_while(|&i| resolve(t, 0, i, cache.hashes[i]))
+                .count()
+        } else {
+            let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
+            for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
+                let from = hit_from(*kind, hits, bs);
+                t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
+                for i in from..hits {
+                    let found = resolve(t, g, i, cache.hashes[i]);
+                    debug_assert!(found, "find_hit found every hit block");
+                }
+            }
+            hits
+        };
         let total = blocks_for(num_tokens, bs as u64);
         let placeholders: u64 = self
             .config
@@ -536,35 +577,26 @@ impl KvCacheManager {
         let needed = total * self.num_groups() as u64 - placeholders - held;
         if let Err(e) = self.check_start(seq, needed) {
             self.recycle(tables, Some(cache));
+            if let Some(h) = &mut self.host {
+                reloads.clear();
+                h.reloads = reloads;
+            }
             return Err(e);
         }
 
-        let p = self.prefix.as_ref().expect("checked above");
-        // Blocks of the hit the device misses, reloaded from the host: (group, position, host block).
-        // (Storage reused across calls: a long host hit allocates nothing once warm.)
-        let mut reloads = self
-            .host
-            .as_mut()
-            .map(|h| std::mem::take(&mut h.reloads))
-            .unwrap_or_default();
-        for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
-            // Hits first: a fresh allocation could otherwise evict a free hit
-            // block (or, offloading, push a host hit block out of the host tier).
+        // Hits first: a fresh allocation could otherwise evict a free hit
+        // block (or, offloading, push a host hit block out of the host tier).
+        if let Some(host) = &mut self.host {
+            for &(_, _, hb) in &reloads {
+                host.hold_for_reload(hb);
+            }
+        }
+        for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
             let from = hit_from(*kind, hits, bs);
-            t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
-            for (i, &h) in cache.hashes.iter().enumerate().take(hits).skip(from) {
-                let Some(b) = p.index.get(g as u32, h) else {
-                    let host = self.host.as_mut().expect("a host hit implies a host tier");
-                    let hb = host
-                        .cached
-                        .as_ref()
-                        .and_then(|c| c.get(g as u32, h))
-                        .expect("hit blocks were found above");
-                    host.hold_for_reload(hb);
-                    reloads.push((g as u32, i as u32, hb));
-                    t.blocks.push(BlockId::NULL); // the reloaded copy, below
-                    continue;
-                };
+            for &b in &t.blocks[from..hits] {
+                if b.is_null() {
+                    continue; // reloaded from the host, below
+                }
                 if self.pool.ref_count(b) == Ok(0) {
                     self.pool
                         .take_free(b)
@@ -573,7 +605,6 @@ impl KvCacheManager {
                 } else {
                     self.pool.incref(b).expect("an indexed block in use is allocated");
                 }
-                t.blocks.push(b);
             }
             t.num_released = from as u32;
             t.release_at = release_at(*kind, from as u32, bs);
