@@ -225,6 +225,18 @@ impl Policy {
     }
 }
 
+/// The tiered prefix cache's suffixes of a paged policy's name (`-offload`, then its eviction policy).
+fn write_tier_suffixes(f: &mut fmt::Formatter<'_>, p: &PagedPolicy) -> fmt::Result {
+    if p.offload {
+        f.write_str("-offload")?;
+    }
+    match p.eviction {
+        Eviction::Lru => Ok(()),
+        Eviction::SegmentedLru => f.write_str("-slru"),
+        Eviction::Exclusive => f.write_str("-exclusive"),
+    }
+}
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -242,14 +254,7 @@ impl fmt::Display for Policy {
             }
             Policy::Paged(p) if p.vllm => {
                 write!(f, "paged{}-vllm", p.block_size)?;
-                if p.offload {
-                    f.write_str("-offload")?;
-                }
-                match p.eviction {
-                    Eviction::Lru => {}
-                    Eviction::SegmentedLru => f.write_str("-slru")?,
-                    Eviction::Exclusive => f.write_str("-exclusive")?,
-                }
+                write_tier_suffixes(f, p)?;
                 Ok(())
             }
             Policy::Paged(p) => {
@@ -257,14 +262,7 @@ impl fmt::Display for Policy {
                 if p.prefix_caching {
                     f.write_str("-prefix")?;
                 }
-                if p.offload {
-                    f.write_str("-offload")?;
-                }
-                match p.eviction {
-                    Eviction::Lru => {}
-                    Eviction::SegmentedLru => f.write_str("-slru")?,
-                    Eviction::Exclusive => f.write_str("-exclusive")?,
-                }
+                write_tier_suffixes(f, p)?;
                 match p.preemption {
                     PreemptionMode::Recompute => {}
                     PreemptionMode::Swap => f.write_str("-swap")?,
