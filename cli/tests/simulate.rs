@@ -182,27 +182,46 @@ fn synthetic_multiturn_with_prefix_caching_hits_the_history() {
     assert!(ttft["p50"].as_f64().unwrap() <= ttft["p99"].as_f64().unwrap());
 }
 
+/// `pagedkv simulate --config data/configs/{model}.json --kv-cache-memory {memory}`
+/// with `more` flags; exits 0.
+fn simulate_model(model: &str, memory: &str, more: &[&str]) -> common::Run {
+    let config = workspace_root().join(format!("data/configs/{model}.json"));
+    let mut args = vec![
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--kv-cache-memory",
+        memory,
+    ];
+    args.extend_from_slice(more);
+    let run = pagedkv(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run
+}
+
+/// A JSON run's KV bytes held per token of context.
+fn kv_per_token(run: &serde_json::Value) -> f64 {
+    run["kv_bytes_per_context_token"].as_f64().unwrap()
+}
+
 /// A hybrid model (gpt-oss-20b: 128-token sliding windows alternating with
 /// full attention) runs as two KV cache groups, and each paged policy runs
 /// again with every layer planned as full attention in the same memory.
 #[test]
 fn a_hybrid_config_reports_the_memory_saved_against_full_attention() {
-    let config = workspace_root().join("data/configs/gpt-oss-20b.json");
-    let run = pagedkv(&[
-        "simulate",
-        "--config",
-        config.to_str().unwrap(),
-        "--kv-cache-memory",
+    let run = simulate_model(
+        "gpt-oss-20b",
         "1GiB",
-        "--max-model-len",
-        "8192",
-        "--limit",
-        "1500",
-        "--policies",
-        "paged16,reserve-oracle",
-        "--json",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+        &[
+            "--max-model-len",
+            "8192",
+            "--limit",
+            "1500",
+            "--policies",
+            "paged16,reserve-oracle",
+            "--json",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
     let groups = v["scenario"]["kv_cache_groups"].as_array().unwrap();
     let kinds: Vec<&str> = groups.iter().map(|g| g["kind"].as_str().unwrap()).collect();
@@ -216,7 +235,7 @@ fn a_hybrid_config_reports_the_memory_saved_against_full_attention() {
     assert_eq!(full.len(), 1, "only paged policies run again");
     let full = &full[0];
     assert_eq!(full["policy"], "paged16");
-    let per_token = |r: &serde_json::Value| r["kv_bytes_per_context_token"].as_f64().unwrap();
+    let per_token = kv_per_token;
     // No prefix sharing here: full attention holds at least every token's 48 KiB,
     // the hybrid model at least the full half's 24 KiB, and well below full attention.
     assert!(per_token(full) >= 49_152.0, "{}", per_token(full));
@@ -235,18 +254,11 @@ fn a_hybrid_config_reports_the_memory_saved_against_full_attention() {
         "reservations hold no blocks"
     );
 
-    let text = pagedkv(&[
-        "simulate",
-        "--config",
-        config.to_str().unwrap(),
-        "--kv-cache-memory",
+    let text = simulate_model(
+        "gpt-oss-20b",
         "1GiB",
-        "--limit",
-        "200",
-        "--policies",
-        "paged16",
-    ]);
-    assert_eq!(text.code, 0, "{}", text.stderr);
+        &["--limit", "200", "--policies", "paged16"],
+    );
     assert!(
         text.stdout
             .contains("KV cache groups: sliding_window(128) (12 layers), full (12 layers)"),
@@ -268,26 +280,17 @@ fn a_hybrid_config_reports_the_memory_saved_against_full_attention() {
 /// block counts in pools of different block sizes.
 #[test]
 fn a_window_longer_than_every_sequence_saves_nothing() {
-    let config = workspace_root().join("data/configs/gemma-2-9b.json");
-    let run = pagedkv(&[
-        "simulate",
-        "--config",
-        config.to_str().unwrap(),
-        "--kv-cache-memory",
+    let run = simulate_model(
+        "gemma-2-9b",
         "2GiB",
-        "--limit",
-        "800",
-        "--policies",
-        "paged16-wm0",
-        "--json",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+        &["--limit", "800", "--policies", "paged16-wm0", "--json"],
+    );
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
     let (hybrid, full) = (&v["runs"][0], &v["full_attention"]["runs"][0]);
     for field in ["preemptions", "steps", "finished", "generated_tokens"] {
         assert_eq!(hybrid[field], full[field], "{field}");
     }
-    let per_token = |r: &serde_json::Value| r["kv_bytes_per_context_token"].as_f64().unwrap();
+    let per_token = kv_per_token;
     let gap = (per_token(hybrid) - per_token(full)).abs() / per_token(full);
     assert!(gap < 1e-4, "{} vs {}", per_token(hybrid), per_token(full));
 }
@@ -295,19 +298,11 @@ fn a_window_longer_than_every_sequence_saves_nothing() {
 /// README.md shows this command's comparison with full attention.
 #[test]
 fn readme_hybrid_comparison_is_current() {
-    let config = workspace_root().join("data/configs/gpt-oss-20b.json");
-    let run = pagedkv(&[
-        "simulate",
-        "--config",
-        config.to_str().unwrap(),
-        "--kv-cache-memory",
+    let run = simulate_model(
+        "gpt-oss-20b",
         "2GiB",
-        "--max-model-len",
-        "8192",
-        "--policies",
-        "paged16,paged16-vllm",
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+        &["--max-model-len", "8192", "--policies", "paged16,paged16-vllm"],
+    );
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     let rows: Vec<&str> = run
         .stdout
