@@ -1,7 +1,8 @@
 //! KV cache groups: a decode step of 256 sequences on a hybrid model (a
 //! full-attention group and a sliding-window group sharing one pool) beside
-//! the same step on one full-attention group, on one sliding-window group, and
-//! the `Vec<u32>` free-stack floor of the one-group step.
+//! the same step on one full-attention group, on one sliding-window group, on
+//! two full-attention groups (the second table's cost without any window
+//! release), and the `Vec<u32>` free-stack floor of the one-group step.
 //!
 //! Sequences start at 1000 tokens with a 512-token window, so the window group
 //! releases a block every 16 steps per sequence, as it takes one. Every 64
@@ -140,6 +141,7 @@ fn hybrid_decode_step_256(c: &mut Criterion) {
         ("full_one_group", vec![AttentionKind::Full]),
         ("full_and_window_two_groups", vec![AttentionKind::Full, window]),
         ("window_one_group", vec![window]),
+        ("two_full_groups", vec![AttentionKind::Full, AttentionKind::Full]),
     ] {
         g.bench_function(name, |b| decode_steps(manager(groups.clone()), false, b));
         g.bench_function(format!("{name}_batched"), |b| {

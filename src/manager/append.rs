@@ -152,10 +152,14 @@ impl KvCacheManager {
         // `fast_until`) goes to `append_one`.
         let epoch = self.epoch;
         let plain = self.num_groups() == 1 && outs.len() == 1 && self.prefix.is_none();
+        let two = self.num_groups() == 2 && outs.len() == 2 && self.prefix.is_none();
         let mut done = 0;
         while done < batch.len() {
             done += if plain {
                 self.decode_run_plain(&batch[done..], &mut outs[0], epoch)
+            } else if two {
+                let (a, b) = outs.split_at_mut(1);
+                self.decode_run_two(&batch[done..], &mut a[0], &mut b[0], epoch)
             } else {
                 self.decode_run(&batch[done..], outs, epoch)
             };
@@ -190,6 +194,46 @@ impl KvCacheManager {
             }
             t.num_tokens = len + 1;
             out.push(t.tail_base.wrapping_add(len as u64));
+            if s.appended_epoch != epoch {
+                s.appended_epoch = epoch;
+                s.step_start_len = len;
+            }
+            done += 1;
+        }
+        done
+    }
+
+    /// [`Self::decode_run_plain`] for two groups (a hybrid model's full and
+    /// window groups), both asked for slots.
+    #[inline(never)]
+    fn decode_run_two(
+        &mut self,
+        batch: &[(SeqHandle, TokenId)],
+        out0: &mut Vec<Slot>,
+        out1: &mut Vec<Slot>,
+        epoch: u32,
+    ) -> usize {
+        let (entries, owner) = self.seqs.entries_hot();
+        let mut done = 0;
+        for &(h, _) in batch {
+            let Some(e) = entries.get_mut(h.index as usize) else {
+                break;
+            };
+            if !e.is(h, owner) {
+                break;
+            }
+            let s = e.val.as_mut().expect("checked by is()");
+            let [t0, t1] = &mut s.tables[..] else {
+                break;
+            };
+            let len = t0.num_tokens;
+            if len >= e.hot {
+                break;
+            }
+            t0.num_tokens = len + 1;
+            t1.num_tokens = len + 1;
+            out0.push(t0.tail_base.wrapping_add(len as u64));
+            out1.push(t1.tail_base.wrapping_add(len as u64));
             if s.appended_epoch != epoch {
                 s.appended_epoch = epoch;
                 s.step_start_len = len;
