@@ -234,6 +234,9 @@ impl KvCacheManager {
         epoch: u32,
     ) -> usize {
         let (entries, owner) = self.seqs.entries_hot();
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
+        let bs = self.config.block_size;
+        let max_model_len = self.config.max_model_len;
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -248,7 +251,24 @@ impl KvCacheManager {
             };
             let len = t0.num_tokens;
             if len >= e.hot {
-                break;
+                // As in `decode_run_plain`: both last blocks are full and
+                // nothing else is due (no window release now).
+                let full = t0.blocks.len() as u64 * bs as u64 == len as u64;
+                let due = len >= t0.release_at.min(t1.release_at).min(max_model_len);
+                if !full || due || e.hot == 0 || pool.num_free() < 2 {
+                    break;
+                }
+                for t in [&mut *t0, &mut *t1] {
+                    let b = pool.allocate().expect("two blocks are free");
+                    t.blocks.push(b);
+                    t.tail_maybe_shared = false;
+                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                }
+                stats.blocks_taken += 2;
+                e.hot = max_model_len
+                    .min(len.saturating_add(bs))
+                    .min(t0.release_at)
+                    .min(t1.release_at);
             }
             t0.num_tokens = len + 1;
             t1.num_tokens = len + 1;
