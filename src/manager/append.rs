@@ -185,6 +185,11 @@ impl KvCacheManager {
         let (pool, stats) = (&mut self.pool, &mut self.stats);
         let bs = self.config.block_size;
         let max_model_len = self.config.max_model_len;
+        // Slots written by index into room made up front, the length set
+        // once at the end (a push per slot stores and reloads it).
+        let base = out.len();
+        out.resize(base + batch.len(), 0);
+        let slots = &mut out[base..];
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -213,13 +218,14 @@ impl KvCacheManager {
                 e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
             }
             t.num_tokens = len + 1;
-            out.push(t.tail_base.wrapping_add(len as u64));
+            slots[done] = t.tail_base.wrapping_add(len as u64);
             if s.appended_epoch != epoch {
                 s.appended_epoch = epoch;
                 s.step_start_len = len;
             }
             done += 1;
         }
+        out.truncate(base + done);
         done
     }
 
@@ -237,6 +243,11 @@ impl KvCacheManager {
         let (pool, stats) = (&mut self.pool, &mut self.stats);
         let bs = self.config.block_size;
         let max_model_len = self.config.max_model_len;
+        // As in `decode_run_plain`: slots written by index.
+        let (base0, base1) = (out0.len(), out1.len());
+        out0.resize(base0 + batch.len(), 0);
+        out1.resize(base1 + batch.len(), 0);
+        let (slots0, slots1) = (&mut out0[base0..], &mut out1[base1..]);
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -272,14 +283,16 @@ impl KvCacheManager {
             }
             t0.num_tokens = len + 1;
             t1.num_tokens = len + 1;
-            out0.push(t0.tail_base.wrapping_add(len as u64));
-            out1.push(t1.tail_base.wrapping_add(len as u64));
+            slots0[done] = t0.tail_base.wrapping_add(len as u64);
+            slots1[done] = t1.tail_base.wrapping_add(len as u64);
             if s.appended_epoch != epoch {
                 s.appended_epoch = epoch;
                 s.step_start_len = len;
             }
             done += 1;
         }
+        out0.truncate(base0 + done);
+        out1.truncate(base1 + done);
         done
     }
 
