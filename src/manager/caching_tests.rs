@@ -536,3 +536,31 @@ fn a_block_refilled_in_another_group_before_its_step_is_announced_in_that_group(
     assert_eq!(groups, [0, 1], "{events:?}");
     kv.check_invariants().unwrap();
 }
+
+fn hybrid(num_blocks: u32, groups: Vec<AttentionKind>) -> KvCacheManager {
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks,
+        block_size: 4,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        groups,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_window_releases_its_last_block_first() {
+    // As `free` does and vLLM's `remove_skipped_blocks`: of the blocks a
+    // window releases at once, the earliest is evicted last (pinned by
+    // tests/vllm_hybrid_fixtures.rs; the first order differed from vLLM's).
+    let mut kv = hybrid(8, vec![AttentionKind::SlidingWindow { window: 4 }]);
+    kv.allocate(SeqId(1), &toks(0..16)).unwrap();
+    let blocks = kv.block_table(SeqId(1)).unwrap().to_vec();
+    run_step(&mut kv);
+    kv.append(SeqId(1), &[99]).unwrap(); // position 16 reads 13..=16: blocks 0..3 go
+    assert_eq!(kv.block_table(SeqId(1)).unwrap()[..3], [BlockId::NULL; 3]);
+    let queued: Vec<BlockId> = kv.pool().queued_blocks().collect();
+    assert_eq!(queued, [blocks[2], blocks[1], blocks[0]]);
+    kv.check_invariants().unwrap();
+}
