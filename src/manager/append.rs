@@ -174,10 +174,17 @@ impl KvCacheManager {
     }
 
     /// The leading fast entries of a batch (one group, no prefix caching):
-    /// applies them and returns how many.
+    /// applies them and returns how many. Besides a token in the last block,
+    /// a token starting a new block is fast too when nothing else is due
+    /// (no window release, within `max_model_len`, a free block): one pop
+    /// from the pool's free stack (prefix caching is off: every free block
+    /// is there).
     #[inline(never)]
     fn decode_run_plain(&mut self, batch: &[(SeqHandle, TokenId)], out: &mut Vec<Slot>, epoch: u32) -> usize {
         let (entries, owner) = self.seqs.entries_hot();
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
+        let bs = self.config.block_size;
+        let max_model_len = self.config.max_model_len;
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -190,7 +197,20 @@ impl KvCacheManager {
             let t = &mut s.tables[0];
             let len = t.num_tokens;
             if len >= e.hot {
-                break;
+                // The last block is full (the bound is a block boundary,
+                // not a window's or the length limit): take the next.
+                let full = t.blocks.len() as u64 * bs as u64 == len as u64;
+                if !(full && len < t.release_at && len < max_model_len && e.hot != 0) {
+                    break;
+                }
+                let Ok(b) = pool.allocate() else {
+                    break;
+                };
+                stats.blocks_taken += 1;
+                t.blocks.push(b);
+                t.tail_maybe_shared = false;
+                t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
             }
             t.num_tokens = len + 1;
             out.push(t.tail_base.wrapping_add(len as u64));
@@ -214,6 +234,9 @@ impl KvCacheManager {
         epoch: u32,
     ) -> usize {
         let (entries, owner) = self.seqs.entries_hot();
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
+        let bs = self.config.block_size;
+        let max_model_len = self.config.max_model_len;
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -228,7 +251,24 @@ impl KvCacheManager {
             };
             let len = t0.num_tokens;
             if len >= e.hot {
-                break;
+                // As in `decode_run_plain`: both last blocks are full and
+                // nothing else is due (no window release now).
+                let full = t0.blocks.len() as u64 * bs as u64 == len as u64;
+                let due = len >= t0.release_at.min(t1.release_at).min(max_model_len);
+                if !full || due || e.hot == 0 || pool.num_free() < 2 {
+                    break;
+                }
+                for t in [&mut *t0, &mut *t1] {
+                    let b = pool.allocate().expect("two blocks are free");
+                    t.blocks.push(b);
+                    t.tail_maybe_shared = false;
+                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                }
+                stats.blocks_taken += 2;
+                e.hot = max_model_len
+                    .min(len.saturating_add(bs))
+                    .min(t0.release_at)
+                    .min(t1.release_at);
             }
             t0.num_tokens = len + 1;
             t1.num_tokens = len + 1;

@@ -551,11 +551,15 @@ impl KvCacheManager {
         let max_hit = (((num_tokens - 1) / bs as u64) as usize).min(cache.hashes.len());
         let host_index = self.reload_index();
         let mut held = 0u64;
-        let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash| {
-            if let Some(b) = p.index.get(g as u32, h) {
+        // `on_device` false: look in the host tier only (see the one-group pass).
+        let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash, on_device: &mut bool| {
+            if let Some(b) = on_device.then(|| p.index.get(g as u32, h)).flatten() {
                 held += (self.pool.ref_count(b) != Ok(0)) as u64;
                 t.blocks.push(b);
-            } else if let Some(hb) = host_index.and_then(|c| c.get(g as u32, h)) {
+            } else if let Some(hb) = host_index.and_then(|c| {
+                *on_device = false;
+                c.get(g as u32, h)
+            }) {
                 reloads.push((g as u32, i as u32, hb));
                 t.blocks.push(BlockId::NULL); // the reloaded copy, taken below
             } else {
@@ -564,10 +568,15 @@ impl KvCacheManager {
             true
         };
         let hits = if self.config.groups[..] == [AttentionKind::Full] {
-            // One full-attention group: the hit is the leading run found, in one pass.
+            // One full-attention group: the hit is the leading run found, in
+            // one pass. Its device cache is closed under prefixes (a cached
+            // block's parent is cached: see `eviction`), so once a block is
+            // missing on the device the rest of the hit is in the host tier:
+            // no more device lookups.
             let t = &mut tables[0];
+            let mut on_device = true;
             (0..max_hit)
-                .take_while(|&i| resolve(t, 0, i, cache.hashes[i]))
+                .take_while(|&i| resolve(t, 0, i, cache.hashes[i], &mut on_device))
                 .count()
         } else {
             let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
@@ -575,7 +584,7 @@ impl KvCacheManager {
                 let from = hit_from(*kind, hits, bs, vouched);
                 t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
                 for i in from..hits {
-                    let found = resolve(t, g, i, cache.hashes[i]);
+                    let found = resolve(t, g, i, cache.hashes[i], &mut true);
                     debug_assert!(found, "find_hit found every hit block");
                 }
             }
