@@ -636,7 +636,10 @@ fn release_windows(
     for (t, kind) in tables.iter_mut().zip(groups) {
         if base >= t.release_at as u64 {
             let release_to = kind.first_needed_block(base, bs) as u32;
-            for i in t.num_released..release_to {
+            // Last block first, as `free` releases (and vLLM's
+            // `remove_skipped_blocks`): the earlier blocks outlive the later
+            // ones in the eviction order.
+            for i in (t.num_released..release_to).rev() {
                 let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
                 release(pool, prefix, host, stats, b);
                 stats.window_released_blocks += 1;
