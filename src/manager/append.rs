@@ -9,8 +9,8 @@
 use std::ops::Range;
 
 use super::{
-    release, release_at, tail_needs_copy, take_block, BlockCopy, HostTier, KvCacheManager, KvStats,
-    PrefixState, Seq,
+    release, release_at, tail_needs_copy, take_block, BlockCopy, HostTier, KvCacheConfig, KvCacheManager,
+    KvStats, PrefixState, Seq,
 };
 use crate::error::{BatchError, KvError};
 use crate::ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
@@ -181,10 +181,17 @@ impl KvCacheManager {
     /// is there).
     #[inline(never)]
     fn decode_run_plain(&mut self, batch: &[(SeqHandle, TokenId)], out: &mut Vec<Slot>, epoch: u32) -> usize {
-        let (entries, owner) = self.seqs.entries_hot();
-        let (pool, stats) = (&mut self.pool, &mut self.stats);
-        let bs = self.config.block_size;
-        let max_model_len = self.config.max_model_len;
+        let KvCacheManager {
+            seqs,
+            pool,
+            prefix,
+            host,
+            stats,
+            config,
+            ..
+        } = self;
+        let (entries, owner) = seqs.entries_hot();
+        let (bs, max_model_len) = (config.block_size, config.max_model_len);
         // Slots written by index into room made up front, the length set
         // once at the end (a push per slot stores and reloads it).
         let base = out.len();
@@ -201,13 +208,21 @@ impl KvCacheManager {
             let s = e.val.as_mut().expect("checked by is()");
             let t = &mut s.tables[0];
             let len = t.num_tokens;
-            if len >= e.hot {
-                // The last block is full (the bound is a block boundary,
-                // not a window's or the length limit): take the next.
-                let full = t.blocks.len() as u64 * bs as u64 == len as u64;
-                if !(full && len < t.release_at && len < max_model_len && e.hot != 0) {
-                    break;
+            slots[done] = if len < e.hot {
+                t.num_tokens = len + 1;
+                let slot = t.tail_base.wrapping_add(len as u64);
+                if s.appended_epoch != epoch {
+                    s.appended_epoch = epoch;
+                    s.step_start_len = len;
                 }
+                slot
+            } else if e.hot != 0
+                && t.blocks.len() as u64 * bs as u64 == len as u64
+                && len < t.release_at.min(max_model_len)
+            {
+                // The bound is the last block's end, not a window's or the
+                // length limit: take the next block (one pop from the free
+                // stack, where every free block is without prefix caching).
                 let Ok(b) = pool.allocate() else {
                     break;
                 };
@@ -215,14 +230,19 @@ impl KvCacheManager {
                 t.blocks.push(b);
                 t.tail_maybe_shared = false;
                 t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                t.num_tokens = len + 1;
                 e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
-            }
-            t.num_tokens = len + 1;
-            slots[done] = t.tail_base.wrapping_add(len as u64);
-            if s.appended_epoch != epoch {
-                s.appended_epoch = epoch;
-                s.step_start_len = len;
-            }
+                let slot = t.tail_base.wrapping_add(len as u64);
+                if s.appended_epoch != epoch {
+                    s.appended_epoch = epoch;
+                    s.step_start_len = len;
+                }
+                slot
+            } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
+                s.tables[0].tail_base.wrapping_add(len as u64)
+            } else {
+                break;
+            };
             done += 1;
         }
         out.truncate(base + done);
@@ -239,10 +259,17 @@ impl KvCacheManager {
         out1: &mut Vec<Slot>,
         epoch: u32,
     ) -> usize {
-        let (entries, owner) = self.seqs.entries_hot();
-        let (pool, stats) = (&mut self.pool, &mut self.stats);
-        let bs = self.config.block_size;
-        let max_model_len = self.config.max_model_len;
+        let KvCacheManager {
+            seqs,
+            pool,
+            prefix,
+            host,
+            stats,
+            config,
+            ..
+        } = self;
+        let (entries, owner) = seqs.entries_hot();
+        let (bs, max_model_len) = (config.block_size, config.max_model_len);
         // As in `decode_run_plain`: slots written by index.
         let (base0, base1) = (out0.len(), out1.len());
         out0.resize(base0 + batch.len(), 0);
@@ -257,38 +284,45 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
-            let [t0, t1] = &mut s.tables[..] else {
-                break;
-            };
-            let len = t0.num_tokens;
-            if len >= e.hot {
-                // As in `decode_run_plain`: both last blocks are full and
-                // nothing else is due (no window release now).
-                let full = t0.blocks.len() as u64 * bs as u64 == len as u64;
-                let due = len >= t0.release_at.min(t1.release_at).min(max_model_len);
-                if !full || due || e.hot == 0 || pool.num_free() < 2 {
-                    break;
+            let len = s.tables[0].num_tokens;
+            if len < e.hot {
+                s.tables[0].num_tokens = len + 1;
+                s.tables[1].num_tokens = len + 1;
+                if s.appended_epoch != epoch {
+                    s.appended_epoch = epoch;
+                    s.step_start_len = len;
                 }
-                for t in [&mut *t0, &mut *t1] {
+            } else if e.hot != 0
+                && s.tables[0].blocks.len() as u64 * bs as u64 == len as u64
+                && len
+                    < s.tables[0]
+                        .release_at
+                        .min(s.tables[1].release_at)
+                        .min(max_model_len)
+                && pool.num_free() >= 2
+            {
+                // As in `decode_run_plain`: both last blocks are full and no
+                // window release is due.
+                let mut until = max_model_len.min(len.saturating_add(bs));
+                for t in s.tables.iter_mut() {
                     let b = pool.allocate().expect("two blocks are free");
                     t.blocks.push(b);
                     t.tail_maybe_shared = false;
                     t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                    t.num_tokens = len + 1;
+                    until = until.min(t.release_at);
                 }
                 stats.blocks_taken += 2;
-                e.hot = max_model_len
-                    .min(len.saturating_add(bs))
-                    .min(t0.release_at)
-                    .min(t1.release_at);
+                e.hot = until;
+                if s.appended_epoch != epoch {
+                    s.appended_epoch = epoch;
+                    s.step_start_len = len;
+                }
+            } else if !simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
+                break;
             }
-            t0.num_tokens = len + 1;
-            t1.num_tokens = len + 1;
-            slots0[done] = t0.tail_base.wrapping_add(len as u64);
-            slots1[done] = t1.tail_base.wrapping_add(len as u64);
-            if s.appended_epoch != epoch {
-                s.appended_epoch = epoch;
-                s.step_start_len = len;
-            }
+            slots0[done] = s.tables[0].tail_base.wrapping_add(len as u64);
+            slots1[done] = s.tables[1].tail_base.wrapping_add(len as u64);
             done += 1;
         }
         out0.truncate(base0 + done);
@@ -344,60 +378,11 @@ impl KvCacheManager {
             return Err(KvError::StaleHandle { handle: h });
         };
         let old_len = s.num_tokens();
-        // The next most common case (every block_size-th decode, and where
-        // a window moves past a block): every group takes a block (its last
-        // is full) or writes its last block in place (held alone), windows
-        // release what they read no more, and the pool has the blocks without
-        // counting the released ones. Otherwise (copy-on-write, a tight pool,
-        // the length limit) the general path checks and refuses.
-        let bs = self.config.block_size;
-        let base = if s.appended_epoch == epoch {
-            s.step_start_len
-        } else {
-            old_len
-        };
-        let grow = s.tables[0].blocks.len() as u64 * bs as u64 == old_len as u64;
-        let simple = old_len < self.config.max_model_len
-            && (!grow || self.pool.num_free() as usize >= s.tables.len())
-            && (grow || s.tables.iter().all(|t| !t.tail_maybe_shared));
-        if simple {
-            if s.tables.iter().any(|t| base as u64 >= t.release_at as u64) {
-                release_windows(
-                    &mut s.tables,
-                    &self.config.groups,
-                    base as u64,
-                    bs,
-                    (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
-                );
+        let parts = (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats);
+        if simple_append(hot, s, old_len, epoch, &self.config, parts) {
+            for (t, out) in s.tables.iter().zip(outs.iter_mut()) {
+                out.push(t.tail_base.wrapping_add(old_len as u64));
             }
-            // With every table grown, the next block_size - 1 appends are fast
-            // (up to the windows and the length limit).
-            let mut until = self.config.max_model_len.min(old_len.saturating_add(bs));
-            for (g, t) in s.tables.iter_mut().enumerate() {
-                if grow {
-                    let b = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
-                    t.blocks.push(b);
-                    t.tail_maybe_shared = false;
-                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
-                    until = until.min(t.release_at);
-                } else {
-                    // The new token is in the last block, held alone.
-                    let last = *t.blocks.last().expect("a table holding a token has a block");
-                    let start = (t.blocks.len() as u64 - 1) * bs as u64;
-                    t.tail_base = (last.0 as u64 * bs as u64).wrapping_sub(start);
-                }
-                t.num_tokens = old_len + 1;
-                if let Some(out) = outs.get_mut(g) {
-                    out.push(t.tail_base.wrapping_add(old_len as u64));
-                }
-            }
-            s.appended_epoch = epoch;
-            s.step_start_len = base;
-            *hot = if grow {
-                until
-            } else {
-                fast_until(s, bs, self.config.max_model_len)
-            };
             if let Some(p) = &mut self.prefix {
                 let cache = s
                     .cache
@@ -616,6 +601,98 @@ impl KvCacheManager {
         }
         Ok(())
     }
+}
+
+/// The next most common one-token append after the hot loops' (every
+/// block_size-th decode, and where a window moves past a block), at
+/// `old_len` tokens: every group takes a block (its last is full) or writes
+/// its last block in place (held alone), windows release what they read no
+/// more, and the pool has the blocks without counting the released ones.
+/// Applies it (tables, step bookkeeping, the hot word; every table's
+/// `tail_base` is then the new token's slot minus its position) and returns
+/// true, or returns false having changed nothing: copy-on-write, a tight
+/// pool or the length limit need the general path, which checks and refuses.
+#[inline(always)]
+fn simple_append(
+    hot: &mut u32,
+    s: &mut Seq,
+    old_len: u32,
+    epoch: u32,
+    config: &KvCacheConfig,
+    (pool, prefix, host, stats): (
+        &mut BlockPool,
+        &mut Option<PrefixState>,
+        &mut Option<HostTier>,
+        &mut KvStats,
+    ),
+) -> bool {
+    let bs = config.block_size;
+    let base = if s.appended_epoch == epoch {
+        s.step_start_len
+    } else {
+        old_len
+    };
+    let grow = s.tables[0].blocks.len() as u64 * bs as u64 == old_len as u64;
+    let simple = old_len < config.max_model_len
+        && (!grow || pool.num_free() as usize >= s.tables.len())
+        && (grow || s.tables.iter().all(|t| !t.tail_maybe_shared));
+    if !simple {
+        return false;
+    }
+    if s.tables.iter().any(|t| base >= t.release_at) {
+        release_windows(
+            &mut s.tables,
+            &config.groups,
+            base as u64,
+            bs,
+            (pool, prefix, host, stats),
+        );
+    }
+    // With every table grown, the next block_size - 1 appends are fast
+    // (up to the windows and the length limit).
+    let mut until = config.max_model_len.min(old_len.saturating_add(bs));
+    for t in s.tables.iter_mut() {
+        if grow {
+            let b = take_block(pool, prefix, stats);
+            t.blocks.push(b);
+            t.tail_maybe_shared = false;
+            t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
+            until = until.min(t.release_at);
+        } else {
+            // The new token is in the last block, held alone.
+            let last = *t.blocks.last().expect("a table holding a token has a block");
+            let start = (t.blocks.len() as u64 - 1) * bs as u64;
+            t.tail_base = (last.0 as u64 * bs as u64).wrapping_sub(start);
+        }
+        t.num_tokens = old_len + 1;
+    }
+    s.appended_epoch = epoch;
+    s.step_start_len = base;
+    *hot = if grow {
+        until
+    } else {
+        fast_until(s, bs, config.max_model_len)
+    };
+    true
+}
+
+/// [`simple_append`] out of line, for the hot loops (one entry in
+/// `block_size` takes it; inlined, it would crowd their registers).
+#[inline(never)]
+fn simple_append_cold(
+    hot: &mut u32,
+    s: &mut Seq,
+    old_len: u32,
+    epoch: u32,
+    config: &KvCacheConfig,
+    parts: (
+        &mut BlockPool,
+        &mut Option<PrefixState>,
+        &mut Option<HostTier>,
+        &mut KvStats,
+    ),
+) -> bool {
+    simple_append(hot, s, old_len, epoch, config, parts)
 }
 
 /// Releases, in every sliding-window or chunked local group whose window
