@@ -414,20 +414,14 @@ impl KvEventEncoder {
                 out.extend_from_slice(K_TYPE);
                 out.extend_from_slice(T_STORED);
                 out.extend_from_slice(K_BLOCK_HASHES);
-                msgpack::array_header(out, block_hashes.len());
-                for &h in block_hashes {
-                    msgpack::uint(out, external_block_hash(h));
-                }
+                msgpack::uint_array(out, block_hashes.iter().map(|&h| external_block_hash(h)));
                 out.extend_from_slice(K_PARENT);
                 match parent_block_hash {
                     Some(p) => msgpack::uint(out, external_block_hash(*p)),
                     None => msgpack::nil(out),
                 }
                 out.extend_from_slice(K_TOKEN_IDS);
-                msgpack::array_header(out, token_ids.len());
-                for &t in token_ids {
-                    msgpack::uint(out, t as u64);
-                }
+                msgpack::uint_array(out, token_ids.iter().map(|&t| t as u64));
                 out.extend_from_slice(K_BLOCK_SIZE);
                 msgpack::uint(out, *block_size as u64);
                 out.extend_from_slice(K_LORA_ID);
@@ -465,10 +459,7 @@ impl KvEventEncoder {
                 out.extend_from_slice(K_TYPE);
                 out.extend_from_slice(T_REMOVED);
                 out.extend_from_slice(K_BLOCK_HASHES);
-                msgpack::array_header(out, block_hashes.len());
-                for &h in block_hashes {
-                    msgpack::uint(out, external_block_hash(h));
-                }
+                msgpack::uint_array(out, block_hashes.iter().map(|&h| external_block_hash(h)));
                 out.extend_from_slice(K_MEDIUM);
                 msgpack::str(out, medium.as_str());
                 out.extend_from_slice(K_GROUP_IDX);
