@@ -71,28 +71,38 @@ enum Status {
 }
 
 /// One sequence (one sample of a request): what a decode step and its
-/// outputs read and write, kept small (the slab's hot half).
+/// outputs read and write, kept in one 64-byte cache line (the slab's hot
+/// half), so planning a decode and taking its token touch one line each.
 #[derive(Debug)]
+#[repr(align(64))]
 struct SeqState {
     /// Prompt and generated tokens.
     tokens: Vec<TokenId>,
+    id: SeqId,
+    /// Its handle in the manager while it runs (for the batched decode), as
+    /// slot index and generation; the owner tag is the scheduler's
+    /// (`Scheduler::handle_owner`), valid when `has_handle`.
+    handle_index: u32,
+    handle_gen: u32,
     /// The last of `tokens` (what a decode appends), kept here so planning
     /// a decode does not read the token list.
     last_token: TokenId,
-    id: SeqId,
-    /// Its handle in the manager while it runs (for the batched decode).
-    handle: Option<SeqHandle>,
     /// Tokens whose KV the engine has computed (or computes in the last planned step).
     num_computed: u32,
     /// Tokens the manager holds for it.
     in_kv: u32,
     prompt_len: u32,
     max_new: u32,
-    /// Samples still to fork from this one (sample 0, until its prompt is computed).
-    forks_left: u32,
-    /// Sampled tokens the last plan asked of it (0: none).
-    samples_expected: u32,
+    /// Sampled tokens the last plan asked of it (0: none; at most `MAX_SAMPLES`).
+    samples_expected: u16,
+    /// Samples still to fork from this one (sample 0, until its prompt is
+    /// computed; below `MAX_SAMPLES`).
+    forks_left: u8,
+    has_handle: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Option<SeqState>>() == 64);
+const _: () = assert!(MAX_SAMPLES <= u16::MAX as u32 && MAX_SAMPLES - 1 <= u8::MAX as u32);
 
 /// The rest of a sequence's state, read when it is queued, admitted,
 /// preempted or forked (the slab's cold half, `Scheduler::cold`, same index).
@@ -130,6 +140,16 @@ struct Expected {
 }
 
 impl SeqState {
+    /// Its handle in the manager (`owner`: the manager's tag), if it runs.
+    #[inline]
+    fn handle(&self, owner: u32) -> Option<SeqHandle> {
+        self.has_handle.then_some(SeqHandle {
+            index: self.handle_index,
+            gen: self.handle_gen,
+            owner,
+        })
+    }
+
     fn pending(&self) -> u32 {
         self.tokens.len() as u32 - self.num_computed
     }
@@ -174,6 +194,8 @@ pub struct Scheduler {
     mode: Box<dyn PreemptionModePolicy>,
     order: Box<dyn QueueOrder>,
     slab: Vec<Option<SeqState>>,
+    /// The owner tag of the manager's handles (set with the first handle kept).
+    handle_owner: u32,
     /// The cold half of each slab entry (stale for free entries).
     cold: Vec<Cold>,
     free_slab: Vec<usize>,
@@ -233,6 +255,7 @@ impl Scheduler {
             mode: Box::new(AlwaysRecompute),
             order: Box::new(Fcfs),
             slab: Vec::new(),
+            handle_owner: 0,
             cold: Vec::new(),
             free_slab: Vec::new(),
             spare_tokens: Vec::new(),
@@ -337,6 +360,17 @@ impl Scheduler {
         self.index.get(&seq).and_then(|&i| self.slab[i].as_ref())
     }
 
+    /// Keeps `h` (the manager's handle of the sequence in slab entry `idx`, if any).
+    fn set_handle(&mut self, idx: usize, h: Option<SeqHandle>) {
+        let s = self.slab[idx].as_mut().expect("live");
+        s.has_handle = h.is_some();
+        if let Some(h) = h {
+            debug_assert!(self.handle_owner == 0 || self.handle_owner == h.owner);
+            self.handle_owner = h.owner;
+            (s.handle_index, s.handle_gen) = (h.index, h.gen);
+        }
+    }
+
     fn s(&self, idx: usize) -> &SeqState {
         self.slab[idx].as_ref().expect("queues hold live slab entries")
     }
@@ -403,9 +437,11 @@ impl Scheduler {
             max_new,
             num_computed: 0,
             in_kv: 0,
-            forks_left: r.n - 1,
+            forks_left: (r.n - 1) as u8,
             samples_expected: 0,
-            handle: None,
+            handle_index: 0,
+            handle_gen: 0,
+            has_handle: false,
         };
         let cold = Cold {
             priority: r.priority,
@@ -548,12 +584,13 @@ impl Scheduler {
     fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
         self.batch.clear();
         let from = self.slots[0].len() as u32;
+        let owner = self.handle_owner;
         for &idx in &self.running[i..] {
             if self.batch.len() == room {
                 break;
             }
             let s = self.slab[idx].as_mut().expect("live");
-            let h = match s.handle {
+            let h = match s.handle(owner) {
                 Some(h)
                     if s.tokens.len() as u32 == s.num_computed + 1
                         && s.in_kv == s.num_computed
@@ -650,8 +687,12 @@ impl Scheduler {
         let s = self.slab[idx].as_mut().expect("live");
         let start = s.num_computed;
         s.num_computed += n;
-        let samples = if s.pending() == 0 { 1 + s.forks_left } else { 0 };
-        s.samples_expected = samples;
+        let samples = if s.pending() == 0 {
+            1 + s.forks_left as u32
+        } else {
+            0
+        };
+        s.samples_expected = samples as u16;
         if samples == 1 {
             self.expected.push(Expected {
                 seq: s.id,

@@ -84,7 +84,7 @@ impl Scheduler {
                 continue; // a child forked above
             }
             let s = self.s_mut(e.idx);
-            debug_assert!(s.samples_expected > e.sample, "a fresh expectation");
+            debug_assert!(s.samples_expected as u32 > e.sample, "a fresh expectation");
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
@@ -144,7 +144,7 @@ impl Scheduler {
         sample > 0
             && self
                 .state(req.seq(0))
-                .is_some_and(|p| sample < p.samples_expected)
+                .is_some_and(|p| sample < p.samples_expected as u32)
     }
 
     fn fork_sample(&mut self, o: &SampledToken) {
@@ -165,9 +165,10 @@ impl Scheduler {
             last_token: o.token,
             forks_left: 0,
             samples_expected: 0,
-            handle: self.kv.handle(o.seq).ok(),
+            has_handle: false,
             ..*p
         };
+        let handle = self.kv.handle(o.seq).ok();
         let pc = &self.cold[pidx];
         let cold = Cold {
             key: (pc.key.0, o.seq),
@@ -176,6 +177,7 @@ impl Scheduler {
             ..pc.clone()
         };
         let idx = self.insert_state(child, cold);
+        self.set_handle(idx, handle);
         *self.live.get_mut(&SeqId(req.0)).expect("the parent is live") += 1;
         Self::insert_by_key(&self.cold, &mut self.running, idx);
         self.finish_if_done(idx, o.stop);
