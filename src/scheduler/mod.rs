@@ -102,6 +102,7 @@ struct SeqState {
 }
 
 const _: () = assert!(std::mem::size_of::<Option<SeqState>>() == 64);
+const _: () = assert!(std::mem::size_of::<Expected>() == 16);
 const _: () = assert!(MAX_SAMPLES <= u16::MAX as u32 && MAX_SAMPLES - 1 <= u8::MAX as u32);
 
 /// The rest of a sequence's state, read when it is queued, admitted,
@@ -135,7 +136,8 @@ impl Cold {
 #[derive(Clone, Copy, Debug)]
 struct Expected {
     seq: SeqId,
-    idx: usize,
+    /// The slab entry (an index below 2^32: 16 bytes an entry).
+    idx: u32,
     sample: u32,
 }
 
@@ -223,6 +225,8 @@ pub struct Scheduler {
     /// A step was planned while outputs were still expected: check outputs
     /// the general way.
     expected_stale: bool,
+    /// Some of `expected` are samples to fork (sample > 0).
+    expected_forks: bool,
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
     /// The step's run of plain decodes, handed to the manager in one call.
@@ -270,6 +274,7 @@ impl Scheduler {
             kept_outputs: Vec::new(),
             expected: Vec::new(),
             expected_stale: false,
+            expected_forks: false,
             preempted_this_step: false,
             scratch: Vec::new(),
             batch: Vec::new(),
@@ -610,7 +615,7 @@ impl Scheduler {
             s.samples_expected = 1;
             self.expected.push(Expected {
                 seq: s.id,
-                idx,
+                idx: idx as u32,
                 sample: 0,
             });
             plan.scheduled.push(ScheduledSeq {
@@ -696,14 +701,15 @@ impl Scheduler {
         if samples == 1 {
             self.expected.push(Expected {
                 seq: s.id,
-                idx,
+                idx: idx as u32,
                 sample: 0,
             });
         } else {
             let (req, _) = RequestId::of(s.id);
+            self.expected_forks |= samples > 1;
             self.expected.extend((0..samples).map(|sample| Expected {
                 seq: req.seq(sample),
-                idx,
+                idx: idx as u32,
                 sample,
             }));
         }

@@ -65,6 +65,7 @@ impl Scheduler {
         plan.finished.append(&mut self.finished);
         self.expected.clear();
         self.expected_stale = false;
+        self.expected_forks = false;
         Ok(())
     }
 
@@ -72,7 +73,7 @@ impl Scheduler {
     fn take_outputs_in_plan_order(&mut self, outputs: &[SampledToken]) {
         let expected = std::mem::take(&mut self.expected);
         // Forks first: a child copies its parent's computed tokens.
-        if expected.iter().any(|e| e.sample > 0) {
+        if self.expected_forks {
             for (o, e) in outputs.iter().zip(&expected) {
                 if e.sample > 0 {
                     self.fork_sample(o);
@@ -83,14 +84,15 @@ impl Scheduler {
             if e.sample > 0 {
                 continue; // a child forked above
             }
-            let s = self.s_mut(e.idx);
+            let idx = e.idx as usize;
+            let s = self.s_mut(idx);
             debug_assert!(s.samples_expected as u32 > e.sample, "a fresh expectation");
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
             s.last_token = o.token;
             if o.stop || s.generated() >= s.max_new {
-                self.finish(e.idx);
+                self.finish(idx);
             }
         }
         self.expected = expected;
