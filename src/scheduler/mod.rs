@@ -142,16 +142,6 @@ struct Expected {
 }
 
 impl SeqState {
-    /// Its handle in the manager (`owner`: the manager's tag), if it runs.
-    #[inline]
-    fn handle(&self, owner: u32) -> Option<SeqHandle> {
-        self.has_handle.then_some(SeqHandle {
-            index: self.handle_index,
-            gen: self.handle_gen,
-            owner,
-        })
-    }
-
     fn pending(&self) -> u32 {
         self.tokens.len() as u32 - self.num_computed
     }
@@ -585,49 +575,94 @@ impl Scheduler {
     /// Plans the plain decodes among `running[i..]`, in order, up to `room`
     /// of them (sequences with one token to compute, not yet in the manager,
     /// no sample to fork), as if their appends succeed, filling `self.batch`
-    /// with their handles and tokens in the same pass. Returns how many.
+    /// with their handles and tokens. Returns how many.
+    ///
+    /// The batch, the expectations and the plan entries are first grown by
+    /// `room` placeholders, written through zipped slices in one pass that
+    /// stops at the first sequence that is not a plain decode, and cut back:
+    /// pushing to three lists in one loop sent each list's length through
+    /// memory on every sequence, and counting the run first read every
+    /// slab entry twice.
     fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
-        self.batch.clear();
-        let from = self.slots[0].len() as u32;
+        let room = room.min(self.running.len() - i);
         let owner = self.handle_owner;
-        for &idx in &self.running[i..] {
-            if self.batch.len() == room {
+        let unset = SeqHandle {
+            index: 0,
+            gen: 0,
+            owner,
+        };
+        self.batch.clear();
+        self.batch.resize(room, (unset, 0));
+        let from_expected = self.expected.len();
+        self.expected.resize(
+            from_expected + room,
+            Expected {
+                seq: SeqId(0),
+                idx: 0,
+                sample: 0,
+            },
+        );
+        let from_scheduled = plan.scheduled.len();
+        plan.scheduled.resize(
+            from_scheduled + room,
+            ScheduledSeq {
+                seq: SeqId(0),
+                start: 0,
+                num_new_tokens: 1,
+                is_prefill: false,
+                num_samples: 1,
+                slots: 0..0,
+            },
+        );
+        let from = self.slots[0].len() as u32;
+        let mut run = 0;
+        let entries = self.running[i..i + room]
+            .iter()
+            .zip(self.batch.iter_mut())
+            .zip(self.expected[from_expected..].iter_mut())
+            .zip(plan.scheduled[from_scheduled..].iter_mut());
+        for (((&idx, b), e), p) in entries {
+            let s = self.slab[idx].as_mut().expect("live");
+            if !(s.has_handle
+                && s.tokens.len() as u32 == s.num_computed + 1
+                && s.in_kv == s.num_computed
+                && s.forks_left == 0)
+            {
                 break;
             }
-            let s = self.slab[idx].as_mut().expect("live");
-            let h = match s.handle(owner) {
-                Some(h)
-                    if s.tokens.len() as u32 == s.num_computed + 1
-                        && s.in_kv == s.num_computed
-                        && s.forks_left == 0 =>
-                {
-                    h
-                }
-                _ => break,
-            };
             debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
             debug_assert_eq!(s.samples_expected, 0);
-            let slot = from + self.batch.len() as u32;
-            self.batch.push((h, s.last_token));
+            *b = (
+                SeqHandle {
+                    index: s.handle_index,
+                    gen: s.handle_gen,
+                    owner,
+                },
+                s.last_token,
+            );
+            *e = Expected {
+                seq: s.id,
+                idx: idx as u32,
+                sample: 0,
+            };
             let start = s.num_computed;
             s.in_kv += 1;
             s.num_computed += 1;
             s.samples_expected = 1;
-            self.expected.push(Expected {
-                seq: s.id,
-                idx: idx as u32,
-                sample: 0,
-            });
-            plan.scheduled.push(ScheduledSeq {
+            let slot = from + run as u32;
+            *p = ScheduledSeq {
                 seq: s.id,
                 start,
                 num_new_tokens: 1,
                 is_prefill: start < s.prompt_len,
                 num_samples: 1,
                 slots: slot..slot + 1,
-            });
+            };
+            run += 1;
         }
-        let run = self.batch.len();
+        self.batch.truncate(run);
+        self.expected.truncate(from_expected + run);
+        plan.scheduled.truncate(from_scheduled + run);
         plan.num_batched_tokens += run as u32;
         *budget -= run as u32;
         run
