@@ -574,25 +574,28 @@ impl Scheduler {
 
     /// Plans the plain decodes among `running[i..]`, in order, up to `room`
     /// of them (sequences with one token to compute, not yet in the manager,
-    /// no sample to fork), as if their appends succeed, filling `self.batch`
-    /// with their handles and tokens. Returns how many.
+    /// no sample to fork), as if their appends succeed, filling
+    /// `self.batch[..run]` with their handles and tokens. Returns how many (`run`).
     ///
-    /// The batch, the expectations and the plan entries are first grown by
-    /// `room` placeholders, written through zipped slices in one pass that
-    /// stops at the first sequence that is not a plain decode, and cut back:
-    /// pushing to three lists in one loop sent each list's length through
-    /// memory on every sequence, and counting the run first read every
-    /// slab entry twice.
+    /// Stores bound this loop (one a cycle), so it makes few: the batch is a
+    /// buffer that only grows (no placeholders written per step), the
+    /// expectations are grown by `room` placeholders (one 16-byte store each),
+    /// written through zipped slices in one pass that stops at the first
+    /// sequence that is not a plain decode, and cut back; the plan entries
+    /// are then appended by one `extend` over the run (its slab entries are
+    /// in L1), with no placeholders. Pushing to three lists in one loop sent
+    /// each list's length through memory on every sequence.
     fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
         let room = room.min(self.running.len() - i);
         let owner = self.handle_owner;
-        let unset = SeqHandle {
-            index: 0,
-            gen: 0,
-            owner,
-        };
-        self.batch.clear();
-        self.batch.resize(room, (unset, 0));
+        if self.batch.len() < room {
+            let unset = SeqHandle {
+                index: 0,
+                gen: 0,
+                owner,
+            };
+            self.batch.resize(room, (unset, 0));
+        }
         let from_expected = self.expected.len();
         self.expected.resize(
             from_expected + room,
@@ -602,26 +605,12 @@ impl Scheduler {
                 sample: 0,
             },
         );
-        let from_scheduled = plan.scheduled.len();
-        plan.scheduled.resize(
-            from_scheduled + room,
-            ScheduledSeq {
-                seq: SeqId(0),
-                start: 0,
-                num_new_tokens: 1,
-                is_prefill: false,
-                num_samples: 1,
-                slots: 0..0,
-            },
-        );
-        let from = self.slots[0].len() as u32;
         let mut run = 0;
         let entries = self.running[i..i + room]
             .iter()
             .zip(self.batch.iter_mut())
-            .zip(self.expected[from_expected..].iter_mut())
-            .zip(plan.scheduled[from_scheduled..].iter_mut());
-        for (((&idx, b), e), p) in entries {
+            .zip(self.expected[from_expected..].iter_mut());
+        for ((&idx, b), e) in entries {
             let s = self.slab[idx].as_mut().expect("live");
             if !(s.has_handle
                 && s.tokens.len() as u32 == s.num_computed + 1
@@ -645,24 +634,27 @@ impl Scheduler {
                 idx: idx as u32,
                 sample: 0,
             };
-            let start = s.num_computed;
             s.in_kv += 1;
             s.num_computed += 1;
             s.samples_expected = 1;
-            let slot = from + run as u32;
-            *p = ScheduledSeq {
-                seq: s.id,
-                start,
-                num_new_tokens: 1,
-                is_prefill: start < s.prompt_len,
-                num_samples: 1,
-                slots: slot..slot + 1,
-            };
             run += 1;
         }
-        self.batch.truncate(run);
         self.expected.truncate(from_expected + run);
-        plan.scheduled.truncate(from_scheduled + run);
+        let from = self.slots[0].len() as u32;
+        let slab = &self.slab;
+        plan.scheduled
+            .extend(self.running[i..i + run].iter().zip(from..).map(|(&idx, slot)| {
+                let s = slab[idx].as_ref().expect("live");
+                let start = s.num_computed - 1;
+                ScheduledSeq {
+                    seq: s.id,
+                    start,
+                    num_new_tokens: 1,
+                    is_prefill: start < s.prompt_len,
+                    num_samples: 1,
+                    slots: slot..slot + 1,
+                }
+            }));
         plan.num_batched_tokens += run as u32;
         *budget -= run as u32;
         run
@@ -673,7 +665,7 @@ impl Scheduler {
     /// blocks, it and those after it are taken out of the plan again (it is
     /// planned alone next).
     fn decode_batch(&mut self, i: usize, run: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
-        let done = match self.kv.append_decode_into(&self.batch, &mut self.slots) {
+        let done = match self.kv.append_decode_into(&self.batch[..run], &mut self.slots) {
             Ok(()) => return run,
             Err(BatchError {
                 done,
