@@ -41,10 +41,10 @@ impl Scheduler {
             }
             self.swapped.pop_front();
             let handle = self.kv.handle(self.s(idx).id).ok();
+            self.set_handle(idx, handle);
             let s = self.slab[idx].as_mut().expect("live");
             reserved += s.forks_left as usize;
             self.cold[idx].status = Status::Running;
-            s.handle = handle;
             let (id, from) = (s.id, s.in_kv as usize);
             let appended = self.kv.append(id, &s.tokens[from..append_to as usize]);
             Self::insert_by_key(&self.cold, &mut self.running, idx);
@@ -126,8 +126,8 @@ impl Scheduler {
             self.waiting.pop_front();
             let handle = self.kv.handle(id).ok();
             self.cold[idx].status = Status::Running;
+            self.set_handle(idx, handle);
             let s = self.s_mut(idx);
-            s.handle = handle;
             reserved += s.forks_left as usize;
             s.num_computed = a.cached_tokens;
             s.in_kv = alloc_len;

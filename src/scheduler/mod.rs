@@ -71,28 +71,39 @@ enum Status {
 }
 
 /// One sequence (one sample of a request): what a decode step and its
-/// outputs read and write, kept small (the slab's hot half).
+/// outputs read and write, kept in one 64-byte cache line (the slab's hot
+/// half), so planning a decode and taking its token touch one line each.
 #[derive(Debug)]
+#[repr(align(64))]
 struct SeqState {
     /// Prompt and generated tokens.
     tokens: Vec<TokenId>,
+    id: SeqId,
+    /// Its handle in the manager while it runs (for the batched decode), as
+    /// slot index and generation; the owner tag is the scheduler's
+    /// (`Scheduler::handle_owner`), valid when `has_handle`.
+    handle_index: u32,
+    handle_gen: u32,
     /// The last of `tokens` (what a decode appends), kept here so planning
     /// a decode does not read the token list.
     last_token: TokenId,
-    id: SeqId,
-    /// Its handle in the manager while it runs (for the batched decode).
-    handle: Option<SeqHandle>,
     /// Tokens whose KV the engine has computed (or computes in the last planned step).
     num_computed: u32,
     /// Tokens the manager holds for it.
     in_kv: u32,
     prompt_len: u32,
     max_new: u32,
-    /// Samples still to fork from this one (sample 0, until its prompt is computed).
-    forks_left: u32,
-    /// Sampled tokens the last plan asked of it (0: none).
-    samples_expected: u32,
+    /// Sampled tokens the last plan asked of it (0: none; at most `MAX_SAMPLES`).
+    samples_expected: u16,
+    /// Samples still to fork from this one (sample 0, until its prompt is
+    /// computed; below `MAX_SAMPLES`).
+    forks_left: u8,
+    has_handle: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Option<SeqState>>() == 64);
+const _: () = assert!(std::mem::size_of::<Expected>() == 16);
+const _: () = assert!(MAX_SAMPLES <= u16::MAX as u32 && MAX_SAMPLES - 1 <= u8::MAX as u32);
 
 /// The rest of a sequence's state, read when it is queued, admitted,
 /// preempted or forked (the slab's cold half, `Scheduler::cold`, same index).
@@ -125,7 +136,8 @@ impl Cold {
 #[derive(Clone, Copy, Debug)]
 struct Expected {
     seq: SeqId,
-    idx: usize,
+    /// The slab entry (an index below 2^32: 16 bytes an entry).
+    idx: u32,
     sample: u32,
 }
 
@@ -174,6 +186,8 @@ pub struct Scheduler {
     mode: Box<dyn PreemptionModePolicy>,
     order: Box<dyn QueueOrder>,
     slab: Vec<Option<SeqState>>,
+    /// The owner tag of the manager's handles (set with the first handle kept).
+    handle_owner: u32,
     /// The cold half of each slab entry (stale for free entries).
     cold: Vec<Cold>,
     free_slab: Vec<usize>,
@@ -201,6 +215,8 @@ pub struct Scheduler {
     /// A step was planned while outputs were still expected: check outputs
     /// the general way.
     expected_stale: bool,
+    /// Some of `expected` are samples to fork (sample > 0).
+    expected_forks: bool,
     preempted_this_step: bool,
     scratch: Vec<(u8, (i64, u64), usize)>,
     /// The step's run of plain decodes, handed to the manager in one call.
@@ -233,6 +249,7 @@ impl Scheduler {
             mode: Box::new(AlwaysRecompute),
             order: Box::new(Fcfs),
             slab: Vec::new(),
+            handle_owner: 0,
             cold: Vec::new(),
             free_slab: Vec::new(),
             spare_tokens: Vec::new(),
@@ -247,6 +264,7 @@ impl Scheduler {
             kept_outputs: Vec::new(),
             expected: Vec::new(),
             expected_stale: false,
+            expected_forks: false,
             preempted_this_step: false,
             scratch: Vec::new(),
             batch: Vec::new(),
@@ -337,6 +355,17 @@ impl Scheduler {
         self.index.get(&seq).and_then(|&i| self.slab[i].as_ref())
     }
 
+    /// Keeps `h` (the manager's handle of the sequence in slab entry `idx`, if any).
+    fn set_handle(&mut self, idx: usize, h: Option<SeqHandle>) {
+        let s = self.slab[idx].as_mut().expect("live");
+        s.has_handle = h.is_some();
+        if let Some(h) = h {
+            debug_assert!(self.handle_owner == 0 || self.handle_owner == h.owner);
+            self.handle_owner = h.owner;
+            (s.handle_index, s.handle_gen) = (h.index, h.gen);
+        }
+    }
+
     fn s(&self, idx: usize) -> &SeqState {
         self.slab[idx].as_ref().expect("queues hold live slab entries")
     }
@@ -403,9 +432,11 @@ impl Scheduler {
             max_new,
             num_computed: 0,
             in_kv: 0,
-            forks_left: r.n - 1,
+            forks_left: (r.n - 1) as u8,
             samples_expected: 0,
-            handle: None,
+            handle_index: 0,
+            handle_gen: 0,
+            has_handle: false,
         };
         let cold = Cold {
             priority: r.priority,
@@ -543,49 +574,87 @@ impl Scheduler {
 
     /// Plans the plain decodes among `running[i..]`, in order, up to `room`
     /// of them (sequences with one token to compute, not yet in the manager,
-    /// no sample to fork), as if their appends succeed, filling `self.batch`
-    /// with their handles and tokens in the same pass. Returns how many.
+    /// no sample to fork), as if their appends succeed, filling
+    /// `self.batch[..run]` with their handles and tokens. Returns how many (`run`).
+    ///
+    /// Stores bound this loop (one a cycle), so it makes few: the batch is a
+    /// buffer that only grows (no placeholders written per step), the
+    /// expectations are grown by `room` placeholders (one 16-byte store each),
+    /// written through zipped slices in one pass that stops at the first
+    /// sequence that is not a plain decode, and cut back; the plan entries
+    /// are then appended by one `extend` over the run (its slab entries are
+    /// in L1), with no placeholders. Pushing to three lists in one loop sent
+    /// each list's length through memory on every sequence.
     fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
-        self.batch.clear();
-        let from = self.slots[0].len() as u32;
-        for &idx in &self.running[i..] {
-            if self.batch.len() == room {
+        let room = room.min(self.running.len() - i);
+        let owner = self.handle_owner;
+        if self.batch.len() < room {
+            let unset = SeqHandle {
+                index: 0,
+                gen: 0,
+                owner,
+            };
+            self.batch.resize(room, (unset, 0));
+        }
+        let from_expected = self.expected.len();
+        self.expected.resize(
+            from_expected + room,
+            Expected {
+                seq: SeqId(0),
+                idx: 0,
+                sample: 0,
+            },
+        );
+        let mut run = 0;
+        let entries = self.running[i..i + room]
+            .iter()
+            .zip(self.batch.iter_mut())
+            .zip(self.expected[from_expected..].iter_mut());
+        for ((&idx, b), e) in entries {
+            let s = self.slab[idx].as_mut().expect("live");
+            if !(s.has_handle
+                && s.tokens.len() as u32 == s.num_computed + 1
+                && s.in_kv == s.num_computed
+                && s.forks_left == 0)
+            {
                 break;
             }
-            let s = self.slab[idx].as_mut().expect("live");
-            let h = match s.handle {
-                Some(h)
-                    if s.tokens.len() as u32 == s.num_computed + 1
-                        && s.in_kv == s.num_computed
-                        && s.forks_left == 0 =>
-                {
-                    h
-                }
-                _ => break,
-            };
             debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
             debug_assert_eq!(s.samples_expected, 0);
-            let slot = from + self.batch.len() as u32;
-            self.batch.push((h, s.last_token));
-            let start = s.num_computed;
+            *b = (
+                SeqHandle {
+                    index: s.handle_index,
+                    gen: s.handle_gen,
+                    owner,
+                },
+                s.last_token,
+            );
+            *e = Expected {
+                seq: s.id,
+                idx: idx as u32,
+                sample: 0,
+            };
             s.in_kv += 1;
             s.num_computed += 1;
             s.samples_expected = 1;
-            self.expected.push(Expected {
-                seq: s.id,
-                idx,
-                sample: 0,
-            });
-            plan.scheduled.push(ScheduledSeq {
-                seq: s.id,
-                start,
-                num_new_tokens: 1,
-                is_prefill: start < s.prompt_len,
-                num_samples: 1,
-                slots: slot..slot + 1,
-            });
+            run += 1;
         }
-        let run = self.batch.len();
+        self.expected.truncate(from_expected + run);
+        let from = self.slots[0].len() as u32;
+        let slab = &self.slab;
+        plan.scheduled
+            .extend(self.running[i..i + run].iter().zip(from..).map(|(&idx, slot)| {
+                let s = slab[idx].as_ref().expect("live");
+                let start = s.num_computed - 1;
+                ScheduledSeq {
+                    seq: s.id,
+                    start,
+                    num_new_tokens: 1,
+                    is_prefill: start < s.prompt_len,
+                    num_samples: 1,
+                    slots: slot..slot + 1,
+                }
+            }));
         plan.num_batched_tokens += run as u32;
         *budget -= run as u32;
         run
@@ -596,7 +665,7 @@ impl Scheduler {
     /// blocks, it and those after it are taken out of the plan again (it is
     /// planned alone next).
     fn decode_batch(&mut self, i: usize, run: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
-        let done = match self.kv.append_decode_into(&self.batch, &mut self.slots) {
+        let done = match self.kv.append_decode_into(&self.batch[..run], &mut self.slots) {
             Ok(()) => return run,
             Err(BatchError {
                 done,
@@ -650,19 +719,24 @@ impl Scheduler {
         let s = self.slab[idx].as_mut().expect("live");
         let start = s.num_computed;
         s.num_computed += n;
-        let samples = if s.pending() == 0 { 1 + s.forks_left } else { 0 };
-        s.samples_expected = samples;
+        let samples = if s.pending() == 0 {
+            1 + s.forks_left as u32
+        } else {
+            0
+        };
+        s.samples_expected = samples as u16;
         if samples == 1 {
             self.expected.push(Expected {
                 seq: s.id,
-                idx,
+                idx: idx as u32,
                 sample: 0,
             });
         } else {
             let (req, _) = RequestId::of(s.id);
+            self.expected_forks |= samples > 1;
             self.expected.extend((0..samples).map(|sample| Expected {
                 seq: req.seq(sample),
-                idx,
+                idx: idx as u32,
                 sample,
             }));
         }

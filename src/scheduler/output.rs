@@ -65,6 +65,7 @@ impl Scheduler {
         plan.finished.append(&mut self.finished);
         self.expected.clear();
         self.expected_stale = false;
+        self.expected_forks = false;
         Ok(())
     }
 
@@ -72,7 +73,7 @@ impl Scheduler {
     fn take_outputs_in_plan_order(&mut self, outputs: &[SampledToken]) {
         let expected = std::mem::take(&mut self.expected);
         // Forks first: a child copies its parent's computed tokens.
-        if expected.iter().any(|e| e.sample > 0) {
+        if self.expected_forks {
             for (o, e) in outputs.iter().zip(&expected) {
                 if e.sample > 0 {
                     self.fork_sample(o);
@@ -83,14 +84,15 @@ impl Scheduler {
             if e.sample > 0 {
                 continue; // a child forked above
             }
-            let s = self.s_mut(e.idx);
-            debug_assert!(s.samples_expected > e.sample, "a fresh expectation");
+            let idx = e.idx as usize;
+            let s = self.s_mut(idx);
+            debug_assert!(s.samples_expected as u32 > e.sample, "a fresh expectation");
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
             s.last_token = o.token;
             if o.stop || s.generated() >= s.max_new {
-                self.finish(e.idx);
+                self.finish(idx);
             }
         }
         self.expected = expected;
@@ -144,7 +146,7 @@ impl Scheduler {
         sample > 0
             && self
                 .state(req.seq(0))
-                .is_some_and(|p| sample < p.samples_expected)
+                .is_some_and(|p| sample < p.samples_expected as u32)
     }
 
     fn fork_sample(&mut self, o: &SampledToken) {
@@ -165,9 +167,10 @@ impl Scheduler {
             last_token: o.token,
             forks_left: 0,
             samples_expected: 0,
-            handle: self.kv.handle(o.seq).ok(),
+            has_handle: false,
             ..*p
         };
+        let handle = self.kv.handle(o.seq).ok();
         let pc = &self.cold[pidx];
         let cold = Cold {
             key: (pc.key.0, o.seq),
@@ -176,6 +179,7 @@ impl Scheduler {
             ..pc.clone()
         };
         let idx = self.insert_state(child, cold);
+        self.set_handle(idx, handle);
         *self.live.get_mut(&SeqId(req.0)).expect("the parent is live") += 1;
         Self::insert_by_key(&self.cold, &mut self.running, idx);
         self.finish_if_done(idx, o.stop);

@@ -169,7 +169,7 @@ impl Scheduler {
         };
         let s = self.slab[idx].as_mut().expect("live");
         s.samples_expected = 0;
-        s.handle = None;
+        s.has_handle = false;
         if mode == PreemptionMode::Swap {
             self.cold[idx].status = Status::Swapped;
             self.stats.preempted_swap += 1;
