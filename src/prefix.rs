@@ -259,6 +259,38 @@ pub fn hash_block(
     chained(algo, parent, &buf)
 }
 
+/// [`hash_block`] of each whole block of `tokens` in turn, the first being
+/// block `first_index` of its sequence and chained to `parent`, pushed onto
+/// `out` (the same values, one call: without extra keys the loop hashes the
+/// token ids in place with nothing else per block).
+pub(crate) fn hash_blocks(
+    algo: HashAlgorithm,
+    mut parent: Option<BlockHash>,
+    tokens: &[TokenId],
+    first_index: u32,
+    block_size: u32,
+    keys: &PrefixKeys,
+    out: &mut Vec<BlockHash>,
+) {
+    let blocks = tokens.chunks_exact(block_size as usize);
+    out.reserve(blocks.len());
+    #[cfg(target_endian = "little")]
+    if keys.is_empty() {
+        let mut p = parent.map_or(u128::from_le_bytes(ROOT_SEED), BlockHash::get);
+        for block in blocks {
+            let h = chained(algo, p, bytemuck::cast_slice(block));
+            out.push(h);
+            p = h.get();
+        }
+        return;
+    }
+    for (i, block) in blocks.enumerate() {
+        let h = hash_block(algo, parent, block, first_index + i as u32, block_size, keys);
+        out.push(h);
+        parent = Some(h);
+    }
+}
+
 /// `hash_block` of a block without extra keys whose input fits in `N` bytes
 /// (big-endian targets, where the token ids' bytes are not the input).
 #[cfg(not(target_endian = "little"))]
@@ -902,6 +934,34 @@ mod tests {
                 hash_block(A, None, &toks, 3, n as u32, &adapter),
                 "{n} tokens"
             );
+        }
+    }
+
+    #[test]
+    fn hash_blocks_chains_as_hash_block_does() {
+        let toks: Vec<u32> = (0..70).map(|t| t * 7 + 1).collect();
+        let salted = PrefixKeys::salted("t");
+        let image = PrefixKeys {
+            mm_spans: vec![MmSpan {
+                offset: 20,
+                len: 9,
+                hash: 5,
+            }],
+            ..Default::default()
+        };
+        for keys in [PrefixKeys::default(), salted, image] {
+            for (parent, first) in [(None, 0), (Some(BlockHash::from_u128(77)), 3)] {
+                let mut out = vec![BlockHash::from_u128(1)];
+                hash_blocks(A, parent, &toks, first, 16, &keys, &mut out);
+                let mut expect = vec![BlockHash::from_u128(1)];
+                let mut p = parent;
+                for (i, b) in toks.chunks_exact(16).enumerate() {
+                    let h = hash_block(A, p, b, first + i as u32, 16, &keys);
+                    expect.push(h);
+                    p = Some(h);
+                }
+                assert_eq!(out, expect, "{keys:?} from block {first}");
+            }
         }
     }
 

@@ -35,7 +35,7 @@ use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
 use crate::prefix::{
-    hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
+    hash_block, hash_blocks, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
 };
 use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
@@ -147,17 +147,17 @@ impl PrefixState {
         let bs = self.block_size as usize;
         let full = cache.tokens.len() / bs;
         let keys = cache.keys.as_deref().unwrap_or(&NO_KEYS);
-        while cache.hashes.len() < full {
-            let i = cache.hashes.len();
-            let h = hash_block(
+        let from = cache.hashes.len();
+        if from < full {
+            hash_blocks(
                 self.algo,
                 cache.hashes.last().copied(),
-                &cache.tokens[i * bs..(i + 1) * bs],
-                i as u32,
+                &cache.tokens[from * bs..full * bs],
+                from as u32,
                 self.block_size,
                 keys,
+                &mut cache.hashes,
             );
-            cache.hashes.push(h);
         }
     }
 
