@@ -596,11 +596,28 @@ impl KvCacheManager {
             // block's parent is cached: see `eviction`), so once a block is
             // missing on the device the rest of the hit is in the host tier:
             // no more device lookups.
+            // (The loops of `resolve`, without its per-block branches.)
             let t = &mut tables[0];
-            let mut on_device = true;
-            (0..max_hit)
-                .take_while(|&i| resolve(t, 0, i, cache.hashes[i], &mut on_device))
-                .count()
+            let hashes = &cache.hashes[..max_hit];
+            t.blocks.reserve(max_hit + 1);
+            let mut i = 0;
+            while let Some(b) = hashes.get(i).and_then(|&h| p.index.get(0, h)) {
+                let free = pool.ref_count(b) == Ok(0);
+                held += !free as u64;
+                if take_now {
+                    take_hit(pool, stats, b, free);
+                }
+                t.blocks.push(b);
+                i += 1;
+            }
+            if let Some(c) = host_index {
+                while let Some(hb) = hashes.get(i).and_then(|&h| c.get(0, h)) {
+                    reloads.push((0, i as u32, hb));
+                    t.blocks.push(BlockId::NULL); // the reloaded copy, taken below
+                    i += 1;
+                }
+            }
+            i
         } else {
             let hits = found_hit.expect("found above");
             for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
