@@ -995,6 +995,46 @@ mod tests {
         ix.check_invariants().unwrap();
     }
 
+    #[test]
+    fn colliding_keys_stay_findable_through_removals() {
+        // 16 blocks, a 32-position table: keys whose low bits put them all in
+        // a few homes near the table's end, so probes cluster and wrap, and
+        // removals shift entries back across the wrap.
+        let n = 16u32;
+        let mut ix = PrefixIndex::new(n);
+        let mut model: std::collections::HashMap<BlockHash, BlockId> = Default::default();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..4000 {
+            let b = BlockId((next() % n as u64) as u32);
+            if let Some(h) = ix.hash_of(b) {
+                assert_eq!(ix.remove_block(b), Some((h, 0)));
+                model.remove(&h);
+            } else {
+                // High bits pick the hash, low bits one of three homes (30, 31, 0).
+                let home = [30u128, 31, 0][(next() % 3) as usize];
+                let h = BlockHash::from_u128(((next() % 24) as u128) << 64 | home);
+                let inserted = ix.insert(0, h, b);
+                assert_eq!(inserted, !model.contains_key(&h));
+                if inserted {
+                    model.insert(h, b);
+                }
+            }
+            ix.check_invariants().unwrap();
+            assert_eq!(ix.len(), model.len());
+            for (&h, &b) in &model {
+                assert_eq!(ix.get(0, h), Some(b));
+            }
+            let absent = BlockHash::from_u128(((next() % 24) as u128) << 64 | 31);
+            assert_eq!(ix.get(0, absent), model.get(&absent).copied());
+        }
+    }
+
     #[cfg(feature = "sha256")]
     #[test]
     fn sha256_differs_from_xxh3_and_is_stable() {
