@@ -273,22 +273,26 @@ impl BlockPool {
     /// Panics on a free or unknown block (a broken caller invariant).
     #[inline]
     pub(crate) fn release_all_evict_first<'a>(&mut self, blocks: impl Iterator<Item = &'a BlockId>) -> u64 {
-        let mut freed = 0;
-        for &b in blocks {
-            let m = &mut self.meta[b.index()];
+        // One `extend` with the stack position counted here: pushing one by
+        // one would store and reload the stack's length for every block.
+        let start = self.stack.len() as u32;
+        let mut pos = start;
+        let meta = &mut self.meta;
+        self.stack.extend(blocks.filter_map(|&b| {
+            let m = &mut meta[b.index()];
             assert!(
                 m.ref_count > 0,
                 "released block {b:?} is free: a table held a free block"
             );
             m.ref_count -= 1;
-            if m.ref_count == 0 {
-                m.prev = self.stack.len() as u32;
+            (m.ref_count == 0).then(|| {
+                m.prev = pos;
                 m.next = IN_STACK;
-                self.stack.push(b.0);
-                freed += 1;
-            }
-        }
-        freed
+                pos += 1;
+                b.0
+            })
+        }));
+        (pos - start) as u64
     }
 
     #[inline(always)]

@@ -625,6 +625,10 @@ fn scenario_json(setup: &Setup) -> Value {
             "kv_bytes_per_token": t.kv_bytes_per_token,
             "hbm_bytes_per_s": t.hbm_bytes_per_s,
             "pcie_bytes_per_s": t.pcie_bytes_per_s,
+            "local_layers": t.local_layers.kinds.iter().flatten().map(|(kind, share)| json!({
+                "kind": kind.to_string(),
+                "share_of_kv_bytes": share,
+            })).collect::<Vec<_>>(),
         },
         "slo": { "ttft_s": scenario.slo.ttft_s, "tpot_s": scenario.slo.tpot_s },
     })

@@ -12,6 +12,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pagedkv::sim::metrics::LocalLayers;
 use pagedkv::sim::prefix_bounds::BlockTrace;
 use pagedkv::sim::synthetic::SyntheticSpec;
 use pagedkv::sim::trace::{self, TraceOptions};
@@ -308,9 +309,13 @@ fn time_model(args: &SimulateArgs, base: &Scenario, kv: &KvSize) -> StepTimeMode
     let mut t = base.time_model;
     match (kv, *kv == base.kv) {
         (KvSize::Plan { spec, .. }, false) => t.kv_bytes_per_token = spec.bytes_per_token() as f64,
-        // Every layer's bytes per token: a decode reads at most that much
-        // (a window layer reads less once the context outgrows its window).
-        (KvSize::Layout { layout, .. }, false) => t.kv_bytes_per_token = layout.bytes_per_token() as f64,
+        // Every layer's bytes per token; a decode reads that much per token
+        // of context in full-attention layers, and at most the window in
+        // local ones (charged by the model's `local_layers`).
+        (KvSize::Layout { layout, .. }, false) => {
+            t.kv_bytes_per_token = layout.bytes_per_token() as f64;
+            t.local_layers = LocalLayers::of(layout);
+        }
         _ => {}
     }
     let ms = |x: Option<f64>, d: f64| x.map_or(d, |v| v / 1e3);

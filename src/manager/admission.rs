@@ -21,7 +21,7 @@
 //! `KvCacheConfig::prefill_chunk_tokens` (whole, by default); the reference
 //! scheduler passes its own token budget.
 
-use super::caching::{hit_from, CachedPrefix};
+use super::caching::{full_vouches, hit_from, CachedPrefix};
 use super::{Admission, AdmissionRefusal, KvCacheManager};
 use crate::error::KvError;
 use crate::ids::TokenId;
@@ -177,11 +177,12 @@ impl KvCacheManager {
         let bs = self.config.block_size;
         let step = chunk.clamp(1, prompt_len);
         let prompt_blocks = self.blocks_for(prompt_len);
+        let vouched = full_vouches(&self.config.groups);
         let mut needed = 0;
         for (g, kind) in self.config.groups.iter().enumerate() {
             // Blocks the group holds from the hit on: its window at the hit
             // point and the prefill's blocks, at most a window and a chunk.
-            let from_hit = prompt_blocks - hit_from(*kind, hit.hit_blocks as usize, bs) as u64;
+            let from_hit = prompt_blocks - hit_from(*kind, hit.hit_blocks as usize, bs, vouched) as u64;
             let peak = kind.max_blocks_per_seq(prompt_len, step, bs);
             // Held hit blocks take no free block, unless the window slides
             // past them during the prefill (then its peak may be all new blocks).

@@ -174,10 +174,22 @@ impl KvCacheManager {
     }
 
     /// The leading fast entries of a batch (one group, no prefix caching):
-    /// applies them and returns how many.
+    /// applies them and returns how many. Besides a token in the last block,
+    /// a token starting a new block is fast too when nothing else is due
+    /// (no window release, within `max_model_len`, a free block): one pop
+    /// from the pool's free stack (prefix caching is off: every free block
+    /// is there).
     #[inline(never)]
     fn decode_run_plain(&mut self, batch: &[(SeqHandle, TokenId)], out: &mut Vec<Slot>, epoch: u32) -> usize {
         let (entries, owner) = self.seqs.entries_hot();
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
+        let bs = self.config.block_size;
+        let max_model_len = self.config.max_model_len;
+        // Slots written by index into room made up front, the length set
+        // once at the end (a push per slot stores and reloads it).
+        let base = out.len();
+        out.resize(base + batch.len(), 0);
+        let slots = &mut out[base..];
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -190,16 +202,30 @@ impl KvCacheManager {
             let t = &mut s.tables[0];
             let len = t.num_tokens;
             if len >= e.hot {
-                break;
+                // The last block is full (the bound is a block boundary,
+                // not a window's or the length limit): take the next.
+                let full = t.blocks.len() as u64 * bs as u64 == len as u64;
+                if !(full && len < t.release_at && len < max_model_len && e.hot != 0) {
+                    break;
+                }
+                let Ok(b) = pool.allocate() else {
+                    break;
+                };
+                stats.blocks_taken += 1;
+                t.blocks.push(b);
+                t.tail_maybe_shared = false;
+                t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
             }
             t.num_tokens = len + 1;
-            out.push(t.tail_base.wrapping_add(len as u64));
+            slots[done] = t.tail_base.wrapping_add(len as u64);
             if s.appended_epoch != epoch {
                 s.appended_epoch = epoch;
                 s.step_start_len = len;
             }
             done += 1;
         }
+        out.truncate(base + done);
         done
     }
 
@@ -214,6 +240,14 @@ impl KvCacheManager {
         epoch: u32,
     ) -> usize {
         let (entries, owner) = self.seqs.entries_hot();
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
+        let bs = self.config.block_size;
+        let max_model_len = self.config.max_model_len;
+        // As in `decode_run_plain`: slots written by index.
+        let (base0, base1) = (out0.len(), out1.len());
+        out0.resize(base0 + batch.len(), 0);
+        out1.resize(base1 + batch.len(), 0);
+        let (slots0, slots1) = (&mut out0[base0..], &mut out1[base1..]);
         let mut done = 0;
         for &(h, _) in batch {
             let Some(e) = entries.get_mut(h.index as usize) else {
@@ -228,18 +262,37 @@ impl KvCacheManager {
             };
             let len = t0.num_tokens;
             if len >= e.hot {
-                break;
+                // As in `decode_run_plain`: both last blocks are full and
+                // nothing else is due (no window release now).
+                let full = t0.blocks.len() as u64 * bs as u64 == len as u64;
+                let due = len >= t0.release_at.min(t1.release_at).min(max_model_len);
+                if !full || due || e.hot == 0 || pool.num_free() < 2 {
+                    break;
+                }
+                for t in [&mut *t0, &mut *t1] {
+                    let b = pool.allocate().expect("two blocks are free");
+                    t.blocks.push(b);
+                    t.tail_maybe_shared = false;
+                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                }
+                stats.blocks_taken += 2;
+                e.hot = max_model_len
+                    .min(len.saturating_add(bs))
+                    .min(t0.release_at)
+                    .min(t1.release_at);
             }
             t0.num_tokens = len + 1;
             t1.num_tokens = len + 1;
-            out0.push(t0.tail_base.wrapping_add(len as u64));
-            out1.push(t1.tail_base.wrapping_add(len as u64));
+            slots0[done] = t0.tail_base.wrapping_add(len as u64);
+            slots1[done] = t1.tail_base.wrapping_add(len as u64);
             if s.appended_epoch != epoch {
                 s.appended_epoch = epoch;
                 s.step_start_len = len;
             }
             done += 1;
         }
+        out0.truncate(base0 + done);
+        out1.truncate(base1 + done);
         done
     }
 
@@ -583,7 +636,10 @@ fn release_windows(
     for (t, kind) in tables.iter_mut().zip(groups) {
         if base >= t.release_at as u64 {
             let release_to = kind.first_needed_block(base, bs) as u32;
-            for i in t.num_released..release_to {
+            // Last block first, as `free` releases (and vLLM's
+            // `remove_skipped_blocks`): the earlier blocks outlive the later
+            // ones in the eviction order.
+            for i in (t.num_released..release_to).rev() {
                 let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
                 release(pool, prefix, host, stats, b);
                 stats.window_released_blocks += 1;

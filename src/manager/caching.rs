@@ -16,9 +16,11 @@
 //! every group: it stands for the same tokens; the index is keyed by group).
 //! A hit of `L` tokens needs, in each group, the blocks that group's attention
 //! reads from position `L` on: all of them for full attention, the window
-//! before `L` for a sliding window, `L`'s chunk for chunked local attention,
-//! and always at least the block before `L` (its chained hash vouches for the
-//! whole prefix). The hit is the longest `L` every group agrees on (see `find_hit`).
+//! before `L` for a sliding window, `L`'s chunk for chunked local attention
+//! (none at a chunk boundary), as vLLM 0.33.0's hybrid manager decides (pinned
+//! by `tests/vllm_hybrid_fixtures.rs`); without a full-attention group, at
+//! least the block before `L` too (its chained hash vouches for the whole
+//! prefix). The hit is the longest `L` every group agrees on (see `find_hit`).
 //!
 //! Freed blocks keep their hash and wait in the free queue in LRU order (the
 //! pool's queue); taking one for new content evicts it. So do blocks a window
@@ -425,14 +427,23 @@ fn take_hit(pool: &mut BlockPool, stats: &mut KvStats, b: BlockId, free: bool) {
 }
 
 /// The first block a hit of `hit` blocks needs cached in a group of `kind`:
-/// the first its attention reads at the hit point, and at least the block
-/// before the hit point (whose chained hash vouches for the whole prefix).
-pub(super) fn hit_from(kind: AttentionKind, hit: usize, block_size: u32) -> usize {
+/// the first its attention reads at the hit point (vLLM's rule: a chunked
+/// local group at a chunk boundary needs none). Unless `vouched` (a
+/// full-attention group needs every block of the prefix), at least the block
+/// before the hit point, whose chained hash vouches for the whole prefix:
+/// pagedkv counts as a hit only content it has cached (vLLM, with chunked
+/// local attention alone, counts every chunk before the last, cached or not).
+pub(super) fn hit_from(kind: AttentionKind, hit: usize, block_size: u32, vouched: bool) -> usize {
     if hit == 0 {
         return 0;
     }
     let first = kind.first_needed_block(hit as u64 * block_size as u64, block_size) as usize;
-    first.min(hit - 1)
+    first.min(hit - !vouched as usize)
+}
+
+/// Whether a full-attention group vouches for every hit's prefix (see [`hit_from`]).
+pub(super) fn full_vouches(groups: &[AttentionKind]) -> bool {
+    groups.contains(&AttentionKind::Full)
 }
 
 impl KvCacheManager {
@@ -454,6 +465,7 @@ impl KvCacheManager {
         max_blocks: usize,
     ) -> usize {
         let bs = self.config.block_size;
+        let vouched = full_vouches(&self.config.groups);
         let missing = |g: usize, h: BlockHash| {
             p.index.get(g as u32, h).is_none() && !host.is_some_and(|c| c.get(g as u32, h).is_some())
         };
@@ -472,7 +484,7 @@ impl KvCacheManager {
                 // The largest l <= hit whose blocks [first_needed(l), l) are cached:
                 // a missing block m rules out every l in (m, hit], so jump to m.
                 while hit > 0 {
-                    let from = hit_from(*kind, hit, bs);
+                    let from = hit_from(*kind, hit, bs, vouched);
                     match (from..hit).rev().find(|&i| missing(g, hashes[i])) {
                         None => break,
                         Some(missing) => hit = missing,
@@ -502,9 +514,10 @@ impl KvCacheManager {
     /// Held blocks of a hit of `hit` blocks, in each group.
     fn held_blocks(&self, p: &PrefixState, hashes: &[BlockHash], hit: usize) -> SmallVec<[u64; 4]> {
         let bs = self.config.block_size;
+        let vouched = full_vouches(&self.config.groups);
         let mut held = SmallVec::new();
         for (g, kind) in self.config.groups.iter().enumerate() {
-            let from = hit_from(*kind, hit, bs);
+            let from = hit_from(*kind, hit, bs, vouched);
             held.push(
                 hashes[from..hit]
                     .iter()
@@ -528,6 +541,7 @@ impl KvCacheManager {
         keys: &PrefixKeys,
     ) -> Result<Allocation, KvError> {
         let bs = self.config.block_size;
+        let vouched = full_vouches(&self.config.groups);
         let num_tokens = prompt.len() as u64;
         let (mut tables, cache) = self.new_seq_storage();
         let mut cache = cache.unwrap_or_default();
@@ -621,7 +635,7 @@ impl KvCacheManager {
         } else {
             let hits = found_hit.expect("found above");
             for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
-                let from = hit_from(*kind, hits, bs);
+                let from = hit_from(*kind, hits, bs, vouched);
                 t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
                 for i in from..hits {
                     let found = resolve(t, g, i, cache.hashes[i], &mut true);
@@ -634,7 +648,7 @@ impl KvCacheManager {
             .config
             .groups
             .iter()
-            .map(|&k| hit_from(k, hits, bs) as u64)
+            .map(|&k| hit_from(k, hits, bs, vouched) as u64)
             .sum();
         let needed = total * self.num_groups() as u64 - placeholders - held;
         // (Taken already: the most it could need was checked before taking.)
@@ -657,7 +671,7 @@ impl KvCacheManager {
         // each reload holds its host block before its device block is taken,
         // and taking device blocks touches no host block).
         for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
-            let from = hit_from(*kind, hits, bs);
+            let from = hit_from(*kind, hits, bs, vouched);
             if !take_now {
                 for &b in &t.blocks[from..hits] {
                     if !b.is_null() {
@@ -708,7 +722,7 @@ impl KvCacheManager {
         if let Some(o) = &mut p.offload {
             // The hit blocks' content is reused (what the host tier's eviction policy weighs).
             for (t, kind) in tables.iter().zip(&self.config.groups) {
-                for &b in &t.blocks[hit_from(*kind, hits, bs)..hits] {
+                for &b in &t.blocks[hit_from(*kind, hits, bs, vouched)..hits] {
                     o.reused[b.index()] = true;
                 }
             }

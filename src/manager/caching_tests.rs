@@ -536,3 +536,89 @@ fn a_block_refilled_in_another_group_before_its_step_is_announced_in_that_group(
     assert_eq!(groups, [0, 1], "{events:?}");
     kv.check_invariants().unwrap();
 }
+
+fn hybrid(num_blocks: u32, groups: Vec<AttentionKind>) -> KvCacheManager {
+    KvCacheManager::new(KvCacheConfig {
+        num_blocks,
+        block_size: 4,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        groups,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_window_releases_its_last_block_first() {
+    // As `free` does and vLLM's `remove_skipped_blocks`: of the blocks a
+    // window releases at once, the earliest is evicted last (pinned by
+    // tests/vllm_hybrid_fixtures.rs; the first order differed from vLLM's).
+    let mut kv = hybrid(8, vec![AttentionKind::SlidingWindow { window: 4 }]);
+    kv.allocate(SeqId(1), &toks(0..16)).unwrap();
+    let blocks = kv.block_table(SeqId(1)).unwrap().to_vec();
+    run_step(&mut kv);
+    kv.append(SeqId(1), &[99]).unwrap(); // position 16 reads 13..=16: blocks 0..3 go
+    assert_eq!(kv.block_table(SeqId(1)).unwrap()[..3], [BlockId::NULL; 3]);
+    let queued: Vec<BlockId> = kv.pool().queued_blocks().collect();
+    assert_eq!(queued, [blocks[2], blocks[1], blocks[0]]);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn a_chunked_local_hit_at_a_chunk_boundary_needs_no_block_of_its_group() {
+    // With a full-attention group vouching for the prefix, the chunked local
+    // group reads nothing before a hit at a chunk boundary and holds nothing
+    // there, as vLLM's hybrid manager (it used to keep the block before the
+    // hit, and to need it cached).
+    let groups = vec![AttentionKind::Full, AttentionKind::ChunkedLocal { chunk: 8 }];
+    let mut kv = hybrid(32, groups.clone());
+    kv.allocate(SeqId(1), &toks(0..17)).unwrap();
+    run_step(&mut kv);
+    let mut prompt = toks(0..8);
+    prompt.extend(100..105);
+    let a = kv.allocate(SeqId(2), &prompt).unwrap();
+    assert_eq!(a.cached_tokens, 8);
+    assert_eq!(
+        a.num_blocks,
+        2 + 2,
+        "the full group's 2 new blocks, the chunked group's 2"
+    );
+    let local = kv.group(1).unwrap().block_table(SeqId(2)).unwrap().to_vec();
+    assert_eq!(local[..2], [BlockId::NULL; 2]);
+    assert!(!local[2].is_null() && !local[3].is_null());
+    kv.check_invariants().unwrap();
+
+    // Nor need it be cached: with group 1's copies of the prefix evicted and
+    // group 0's still cached, the hit stands (it used to fall to 0).
+    let mut kv = hybrid(12, groups);
+    kv.allocate(SeqId(1), &toks(0..17)).unwrap();
+    run_step(&mut kv);
+    kv.append(SeqId(1), &[7]).unwrap(); // position 17 reads 16..: group 1 releases blocks 0..4
+    run_step(&mut kv);
+    assert_eq!(
+        kv.group(1).unwrap().block_table(SeqId(1)).unwrap()[..4],
+        [BlockId::NULL; 4]
+    );
+    kv.allocate(SeqId(3), &toks(200..212)).unwrap(); // takes every free block: evicts them
+    run_step(&mut kv);
+    let keys = PrefixKeys::default();
+    assert_eq!(kv.cached_prefix_len_in_group(&prompt, &keys, 1), 0);
+    assert_eq!(kv.cached_prefix_len_in_group(&prompt, &keys, 0), 8);
+    assert_eq!(kv.cached_prefix_len(&prompt, &keys), 8);
+    kv.free(SeqId(3)).unwrap();
+    assert_eq!(kv.allocate(SeqId(2), &prompt).unwrap().cached_tokens, 8);
+    kv.check_invariants().unwrap();
+
+    // Without a full-attention group nothing vouches for the prefix: pagedkv
+    // keeps the block before the hit (vLLM would count a chunk it never cached).
+    let mut kv = hybrid(32, vec![AttentionKind::ChunkedLocal { chunk: 8 }]);
+    let a = kv.allocate(SeqId(1), &toks(0..13)).unwrap();
+    assert_eq!(a.cached_tokens, 0, "nothing is cached: no hit");
+    run_step(&mut kv);
+    let a = kv.allocate(SeqId(2), &prompt).unwrap();
+    assert_eq!(a.cached_tokens, 8);
+    let local = kv.block_table(SeqId(2)).unwrap().to_vec();
+    assert!(local[0].is_null() && !local[1].is_null(), "{local:?}");
+    kv.check_invariants().unwrap();
+}

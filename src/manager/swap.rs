@@ -379,7 +379,8 @@ impl KvCacheManager {
         let mut s = self.seqs.remove(&seq).expect("checked above");
         for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
             let release_to = keep_from(t, kind);
-            for i in t.num_released as usize..release_to {
+            // Last block first, as `release_windows` and `free` release.
+            for i in (t.num_released as usize..release_to).rev() {
                 let b = std::mem::replace(&mut t.blocks[i], BlockId::NULL);
                 release(
                     &mut self.pool,

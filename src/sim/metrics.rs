@@ -31,6 +31,7 @@
 
 use crate::sim::error::SimError;
 use crate::sim::latency::{LatencyLog, LatencySummary, Slo};
+use crate::{AttentionKind, ModelLayout};
 
 /// The KV memory and the batch at the end of one step (before finished
 /// requests release their memory).
@@ -81,6 +82,85 @@ pub struct StepWork {
     pub context_tokens: u64,
     /// Tokens of KV moved between device and host (swap out and in).
     pub transfer_tokens: u64,
+    /// Per entry of [`StepTimeModel::local_layers`]: tokens of KV the
+    /// decoding sequences attend to in those layers (a sliding window reads
+    /// at most its window, a chunked layer its chunk so far).
+    pub local_read_tokens: [u64; LOCAL_KINDS],
+}
+
+/// Kinds of local (sliding-window or chunked) layers the step-time model
+/// tells apart; a model with more counts the rest as full attention.
+pub const LOCAL_KINDS: usize = 2;
+
+/// Layers whose attention reads only part of the context, with their share
+/// of the KV bytes per token: what the step-time model charges for decode
+/// attention in them. Empty for a model of full-attention layers.
+///
+/// ```
+/// use pagedkv::sim::metrics::LocalLayers;
+/// use pagedkv::{AttentionKind, CacheSpec, KvDtype, ModelLayout};
+/// // gpt-oss-20b: 24 layers, sliding (128 tokens) and full alternating.
+/// let kinds: Vec<_> = (0..24)
+///     .map(|i| if i % 2 == 0 { AttentionKind::SlidingWindow { window: 128 } } else { AttentionKind::Full })
+///     .collect();
+/// let layout = ModelLayout::from_kinds(&CacheSpec::new(24, 8, 64, KvDtype::Bf16), &kinds).unwrap();
+/// let local = LocalLayers::of(&layout);
+/// assert_eq!(local.kinds[0], Some((AttentionKind::SlidingWindow { window: 128 }, 0.5)));
+/// // A decode at position 10,000 reads 128 tokens in half the layers:
+/// let mut reads = [0; 2];
+/// local.add_reads(10_000, 1, &mut reads);
+/// assert_eq!(reads, [128, 0]);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LocalLayers {
+    /// Up to [`LOCAL_KINDS`] local kinds, each with its share (0..=1) of the
+    /// KV bytes per token.
+    pub kinds: [Option<(AttentionKind, f64)>; LOCAL_KINDS],
+}
+
+impl LocalLayers {
+    /// The local layers of `layout`, by kind, weighted by their bytes per
+    /// token (kinds past [`LOCAL_KINDS`] are left out: read as full attention).
+    pub fn of(layout: &ModelLayout) -> Self {
+        let total: u64 = (0..layout.layers.len())
+            .map(|i| layout.layer_spec(i).bytes_per_token())
+            .sum();
+        let mut local = LocalLayers::default();
+        if total == 0 {
+            return local;
+        }
+        let mut kinds: Vec<(AttentionKind, u64)> = Vec::new();
+        for (i, layer) in layout.layers.iter().enumerate() {
+            if !layer.kind.releases_blocks() {
+                continue;
+            }
+            let bytes = layout.layer_spec(i).bytes_per_token();
+            match kinds.iter_mut().find(|(k, _)| *k == layer.kind) {
+                Some((_, b)) => *b += bytes,
+                None => kinds.push((layer.kind, bytes)),
+            }
+        }
+        for (slot, (kind, bytes)) in local.kinds.iter_mut().zip(kinds) {
+            *slot = Some((kind, bytes as f64 / total as f64));
+        }
+        local
+    }
+
+    /// Adds to `reads` the tokens `n` queries at position `pos` read in each
+    /// local kind.
+    #[inline]
+    pub fn add_reads(&self, pos: u64, n: u64, reads: &mut [u64; LOCAL_KINDS]) {
+        for (r, k) in reads.iter_mut().zip(&self.kinds) {
+            if let Some((kind, _)) = k {
+                *r += n * (pos + 1 - kind.first_needed_pos(pos));
+            }
+        }
+    }
+
+    /// The share of the KV bytes per token in full-attention layers.
+    pub fn full_share(&self) -> f64 {
+        1.0 - self.kinds.iter().flatten().map(|(_, s)| s).sum::<f64>()
+    }
 }
 
 /// The step-time model: what one forward pass costs, in seconds.
@@ -89,9 +169,14 @@ pub struct StepWork {
 /// step = base_s
 ///      + prefill_token_s × prefill tokens
 ///      + decode_token_s  × decoded tokens
-///      + kv_bytes_per_token × context tokens   / hbm_bytes_per_s
+///      + kv_bytes_per_token × attended tokens   / hbm_bytes_per_s
 ///      + kv_bytes_per_token × transferred tokens / pcie_bytes_per_s
 /// ```
+///
+/// Attended tokens are the decoding sequences' context lengths, except in
+/// local layers (`local_layers`: sliding windows, chunked attention), which
+/// read at most their window: each kind's share of the bytes per token is
+/// charged for the tokens it reads (`StepWork::local_read_tokens`).
 ///
 /// `base_s` stands for reading the weights once per step (memory-bound),
 /// the token terms for the matrix multiplications (compute-bound), the
@@ -133,6 +218,10 @@ pub struct StepTimeModel {
     pub hbm_bytes_per_s: f64,
     /// Host ↔ device bandwidth for swap copies, bytes/s (25e9).
     pub pcie_bytes_per_s: f64,
+    /// Layers reading only part of the context (none: every layer is full
+    /// attention). A property of the model, not of how its memory is
+    /// planned: the all-full-attention comparison keeps it.
+    pub local_layers: LocalLayers,
 }
 
 impl Default for StepTimeModel {
@@ -144,6 +233,7 @@ impl Default for StepTimeModel {
             kv_bytes_per_token: OPT_13B_KV_BYTES_PER_TOKEN as f64,
             hbm_bytes_per_s: 1.555e12,
             pcie_bytes_per_s: 25e9,
+            local_layers: LocalLayers::default(),
         }
     }
 }
@@ -156,10 +246,21 @@ impl StepTimeModel {
     #[inline]
     pub fn step_time(&self, work: &StepWork) -> f64 {
         let bytes = self.kv_bytes_per_token;
+        let local = &self.local_layers;
+        let attended = match local.kinds {
+            [None, None] => work.context_tokens as f64,
+            _ => {
+                let reads = local.kinds.iter().zip(work.local_read_tokens);
+                local.full_share() * work.context_tokens as f64
+                    + reads
+                        .map(|(k, r)| k.map_or(0.0, |(_, s)| s * r as f64))
+                        .sum::<f64>()
+            }
+        };
         self.base_s
             + self.prefill_token_s * work.prefill_tokens as f64
             + self.decode_token_s * work.decode_tokens as f64
-            + bytes * work.context_tokens as f64 / self.hbm_bytes_per_s
+            + bytes * attended / self.hbm_bytes_per_s
             + bytes * work.transfer_tokens as f64 / self.pcie_bytes_per_s
     }
 
@@ -447,6 +548,39 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_layers_are_charged_for_their_window_only() {
+        let window = AttentionKind::SlidingWindow { window: 128 };
+        let chunked = AttentionKind::ChunkedLocal { chunk: 1000 };
+        let full = StepTimeModel {
+            base_s: 0.0,
+            decode_token_s: 0.0,
+            ..Default::default()
+        };
+        let hybrid = StepTimeModel {
+            local_layers: LocalLayers {
+                kinds: [Some((window, 0.5)), Some((chunked, 0.25))],
+            },
+            ..full
+        };
+        let mut work = StepWork {
+            decode_tokens: 2,
+            context_tokens: 10_001 + 51,
+            ..Default::default()
+        };
+        for pos in [10_000, 50] {
+            hybrid.local_layers.add_reads(pos, 1, &mut work.local_read_tokens);
+        }
+        // Window: 128 + 51 tokens; chunk: 10,000 % 1000 + 1 and 51 tokens.
+        assert_eq!(work.local_read_tokens, [128 + 51, 1 + 51]);
+        let attended = 0.25 * 10_052.0 + 0.5 * 179.0 + 0.25 * 52.0;
+        let want = attended * full.kv_bytes_per_token / full.hbm_bytes_per_s;
+        assert!((hybrid.step_time(&work) - want).abs() < 1e-12);
+        // Without local layers the reads are the whole context.
+        let all = 10_052.0 * full.kv_bytes_per_token / full.hbm_bytes_per_s;
+        assert!((full.step_time(&work) - all).abs() < 1e-12);
+    }
 
     #[test]
     fn shares_weigh_steps_by_memory() {

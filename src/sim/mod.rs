@@ -214,6 +214,7 @@ impl Scenario {
                 kv_bytes_per_token: (LLAMA3_70B_KV_BYTES_PER_TOKEN / tp as u64) as f64,
                 hbm_bytes_per_s: 2.039e12,
                 pcie_bytes_per_s: 25e9,
+                ..StepTimeModel::default()
             },
             slo: Slo {
                 ttft_s: 10.0,

@@ -220,6 +220,7 @@ pub(crate) fn run_paged(
             });
         }
         let start = rec.time;
+        let local = &scenario.time_model.local_layers;
         let mut work = StepWork {
             transfer_tokens: (plan.ops.swap_out.len() + plan.ops.swap_in.len()) as u64 * bs,
             ..Default::default()
@@ -231,6 +232,7 @@ pub(crate) fn run_paged(
             } else {
                 work.decode_tokens += 1;
                 work.context_tokens += s.start as u64 + 1;
+                local.add_reads(s.start as u64, 1, &mut work.local_read_tokens);
             }
             if !admitted[req] {
                 // A request's first entry starts after its cached prefix.

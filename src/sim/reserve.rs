@@ -110,6 +110,7 @@ pub(crate) fn run_reserve(
             }
         }
         let mut budget = scenario.max_num_batched_tokens as u64;
+        let local = &scenario.time_model.local_layers;
         let mut work = StepWork::default();
         sampled.clear();
         let start = rec.time;
@@ -128,6 +129,7 @@ pub(crate) fn run_reserve(
                     break;
                 }
                 work.context_tokens += r.n * (r.computed + 1);
+                local.add_reads(r.computed, r.n, &mut work.local_read_tokens);
                 r.computed += 1;
                 budget -= r.n;
                 work.decode_tokens += r.n;
