@@ -24,9 +24,7 @@
 //!
 //! Start reading at [`hash_block`].
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU128;
 
 use crate::error::InvariantViolation;
@@ -261,6 +259,38 @@ pub fn hash_block(
     chained(algo, parent, &buf)
 }
 
+/// [`hash_block`] of each whole block of `tokens` in turn, the first being
+/// block `first_index` of its sequence and chained to `parent`, pushed onto
+/// `out` (the same values, one call: without extra keys the loop hashes the
+/// token ids in place with nothing else per block).
+pub(crate) fn hash_blocks(
+    algo: HashAlgorithm,
+    mut parent: Option<BlockHash>,
+    tokens: &[TokenId],
+    first_index: u32,
+    block_size: u32,
+    keys: &PrefixKeys,
+    out: &mut Vec<BlockHash>,
+) {
+    let blocks = tokens.chunks_exact(block_size as usize);
+    out.reserve(blocks.len());
+    #[cfg(target_endian = "little")]
+    if keys.is_empty() {
+        let mut p = parent.map_or(u128::from_le_bytes(ROOT_SEED), BlockHash::get);
+        for block in blocks {
+            let h = chained(algo, p, bytemuck::cast_slice(block));
+            out.push(h);
+            p = h.get();
+        }
+        return;
+    }
+    for (i, block) in blocks.enumerate() {
+        let h = hash_block(algo, parent, block, first_index + i as u32, block_size, keys);
+        out.push(h);
+        parent = Some(h);
+    }
+}
+
 /// `hash_block` of a block without extra keys whose input fits in `N` bytes
 /// (big-endian targets, where the token ids' bytes are not the input).
 #[cfg(not(target_endian = "little"))]
@@ -362,29 +392,6 @@ pub enum CacheTier {
     Host,
 }
 
-/// Block hashes are already uniformly mixed: the low 64 bits index the map.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct BlockHashHasher(u64);
-
-impl Hasher for BlockHashHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    #[inline]
-    fn write_u128(&mut self, x: u128) {
-        self.0 ^= x as u64;
-    }
-}
-
 /// The index key of `hash` in KV cache group `group`: the hash itself in
 /// group 0, and in group `g` the hash xor a fixed per-group constant (a
 /// bijection, so keys of one group never collide; across groups a collision
@@ -410,55 +417,149 @@ fn key(hash: BlockHash, group: u32) -> BlockHash {
 /// events never sees a block vanish under a live sequence.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
-    map: HashMap<BlockHash, BlockId, BuildHasherDefault<BlockHashHasher>>,
-    /// The hash each block carries, committed, pending or duplicated.
-    hashes: Vec<Option<BlockHash>>,
-    /// The group of each block that carries a hash.
-    groups: Vec<u8>,
-    /// Whether the block's hash is pending (carried, not in `map`).
-    pending: Vec<bool>,
-    /// Whether the block is a duplicate (carried, not in `map`).
-    duplicate: Vec<bool>,
-    /// The duplicates of a cached block form a doubly linked list with the
-    /// cached block as its head: `dup_next[cached]` is the first duplicate,
-    /// `dup_next[d]` the one after `d` (or `NO_BLOCK`), `dup_prev[d]` the one
-    /// before it (the cached block for the first). Flat arrays, so keeping
-    /// duplicates never allocates.
-    dup_next: Vec<u32>,
-    dup_prev: Vec<u32>,
+    /// Per block: the hash it carries and in which role, its group, and its
+    /// links (one record, so a lookup, a hit or a release reads one place).
+    slots: Vec<Slot>,
+    /// The hash → block map of committed blocks: an open-addressing table
+    /// (linear probing from the key's low bits, which are uniformly mixed)
+    /// of block ids, `NO_BLOCK` where empty. A probe compares the probed
+    /// block's own hash and group, so entries are 4 bytes; it holds at most
+    /// one entry per block and at least twice as many positions, so it never
+    /// grows (nothing is allocated after construction) and stays at most half
+    /// full. Removal shifts the entries after it back (no tombstones), found
+    /// in O(1) through the block's recorded position.
+    table: Vec<u32>,
+    /// `table.len() - 1` (a power of two minus one).
+    mask: usize,
+    /// Committed blocks (entries of `table`).
+    len: usize,
     /// Duplicates in use now.
     num_dups: usize,
 }
 
-/// The end of a duplicate list.
+/// One block's record in the index.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The hash the block carries, committed, pending or duplicated.
+    hash: Option<BlockHash>,
+    /// The group of the block while it carries a hash.
+    group: u8,
+    /// What the carried hash is: `CACHED` (committed, in the table),
+    /// `PENDING` (carried, not in the table) or `DUPLICATE` (carried, not in
+    /// the table, listed under the cached copy).
+    role: u8,
+    /// The block's position in `table` while it is cached (else `NO_BLOCK`).
+    pos: u32,
+    /// The duplicates of a cached block form a doubly linked list with the
+    /// cached block as its head: `dup_next` of the cached block is the first
+    /// duplicate, of a duplicate the one after it (or `NO_BLOCK`); `dup_prev`
+    /// the one before it (the cached block for the first). In the record, so
+    /// keeping duplicates never allocates.
+    dup_next: u32,
+    dup_prev: u32,
+}
+
+const CACHED: u8 = 0;
+const PENDING: u8 = 1;
+const DUPLICATE: u8 = 2;
+
+const EMPTY_SLOT: Slot = Slot {
+    hash: None,
+    group: 0,
+    role: CACHED,
+    pos: NO_BLOCK,
+    dup_next: NO_BLOCK,
+    dup_prev: NO_BLOCK,
+};
+
+/// The end of a duplicate list, an empty table position, no position.
 const NO_BLOCK: u32 = u32::MAX;
 
 impl PrefixIndex {
     /// An empty index over `num_blocks` blocks.
     pub fn new(num_blocks: u32) -> Self {
+        let positions = (2 * num_blocks as usize).next_power_of_two().max(2);
         PrefixIndex {
-            map: HashMap::default(),
-            hashes: vec![None; num_blocks as usize],
-            groups: vec![0; num_blocks as usize],
-            pending: vec![false; num_blocks as usize],
-            duplicate: vec![false; num_blocks as usize],
-            dup_next: vec![NO_BLOCK; num_blocks as usize],
-            dup_prev: vec![NO_BLOCK; num_blocks as usize],
+            slots: vec![EMPTY_SLOT; num_blocks as usize],
+            table: vec![NO_BLOCK; positions],
+            mask: positions - 1,
+            len: 0,
             num_dups: 0,
         }
+    }
+
+    /// Where the probe for `hash` in `group` starts.
+    #[inline]
+    fn home(&self, group: u32, hash: BlockHash) -> usize {
+        key(hash, group).get() as usize & self.mask
     }
 
     /// The block holding `hash` in `group`, if cached.
     #[inline]
     pub fn get(&self, group: u32, hash: BlockHash) -> Option<BlockId> {
-        self.map.get(&key(hash, group)).copied()
+        let mut i = self.home(group, hash);
+        loop {
+            let b = self.table[i];
+            if b == NO_BLOCK {
+                return None;
+            }
+            let s = &self.slots[b as usize];
+            if s.hash == Some(hash) && s.group as u32 == group {
+                return Some(BlockId(b));
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Enters the cached block `b` (its hash and group set, not in the table) in the table.
+    fn table_insert(&mut self, b: u32) {
+        let s = self.slots[b as usize];
+        let mut i = self.home(s.group as u32, s.hash.expect("a cached block carries a hash"));
+        while self.table[i] != NO_BLOCK {
+            i = (i + 1) & self.mask;
+        }
+        self.table[i] = b;
+        self.slots[b as usize].pos = i as u32;
+        self.len += 1;
+    }
+
+    /// Removes the cached block `b` from the table, shifting back the entries
+    /// after it that would otherwise become unreachable from their home.
+    fn table_remove(&mut self, b: u32) {
+        let mut hole = std::mem::replace(&mut self.slots[b as usize].pos, NO_BLOCK) as usize;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.table[j];
+            if e == NO_BLOCK {
+                break;
+            }
+            let s = self.slots[e as usize];
+            let home = self.home(s.group as u32, s.hash.expect("a cached block carries a hash"));
+            // `e` may fill the hole unless its home lies cyclically in (hole, j].
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.table[hole] = e;
+                self.slots[e as usize].pos = hole as u32;
+                hole = j;
+            }
+        }
+        self.table[hole] = NO_BLOCK;
+        self.len -= 1;
+    }
+
+    /// Puts `to` in the table position of the cached block `from` (the same
+    /// hash and group: the entry moves, the table does not change shape).
+    fn table_replace(&mut self, from: u32, to: u32) {
+        let pos = std::mem::replace(&mut self.slots[from as usize].pos, NO_BLOCK);
+        self.table[pos as usize] = to;
+        self.slots[to as usize].pos = pos;
     }
 
     /// The hash `block` carries, if it is cached (committed).
     #[inline]
     pub fn hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        match self.pending.get(block.index()) {
-            Some(false) if !self.duplicate[block.index()] => self.hashes[block.index()],
+        match self.slots.get(block.index()) {
+            Some(s) if s.role == CACHED => s.hash,
             _ => None,
         }
     }
@@ -467,8 +568,8 @@ impl PrefixIndex {
     /// it is a duplicate.
     #[inline]
     pub fn duplicate_hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        match self.duplicate.get(block.index()) {
-            Some(true) => self.hashes[block.index()],
+        match self.slots.get(block.index()) {
+            Some(s) if s.role == DUPLICATE => s.hash,
             _ => None,
         }
     }
@@ -476,7 +577,7 @@ impl PrefixIndex {
     /// The hash `block` carries in any role: cached, pending or duplicate.
     #[inline]
     pub fn carried_hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        self.hashes.get(block.index()).copied().flatten()
+        self.slots.get(block.index()).and_then(|s| s.hash)
     }
 
     /// Duplicates in use now.
@@ -486,9 +587,9 @@ impl PrefixIndex {
 
     /// Each duplicate with its group and the hash it duplicates.
     pub fn duplicates(&self) -> impl Iterator<Item = (u32, BlockHash, BlockId)> + '_ {
-        (0..self.duplicate.len() as u32).map(BlockId).filter_map(|d| {
+        (0..self.slots.len() as u32).map(BlockId).filter_map(|d| {
             let h = self.duplicate_hash_of(d)?;
-            Some((self.groups[d.index()] as u32, h, d))
+            Some((self.slots[d.index()].group as u32, h, d))
         })
     }
 
@@ -501,39 +602,38 @@ impl PrefixIndex {
     /// The KV cache group of a block that carries a hash (committed or pending).
     #[inline]
     pub fn group_of(&self, block: BlockId) -> Option<u32> {
-        let i = block.index();
-        self.hashes.get(i)?.map(|_| self.groups[i] as u32)
+        let s = self.slots.get(block.index())?;
+        s.hash.map(|_| s.group as u32)
     }
 
     /// The hash `block` carries while it waits to be committed.
     #[inline]
     pub fn pending_hash_of(&self, block: BlockId) -> Option<BlockHash> {
-        match self.pending.get(block.index()) {
-            Some(true) => self.hashes[block.index()],
+        match self.slots.get(block.index()) {
+            Some(s) if s.role == PENDING => s.hash,
             _ => None,
         }
     }
 
     /// Cached (committed) blocks.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Whether no block is cached.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     /// Marks `block` of `group` as holding content whose chained hash is
     /// `hash`, not yet hittable (its step has not been handed to the engine).
+    #[inline]
     pub(crate) fn insert_pending(&mut self, group: u32, hash: BlockHash, block: BlockId) {
-        debug_assert!(
-            self.hashes[block.index()].is_none(),
-            "a block carries at most one hash"
-        );
-        self.hashes[block.index()] = Some(hash);
-        self.groups[block.index()] = group as u8;
-        self.pending[block.index()] = true;
+        let s = &mut self.slots[block.index()];
+        debug_assert!(s.hash.is_none(), "a block carries at most one hash");
+        s.hash = Some(hash);
+        s.group = group as u8;
+        s.role = PENDING;
     }
 
     /// Commits a pending block: its hash becomes hittable in its group.
@@ -543,13 +643,14 @@ impl PrefixIndex {
     /// that block keeps the entry and `block` stays uncached.
     pub(crate) fn commit(&mut self, block: BlockId) -> Option<BlockHash> {
         let h = self.pending_hash_of(block)?;
-        self.pending[block.index()] = false;
-        let k = key(h, self.groups[block.index()] as u32);
-        if self.map.contains_key(&k) {
-            self.hashes[block.index()] = None;
+        let s = &mut self.slots[block.index()];
+        s.role = CACHED;
+        let group = s.group as u32;
+        if self.get(group, h).is_some() {
+            self.slots[block.index()].hash = None;
             return None;
         }
-        self.map.insert(k, block);
+        self.table_insert(block.0);
         Some(h)
     }
 
@@ -558,34 +659,39 @@ impl PrefixIndex {
     /// `from` carries nothing (the hash stays cached throughout).
     pub(crate) fn commit_moving(&mut self, block: BlockId, from: BlockId) {
         let h = self.pending_hash_of(block).expect("the block is pending");
-        let k = key(h, self.groups[block.index()] as u32);
-        debug_assert_eq!(self.map.get(&k), Some(&from), "`from` is the cached copy");
         debug_assert_eq!(
-            self.dup_next[from.index()],
+            self.get(self.slots[block.index()].group as u32, h),
+            Some(from),
+            "`from` is the cached copy"
+        );
+        debug_assert_eq!(
+            self.slots[from.index()].dup_next,
             NO_BLOCK,
             "a free cached block has no duplicates"
         );
-        self.pending[block.index()] = false;
-        self.hashes[from.index()] = None;
-        self.map.insert(k, block);
+        self.slots[block.index()].role = CACHED;
+        self.slots[from.index()].hash = None;
+        self.table_replace(from.0, block.0);
     }
 
     /// Commits a pending block whose hash is cached in a block of its group
     /// in use, as a duplicate of it.
     pub(crate) fn commit_duplicate(&mut self, block: BlockId) {
         let h = self.pending_hash_of(block).expect("the block is pending");
-        let original = self.map[&key(h, self.groups[block.index()] as u32)];
-        self.pending[block.index()] = false;
-        self.duplicate[block.index()] = true;
+        let original = self
+            .get(self.slots[block.index()].group as u32, h)
+            .expect("the hash is cached");
         // Insert after the head (the cached block).
         let (b, o) = (block.index(), original.index());
-        let next = self.dup_next[o];
-        self.dup_next[b] = next;
-        self.dup_prev[b] = original.0;
+        let next = self.slots[o].dup_next;
+        let s = &mut self.slots[b];
+        s.role = DUPLICATE;
+        s.dup_next = next;
+        s.dup_prev = original.0;
         if next != NO_BLOCK {
-            self.dup_prev[next as usize] = block.0;
+            self.slots[next as usize].dup_prev = block.0;
         }
-        self.dup_next[o] = block.0;
+        self.slots[o].dup_next = block.0;
         self.num_dups += 1;
     }
 
@@ -598,19 +704,20 @@ impl PrefixIndex {
         if self.num_dups == 0 {
             return None;
         }
-        let h = self.hash_of(block)?;
-        let d = *self.dup_next.get(block.index())?;
+        self.hash_of(block)?;
+        let d = self.slots[block.index()].dup_next;
         if d == NO_BLOCK {
             return None;
         }
         // `d` becomes the head: the rest of the list hangs from it already.
-        self.dup_next[block.index()] = NO_BLOCK;
-        self.dup_prev[d as usize] = NO_BLOCK;
-        self.duplicate[d as usize] = false;
+        let s = &mut self.slots[block.index()];
+        s.dup_next = NO_BLOCK;
+        s.hash = None;
+        let sd = &mut self.slots[d as usize];
+        sd.dup_prev = NO_BLOCK;
+        sd.role = CACHED;
         self.num_dups -= 1;
-        self.hashes[block.index()] = None;
-        self.map
-            .insert(key(h, self.groups[d as usize] as u32), BlockId(d));
+        self.table_replace(block.0, d);
         Some(BlockId(d))
     }
 
@@ -626,92 +733,105 @@ impl PrefixIndex {
     /// the hash was not findable through this block).
     #[inline]
     pub(crate) fn remove_block(&mut self, block: BlockId) -> Option<(BlockHash, u32)> {
-        let h = self.hashes.get_mut(block.index())?.take()?;
-        if std::mem::replace(&mut self.pending[block.index()], false) {
-            return None;
-        }
-        if std::mem::replace(&mut self.duplicate[block.index()], false) {
-            let b = block.index();
-            let (prev, next) = (self.dup_prev[b], self.dup_next[b]);
-            self.dup_next[prev as usize] = next;
-            if next != NO_BLOCK {
-                self.dup_prev[next as usize] = prev;
+        let s = self.slots.get_mut(block.index())?;
+        let h = s.hash.take()?;
+        let role = std::mem::replace(&mut s.role, CACHED);
+        match role {
+            PENDING => None,
+            DUPLICATE => {
+                let (prev, next) = (s.dup_prev, s.dup_next);
+                s.dup_next = NO_BLOCK;
+                s.dup_prev = NO_BLOCK;
+                self.slots[prev as usize].dup_next = next;
+                if next != NO_BLOCK {
+                    self.slots[next as usize].dup_prev = prev;
+                }
+                self.num_dups -= 1;
+                None
             }
-            self.dup_next[b] = NO_BLOCK;
-            self.dup_prev[b] = NO_BLOCK;
-            self.num_dups -= 1;
-            return None;
+            _ => {
+                debug_assert_eq!(
+                    s.dup_next, NO_BLOCK,
+                    "a cached block with duplicates hands its hash over"
+                );
+                let group = s.group as u32;
+                self.table_remove(block.0);
+                Some((h, group))
+            }
         }
-        debug_assert_eq!(
-            self.dup_next[block.index()],
-            NO_BLOCK,
-            "a cached block with duplicates hands its hash over"
-        );
-        let group = self.groups[block.index()] as u32;
-        self.map.remove(&key(h, group));
-        Some((h, group))
+    }
+
+    /// The cached blocks, in table order.
+    fn cached_blocks(&self) -> impl Iterator<Item = (usize, BlockId)> + '_ {
+        self.table
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b != NO_BLOCK)
+            .map(|(i, &b)| (i, BlockId(b)))
     }
 
     /// Checks that the map and the committed per-block hashes describe the
     /// same bijection, and that pending flags go with carried hashes.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        for (&k, &b) in &self.map {
-            let carried = self.hash_of(b).map(|h| key(h, self.groups[b.index()] as u32));
-            if carried != Some(k) {
+        for (i, b) in self.cached_blocks() {
+            let Some(s) = self.slots.get(b.index()) else {
                 return Err(InvariantViolation::new(format!(
-                    "key {k:?} is indexed to block {b:?}, which carries {:?} in group {} (pending: {})",
-                    self.hashes.get(b.index()).copied().flatten(),
-                    self.groups.get(b.index()).copied().unwrap_or(0),
-                    self.pending.get(b.index()).copied().unwrap_or(false)
+                    "index table position {i} names unknown block {b:?}"
+                )));
+            };
+            let found = s.hash.and_then(|h| self.get(s.group as u32, h));
+            if s.role != CACHED || s.pos != i as u32 || found != Some(b) {
+                return Err(InvariantViolation::new(format!(
+                    "block {b:?} is in the index table at {i} but carries {:?} in group {} (role {}, position {}; its hash finds {found:?})",
+                    s.hash, s.group, s.role, s.pos
                 )));
             }
         }
-        if let Some(b) = (0..self.hashes.len())
-            .find(|&b| (self.pending[b] || self.duplicate[b]) && self.hashes[b].is_none())
+        if let Some(b) =
+            (0..self.slots.len()).find(|&b| self.slots[b].role != CACHED && self.slots[b].hash.is_none())
         {
             return Err(InvariantViolation::new(format!(
                 "block {b} is pending or a duplicate but carries no hash"
             )));
         }
-        if let Some(b) = (0..self.hashes.len()).find(|&b| self.pending[b] && self.duplicate[b]) {
-            return Err(InvariantViolation::new(format!(
-                "block {b} is both pending and a duplicate"
-            )));
-        }
         // Walk each cached block's duplicate list: every listed block is a
         // duplicate of that key, linked both ways, and every duplicate is listed.
         let mut listed = 0;
-        for (&k, &head) in &self.map {
-            let (mut prev, mut d) = (head.0, self.dup_next[head.index()]);
+        for (_, head) in self.cached_blocks() {
+            let k = (self.slots[head.index()].group, self.slots[head.index()].hash);
+            let (mut prev, mut d) = (head.0, self.slots[head.index()].dup_next);
             while d != NO_BLOCK {
                 let block = BlockId(d);
-                let dup_key = self
-                    .duplicate_hash_of(block)
-                    .map(|h| key(h, self.groups[d as usize] as u32));
-                if dup_key != Some(k) || self.dup_prev[d as usize] != prev || listed > self.num_dups {
+                let s = self.slots[d as usize];
+                let dup_key = (s.group, self.duplicate_hash_of(block));
+                if dup_key != k || s.dup_prev != prev || listed > self.num_dups {
                     return Err(InvariantViolation::new(format!(
-                        "block {block:?} is listed as a duplicate of {k:?} (cached in {head:?}) but carries {:?}",
+                        "block {block:?} is listed as a duplicate of {:?} (cached in {head:?}) but carries {:?}",
+                        k.1,
                         self.carried_hash_of(block)
                     )));
                 }
                 listed += 1;
-                (prev, d) = (d, self.dup_next[d as usize]);
+                (prev, d) = (d, s.dup_next);
             }
         }
-        let flagged = self.duplicate.iter().filter(|&&d| d).count();
+        let flagged = self.slots.iter().filter(|s| s.role == DUPLICATE).count();
         if listed != flagged || flagged != self.num_dups {
             return Err(InvariantViolation::new(format!(
                 "{flagged} blocks are duplicates, {listed} are listed, {} are counted",
                 self.num_dups
             )));
         }
-        let carried = (0..self.hashes.len())
-            .filter(|&b| !self.pending[b] && !self.duplicate[b] && self.hashes[b].is_some())
+        let carried = self
+            .slots
+            .iter()
+            .filter(|s| s.role == CACHED && s.hash.is_some())
             .count();
-        if carried != self.map.len() {
+        if carried != self.len || self.cached_blocks().count() != self.len {
             return Err(InvariantViolation::new(format!(
-                "{carried} blocks carry a committed hash but the index holds {}",
-                self.map.len()
+                "{carried} blocks carry a committed hash but the index holds {} (counted {})",
+                self.cached_blocks().count(),
+                self.len
             )));
         }
         Ok(())
@@ -818,6 +938,34 @@ mod tests {
     }
 
     #[test]
+    fn hash_blocks_chains_as_hash_block_does() {
+        let toks: Vec<u32> = (0..70).map(|t| t * 7 + 1).collect();
+        let salted = PrefixKeys::salted("t");
+        let image = PrefixKeys {
+            mm_spans: vec![MmSpan {
+                offset: 20,
+                len: 9,
+                hash: 5,
+            }],
+            ..Default::default()
+        };
+        for keys in [PrefixKeys::default(), salted, image] {
+            for (parent, first) in [(None, 0), (Some(BlockHash::from_u128(77)), 3)] {
+                let mut out = vec![BlockHash::from_u128(1)];
+                hash_blocks(A, parent, &toks, first, 16, &keys, &mut out);
+                let mut expect = vec![BlockHash::from_u128(1)];
+                let mut p = parent;
+                for (i, b) in toks.chunks_exact(16).enumerate() {
+                    let h = hash_block(A, p, b, first + i as u32, 16, &keys);
+                    expect.push(h);
+                    p = Some(h);
+                }
+                assert_eq!(out, expect, "{keys:?} from block {first}");
+            }
+        }
+    }
+
+    #[test]
     fn zero_is_reserved() {
         assert_eq!(BlockHash::from_u128(0).get(), 1);
         assert_eq!(std::mem::size_of::<Option<BlockHash>>(), 16);
@@ -845,6 +993,46 @@ mod tests {
         assert_eq!(ix.remove_block(BlockId(3)), Some((h, 1)));
         assert!(ix.is_empty());
         ix.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn colliding_keys_stay_findable_through_removals() {
+        // 16 blocks, a 32-position table: keys whose low bits put them all in
+        // a few homes near the table's end, so probes cluster and wrap, and
+        // removals shift entries back across the wrap.
+        let n = 16u32;
+        let mut ix = PrefixIndex::new(n);
+        let mut model: std::collections::HashMap<BlockHash, BlockId> = Default::default();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..4000 {
+            let b = BlockId((next() % n as u64) as u32);
+            if let Some(h) = ix.hash_of(b) {
+                assert_eq!(ix.remove_block(b), Some((h, 0)));
+                model.remove(&h);
+            } else {
+                // High bits pick the hash, low bits one of three homes (30, 31, 0).
+                let home = [30u128, 31, 0][(next() % 3) as usize];
+                let h = BlockHash::from_u128(((next() % 24) as u128) << 64 | home);
+                let inserted = ix.insert(0, h, b);
+                assert_eq!(inserted, !model.contains_key(&h));
+                if inserted {
+                    model.insert(h, b);
+                }
+            }
+            ix.check_invariants().unwrap();
+            assert_eq!(ix.len(), model.len());
+            for (&h, &b) in &model {
+                assert_eq!(ix.get(0, h), Some(b));
+            }
+            let absent = BlockHash::from_u128(((next() % 24) as u128) << 64 | 31);
+            assert_eq!(ix.get(0, absent), model.get(&absent).copied());
+        }
     }
 
     #[cfg(feature = "sha256")]

@@ -37,7 +37,7 @@ use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
 use crate::prefix::{
-    hash_block, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
+    hash_block, hash_blocks, BlockHash, CacheTier, ExtraKey, HashAlgorithm, KvEvent, PrefixIndex, PrefixKeys,
 };
 use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
@@ -149,17 +149,17 @@ impl PrefixState {
         let bs = self.block_size as usize;
         let full = cache.tokens.len() / bs;
         let keys = cache.keys.as_deref().unwrap_or(&NO_KEYS);
-        while cache.hashes.len() < full {
-            let i = cache.hashes.len();
-            let h = hash_block(
+        let from = cache.hashes.len();
+        if from < full {
+            hash_blocks(
                 self.algo,
                 cache.hashes.last().copied(),
-                &cache.tokens[i * bs..(i + 1) * bs],
-                i as u32,
+                &cache.tokens[from * bs..full * bs],
+                from as u32,
                 self.block_size,
                 keys,
+                &mut cache.hashes,
             );
-            cache.hashes.push(h);
         }
     }
 
@@ -414,6 +414,18 @@ impl PrefixState {
     }
 }
 
+/// Takes the hit block `b` for a new sequence: from the free queue when it
+/// is `free`, else one more reference.
+#[inline]
+fn take_hit(pool: &mut BlockPool, stats: &mut KvStats, b: BlockId, free: bool) {
+    if free {
+        pool.take_free(b).expect("a free indexed block is in the queue");
+        stats.blocks_taken += 1;
+    } else {
+        pool.incref(b).expect("an indexed block in use is allocated");
+    }
+}
+
 /// The first block a hit of `hit` blocks needs cached in a group of `kind`:
 /// the first its attention reads at the hit point (vLLM's rule: a chunked
 /// local group at a chunk boundary needs none). Unless `vouched` (a
@@ -493,6 +505,12 @@ impl KvCacheManager {
         self.queued_copy_on_free_block().is_none().then_some(cached)
     }
 
+    /// Whether starting work that takes `needed` free blocks passes
+    /// `check_start` now (pure).
+    fn start_fits(&self, needed: u64) -> bool {
+        needed + self.reserve_for_growth() <= self.pool.num_free() as u64
+    }
+
     /// Held blocks of a hit of `hit` blocks, in each group.
     fn held_blocks(&self, p: &PrefixState, hashes: &[BlockHash], hit: usize) -> SmallVec<[u64; 4]> {
         let bs = self.config.block_size;
@@ -549,12 +567,31 @@ impl KvCacheManager {
         // is reloaded from the host, listed in `reloads`), counting those in
         // use, so taking them below needs no second lookup.
         let max_hit = (((num_tokens - 1) / bs as u64) as usize).min(cache.hashes.len());
-        let host_index = self.reload_index();
+        // (`reload_index`, borrowing only the host tier: the pool is taken from below.)
+        let can_reload = self.queued_copy_on_free_block().is_none();
+        let host_index = self
+            .host
+            .as_ref()
+            .and_then(|h| h.cached.as_ref())
+            .filter(|_| can_reload);
         let mut held = 0u64;
+        // One full-attention group whose whole prompt fits even with no
+        // block of the hit held (the most this allocation can need, so the
+        // check below passes whatever the hit): device hit blocks are taken
+        // as they are found, one pass. Taking a block changes no lookup.
+        let total = blocks_for(num_tokens, bs as u64);
+        let one_full_group = self.config.groups[..] == [AttentionKind::Full];
+        let take_now = one_full_group && self.start_fits(total);
+        let found_hit = (!one_full_group).then(|| self.find_hit(p, host_index, &cache.hashes, max_hit));
+        let (pool, stats) = (&mut self.pool, &mut self.stats);
         // `on_device` false: look in the host tier only (see the one-group pass).
         let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash, on_device: &mut bool| {
             if let Some(b) = on_device.then(|| p.index.get(g as u32, h)).flatten() {
-                held += (self.pool.ref_count(b) != Ok(0)) as u64;
+                let free = pool.ref_count(b) == Ok(0);
+                held += !free as u64;
+                if take_now {
+                    take_hit(pool, stats, b, free);
+                }
                 t.blocks.push(b);
             } else if let Some(hb) = host_index.and_then(|c| {
                 *on_device = false;
@@ -567,19 +604,36 @@ impl KvCacheManager {
             }
             true
         };
-        let hits = if self.config.groups[..] == [AttentionKind::Full] {
+        let hits = if one_full_group {
             // One full-attention group: the hit is the leading run found, in
             // one pass. Its device cache is closed under prefixes (a cached
             // block's parent is cached: see `eviction`), so once a block is
             // missing on the device the rest of the hit is in the host tier:
             // no more device lookups.
+            // (The loops of `resolve`, without its per-block branches.)
             let t = &mut tables[0];
-            let mut on_device = true;
-            (0..max_hit)
-                .take_while(|&i| resolve(t, 0, i, cache.hashes[i], &mut on_device))
-                .count()
+            let hashes = &cache.hashes[..max_hit];
+            t.blocks.reserve(max_hit + 1);
+            let mut i = 0;
+            while let Some(b) = hashes.get(i).and_then(|&h| p.index.get(0, h)) {
+                let free = pool.ref_count(b) == Ok(0);
+                held += !free as u64;
+                if take_now {
+                    take_hit(pool, stats, b, free);
+                }
+                t.blocks.push(b);
+                i += 1;
+            }
+            if let Some(c) = host_index {
+                while let Some(hb) = hashes.get(i).and_then(|&h| c.get(0, h)) {
+                    reloads.push((0, i as u32, hb));
+                    t.blocks.push(BlockId::NULL); // the reloaded copy, taken below
+                    i += 1;
+                }
+            }
+            i
         } else {
-            let hits = self.find_hit(p, host_index, &cache.hashes, max_hit);
+            let hits = found_hit.expect("found above");
             for (g, (t, kind)) in tables.iter_mut().zip(&self.config.groups).enumerate() {
                 let from = hit_from(*kind, hits, bs, vouched);
                 t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
@@ -590,7 +644,6 @@ impl KvCacheManager {
             }
             hits
         };
-        let total = blocks_for(num_tokens, bs as u64);
         let placeholders: u64 = self
             .config
             .groups
@@ -598,7 +651,13 @@ impl KvCacheManager {
             .map(|&k| hit_from(k, hits, bs, vouched) as u64)
             .sum();
         let needed = total * self.num_groups() as u64 - placeholders - held;
-        if let Err(e) = self.check_start(seq, needed) {
+        // (Taken already: the most it could need was checked before taking.)
+        let checked = if take_now {
+            Ok(())
+        } else {
+            self.check_start(seq, needed)
+        };
+        if let Err(e) = checked {
             self.recycle(tables, Some(cache));
             if let Some(h) = &mut self.host {
                 reloads.clear();
@@ -608,41 +667,49 @@ impl KvCacheManager {
         }
 
         // Hits first: a fresh allocation could otherwise evict a free hit
-        // block (or, offloading, push a host hit block out of the host tier).
-        if let Some(host) = &mut self.host {
-            for &(_, _, hb) in &reloads {
-                host.hold_for_reload(hb);
-            }
-        }
+        // block (or, offloading, push a host hit block out of the host tier:
+        // each reload holds its host block before its device block is taken,
+        // and taking device blocks touches no host block).
         for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
             let from = hit_from(*kind, hits, bs, vouched);
-            for &b in &t.blocks[from..hits] {
-                if b.is_null() {
-                    continue; // reloaded from the host, below
-                }
-                if self.pool.ref_count(b) == Ok(0) {
-                    self.pool
-                        .take_free(b)
-                        .expect("a free indexed block is in the queue");
-                    self.stats.blocks_taken += 1;
-                } else {
-                    self.pool.incref(b).expect("an indexed block in use is allocated");
+            if !take_now {
+                for &b in &t.blocks[from..hits] {
+                    if !b.is_null() {
+                        // (Null: reloaded from the host, below.)
+                        let free = self.pool.ref_count(b) == Ok(0);
+                        take_hit(&mut self.pool, &mut self.stats, b, free);
+                    }
                 }
             }
             t.num_released = from as u32;
             t.release_at = release_at(*kind, from as u32, bs);
         }
-        for &(g, i, hb) in &reloads {
-            let d = take_block(&mut self.pool, &mut self.prefix, &mut self.stats);
+        if !reloads.is_empty() {
+            // One pass per reloaded block: hold its host block, take a fresh
+            // device block (evicting a cached one, queued for the host tier),
+            // queue the copy, and index the copy as pending (hittable at the
+            // next drain, like swapped-in blocks).
             let host = self.host.as_mut().expect("a host hit implies a host tier");
-            host.swap_in.push(super::BlockCopy {
-                src: hb,
-                dst: d,
-                num_slots: bs,
-                group: g,
-            });
-            self.stats.reload_copies += 1;
-            tables[g as usize].blocks[i as usize] = d;
+            let p = self.prefix.as_mut().expect("checked above");
+            for &(g, i, hb) in &reloads {
+                host.hold_for_reload(hb);
+                let d = self
+                    .pool
+                    .allocate()
+                    .expect("free blocks were counted before allocating");
+                self.stats.blocks_taken += 1;
+                p.evicted(d, &mut self.stats);
+                host.swap_in.push(super::BlockCopy {
+                    src: hb,
+                    dst: d,
+                    num_slots: bs,
+                    group: g,
+                });
+                self.stats.reload_copies += 1;
+                tables[g as usize].blocks[i as usize] = d;
+                let i = i as usize;
+                p.index_block(&cache, g, i, cache.hashes[i], d);
+            }
         }
         for t in tables.iter_mut() {
             for _ in hits as u64..total {
@@ -659,11 +726,6 @@ impl KvCacheManager {
                     o.reused[b.index()] = true;
                 }
             }
-        }
-        // Reloaded copies become hittable at the next drain, like swapped-in blocks.
-        for &(g, i, _) in &reloads {
-            let (i, h) = (i as usize, cache.hashes[i as usize]);
-            p.index_block(&cache, g, i, h, tables[g as usize].blocks[i]);
         }
         p.index_blocks(&cache, &tables, hits);
         if !reloads.is_empty() {
