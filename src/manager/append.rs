@@ -284,45 +284,46 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
-            let len = s.tables[0].num_tokens;
+            let [t0, t1] = &mut s.tables[..] else {
+                break;
+            };
+            let len = t0.num_tokens;
             if len < e.hot {
-                s.tables[0].num_tokens = len + 1;
-                s.tables[1].num_tokens = len + 1;
-                if s.appended_epoch != epoch {
-                    s.appended_epoch = epoch;
-                    s.step_start_len = len;
-                }
+                t0.num_tokens = len + 1;
+                t1.num_tokens = len + 1;
+                slots0[done] = t0.tail_base.wrapping_add(len as u64);
+                slots1[done] = t1.tail_base.wrapping_add(len as u64);
             } else if e.hot != 0
-                && s.tables[0].blocks.len() as u64 * bs as u64 == len as u64
-                && len
-                    < s.tables[0]
-                        .release_at
-                        .min(s.tables[1].release_at)
-                        .min(max_model_len)
+                && t0.blocks.len() as u64 * bs as u64 == len as u64
+                && len < t0.release_at.min(t1.release_at).min(max_model_len)
                 && pool.num_free() >= 2
             {
                 // As in `decode_run_plain`: both last blocks are full and no
                 // window release is due.
                 let mut until = max_model_len.min(len.saturating_add(bs));
-                for t in s.tables.iter_mut() {
+                for (t, slots) in [(t0, &mut *slots0), (t1, &mut *slots1)] {
                     let b = pool.allocate().expect("two blocks are free");
                     t.blocks.push(b);
                     t.tail_maybe_shared = false;
                     t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
                     t.num_tokens = len + 1;
                     until = until.min(t.release_at);
+                    slots[done] = t.tail_base.wrapping_add(len as u64);
                 }
                 stats.blocks_taken += 2;
                 e.hot = until;
-                if s.appended_epoch != epoch {
-                    s.appended_epoch = epoch;
-                    s.step_start_len = len;
-                }
-            } else if !simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
+            } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
+                slots0[done] = s.tables[0].tail_base.wrapping_add(len as u64);
+                slots1[done] = s.tables[1].tail_base.wrapping_add(len as u64);
+                done += 1;
+                continue; // simple_append did the step bookkeeping
+            } else {
                 break;
             }
-            slots0[done] = s.tables[0].tail_base.wrapping_add(len as u64);
-            slots1[done] = s.tables[1].tail_base.wrapping_add(len as u64);
+            if s.appended_epoch != epoch {
+                s.appended_epoch = epoch;
+                s.step_start_len = len;
+            }
             done += 1;
         }
         out0.truncate(base0 + done);
