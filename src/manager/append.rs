@@ -147,9 +147,12 @@ impl KvCacheManager {
                 },
             });
         }
-        // The common decode in a tight loop over the slab (specialised for
-        // one group without prefix caching); anything but the fast case (see
-        // `fast_until`) goes to `append_one`.
+        // The common decode in a tight loop over the slab, specialised for
+        // one group and for two groups without prefix caching: a token in
+        // the last block (below the hot word, see `fast_until`), or a new
+        // block taken in the loop, or `simple_append` out of line (a window
+        // release due). What none of them takes goes to `append_one` (the
+        // general path, which checks and refuses).
         let epoch = self.epoch;
         let plain = self.num_groups() == 1 && outs.len() == 1 && self.prefix.is_none();
         let two = self.num_groups() == 2 && outs.len() == 2 && self.prefix.is_none();
