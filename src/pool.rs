@@ -268,31 +268,34 @@ impl BlockPool {
         self.drop_ref(block, true)
     }
 
-    /// [`Self::decref_evict_first`] of each block, in order, for blocks the
-    /// caller knows to be allocated (a table's): returns how many became free.
-    /// Panics on a free or unknown block (a broken caller invariant).
+    /// [`Self::decref_evict_first`] of each block, last first, for blocks the
+    /// caller knows to be allocated (a table's, distinct): returns how many
+    /// became free. Panics on a free or unknown block (a broken caller
+    /// invariant). Never grows the stack past its capacity (every block).
     #[inline]
-    pub(crate) fn release_all_evict_first<'a>(&mut self, blocks: impl Iterator<Item = &'a BlockId>) -> u64 {
-        // One `extend` with the stack position counted here: pushing one by
-        // one would store and reload the stack's length for every block.
-        let start = self.stack.len() as u32;
-        let mut pos = start;
-        let meta = &mut self.meta;
-        self.stack.extend(blocks.filter_map(|&b| {
-            let m = &mut meta[b.index()];
+    pub(crate) fn release_all_evict_first(&mut self, blocks: &[BlockId]) -> u64 {
+        // Room made up front and written by index, the length set once: a
+        // push (or `extend`) per block stores and reloads the stack's length.
+        let start = self.stack.len();
+        self.stack.resize(start + blocks.len(), 0);
+        let room = &mut self.stack[start..];
+        let mut n = 0;
+        for &b in blocks.iter().rev() {
+            let m = &mut self.meta[b.index()];
             assert!(
                 m.ref_count > 0,
                 "released block {b:?} is free: a table held a free block"
             );
             m.ref_count -= 1;
-            (m.ref_count == 0).then(|| {
-                m.prev = pos;
+            if m.ref_count == 0 {
+                m.prev = (start + n) as u32;
                 m.next = IN_STACK;
-                pos += 1;
-                b.0
-            })
-        }));
-        (pos - start) as u64
+                room[n] = b.0;
+                n += 1;
+            }
+        }
+        self.stack.truncate(start + n);
+        n as u64
     }
 
     #[inline(always)]

@@ -493,7 +493,7 @@ impl KvCacheManager {
         if self.prefix.is_none() && self.host.is_none() {
             // The plain allocator: nothing to keep cached, no host copy to forget.
             for t in &tables {
-                self.stats.blocks_returned += self.pool.release_all_evict_first(t.live_blocks().iter().rev());
+                self.stats.blocks_returned += self.pool.release_all_evict_first(t.live_blocks());
             }
         } else {
             for t in &tables {
