@@ -136,6 +136,16 @@ impl BlockTable {
         (!block.is_null()).then(|| block.0 as u64 * self.block_size as u64 + (pos % self.block_size) as u64)
     }
 
+    /// Makes the fresh block `b` (held by this table alone) the last, for
+    /// the positions from `len` (a multiple of the block size: the previous
+    /// last block is full), and sets `tail_base` for them.
+    #[inline(always)]
+    pub(crate) fn push_fresh_block(&mut self, b: BlockId, len: u32) {
+        self.blocks.push(b);
+        self.tail_maybe_shared = false;
+        self.tail_base = (b.0 as u64 * self.block_size as u64).wrapping_sub(len as u64);
+    }
+
     /// Appends the slots of positions `range` to `out` (no allocation once `out`
     /// has capacity). Returns `false`, writing nothing, if the range passes the
     /// end or starts in a released block.

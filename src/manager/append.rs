@@ -211,41 +211,28 @@ impl KvCacheManager {
             let s = e.val.as_mut().expect("checked by is()");
             let t = &mut s.tables[0];
             let len = t.num_tokens;
-            slots[done] = if len < e.hot {
+            if len < e.hot {
                 t.num_tokens = len + 1;
-                let slot = t.tail_base.wrapping_add(len as u64);
-                if s.appended_epoch != epoch {
-                    s.appended_epoch = epoch;
-                    s.step_start_len = len;
-                }
-                slot
             } else if e.hot != 0
                 && t.blocks.len() as u64 * bs as u64 == len as u64
                 && len < t.release_at.min(max_model_len)
+                && pool.num_free() >= 1
             {
                 // The bound is the last block's end, not a window's or the
                 // length limit: take the next block (one pop from the free
                 // stack, where every free block is without prefix caching).
-                let Ok(b) = pool.allocate() else {
-                    break;
-                };
-                stats.blocks_taken += 1;
-                t.blocks.push(b);
-                t.tail_maybe_shared = false;
-                t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                t.push_fresh_block(take_block(pool, prefix, stats), len);
                 t.num_tokens = len + 1;
                 e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
-                let slot = t.tail_base.wrapping_add(len as u64);
-                if s.appended_epoch != epoch {
-                    s.appended_epoch = epoch;
-                    s.step_start_len = len;
-                }
-                slot
             } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
-                s.tables[0].tail_base.wrapping_add(len as u64)
+                slots[done] = s.tables[0].tail_base.wrapping_add(len as u64);
+                done += 1;
+                continue; // simple_append did the step bookkeeping
             } else {
                 break;
-            };
+            }
+            slots[done] = t.tail_base.wrapping_add(len as u64);
+            s.mark_step(epoch, len);
             done += 1;
         }
         out.truncate(base + done);
@@ -305,15 +292,11 @@ impl KvCacheManager {
                 // window release is due.
                 let mut until = max_model_len.min(len.saturating_add(bs));
                 for (t, slots) in [(t0, &mut *slots0), (t1, &mut *slots1)] {
-                    let b = pool.allocate().expect("two blocks are free");
-                    t.blocks.push(b);
-                    t.tail_maybe_shared = false;
-                    t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(len as u64);
+                    t.push_fresh_block(take_block(pool, prefix, stats), len);
                     t.num_tokens = len + 1;
                     until = until.min(t.release_at);
                     slots[done] = t.tail_base.wrapping_add(len as u64);
                 }
-                stats.blocks_taken += 2;
                 e.hot = until;
             } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
                 slots0[done] = s.tables[0].tail_base.wrapping_add(len as u64);
@@ -323,10 +306,7 @@ impl KvCacheManager {
             } else {
                 break;
             }
-            if s.appended_epoch != epoch {
-                s.appended_epoch = epoch;
-                s.step_start_len = len;
-            }
+            s.mark_step(epoch, len);
             done += 1;
         }
         out0.truncate(base0 + done);
@@ -358,10 +338,7 @@ impl KvCacheManager {
                     out.push(t.tail_base.wrapping_add(len as u64));
                 }
             }
-            if s.appended_epoch != epoch {
-                s.appended_epoch = epoch;
-                s.step_start_len = len;
-            }
+            s.mark_step(epoch, len);
             if let Some(p) = prefix {
                 let cache = s
                     .cache
@@ -657,10 +634,7 @@ fn simple_append(
     let mut until = config.max_model_len.min(old_len.saturating_add(bs));
     for t in s.tables.iter_mut() {
         if grow {
-            let b = take_block(pool, prefix, stats);
-            t.blocks.push(b);
-            t.tail_maybe_shared = false;
-            t.tail_base = (b.0 as u64 * bs as u64).wrapping_sub(old_len as u64);
+            t.push_fresh_block(take_block(pool, prefix, stats), old_len);
             until = until.min(t.release_at);
         } else {
             // The new token is in the last block, held alone.

@@ -104,6 +104,16 @@ impl Seq {
     fn num_tokens(&self) -> u32 {
         self.tables[0].num_tokens
     }
+
+    /// Records that this step appends to the sequence, holding `len` tokens
+    /// when its first append of the step comes.
+    #[inline(always)]
+    fn mark_step(&mut self, epoch: u32, len: u32) {
+        if self.appended_epoch != epoch {
+            self.appended_epoch = epoch;
+            self.step_start_len = len;
+        }
+    }
 }
 
 use caching::{PrefixState, SeqCache};
