@@ -584,19 +584,15 @@ impl KvCacheManager {
         let take_now = one_full_group && self.start_fits(total);
         let found_hit = (!one_full_group).then(|| self.find_hit(p, host_index, &cache.hashes, max_hit));
         let (pool, stats) = (&mut self.pool, &mut self.stats);
-        // `on_device` false: look in the host tier only (see the one-group pass).
-        let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash, on_device: &mut bool| {
-            if let Some(b) = on_device.then(|| p.index.get(g as u32, h)).flatten() {
+        let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash| {
+            if let Some(b) = p.index.get(g as u32, h) {
                 let free = pool.ref_count(b) == Ok(0);
                 held += !free as u64;
                 if take_now {
                     take_hit(pool, stats, b, free);
                 }
                 t.blocks.push(b);
-            } else if let Some(hb) = host_index.and_then(|c| {
-                *on_device = false;
-                c.get(g as u32, h)
-            }) {
+            } else if let Some(hb) = host_index.and_then(|c| c.get(g as u32, h)) {
                 reloads.push((g as u32, i as u32, hb));
                 t.blocks.push(BlockId::NULL); // the reloaded copy, taken below
             } else {
@@ -638,7 +634,7 @@ impl KvCacheManager {
                 let from = hit_from(*kind, hits, bs, vouched);
                 t.blocks.extend(std::iter::repeat(BlockId::NULL).take(from));
                 for i in from..hits {
-                    let found = resolve(t, g, i, cache.hashes[i], &mut true);
+                    let found = resolve(t, g, i, cache.hashes[i]);
                     debug_assert!(found, "find_hit found every hit block");
                 }
             }
