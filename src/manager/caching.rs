@@ -687,13 +687,18 @@ impl KvCacheManager {
             // next drain, like swapped-in blocks).
             let host = self.host.as_mut().expect("a host hit implies a host tier");
             let p = self.prefix.as_mut().expect("checked above");
-            for &(g, i, hb) in &reloads {
+            // The device blocks first, in one batch (the order `allocate`
+            // would give them; taking them touches no host block): the
+            // free-queue walk leaves the loop below, whose blocks are then
+            // independent of each other.
+            let mut dst = std::mem::take(&mut host.reload_dst);
+            dst.clear();
+            self.pool
+                .allocate_n(reloads.len() as u32, &mut dst)
+                .expect("free blocks were counted before allocating");
+            self.stats.blocks_taken += reloads.len() as u64;
+            for (&(g, i, hb), &d) in reloads.iter().zip(&dst) {
                 host.hold_for_reload(hb);
-                let d = self
-                    .pool
-                    .allocate()
-                    .expect("free blocks were counted before allocating");
-                self.stats.blocks_taken += 1;
                 p.evicted(d, &mut self.stats);
                 host.swap_in.push(super::BlockCopy {
                     src: hb,
@@ -706,6 +711,7 @@ impl KvCacheManager {
                 let i = i as usize;
                 p.index_block(&cache, g, i, cache.hashes[i], d);
             }
+            host.reload_dst = dst;
         }
         for t in tables.iter_mut() {
             for _ in hits as u64..total {
