@@ -558,18 +558,34 @@ impl KvCacheManager {
         for &d in &dst {
             p.evicted(d, &mut self.stats);
         }
-        for (&(g, i, hb), &d) in reloads.iter().zip(&dst) {
+        // Then each step over all the blocks in turn (tight loops whose
+        // blocks overlap): hold the host copies, queue the copies, enter the
+        // device blocks in the table and index them as pending.
+        for &(_, _, hb) in reloads {
             host.hold_for_reload(hb);
-            host.swap_in.push(super::BlockCopy {
-                src: hb,
-                dst: d,
-                num_slots: bs,
-                group: g,
-            });
-            self.stats.reload_copies += 1;
-            tables[g as usize].blocks[i as usize] = d;
+        }
+        host.swap_in.extend(
+            reloads
+                .iter()
+                .zip(&dst)
+                .map(|(&(g, _, hb), &d)| super::BlockCopy {
+                    src: hb,
+                    dst: d,
+                    num_slots: bs,
+                    group: g,
+                }),
+        );
+        self.stats.reload_copies += reloads.len() as u64;
+        for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
             let i = i as usize;
-            p.index_block(cache, g, i, cache.hashes[i], d);
+            tables[g as usize].blocks[i] = d;
+            if p.events.is_none() {
+                // (`index_block` without events, inlined.)
+                p.index.insert_pending(g, cache.hashes[i], d);
+                p.pending.push((d, cache.hashes[i]));
+            } else {
+                p.index_block(cache, g, i, cache.hashes[i], d);
+            }
         }
         host.reload_dst = dst;
     }
