@@ -14,12 +14,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pagedkv::KvDtype;
 use pagedkv_cli::args::{DtypeChoice, Engine, MaxModelLen, MemoryArgs, ModelArgs, PlanArgs};
 use pagedkv_cli::error::InputError;
 use pagedkv_cli::gpus::GPUS;
 use pagedkv_cli::hf_config::ModelConfig;
 use pagedkv_cli::{plan, report};
-use pagedkv::KvDtype;
 
 fn check(e: &InputError) {
     let message = e.to_string();
@@ -28,15 +28,23 @@ fn check(e: &InputError) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((flags, rest)) = data.split_first_chunk::<4>() else { return };
-    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let Some((flags, rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
     let config = match ModelConfig::from_json(text, "fuzz.json") {
         Ok(c) => c,
         Err(e) => return check(&e),
     };
     let [a, b, c, d] = *flags;
     let args = PlanArgs {
-        engine: if a & 1 == 0 { Engine::VllmV1 } else { Engine::VllmV0 },
+        engine: if a & 1 == 0 {
+            Engine::VllmV1
+        } else {
+            Engine::VllmV0
+        },
         model: ModelArgs {
             config: Some("fuzz.json".into()),
             kv_dtype: match (a >> 1) & 3 {

@@ -1,6 +1,6 @@
 //! Fuzzes the reference scheduler: arbitrary caches (KV cache groups, prefix
-//! caching, a host tier), budgets, guards and policies, and arbitrary
-//! sequences of requests, steps, outputs (right ones, and wrong ones: a bad
+//! caching, a host tier with or without prefix offload), budgets, guards and
+//! policies, and arbitrary sequences of requests, steps, outputs (right ones, and wrong ones: a bad
 //! count, duplicates, unknown sequences), cancellations, resets and event
 //! drains.
 //!
@@ -16,8 +16,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pagedkv::scheduler::{AlwaysSwap, Automatic, LowestPriority, MostBlocks, PriorityOrder};
 use pagedkv::{
-    AttentionKind, KvCacheConfig, KvCacheManager, KvEvent, PrefixKeys, Request, RequestId, SampledToken,
-    Scheduler, SchedulerConfig, SeqId, StepPlan,
+    AttentionKind, KvCacheConfig, KvCacheManager, KvEvent, PrefixKeys, PrefixOffload, Request, RequestId,
+    SampledToken, Scheduler, SchedulerConfig, SeqId, StepPlan,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -34,14 +34,28 @@ struct Setup {
     whole_prompt: bool,
     isolate: bool,
     policy: u8,
+    chunk: Option<u8>,
+    offload: u8,
 }
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Add { id: u8, len: u16, max_new: u16, n: u8, priority: i8, tenant: u8 },
+    Add {
+        id: u8,
+        len: u16,
+        max_new: u16,
+        n: u8,
+        priority: i8,
+        tenant: u8,
+    },
     /// Plan a step and report its outputs; `mess` garbles them.
-    Step { mess: u8, stop: u8 },
-    Cancel { id: u8 },
+    Step {
+        mess: u8,
+        stop: u8,
+    },
+    Cancel {
+        id: u8,
+    },
     Reset,
     Events,
 }
@@ -52,6 +66,9 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
     if let Some(w) = s.window {
         groups.push(AttentionKind::SlidingWindow { window: w as u32 });
     }
+    if let Some(c) = s.chunk {
+        groups.push(AttentionKind::ChunkedLocal { chunk: c as u32 });
+    }
     let Ok(kv) = KvCacheManager::new(KvCacheConfig {
         num_blocks: s.num_blocks as u32,
         block_size: s.block_size as u32 % 17,
@@ -60,6 +77,11 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
         enable_prefix_caching: s.caching,
         enable_kv_events: s.events,
         groups,
+        prefix_offload: match s.offload % 3 {
+            0 => PrefixOffload::Off,
+            1 => PrefixOffload::OnEvict,
+            _ => PrefixOffload::OnFree,
+        },
         ..Default::default()
     }) else {
         return;
@@ -72,14 +94,18 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
         isolate_growth: s.isolate,
         ..Default::default()
     };
-    let Ok(sched) = Scheduler::new(kv, config) else { return };
+    let Ok(sched) = Scheduler::new(kv, config) else {
+        return;
+    };
     let mut sched = match s.policy % 4 {
         0 => sched,
         1 => sched.with_preemption_mode(AlwaysSwap),
         2 => sched
             .with_preemption_mode(Automatic::default())
             .with_victim_policy(MostBlocks),
-        _ => sched.with_victim_policy(LowestPriority).with_queue_order(PriorityOrder),
+        _ => sched
+            .with_victim_policy(LowestPriority)
+            .with_queue_order(PriorityOrder),
     };
     let mut plan = StepPlan::default();
     let mut out: Vec<SampledToken> = Vec::new();
@@ -87,7 +113,14 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
     let mut token = 0u32;
     for op in ops.into_iter().take(300) {
         match op {
-            Op::Add { id, len, max_new, n, priority, tenant } => {
+            Op::Add {
+                id,
+                len,
+                max_new,
+                n,
+                priority,
+                tenant,
+            } => {
                 let _ = sched.add_request(Request {
                     id: RequestId(id as u64 % 16),
                     prompt: (0..len as u32 % 300).map(|t| t % 5).collect(),

@@ -50,8 +50,12 @@ fn replay(w: &Workload) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
-    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
     let options = TraceOptions {
         seed: flags as u64,
         vllm_filter: flags & 1 != 0,
