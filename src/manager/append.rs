@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use super::{
     release, release_at, tail_needs_copy, take_block, BlockCopy, HostTier, KvCacheConfig, KvCacheManager,
-    KvStats, PrefixState, Seq,
+    KvStats, PrefixState, Seq, Tables,
 };
 use crate::error::{BatchError, KvError};
 use crate::ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
@@ -275,7 +275,7 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
-            let [t0, t1] = &mut s.tables[..] else {
+            let Some((t0, t1)) = s.tables.pair_mut() else {
                 break;
             };
             let len = t0.num_tokens;
@@ -731,7 +731,7 @@ fn release_next(
 /// moved past a block, the blocks wholly before what the first query of a
 /// step starting at `base` tokens reads (their entries become `BlockId::NULL`).
 fn release_windows(
-    tables: &mut [BlockTable],
+    tables: &mut Tables,
     groups: &[AttentionKind],
     base: u64,
     bs: u32,
