@@ -50,7 +50,7 @@ fn next_owner() -> u32 {
 ///
 /// Laid out for the decode loops: the generation and hot word first, then
 /// the value (whose hot fields come first), the id last, so that what a
-/// decode step reads and writes is in the entry's first 49 bytes.
+/// decode step reads and writes is in the entry's first 48 bytes.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Entry<V> {
