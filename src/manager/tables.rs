@@ -116,3 +116,48 @@ impl<'a> IntoIterator for &'a mut Tables {
         self.iter_mut()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::BlockId;
+
+    fn table(blocks: &[u32], num_tokens: u32) -> BlockTable {
+        let mut t = BlockTable::with_storage(BlockVec::new(), 4);
+        t.blocks = blocks.iter().map(|&b| BlockId(b)).collect();
+        t.num_tokens = num_tokens;
+        t
+    }
+
+    #[test]
+    fn reset_keeps_storage_and_resizes() {
+        let mut tables = Tables::default();
+        assert_eq!(tables.len(), 1);
+        assert!(tables.pair_mut().is_none());
+        tables.reset(3, |g, storage| {
+            assert!(storage.is_empty());
+            table(&[g as u32; 9], 9 * 4)
+        });
+        assert_eq!(tables.len(), 3);
+        assert!(tables.pair_mut().is_none(), "three groups are not a pair");
+        let counts: Vec<u32> = tables.iter().map(|t| t.num_tokens).collect();
+        assert_eq!(counts, [36, 36, 36]);
+        assert_eq!(tables[2].blocks()[0], BlockId(2));
+        // Storage comes back (cleared by `with_storage` in the manager), one per group in order.
+        let mut seen = Vec::new();
+        tables.reset(2, |g, storage| {
+            seen.push((g, storage.len(), storage.capacity() >= 9));
+            BlockTable::with_storage(storage, 4)
+        });
+        assert_eq!(seen, [(0, 9, true), (1, 9, true)]);
+        let (a, b) = tables.pair_mut().expect("two groups");
+        a.num_tokens = 1;
+        b.num_tokens = 2;
+        for t in &mut tables {
+            t.num_tokens += 10;
+        }
+        assert_eq!(tables.iter().map(|t| t.num_tokens).collect::<Vec<_>>(), [11, 12]);
+        tables[1].num_tokens = 7;
+        assert_eq!((&tables).into_iter().nth(1).map(|t| t.num_tokens), Some(7));
+    }
+}
