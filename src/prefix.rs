@@ -424,10 +424,12 @@ pub struct PrefixIndex {
     /// (linear probing from the key's low bits, which are uniformly mixed)
     /// of block ids, `NO_BLOCK` where empty. A probe compares the probed
     /// block's own hash and group, so entries are 4 bytes; it holds at most
-    /// one entry per block and at least twice as many positions, so it never
-    /// grows (nothing is allocated after construction) and stays at most half
-    /// full. Removal shifts the entries after it back (no tombstones), found
-    /// in O(1) through the block's recorded position.
+    /// one entry per block and at least four times as many positions, so it
+    /// never grows (nothing is allocated after construction) and stays at
+    /// most a quarter full: short probe runs, and a removal rarely has an
+    /// entry after it to shift (16 bytes per block). Removal shifts the
+    /// entries after it back (no tombstones), found in O(1) through the
+    /// block's recorded position.
     table: Vec<u32>,
     /// `table.len() - 1` (a power of two minus one).
     mask: usize,
@@ -478,7 +480,7 @@ const NO_BLOCK: u32 = u32::MAX;
 impl PrefixIndex {
     /// An empty index over `num_blocks` blocks.
     pub fn new(num_blocks: u32) -> Self {
-        let positions = (2 * num_blocks as usize).next_power_of_two().max(2);
+        let positions = (4 * num_blocks as usize).next_power_of_two().max(2);
         PrefixIndex {
             slots: vec![EMPTY_SLOT; num_blocks as usize],
             table: vec![NO_BLOCK; positions],

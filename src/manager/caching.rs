@@ -532,6 +532,64 @@ impl KvCacheManager {
         held
     }
 
+    /// The host-tier part of a hit (out of line: the device-hit path of
+    /// `allocate_cached` compiles the same whatever this does). One pass per
+    /// reloaded block: hold its host block, take a fresh device block
+    /// (evicting a cached one, queued for the host tier), queue the copy, and
+    /// index the copy as pending (hittable at the next drain, like
+    /// swapped-in blocks).
+    #[inline(never)]
+    fn reload_hits(&mut self, tables: &mut super::Tables, reloads: &[(u32, u32, BlockId)], cache: &SeqCache) {
+        let bs = self.config.block_size;
+        let host = self.host.as_mut().expect("a host hit implies a host tier");
+        let p = self.prefix.as_mut().expect("checked above");
+        // The device blocks first, in one batch (the order `allocate`
+        // would give them; taking them touches no host block): the
+        // free-queue walk leaves the loop below, whose blocks are then
+        // independent of each other.
+        let mut dst = std::mem::take(&mut host.reload_dst);
+        dst.clear();
+        self.pool
+            .allocate_n(reloads.len() as u32, &mut dst)
+            .expect("free blocks were counted before allocating");
+        self.stats.blocks_taken += reloads.len() as u64;
+        // Their cached content evicted in a loop of its own: each
+        // eviction's index reads overlap the next ones'.
+        for &d in &dst {
+            p.evicted(d, &mut self.stats);
+        }
+        // Then each step over all the blocks in turn (tight loops whose
+        // blocks overlap): hold the host copies, queue the copies, enter the
+        // device blocks in the table and index them as pending.
+        for &(_, _, hb) in reloads {
+            host.hold_for_reload(hb);
+        }
+        host.swap_in.extend(
+            reloads
+                .iter()
+                .zip(&dst)
+                .map(|(&(g, _, hb), &d)| super::BlockCopy {
+                    src: hb,
+                    dst: d,
+                    num_slots: bs,
+                    group: g,
+                }),
+        );
+        self.stats.reload_copies += reloads.len() as u64;
+        for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
+            let i = i as usize;
+            tables[g as usize].blocks[i] = d;
+            if p.events.is_none() {
+                // (`index_block` without events, inlined.)
+                p.index.insert_pending(g, cache.hashes[i], d);
+                p.pending.push((d, cache.hashes[i]));
+            } else {
+                p.index_block(cache, g, i, cache.hashes[i], d);
+            }
+        }
+        host.reload_dst = dst;
+    }
+
     /// `allocate_with` when prefix caching is on; the caller checked the
     /// sequence id, the empty prompt and the length.
     pub(super) fn allocate_cached(
@@ -681,31 +739,7 @@ impl KvCacheManager {
             t.release_at = release_at(*kind, from as u32, bs);
         }
         if !reloads.is_empty() {
-            // One pass per reloaded block: hold its host block, take a fresh
-            // device block (evicting a cached one, queued for the host tier),
-            // queue the copy, and index the copy as pending (hittable at the
-            // next drain, like swapped-in blocks).
-            let host = self.host.as_mut().expect("a host hit implies a host tier");
-            let p = self.prefix.as_mut().expect("checked above");
-            for &(g, i, hb) in &reloads {
-                host.hold_for_reload(hb);
-                let d = self
-                    .pool
-                    .allocate()
-                    .expect("free blocks were counted before allocating");
-                self.stats.blocks_taken += 1;
-                p.evicted(d, &mut self.stats);
-                host.swap_in.push(super::BlockCopy {
-                    src: hb,
-                    dst: d,
-                    num_slots: bs,
-                    group: g,
-                });
-                self.stats.reload_copies += 1;
-                tables[g as usize].blocks[i as usize] = d;
-                let i = i as usize;
-                p.index_block(&cache, g, i, cache.hashes[i], d);
-            }
+            self.reload_hits(&mut tables, &reloads, &cache);
         }
         for t in tables.iter_mut() {
             for _ in hits as u64..total {

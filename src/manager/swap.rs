@@ -67,6 +67,8 @@ pub(super) struct HostTier {
     /// Scratch for `allocate_cached`: the blocks of a hit reloaded from here
     /// (group, position, host block).
     pub(super) reloads: Vec<(u32, u32, BlockId)>,
+    /// Scratch for `allocate_cached`: the device blocks taken for `reloads`.
+    pub(super) reload_dst: Vec<BlockId>,
 }
 
 impl HostTier {
@@ -84,6 +86,7 @@ impl HostTier {
             reused: vec![false; config.num_host_blocks as usize],
             eviction: config.eviction,
             reloads: Vec::new(),
+            reload_dst: Vec::new(),
         })
     }
 
