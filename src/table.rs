@@ -34,25 +34,29 @@ pub(crate) type BlockVec = SmallVec<[BlockId; INLINE_BLOCKS]>;
 /// assert_eq!(table.slot(4), Some(table.blocks()[1].0 as u64 * 4));
 /// ```
 #[derive(Clone, Debug)]
+// The fields a decode step reads and writes first (the slab entry holds
+// group 0's table: they share a cache line with its hot word), the flag
+// among them (it is where `Option<Seq>` keeps its tag).
+#[repr(C)]
 pub struct BlockTable {
-    pub(crate) blocks: BlockVec,
     pub(crate) num_tokens: u32,
-    pub(crate) block_size: u32,
     /// False only when the last block is known to be held by this table alone,
     /// so a write into it needs no copy-on-write check. Set by fork and
     /// truncate; cleared once a check finds the block exclusive or a fresh
     /// block becomes the last.
     pub(crate) tail_maybe_shared: bool,
-    /// Leading entries that are `BlockId::NULL`.
-    pub(crate) num_released: u32,
-    /// The length (tokens before an append) from which the next append
-    /// releases a block: `u32::MAX` for full attention. Lets an append skip
-    /// the release check with one comparison.
-    pub(crate) release_at: u32,
     /// `slot - pos` for the positions of the last block: `last × block_size
     /// − (num_blocks − 1) × block_size`, wrapping. Kept by the manager's hot
     /// path while it knows the table unchanged (see `manager::append`).
     pub(crate) tail_base: u64,
+    /// The length (tokens before an append) from which the next append
+    /// releases a block: `u32::MAX` for full attention. Lets an append skip
+    /// the release check with one comparison.
+    pub(crate) release_at: u32,
+    pub(crate) block_size: u32,
+    pub(crate) blocks: BlockVec,
+    /// Leading entries that are `BlockId::NULL`.
+    pub(crate) num_released: u32,
 }
 
 /// Equal blocks, token counts and flags (`tail_base`, derived, is left out).

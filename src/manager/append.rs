@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use super::{
     release, release_at, tail_needs_copy, take_block, BlockCopy, HostTier, KvCacheConfig, KvCacheManager,
-    KvStats, PrefixState, Seq,
+    KvStats, PrefixState, Seq, Tables,
 };
 use crate::error::{BatchError, KvError};
 use crate::ids::{BlockId, SeqHandle, SeqId, Slot, TokenId};
@@ -260,6 +260,7 @@ impl KvCacheManager {
         } = self;
         let (entries, owner) = seqs.entries_hot();
         let (bs, max_model_len) = (config.block_size, config.max_model_len);
+        let (k0, k1) = (config.groups[0], config.groups[1]);
         // As in `decode_run_plain`: slots written by index.
         let (base0, base1) = (out0.len(), out1.len());
         out0.resize(base0 + batch.len(), 0);
@@ -274,7 +275,7 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
-            let [t0, t1] = &mut s.tables[..] else {
+            let Some((t0, t1)) = s.tables.pair_mut() else {
                 break;
             };
             let len = t0.num_tokens;
@@ -298,6 +299,28 @@ impl KvCacheManager {
                     slots[done] = t.tail_base.wrapping_add(len as u64);
                 }
                 e.hot = until;
+            } else if e.hot != 0
+                && s.appended_epoch != epoch
+                && len < max_model_len
+                && t0.blocks.len() as u64 * bs as u64 > len as u64
+                && releases_at_most_one(t0, k0, len, bs)
+                && releases_at_most_one(t1, k1, len, bs)
+            {
+                // A window moved past one block (one decode in block_size
+                // with a window group) and the token lands in the last
+                // block: the release here, as `release_windows` does it
+                // (group order, before anything is taken; out of line it
+                // costs twice as much).
+                for (t, kind) in [(&mut *t0, k0), (&mut *t1, k1)] {
+                    if len >= t.release_at {
+                        release_next(t, kind, bs, (pool, prefix, host, stats));
+                    }
+                    t.num_tokens = len + 1;
+                }
+                let end = (t0.blocks.len() as u64 * bs as u64).min(u32::MAX as u64) as u32;
+                e.hot = max_model_len.min(end).min(t0.release_at).min(t1.release_at);
+                slots0[done] = t0.tail_base.wrapping_add(len as u64);
+                slots1[done] = t1.tail_base.wrapping_add(len as u64);
             } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
                 slots0[done] = s.tables[0].tail_base.wrapping_add(len as u64);
                 slots1[done] = s.tables[1].tail_base.wrapping_add(len as u64);
@@ -673,11 +696,42 @@ fn simple_append_cold(
     simple_append(hot, s, old_len, epoch, config, parts)
 }
 
+/// Whether an append at `len` tokens (the step's first) releases at most
+/// one block of table `t` of `kind`: its window moved past no block, or
+/// past exactly the next one.
+#[inline(always)]
+fn releases_at_most_one(t: &BlockTable, kind: AttentionKind, len: u32, bs: u32) -> bool {
+    len < t.release_at || (len as u64) < kind.first_len_reading_from(t.num_released as u64 + 2, bs)
+}
+
+/// Releases the next block of table `t` of `kind`, whose window moved past
+/// it (and no further: see [`releases_at_most_one`]); `release_windows`
+/// for one block.
+#[inline(always)]
+fn release_next(
+    t: &mut BlockTable,
+    kind: AttentionKind,
+    bs: u32,
+    (pool, prefix, host, stats): (
+        &mut BlockPool,
+        &mut Option<PrefixState>,
+        &mut Option<HostTier>,
+        &mut KvStats,
+    ),
+) {
+    let i = t.num_released;
+    let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
+    release(pool, prefix, host, stats, b);
+    stats.window_released_blocks += 1;
+    t.num_released = i + 1;
+    t.release_at = release_at(kind, i + 1, bs);
+}
+
 /// Releases, in every sliding-window or chunked local group whose window
 /// moved past a block, the blocks wholly before what the first query of a
 /// step starting at `base` tokens reads (their entries become `BlockId::NULL`).
 fn release_windows(
-    tables: &mut [BlockTable],
+    tables: &mut Tables,
     groups: &[AttentionKind],
     base: u64,
     bs: u32,

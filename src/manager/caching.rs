@@ -32,7 +32,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::offload::{Offload, StoredMeta};
-use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq};
+use super::{release_at, take_block, Allocation, KvCacheConfig, KvCacheManager, KvStats, Seq, Tables};
 use crate::error::{InvariantViolation, KvError};
 use crate::ids::{BlockId, TokenId};
 use crate::pool::BlockPool;
@@ -165,7 +165,7 @@ impl PrefixState {
 
     /// Marks blocks `from..` of the sequence's hashed blocks, in every group,
     /// as pending: they become hittable at the next [`Self::commit_pending`].
-    fn index_blocks(&mut self, cache: &SeqCache, tables: &[BlockTable], from: usize) {
+    fn index_blocks(&mut self, cache: &SeqCache, tables: &Tables, from: usize) {
         for (group, t) in tables.iter().enumerate() {
             for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate().skip(from) {
                 if b.is_null() {
@@ -179,7 +179,7 @@ impl PrefixState {
     /// Marks the full blocks of a sequence just swapped in that carry no hash
     /// (fresh copies of its host blocks) as pending, like blocks that fill:
     /// every full block a sequence holds stays findable.
-    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, tables: &[BlockTable]) {
+    pub(super) fn index_swapped_in(&mut self, cache: &SeqCache, tables: &Tables) {
         for (group, t) in tables.iter().enumerate() {
             for (i, (&h, &b)) in cache.hashes.iter().zip(t.blocks()).enumerate() {
                 if !b.is_null() && self.index.carried_hash_of(b).is_none() {
@@ -337,7 +337,7 @@ impl PrefixState {
 
     /// Records tokens just appended to `tables`, caching the blocks they filled.
     #[inline]
-    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, tables: &[BlockTable], tokens: &[TokenId]) {
+    pub(super) fn record_tokens(&mut self, cache: &mut SeqCache, tables: &Tables, tokens: &[TokenId]) {
         cache.tokens.extend_from_slice(tokens);
         debug_assert_eq!(cache.tokens.len(), tables[0].num_tokens() as usize);
         let from = cache.hashes.len();
@@ -357,7 +357,7 @@ impl PrefixState {
     /// Keeping the hash keeps the cache closed under prefixes: the blocks
     /// after the tail (released by the truncate, or held by others) stay
     /// reachable, and a router never sees a block removed before its children.
-    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &mut [BlockTable], pool: &BlockPool) {
+    pub(super) fn truncated(&mut self, cache: &mut SeqCache, tables: &mut Tables, pool: &BlockPool) {
         let n = tables[0].num_tokens() as usize;
         cache.tokens.truncate(n);
         cache.hashes.truncate(n / self.block_size as usize);

@@ -38,8 +38,6 @@
 //! Start reading at [`KvCacheManager::append`] (in `append.rs`): it is the hot
 //! path and shows the copy-on-write and window-release rules.
 
-use smallvec::SmallVec;
-
 use crate::error::KvError;
 use crate::ids::{BlockId, SeqId, TokenId};
 use crate::pool::BlockPool;
@@ -61,6 +59,7 @@ mod shared;
 mod swap;
 #[cfg(test)]
 mod swap_tests;
+mod tables;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -81,21 +80,21 @@ const MAX_SPARE: usize = 256;
 /// Freed storage larger than this (in blocks per table) is not kept.
 const MAX_SPARE_BLOCKS: usize = 4096;
 
-/// A sequence's tables, one per KV cache group (one inline: most models have one group).
-type Tables = SmallVec<[BlockTable; 1]>;
-
 /// One allocated sequence: its block table in each group, and (with prefix
 /// caching on) its tokens and block hashes, boxed so that the map entries the
 /// hot path walks stay small.
 #[derive(Debug, Clone)]
+// The step fields, then the tables (whose hot fields come first): what a
+// decode step touches sits at the start, after the slab entry's hot word.
+#[repr(C)]
 struct Seq {
-    tables: Tables,
     /// The step (drain epoch) of the last allocate or append: the sequence's
     /// newest tokens are uncomputed while it is the current one.
     appended_epoch: u32,
     /// Tokens held when that step's first allocate or append came: the ones
     /// computed by earlier steps (what a window's release is measured from).
     step_start_len: u32,
+    tables: Tables,
     cache: Option<Box<SeqCache>>,
 }
 
@@ -118,6 +117,7 @@ impl Seq {
 
 use caching::{PrefixState, SeqCache};
 use swap::HostTier;
+use tables::Tables;
 
 /// The paged KV cache manager.
 ///
@@ -271,18 +271,12 @@ impl KvCacheManager {
     fn new_seq_storage(&mut self) -> (Tables, Option<Box<SeqCache>>) {
         let (mut tables, cache) = self.spare.pop().unwrap_or_default();
         let bs = self.config.block_size;
-        let groups = self.config.groups.len();
-        tables.truncate(groups);
-        for t in tables.iter_mut() {
-            let storage = std::mem::take(&mut t.blocks);
-            *t = BlockTable::with_storage(storage, bs);
-        }
-        while tables.len() < groups {
-            tables.push(BlockTable::with_storage(Default::default(), bs));
-        }
-        for (t, kind) in tables.iter_mut().zip(&self.config.groups) {
-            t.release_at = release_at(*kind, 0, bs);
-        }
+        let groups = &self.config.groups;
+        tables.reset(groups.len(), |g, storage| {
+            let mut t = BlockTable::with_storage(storage, bs);
+            t.release_at = release_at(groups[g], 0, bs);
+            t
+        });
         (tables, cache)
     }
 

@@ -47,9 +47,13 @@ fn next_owner() -> u32 {
 /// One slot of a [`SeqSlab`]: the sequence living there (if any), the
 /// slot's generation (bumped each time a sequence leaves it) and the hot
 /// path's word of derived state.
+///
+/// Laid out for the decode loops: the generation and hot word first, then
+/// the value (whose hot fields come first), the id last, so that what a
+/// decode step reads and writes is in the entry's first 48 bytes.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Entry<V> {
-    pub(crate) id: SeqId,
     pub(crate) gen: u32,
     /// Derived from the value by the hot path (the manager: the length below
     /// which a one-token append needs no check). Every mutable access but
@@ -57,6 +61,7 @@ pub(crate) struct Entry<V> {
     /// value changed behind the hot path's back.
     pub(crate) hot: u32,
     pub(crate) val: Option<V>,
+    pub(crate) id: SeqId,
 }
 
 impl<V> Entry<V> {

@@ -640,6 +640,69 @@ fn batched_decode_matches_appends_by_id_in_every_group() {
 }
 
 #[test]
+fn two_group_batched_decode_matches_appends_by_id() {
+    // The two-group loop's own paths (a token in the last block, a block
+    // taken in each group, one block a window moved past released in the
+    // loop) and its fallbacks against the SeqId path: the same slots, tables,
+    // free-block order (release order) and counters after every step.
+    for window in [
+        AttentionKind::SlidingWindow { window: 8 },
+        AttentionKind::SlidingWindow { window: 3 },
+        AttentionKind::SlidingWindow { window: 1 },
+        AttentionKind::ChunkedLocal { chunk: 8 },
+    ] {
+        let config = KvCacheConfig {
+            num_blocks: 128,
+            block_size: 4,
+            max_model_len: 64,
+            watermark: 0.0,
+            groups: vec![AttentionKind::Full, window],
+            ..Default::default()
+        };
+        let (mut by_id, mut batched) = (
+            KvCacheManager::new(config.clone()).unwrap(),
+            KvCacheManager::new(config).unwrap(),
+        );
+        for kv in [&mut by_id, &mut batched] {
+            for s in 0..4 {
+                kv.allocate(SeqId(s), &toks(1 + s as usize * 5)).unwrap();
+            }
+            settle(kv);
+        }
+        let batch: Vec<_> = (0..4).map(|s| (batched.handle(SeqId(s)).unwrap(), 5)).collect();
+        let state = |kv: &KvCacheManager| {
+            let window_tables: Vec<_> = (0..4)
+                .map(|s| kv.group(1).unwrap().table(SeqId(s)).unwrap().clone())
+                .collect();
+            format!("{} {window_tables:?} {:?}", snapshot(kv), kv.stats())
+        };
+        for step in 0..40 {
+            let mut want = vec![Vec::new(); 2];
+            for s in 0..4 {
+                let len = by_id.num_tokens(SeqId(s)).unwrap();
+                by_id
+                    .append_and_group_slots_into(SeqId(s), &[5], len..len + 1, &mut want)
+                    .unwrap();
+            }
+            let mut got = vec![Vec::new(); 2];
+            batched.append_decode_into(&batch, &mut got).unwrap();
+            assert_eq!(got, want, "{window} step {step}");
+            assert_eq!(state(&batched), state(&by_id), "{window} step {step}");
+            batched.check_invariants().unwrap();
+            settle(&mut by_id);
+            settle(&mut batched);
+            if step == 20 {
+                // A fork flags the parent's tail: the next decode copies it.
+                for kv in [&mut by_id, &mut batched] {
+                    kv.fork(SeqId(0), SeqId(9)).unwrap();
+                }
+            }
+        }
+        assert!(batched.stats().window_released_blocks > 0, "{window}");
+    }
+}
+
+#[test]
 fn freed_storage_kept_for_reuse_is_bounded() {
     let mut kv = kv(4096, 1);
     for s in 0..(MAX_SPARE as u64 + 44) {
