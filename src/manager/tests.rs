@@ -589,46 +589,43 @@ fn a_batch_stops_at_the_first_refusal() {
     kv.check_invariants().unwrap();
 }
 
-#[test]
-fn batched_decode_matches_appends_by_id_in_every_group() {
-    let groups = vec![
-        AttentionKind::Full,
-        AttentionKind::SlidingWindow { window: 8 },
-        AttentionKind::ChunkedLocal { chunk: 8 },
-    ];
-    let config = KvCacheConfig {
-        num_blocks: 256,
-        block_size: 4,
-        max_model_len: 64,
-        watermark: 0.0,
-        groups,
-        ..Default::default()
-    };
+/// Four sequences of `prompt_len(s)` tokens decoded 40 steps in two managers
+/// of `config`, one by `SeqId` (`append_and_group_slots_into`), one batched
+/// (`append_decode_into`), sequence 0 forked at step 20: the same slots and
+/// the same `state` after every step. Returns the batched manager.
+fn decode_by_id_vs_batched(
+    config: KvCacheConfig,
+    prompt_len: impl Fn(u64) -> usize,
+    state: impl Fn(&KvCacheManager) -> String,
+    label: &str,
+) -> KvCacheManager {
+    let groups = config.groups.len().max(1);
     let (mut by_id, mut batched) = (
         KvCacheManager::new(config.clone()).unwrap(),
         KvCacheManager::new(config).unwrap(),
     );
     for kv in [&mut by_id, &mut batched] {
         for s in 0..4 {
-            kv.allocate(SeqId(s), &toks(1 + s as usize * 3)).unwrap();
+            kv.allocate(SeqId(s), &toks(prompt_len(s))).unwrap();
         }
         settle(kv);
     }
     let batch: Vec<_> = (0..4).map(|s| (batched.handle(SeqId(s)).unwrap(), 5)).collect();
     for step in 0..40 {
-        let mut want = vec![Vec::new(); 3];
+        let mut want = vec![Vec::new(); groups];
         for s in 0..4 {
             let len = by_id.num_tokens(SeqId(s)).unwrap();
             by_id
                 .append_and_group_slots_into(SeqId(s), &[5], len..len + 1, &mut want)
                 .unwrap();
         }
-        let mut got = vec![Vec::new(); 3];
+        let mut got = vec![Vec::new(); groups];
         batched.append_decode_into(&batch, &mut got).unwrap();
-        assert_eq!(got, want, "step {step}");
+        assert_eq!(got, want, "{label} step {step}");
+        assert_eq!(state(&batched), state(&by_id), "{label} step {step}");
+        batched.check_invariants().unwrap();
         settle(&mut by_id);
         settle(&mut batched);
-        batched.check_invariants().unwrap();
         if step == 20 {
             // A fork flags the parent's tail: the next decode copies it.
             for kv in [&mut by_id, &mut batched] {
@@ -636,7 +633,25 @@ fn batched_decode_matches_appends_by_id_in_every_group() {
             }
         }
     }
-    assert_eq!(snapshot(&by_id), snapshot(&batched));
+    assert_eq!(snapshot(&by_id), snapshot(&batched), "{label}");
+    batched
+}
+
+#[test]
+fn batched_decode_matches_appends_by_id_in_every_group() {
+    let config = KvCacheConfig {
+        num_blocks: 256,
+        block_size: 4,
+        max_model_len: 64,
+        watermark: 0.0,
+        groups: vec![
+            AttentionKind::Full,
+            AttentionKind::SlidingWindow { window: 8 },
+            AttentionKind::ChunkedLocal { chunk: 8 },
+        ],
+        ..Default::default()
+    };
+    decode_by_id_vs_batched(config, |s| 1 + s as usize * 3, snapshot, "three groups");
 }
 
 #[test]
@@ -659,45 +674,13 @@ fn two_group_batched_decode_matches_appends_by_id() {
             groups: vec![AttentionKind::Full, window],
             ..Default::default()
         };
-        let (mut by_id, mut batched) = (
-            KvCacheManager::new(config.clone()).unwrap(),
-            KvCacheManager::new(config).unwrap(),
-        );
-        for kv in [&mut by_id, &mut batched] {
-            for s in 0..4 {
-                kv.allocate(SeqId(s), &toks(1 + s as usize * 5)).unwrap();
-            }
-            settle(kv);
-        }
-        let batch: Vec<_> = (0..4).map(|s| (batched.handle(SeqId(s)).unwrap(), 5)).collect();
         let state = |kv: &KvCacheManager| {
             let window_tables: Vec<_> = (0..4)
                 .map(|s| kv.group(1).unwrap().table(SeqId(s)).unwrap().clone())
                 .collect();
             format!("{} {window_tables:?} {:?}", snapshot(kv), kv.stats())
         };
-        for step in 0..40 {
-            let mut want = vec![Vec::new(); 2];
-            for s in 0..4 {
-                let len = by_id.num_tokens(SeqId(s)).unwrap();
-                by_id
-                    .append_and_group_slots_into(SeqId(s), &[5], len..len + 1, &mut want)
-                    .unwrap();
-            }
-            let mut got = vec![Vec::new(); 2];
-            batched.append_decode_into(&batch, &mut got).unwrap();
-            assert_eq!(got, want, "{window} step {step}");
-            assert_eq!(state(&batched), state(&by_id), "{window} step {step}");
-            batched.check_invariants().unwrap();
-            settle(&mut by_id);
-            settle(&mut batched);
-            if step == 20 {
-                // A fork flags the parent's tail: the next decode copies it.
-                for kv in [&mut by_id, &mut batched] {
-                    kv.fork(SeqId(0), SeqId(9)).unwrap();
-                }
-            }
-        }
+        let batched = decode_by_id_vs_batched(config, |s| 1 + s as usize * 5, state, &window.to_string());
         assert!(batched.stats().window_released_blocks > 0, "{window}");
     }
 }
