@@ -18,6 +18,15 @@ use crate::pool::BlockPool;
 use crate::sizing::{blocks_for, AttentionKind};
 use crate::table::BlockTable;
 
+/// What an append changes besides the sequence: the pool, the prefix cache,
+/// the host tier and the counters (borrowed apart from the sequence map).
+type Parts<'a> = (
+    &'a mut BlockPool,
+    &'a mut Option<PrefixState>,
+    &'a mut Option<HostTier>,
+    &'a mut KvStats,
+);
+
 impl KvCacheManager {
     /// Appends tokens to a sequence: one (decode) or many (chunked prefill,
     /// speculative tokens). Takes a new block only when the last one is full.
@@ -623,12 +632,7 @@ fn simple_append(
     old_len: u32,
     epoch: u32,
     config: &KvCacheConfig,
-    (pool, prefix, host, stats): (
-        &mut BlockPool,
-        &mut Option<PrefixState>,
-        &mut Option<HostTier>,
-        &mut KvStats,
-    ),
+    (pool, prefix, host, stats): Parts<'_>,
 ) -> bool {
     let bs = config.block_size;
     let base = if s.appended_epoch == epoch {
@@ -686,12 +690,7 @@ fn simple_append_cold(
     old_len: u32,
     epoch: u32,
     config: &KvCacheConfig,
-    parts: (
-        &mut BlockPool,
-        &mut Option<PrefixState>,
-        &mut Option<HostTier>,
-        &mut KvStats,
-    ),
+    parts: Parts<'_>,
 ) -> bool {
     simple_append(hot, s, old_len, epoch, config, parts)
 }
@@ -708,17 +707,7 @@ fn releases_at_most_one(t: &BlockTable, kind: AttentionKind, len: u32, bs: u32) 
 /// it (and no further: see [`releases_at_most_one`]); `release_windows`
 /// for one block.
 #[inline(always)]
-fn release_next(
-    t: &mut BlockTable,
-    kind: AttentionKind,
-    bs: u32,
-    (pool, prefix, host, stats): (
-        &mut BlockPool,
-        &mut Option<PrefixState>,
-        &mut Option<HostTier>,
-        &mut KvStats,
-    ),
-) {
+fn release_next(t: &mut BlockTable, kind: AttentionKind, bs: u32, (pool, prefix, host, stats): Parts<'_>) {
     let i = t.num_released;
     let b = std::mem::replace(&mut t.blocks[i as usize], BlockId::NULL);
     release(pool, prefix, host, stats, b);
@@ -735,12 +724,7 @@ fn release_windows(
     groups: &[AttentionKind],
     base: u64,
     bs: u32,
-    (pool, prefix, host, stats): (
-        &mut BlockPool,
-        &mut Option<PrefixState>,
-        &mut Option<HostTier>,
-        &mut KvStats,
-    ),
+    (pool, prefix, host, stats): Parts<'_>,
 ) {
     for (t, kind) in tables.iter_mut().zip(groups) {
         if base >= t.release_at as u64 {
