@@ -202,6 +202,9 @@ pub struct Scheduler {
     swapped: VecDeque<usize>,
     /// Sequences finished by the outputs being taken, moved into the plan.
     finished: Vec<SeqId>,
+    /// Slab entries of the sequences finished by the outputs being taken
+    /// (freed after the outputs are taken).
+    done: Vec<u32>,
     rejected: Vec<RequestId>,
     /// Requests cancelled while the last plan, which the engine still runs,
     /// held some of their sequences: their outputs are dropped, and their ids
@@ -221,6 +224,8 @@ pub struct Scheduler {
     scratch: Vec<(u8, (i64, u64), usize)>,
     /// The step's run of plain decodes, handed to the manager in one call.
     batch: Vec<(SeqHandle, TokenId)>,
+    /// The owner tag every entry of `batch` carries.
+    batch_owner: u32,
     seen: Vec<SeqId>,
     /// The step's slot mapping being built, one buffer per KV cache group
     /// (group 0's is the plan's own buffer, swapped in for the step).
@@ -259,6 +264,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             swapped: VecDeque::new(),
             finished: Vec::new(),
+            done: Vec::new(),
             rejected: Vec::new(),
             cancelled_in_flight: Vec::new(),
             kept_outputs: Vec::new(),
@@ -268,6 +274,7 @@ impl Scheduler {
             preempted_this_step: false,
             scratch: Vec::new(),
             batch: Vec::new(),
+            batch_owner: 0,
             seen: Vec::new(),
             slots: vec![Vec::new(); num_groups],
             stats: SchedulerStats::default(),
@@ -577,24 +584,30 @@ impl Scheduler {
     /// no sample to fork), as if their appends succeed, filling
     /// `self.batch[..run]` with their handles and tokens. Returns how many (`run`).
     ///
-    /// Stores bound this loop (one a cycle), so it makes few: the batch is a
-    /// buffer that only grows (no placeholders written per step), the
-    /// expectations are grown by `room` placeholders (one 16-byte store each),
-    /// written through zipped slices in one pass that stops at the first
-    /// sequence that is not a plain decode, and cut back; the plan entries
-    /// are then appended by one `extend` over the run (its slab entries are
-    /// in L1), with no placeholders. Pushing to three lists in one loop sent
+    /// One pass over the run, which stops at the first sequence that is not
+    /// a plain decode, writes every list through zipped slices: the batch is
+    /// a buffer that only grows, whose entries keep their owner tag; the
+    /// expectations and the plan entries are grown by `room` placeholders
+    /// holding the fields every decode shares (one or two vector stores
+    /// each), and cut back to the run. The loop stores only the fields that
+    /// differ, and reads each slab entry once (a second pass to append the
+    /// plan entries read them again). Pushing to the lists in the loop sent
     /// each list's length through memory on every sequence.
     fn decode_run(&mut self, i: usize, room: usize, budget: &mut u32, plan: &mut StepPlan) -> usize {
         let room = room.min(self.running.len() - i);
         let owner = self.handle_owner;
-        if self.batch.len() < room {
+        // Every batch entry carries the owner tag already: the loop writes
+        // only the slot index, the generation and the token.
+        if self.batch.len() < room || self.batch_owner != owner {
             let unset = SeqHandle {
                 index: 0,
                 gen: 0,
                 owner,
             };
-            self.batch.resize(room, (unset, 0));
+            let len = self.batch.len().max(room);
+            self.batch.clear();
+            self.batch.resize(len, (unset, 0));
+            self.batch_owner = owner;
         }
         let from_expected = self.expected.len();
         self.expected.resize(
@@ -605,13 +618,28 @@ impl Scheduler {
                 sample: 0,
             },
         );
+        let from_plan = plan.scheduled.len();
+        plan.scheduled.resize(
+            from_plan + room,
+            ScheduledSeq {
+                seq: SeqId(0),
+                start: 0,
+                num_new_tokens: 1,
+                is_prefill: false,
+                num_samples: 1,
+                slots: 0..0,
+            },
+        );
+        let from = self.slots[0].len() as u32;
         let mut run = 0;
+        let slab = &mut self.slab[..];
         let entries = self.running[i..i + room]
             .iter()
             .zip(self.batch.iter_mut())
-            .zip(self.expected[from_expected..].iter_mut());
-        for ((&idx, b), e) in entries {
-            let s = self.slab[idx].as_mut().expect("live");
+            .zip(self.expected[from_expected..].iter_mut())
+            .zip(plan.scheduled[from_plan..].iter_mut().zip(from..));
+        for (((&idx, b), e), (p, slot)) in entries {
+            let s = slab[idx].as_mut().expect("live");
             if !(s.has_handle
                 && s.tokens.len() as u32 == s.num_computed + 1
                 && s.in_kv == s.num_computed
@@ -621,40 +649,19 @@ impl Scheduler {
             }
             debug_assert_eq!(s.tokens.last(), Some(&s.last_token));
             debug_assert_eq!(s.samples_expected, 0);
-            *b = (
-                SeqHandle {
-                    index: s.handle_index,
-                    gen: s.handle_gen,
-                    owner,
-                },
-                s.last_token,
-            );
-            *e = Expected {
-                seq: s.id,
-                idx: idx as u32,
-                sample: 0,
-            };
+            debug_assert_eq!(b.0.owner, owner);
+            (b.0.index, b.0.gen, b.1) = (s.handle_index, s.handle_gen, s.last_token);
+            // `sample` is the placeholder's 0.
+            (e.seq, e.idx) = (s.id, idx as u32);
+            let start = s.num_computed;
+            (p.seq, p.start, p.is_prefill, p.slots) = (s.id, start, start < s.prompt_len, slot..slot + 1);
             s.in_kv += 1;
             s.num_computed += 1;
             s.samples_expected = 1;
             run += 1;
         }
         self.expected.truncate(from_expected + run);
-        let from = self.slots[0].len() as u32;
-        let slab = &self.slab;
-        plan.scheduled
-            .extend(self.running[i..i + run].iter().zip(from..).map(|(&idx, slot)| {
-                let s = slab[idx].as_ref().expect("live");
-                let start = s.num_computed - 1;
-                ScheduledSeq {
-                    seq: s.id,
-                    start,
-                    num_new_tokens: 1,
-                    is_prefill: start < s.prompt_len,
-                    num_samples: 1,
-                    slots: slot..slot + 1,
-                }
-            }));
+        plan.scheduled.truncate(from_plan + run);
         plan.num_batched_tokens += run as u32;
         *budget -= run as u32;
         run

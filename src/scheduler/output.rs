@@ -80,21 +80,32 @@ impl Scheduler {
                 }
             }
         }
+        // The finished are freed after the loop (in output order, as if at
+        // once: freeing one touches no other's state), so the loop makes no
+        // call and keeps the slab in registers.
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        let slab = &mut self.slab[..];
         for (o, e) in outputs.iter().zip(&expected) {
             if e.sample > 0 {
                 continue; // a child forked above
             }
-            let idx = e.idx as usize;
-            let s = self.s_mut(idx);
+            let s = slab[e.idx as usize]
+                .as_mut()
+                .expect("expected sequences are live");
             debug_assert!(s.samples_expected as u32 > e.sample, "a fresh expectation");
             s.samples_expected = 0;
             s.forks_left = 0;
             s.tokens.push(o.token);
             s.last_token = o.token;
             if o.stop || s.generated() >= s.max_new {
-                self.finish(idx);
+                done.push(e.idx);
             }
         }
+        for &idx in &done {
+            self.finish(idx as usize);
+        }
+        self.done = done;
         self.expected = expected;
     }
 
