@@ -179,15 +179,27 @@ impl KvCacheManager {
         let prompt_blocks = self.blocks_for(prompt_len);
         let vouched = full_vouches(&self.config.groups);
         let mut needed = 0;
+        // The first chunk: from the hit to a chunk past it.
+        let first_end = (hit.hit_blocks * bs as u64).saturating_add(step).min(prompt_len);
         for (g, kind) in self.config.groups.iter().enumerate() {
             // Blocks the group holds from the hit on: its window at the hit
             // point and the prefill's blocks, at most a window and a chunk.
-            let from_hit = prompt_blocks - hit_from(*kind, hit.hit_blocks as usize, bs, vouched) as u64;
+            let from = hit_from(*kind, hit.hit_blocks as usize, bs, vouched) as u64;
+            let from_hit = prompt_blocks - from;
             let peak = kind.max_blocks_per_seq(prompt_len, step, bs);
             // Held hit blocks take no free block, unless the window slides
-            // past them during the prefill (then its peak may be all new blocks).
+            // past them during the prefill (then its peak may be all new
+            // blocks). The first chunk holds every block from the hit's
+            // first on, which may be one more than a window and a chunk: the
+            // block before the hit point that vouches for the hit (a window
+            // group beside no full-attention group).
             let held = hit.held_blocks.get(g).copied().unwrap_or(0);
-            needed += if from_hit <= peak { from_hit - held } else { peak };
+            let first = (self.blocks_for(first_end) - from).saturating_sub(held);
+            needed += if from_hit <= peak {
+                from_hit - held
+            } else {
+                peak.max(first)
+            };
         }
         if needed + self.reserve_for_growth() <= self.pool.num_free() as u64 {
             Admission::Now

@@ -709,3 +709,44 @@ fn freed_storage_kept_for_reuse_is_bounded() {
     assert!(kv.spare.is_empty());
     kv.check_invariants().unwrap();
 }
+
+#[test]
+fn admission_counts_the_block_that_vouches_for_a_window_hit() {
+    // One sliding-window group of 1 (no full-attention group vouches for a
+    // hit), block size 1, 21 blocks, every one cached: a 22-token prompt
+    // whose first token hits holds that block too, so a chunk of 21 after
+    // the hit needs 22 blocks (admission said Now while allocate refused:
+    // the scheduler then retried the same chunk forever).
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 21,
+        block_size: 1,
+        max_model_len: 64,
+        watermark: 0.0,
+        enable_prefix_caching: true,
+        groups: vec![AttentionKind::SlidingWindow { window: 1 }],
+        ..Default::default()
+    })
+    .unwrap();
+    // Cached: a 21-token prompt sharing only its first token with `zeros`.
+    let mut first = [9u32; 21];
+    first[0] = 0;
+    kv.allocate(SeqId(1), &first).unwrap();
+    settle(&mut kv);
+    kv.free(SeqId(1)).unwrap();
+    let zeros = [0u32; 22];
+    let keys = PrefixKeys::default();
+    let prompt = &zeros[..22];
+    assert_eq!(kv.cached_prefix_len(prompt, &keys), 1);
+    assert_eq!(kv.check_admission_chunked(prompt, &keys, 0, 21), Admission::Later);
+    assert!(matches!(
+        kv.allocate(SeqId(2), prompt),
+        Err(KvError::OutOfBlocks { needed: 22, free: 21 })
+    ));
+    // A chunk of 20 after the hit fits, and allocates.
+    assert_eq!(
+        kv.check_admission_chunked(&zeros[..21], &keys, 0, 20),
+        Admission::Now
+    );
+    assert_eq!(kv.allocate(SeqId(2), &zeros[..21]).unwrap().cached_tokens, 1);
+    kv.check_invariants().unwrap();
+}
