@@ -549,3 +549,45 @@ fn every_admitted_request_finishes_with_identical_content() {
     let reloads = RELOADS.with(|r| r.get());
     assert!(reloads > 0, "no case reloaded a block from the host tier");
 }
+
+/// A livelock found by `PAGEDKV_PROPTEST_CASES=40000` (one sliding-window
+/// group of width 1, prefix caching, block size 1, a prompt longer than the
+/// pool): every request must still finish.
+#[test]
+fn window_of_one_with_caching_and_a_prompt_longer_than_the_pool_finishes() {
+    let s = Setup {
+        num_blocks: 21,
+        block_size: 1,
+        host_blocks: 0,
+        watermark: 0.0,
+        prefix_caching: true,
+        max_num_seqs: 2,
+        max_num_batched_tokens: 21,
+        chunked: true,
+        whole_prompt: false,
+        protect_mid_prefill: false,
+        isolate: false,
+        victim: 0,
+        mode: 0,
+        priority_order: false,
+        groups: vec![AttentionKind::SlidingWindow { window: 1 }],
+        offload: PrefixOffload::Off,
+    };
+    let req = |prompt_len, max_new, arrival, alphabet, tenant| Req {
+        prompt_len,
+        max_new,
+        priority: 0,
+        arrival,
+        n: 1,
+        alphabet,
+        tenant,
+        cancel_at: None,
+    };
+    let reqs = vec![
+        req(23, 1, 0, 1, 0),
+        req(22, 1, 10, 1, 0),
+        req(5, 9, 3, 1, 1),
+        req(2, 5, 4, 3, 0),
+    ];
+    run(s, reqs).unwrap();
+}

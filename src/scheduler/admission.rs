@@ -113,15 +113,29 @@ impl Scheduler {
                 self.kv
                     .check_admission_chunked(&s.tokens[..checked as usize], keys, 0, self.prefill_chunk())
                     == Admission::Now;
-            let prompt = &s.tokens[..alloc_len as usize];
             if !now && !self.running.is_empty() {
                 return;
             }
             let id = s.id;
-            let a = match self.kv.allocate_with(id, prompt, keys) {
-                Ok(a) => a,
-                Err(KvError::OutOfBlocks { .. } | KvError::BelowWatermark { .. }) => return,
-                Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
+            let mut alloc_len = alloc_len;
+            let a = loop {
+                match self.kv.allocate_with(id, &s.tokens[..alloc_len as usize], keys) {
+                    Ok(a) => break a,
+                    // Nothing runs, so nothing will free a block: a shorter
+                    // first chunk may fit where a budget's worth does not
+                    // (the hit holds the block that vouches for it).
+                    Err(KvError::OutOfBlocks { needed, free })
+                        if self.running.is_empty() && (by_chunk || !whole) && needed > free =>
+                    {
+                        let over = (needed - free).saturating_mul(self.kv.block_size() as u64);
+                        if over >= alloc_len as u64 {
+                            return;
+                        }
+                        alloc_len -= over as u32;
+                    }
+                    Err(KvError::OutOfBlocks { .. } | KvError::BelowWatermark { .. }) => return,
+                    Err(e) => panic!("scheduler invariant: a waiting sequence holds no blocks: {e}"),
+                }
             };
             self.waiting.pop_front();
             let handle = self.kv.handle(id).ok();
