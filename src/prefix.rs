@@ -427,7 +427,7 @@ pub struct PrefixIndex {
     /// one entry per block and at least four times as many positions, so it
     /// never grows (nothing is allocated after construction) and stays at
     /// most a quarter full: short probe runs, and a removal rarely has an
-    /// entry after it to shift (16 bytes per block). Removal shifts the
+    /// entry after it to shift (16 to 32 bytes per block). Removal shifts the
     /// entries after it back (no tombstones), found in O(1) through the
     /// block's recorded position.
     table: Vec<u32>,

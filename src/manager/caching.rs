@@ -533,13 +533,14 @@ impl KvCacheManager {
     }
 
     /// The host-tier part of a hit (out of line: the device-hit path of
-    /// `allocate_cached` compiles the same whatever this does). One pass per
-    /// reloaded block: hold its host block, take a fresh device block
-    /// (evicting a cached one, queued for the host tier), queue the copy, and
-    /// index the copy as pending (hittable at the next drain, like
-    /// swapped-in blocks).
+    /// `allocate_cached` compiles the same whatever this does). For the
+    /// reloaded blocks, one loop per step: take fresh device blocks
+    /// (evicting cached ones, queued for the host tier), hold the host
+    /// blocks, queue the copies, and enter the device blocks in the tables,
+    /// indexed as pending (hittable at the next drain, like swapped-in
+    /// blocks).
     #[inline(never)]
-    fn reload_hits(&mut self, tables: &mut super::Tables, reloads: &[(u32, u32, BlockId)], cache: &SeqCache) {
+    fn reload_hits(&mut self, tables: &mut Tables, reloads: &[(u32, u32, BlockId)], cache: &SeqCache) {
         let bs = self.config.block_size;
         let host = self.host.as_mut().expect("a host hit implies a host tier");
         let p = self.prefix.as_mut().expect("checked above");
