@@ -189,23 +189,33 @@ impl PrefixState {
         }
     }
 
+    /// Marks block `b` (position `i` of the sequence, hash `h`) pending in
+    /// `group`, with its `BlockStored` event when events are recorded.
+    #[inline]
     pub(super) fn index_block(&mut self, cache: &SeqCache, group: u32, i: usize, h: BlockHash, b: BlockId) {
-        let bs = self.block_size as usize;
         self.index.insert_pending(group, h, b);
         self.pending.push((b, h));
         if self.events.is_some() {
-            self.pending_events.push(PendingEvent {
-                parent: i.checked_sub(1).map(|p| cache.hashes[p]),
-                extra_keys: cache
-                    .keys()
-                    .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
-                group,
-                index: i as u32,
-                adapter: cache.keys().adapter,
-            });
-            self.pending_tokens
-                .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
+            self.pend_stored_event(cache, group, i);
         }
+    }
+
+    /// The event part of [`Self::index_block`] (out of line: without events
+    /// the rest inlines into its loops).
+    #[inline(never)]
+    fn pend_stored_event(&mut self, cache: &SeqCache, group: u32, i: usize) {
+        let bs = self.block_size as usize;
+        self.pending_events.push(PendingEvent {
+            parent: i.checked_sub(1).map(|p| cache.hashes[p]),
+            extra_keys: cache
+                .keys()
+                .extra_keys_for(i as u32, (i * bs) as u64, ((i + 1) * bs) as u64),
+            group,
+            index: i as u32,
+            adapter: cache.keys().adapter,
+        });
+        self.pending_tokens
+            .extend_from_slice(&cache.tokens[i * bs..(i + 1) * bs]);
     }
 
     /// Commits one pending block; true when its hash becomes newly cached in
@@ -580,13 +590,7 @@ impl KvCacheManager {
         for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
             let i = i as usize;
             tables[g as usize].blocks[i] = d;
-            if p.events.is_none() {
-                // (`index_block` without events, inlined.)
-                p.index.insert_pending(g, cache.hashes[i], d);
-                p.pending.push((d, cache.hashes[i]));
-            } else {
-                p.index_block(cache, g, i, cache.hashes[i], d);
-            }
+            p.index_block(cache, g, i, cache.hashes[i], d);
         }
         host.reload_dst = dst;
     }
