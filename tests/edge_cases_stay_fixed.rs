@@ -208,3 +208,33 @@ fn latest_arrival_orders_every_u64_arrival() {
         assert!(LatestArrival.victim_key(&c(late)) > LatestArrival.victim_key(&c(early)));
     }
 }
+
+/// Found by `fuzz/fuzz_targets/manager_ops.rs` (a soak run, `tools/soak.sh`):
+/// an absurd append count on a swapped sequence of several groups summed
+/// past `u64::MAX` (a panic with overflow checks, a wrapped small count
+/// without them, saying a sequence that can never fit would).
+#[test]
+fn swap_in_and_append_need_saturates_over_groups() {
+    use pagedkv::AttentionKind;
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 16,
+        block_size: 1,
+        num_host_blocks: 16,
+        max_model_len: 64,
+        groups: vec![AttentionKind::Full, AttentionKind::Full],
+        ..Default::default()
+    })
+    .unwrap();
+    kv.allocate(SeqId(1), &[1, 2, 3]).unwrap();
+    kv.drain_ops(&mut BlockOps::default());
+    kv.swap_out(SeqId(1)).unwrap();
+    assert_eq!(kv.swap_in_and_append_blocks_needed(SeqId(1), 2), Ok(6 + 4));
+    assert_eq!(
+        kv.swap_in_and_append_blocks_needed(SeqId(1), u64::MAX),
+        Ok(u64::MAX)
+    );
+    assert_eq!(
+        kv.swap_in_and_append_blocks_needed(SeqId(1), u64::MAX - 5),
+        Ok(u64::MAX)
+    );
+}

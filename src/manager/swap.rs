@@ -283,17 +283,15 @@ impl KvCacheManager {
 
     /// Device blocks a swapped-out sequence needs to come back and then grow
     /// by `num_new_tokens` tokens: `swap_in_blocks_needed` plus the new blocks
-    /// of every group (an upper bound: it counts no window release). Pure.
+    /// of every group (an upper bound: it counts no window release; an absurd
+    /// count saturates at `u64::MAX`, never wraps). Pure.
     pub fn swap_in_and_append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
         let swap_in = self.swap_in_blocks_needed(seq)?;
         let s = self.swapped_seq(seq)?;
         let new_len = (s.num_tokens() as u64).saturating_add(num_new_tokens);
-        let grow: u64 = s
-            .tables
-            .iter()
-            .map(|t| self.blocks_for(new_len).saturating_sub(t.blocks.len() as u64))
-            .sum();
-        Ok(swap_in + grow)
+        Ok(s.tables.iter().fold(swap_in, |sum, t| {
+            sum.saturating_add(self.blocks_for(new_len).saturating_sub(t.blocks.len() as u64))
+        }))
     }
 
     /// Whether [`Self::swap_in`] would succeed now: the sequence is swapped
