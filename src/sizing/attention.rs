@@ -70,7 +70,10 @@ impl AttentionKind {
     /// to compute.
     #[inline]
     pub const fn first_needed_block(self, pos: u64, block_size: u32) -> u64 {
-        self.first_needed_pos(pos) / block_size as u64
+        match self.first_needed_pos(pos).checked_div(block_size as u64) {
+            Some(block) => block,
+            None => 0, // (block size 0, refused by validation: nothing is released)
+        }
     }
 
     /// The shortest sequence length `len` at which a query at position `len`
@@ -135,12 +138,12 @@ impl AttentionKind {
         // starts at the last slot of a block (bs - 1 more), unless it always
         // starts on a block boundary (chunks that are whole blocks).
         let span = window.saturating_sub(1).saturating_add(max_step_tokens);
-        let aligned =
-            matches!(self, AttentionKind::ChunkedLocal { chunk } if chunk != 0 && chunk as u64 % bs == 0);
+        let aligned = matches!(self, AttentionKind::ChunkedLocal { chunk }
+            if chunk != 0 && bs != 0 && chunk as u64 % bs == 0);
         let steady = if aligned {
             blocks_for(span, bs)
         } else {
-            blocks_for(span.saturating_add(bs - 1), bs)
+            blocks_for(span.saturating_add(bs.saturating_sub(1)), bs)
         };
         if steady < all {
             steady
@@ -192,7 +195,7 @@ impl AttentionKind {
             AttentionKind::ChunkedLocal { chunk } => ((chunk as u64).saturating_add(max_in_flight_tokens), 0),
         };
         let tokens = if held < max_model_len { held } else { max_model_len };
-        blocks_for(tokens, bs) + extra
+        blocks_for(tokens, bs).saturating_add(extra)
     }
 
     /// Checks the window or chunk size; the error names the field.

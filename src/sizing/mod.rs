@@ -43,15 +43,21 @@ pub const GIB: u64 = 1 << 30;
 
 /// Number of blocks needed to hold `num_tokens` tokens in blocks of `block_size`.
 ///
-/// The one place token counts become block counts (a ceiling division).
+/// The one place token counts become block counts (a ceiling division). A
+/// block size of 0 (refused by every config's validation) holds no token:
+/// any tokens need `u64::MAX` blocks, more than any pool has.
 ///
 /// ```
 /// assert_eq!(pagedkv::blocks_for(0, 16), 0);
 /// assert_eq!(pagedkv::blocks_for(16, 16), 1);
 /// assert_eq!(pagedkv::blocks_for(17, 16), 2);
+/// assert_eq!(pagedkv::blocks_for(17, 0), u64::MAX);
 /// ```
 #[inline]
 pub const fn blocks_for(num_tokens: u64, block_size: u64) -> u64 {
+    if block_size == 0 {
+        return if num_tokens == 0 { 0 } else { u64::MAX };
+    }
     num_tokens.div_ceil(block_size)
 }
 
@@ -342,18 +348,22 @@ impl CacheSpec {
         self.num_layers.div_ceil(pp)
     }
 
-    /// Bytes one token's keys and values take on one GPU, all its layers together.
+    /// Bytes one token's keys and values take on one GPU, all its layers
+    /// together (saturating at `u64::MAX` for a spec `validate` refuses).
     pub const fn bytes_per_token(&self) -> u64 {
         let per_layer_elems = match self.mla {
             Some(m) => m.kv_lora_rank as u64 + m.qk_rope_head_dim as u64,
-            None => self.kv_heads_per_rank() as u64 * (self.head_dim_k as u64 + self.head_dim_v as u64),
+            None => (self.kv_heads_per_rank() as u64)
+                .saturating_mul(self.head_dim_k as u64 + self.head_dim_v as u64),
         };
-        self.layers_per_stage() as u64 * per_layer_elems * self.dtype.bytes()
+        (self.layers_per_stage() as u64)
+            .saturating_mul(per_layer_elems)
+            .saturating_mul(self.dtype.bytes())
     }
 
-    /// Bytes one block of `block_size` tokens takes on one GPU.
+    /// Bytes one block of `block_size` tokens takes on one GPU (saturating).
     pub const fn bytes_per_block(&self, block_size: u32) -> u64 {
-        self.bytes_per_token() * block_size as u64
+        self.bytes_per_token().saturating_mul(block_size as u64)
     }
 }
 
