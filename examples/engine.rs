@@ -532,7 +532,7 @@ pub fn run(w: &Workload) -> Result<Report, Box<dyn Error>> {
     let spec = CacheSpec::new(N_LAYERS as u32, N_KV_HEADS as u32, HEAD_DIM as u32, KvDtype::F32);
     let kinds: Vec<AttentionKind> = (0..N_LAYERS).map(layer_kind).collect();
     let layout = ModelLayout::from_kinds(&spec, &kinds)?;
-    let per_block = GROUP_SIZE as u64 * layout.page_bytes(0, w.block_size);
+    let per_block = GROUP_SIZE as u64 * layout.page_bytes(0, w.block_size).expect("the model has layers");
     let budget = MemoryBudget::direct(w.num_blocks * per_block).with_host_swap(w.num_host_blocks * per_block);
     let rules = EngineRules::vllm_v1(w.max_num_batched_tokens as u64);
     let cache_plan = CachePlan::for_engine(&layout, w.block_size, &budget, rules)?;

@@ -142,7 +142,7 @@ fn spec_section(out: &mut String, i: &Inputs, plan: Option<&CachePlan>) {
                 }
             }
             if groups.len() > 1 {
-                let page = i.layout.page_bytes(0, i.block_size);
+                let page = i.layout.page_bytes(0, i.block_size).unwrap_or(0); // (a planned layout has layers)
                 row(
                     out,
                     "bytes per block",

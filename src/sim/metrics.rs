@@ -123,7 +123,7 @@ impl LocalLayers {
     /// token (kinds past [`LOCAL_KINDS`] are left out: read as full attention).
     pub fn of(layout: &ModelLayout) -> Self {
         let total: u64 = (0..layout.layers.len())
-            .map(|i| layout.layer_spec(i).bytes_per_token())
+            .map(|i| layout.spec_at(i).bytes_per_token())
             .sum();
         let mut local = LocalLayers::default();
         if total == 0 {
@@ -134,7 +134,7 @@ impl LocalLayers {
             if !layer.kind.releases_blocks() {
                 continue;
             }
-            let bytes = layout.layer_spec(i).bytes_per_token();
+            let bytes = layout.spec_at(i).bytes_per_token();
             match kinds.iter_mut().find(|(k, _)| *k == layer.kind) {
                 Some((_, b)) => *b += bytes,
                 None => kinds.push((layer.kind, bytes)),

@@ -101,7 +101,7 @@ struct LayerKey {
 
 fn key(layout: &ModelLayout, i: usize) -> LayerKey {
     let l = &layout.layers[i];
-    let spec = layout.layer_spec(i);
+    let spec = layout.spec_at(i);
     match l.mla {
         Some(m) => LayerKey {
             kind: l.kind,
@@ -123,9 +123,9 @@ fn key(layout: &ModelLayout, i: usize) -> LayerKey {
 /// Checks that every layer has the same page size: the groups share one pool
 /// whose blocks are cut into pages of one size.
 pub(super) fn check_page_sizes(layout: &ModelLayout, block_size: u32) -> Result<u64, PlanError> {
-    let first = layout.page_bytes(0, block_size);
+    let first = layout.page_bytes_at(0, block_size);
     for i in 1..layout.layers.len() {
-        let bytes = layout.page_bytes(i, block_size);
+        let bytes = layout.page_bytes_at(i, block_size);
         if bytes != first {
             return Err(PlanError::PageSizeMismatch {
                 layer_a: 0,

@@ -135,9 +135,17 @@ impl ModelLayout {
     }
 
     /// Layer `i`'s storage as a one-layer [`CacheSpec`] (its per-token arithmetic
-    /// and checks), on one pipeline stage.
-    pub fn layer_spec(&self, i: usize) -> CacheSpec {
-        let l = &self.layers[i];
+    /// and checks), on one pipeline stage; `None` past the last layer.
+    pub fn layer_spec(&self, i: usize) -> Option<CacheSpec> {
+        self.layers.get(i).map(|l| self.spec_of(l))
+    }
+
+    /// [`Self::layer_spec`] of a layer known to exist.
+    pub(crate) fn spec_at(&self, i: usize) -> CacheSpec {
+        self.spec_of(&self.layers[i])
+    }
+
+    fn spec_of(&self, l: &LayerSpec) -> CacheSpec {
         CacheSpec {
             num_layers: 1,
             num_kv_heads: l.num_kv_heads,
@@ -170,9 +178,15 @@ impl ModelLayout {
         }
     }
 
-    /// Bytes one block of `block_size` tokens of layer `i` takes on one GPU (its page).
-    pub fn page_bytes(&self, i: usize, block_size: u32) -> u64 {
-        self.layer_spec(i).bytes_per_block(block_size)
+    /// Bytes one block of `block_size` tokens of layer `i` takes on one GPU
+    /// (its page); `None` past the last layer.
+    pub fn page_bytes(&self, i: usize, block_size: u32) -> Option<u64> {
+        self.layer_spec(i).map(|spec| spec.bytes_per_block(block_size))
+    }
+
+    /// [`Self::page_bytes`] of a layer known to exist.
+    pub(crate) fn page_bytes_at(&self, i: usize, block_size: u32) -> u64 {
+        self.spec_at(i).bytes_per_block(block_size)
     }
 
     /// The layers pipeline stage `stage` holds, split as vLLM's `get_pp_indices`
@@ -187,22 +201,35 @@ impl ModelLayout {
     pub fn stage_layers(&self, stage: u32) -> Range<usize> {
         let n = self.layers.len();
         let pp = self.pipeline_parallel_size.max(1) as usize;
-        let base = n / pp;
-        let remaining = n % pp;
-        // Stages pp-1-remaining .. pp-1 (all but the last) get one more layer.
-        let size = |s: usize| base + usize::from(remaining > 0 && s + 1 < pp && s + 1 + remaining >= pp);
-        let start: usize = (0..stage as usize).map(size).sum();
-        start..start + size(stage as usize)
+        if stage as usize >= pp {
+            return n..n; // (no such stage: no layers)
+        }
+        let (stage, base, remaining) = (stage as usize, n / pp, n % pp);
+        // Stages pp-1-remaining .. pp-2 (the last excepted) get one more layer
+        // each: the stages before this one hold `stage × base` layers and one
+        // more per such stage among them.
+        let first_extra = (pp - 1).saturating_sub(remaining);
+        let extra = |s: usize| usize::from(remaining > 0 && s + 1 < pp && s >= first_extra);
+        let start = stage * base
+            + if remaining > 0 {
+                stage.saturating_sub(first_extra)
+            } else {
+                0
+            };
+        start..start + base + extra(stage)
     }
 
-    /// Bytes one token takes in every layer of the largest pipeline stage, on one GPU.
+    /// Bytes one token takes in every layer of the largest pipeline stage, on
+    /// one GPU (saturating; in time linear in the layers, whatever the stages).
     pub fn bytes_per_token(&self) -> u64 {
-        (0..self.pipeline_parallel_size.max(1))
-            .map(|s| {
-                self.stage_layers(s)
-                    .map(|i| self.layer_spec(i).bytes_per_token())
-                    .sum()
-            })
+        let pp = self.pipeline_parallel_size.max(1);
+        let layer = |i: usize| self.spec_at(i).bytes_per_token();
+        if pp as usize > self.layers.len() {
+            // One layer per stage at most.
+            return (0..self.layers.len()).map(layer).max().unwrap_or(0);
+        }
+        (0..pp)
+            .map(|s| self.stage_layers(s).map(layer).fold(0u64, u64::saturating_add))
             .max()
             .unwrap_or(0)
     }
@@ -242,7 +269,7 @@ impl ModelLayout {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             layer.kind.validate()?;
-            self.layer_spec(i).validate()?;
+            self.spec_at(i).validate()?;
         }
         Ok(())
     }

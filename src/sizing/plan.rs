@@ -108,7 +108,7 @@ impl CachePlan {
         // The block arithmetic multiplies in u64: refuse shapes whose largest
         // block would overflow instead of panicking (or wrapping) there.
         let per_layer_max = (0..layout.layers.len())
-            .map(|i| layout.layer_spec(i).bytes_per_token())
+            .map(|i| layout.spec_at(i).bytes_per_token())
             .max()
             .unwrap_or(0);
         if per_layer_max
@@ -134,7 +134,7 @@ impl CachePlan {
                         g.layers
                             .iter()
                             .filter(|&&l| stage.contains(&(l as usize)))
-                            .map(|&l| layout.page_bytes(l as usize, block_size))
+                            .map(|&l| layout.page_bytes_at(l as usize, block_size))
                             .sum::<u64>()
                     })
                     .max()
