@@ -264,8 +264,9 @@ impl StepTimeModel {
             + bytes * work.transfer_tokens as f64 / self.pcie_bytes_per_s
     }
 
-    /// Checks that every term is finite and ≥ 0, the bandwidths > 0 and one
-    /// cost > 0; the error names the field.
+    /// Checks that every term is finite and ≥ 0 (the time terms at most an
+    /// hour: more is a unit mistake), the bandwidths > 0 and one cost > 0; the
+    /// error names the field.
     pub fn validate(&self) -> Result<(), SimError> {
         let fields = [
             ("step_time_base", self.base_s),
@@ -278,6 +279,17 @@ impl StepTimeModel {
                 return Err(SimError::InvalidConfig {
                     field,
                     reason: format!("{v} must be a finite number ≥ 0"),
+                });
+            }
+        }
+        for (field, v) in &fields[..3] {
+            if *v > 3600.0 {
+                return Err(SimError::InvalidConfig {
+                    field,
+                    reason: format!(
+                        "{} s is over an hour; these terms are seconds here (the CLI's flags take ms), e.g. 0.02 for 20 ms",
+                        super::num(*v)
+                    ),
                 });
             }
         }
@@ -548,6 +560,29 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_time_terms_are_at_most_an_hour() {
+        assert!(StepTimeModel::default().validate().is_ok());
+        let slow = StepTimeModel {
+            base_s: 3600.0,
+            ..Default::default()
+        };
+        assert!(slow.validate().is_ok());
+        for m in [
+            StepTimeModel {
+                base_s: 1e300,
+                ..Default::default()
+            },
+            StepTimeModel {
+                decode_token_s: 3601.0,
+                ..Default::default()
+            },
+        ] {
+            let err = m.validate().unwrap_err().to_string();
+            assert!(err.contains("over an hour"), "{err}");
+        }
+    }
 
     #[test]
     fn local_layers_are_charged_for_their_window_only() {

@@ -466,3 +466,12 @@ pub fn compare(
 ) -> Result<Vec<RunResult>, SimError> {
     policies.iter().map(|p| simulate(scenario, workload, p)).collect()
 }
+
+/// `v` for an error message: plain, or in scientific notation when huge.
+pub(crate) fn num(v: f64) -> String {
+    if v.abs() >= 1e9 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}

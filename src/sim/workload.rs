@@ -255,7 +255,7 @@ impl Workload {
                     });
                 }
                 let mut rng = SplitMix64::new(mix64(self.seed ^ 0x5EED_A771_7A15));
-                let mut t = 0.0;
+                let mut t: f64 = 0.0;
                 for i in 0..self.requests.len() {
                     self.requests[i].arrival = match self.requests[i].after {
                         // Its lower bound: the previous turn's arrival.
@@ -265,6 +265,15 @@ impl Workload {
                             t
                         }
                     };
+                }
+                if !t.is_finite() {
+                    return Err(SimError::InvalidConfig {
+                        field: "rate",
+                        reason: format!(
+                            "{rate} requests/s spreads {} requests past any finite time; give a rate of at least 1e-6 requests/s",
+                            self.requests.len()
+                        ),
+                    });
                 }
             }
         }
@@ -289,6 +298,17 @@ impl Workload {
             return Err(SimError::InvalidConfig {
                 field: "time_scale",
                 reason: format!("{factor}: give a positive factor, e.g. 0.5 to replay twice as fast"),
+            });
+        }
+        let last = self.requests.iter().map(|r| r.arrival).fold(0.0, f64::max);
+        if !(last * factor).is_finite() {
+            return Err(SimError::InvalidConfig {
+                field: "time_scale",
+                reason: format!(
+                    "{} puts the last arrival ({last} s) past any finite time; give a factor under {:e}",
+                    super::num(factor),
+                    f64::MAX / last
+                ),
             });
         }
         for r in &mut self.requests {
@@ -423,6 +443,32 @@ mod tests {
         assert!(a.iter().zip(&b).filter(|(x, y)| x == y).count() <= 1);
         assert_ne!(sample_key(9, 1), sample_key(9, 2));
         assert_eq!(sample_key(9, 0), 9);
+    }
+
+    #[test]
+    fn arrivals_stay_finite() {
+        let reqs: Vec<SimRequest> = (0..3)
+            .map(|i| SimRequest {
+                id: i,
+                arrival: i as f64 * 10.0,
+                prompt: Prompt::new(Vec::new()),
+                output_len: 1,
+                n: 1,
+                output_key: i,
+                source_line: 0,
+                after: None,
+            })
+            .collect();
+        let w = Workload::new("w", reqs, 0);
+        let err = w.clone().time_scaled(1e308).unwrap_err();
+        assert!(err.to_string().contains("time_scale"), "{err}");
+        assert_eq!(w.clone().time_scaled(2.0).unwrap().requests[2].arrival, 40.0);
+        let err = w
+            .clone()
+            .with_arrivals(Arrivals::Poisson { rate: 1e-310 })
+            .unwrap_err();
+        assert!(err.to_string().contains("past any finite time"), "{err}");
+        assert!(w.with_arrivals(Arrivals::Poisson { rate: 1e-6 }).is_ok());
     }
 
     #[test]
