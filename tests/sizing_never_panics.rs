@@ -150,6 +150,7 @@ proptest! {
         prop_assert_eq!(next, n);
         prop_assert_eq!(layout.bytes_per_token(), most);
         let _ = (layout.validate(), layout.all_full().bytes_per_token());
+        let _ = pagedkv::sim::metrics::LocalLayers::of(&layout);
         let _ = MemoryBudget::direct(u64::MAX).with_host_swap(u64::MAX).validate();
     }
 }

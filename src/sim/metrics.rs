@@ -122,9 +122,9 @@ impl LocalLayers {
     /// The local layers of `layout`, by kind, weighted by their bytes per
     /// token (kinds past [`LOCAL_KINDS`] are left out: read as full attention).
     pub fn of(layout: &ModelLayout) -> Self {
-        let total: u64 = (0..layout.layers.len())
+        let total = (0..layout.layers.len())
             .map(|i| layout.spec_at(i).bytes_per_token())
-            .sum();
+            .fold(0u64, u64::saturating_add);
         let mut local = LocalLayers::default();
         if total == 0 {
             return local;
@@ -136,7 +136,7 @@ impl LocalLayers {
             }
             let bytes = layout.spec_at(i).bytes_per_token();
             match kinds.iter_mut().find(|(k, _)| *k == layer.kind) {
-                Some((_, b)) => *b += bytes,
+                Some((_, b)) => *b = b.saturating_add(bytes),
                 None => kinds.push((layer.kind, bytes)),
             }
         }
