@@ -288,9 +288,9 @@ impl KvCacheManager {
     pub fn swap_in_and_append_blocks_needed(&self, seq: SeqId, num_new_tokens: u64) -> Result<u64, KvError> {
         let swap_in = self.swap_in_blocks_needed(seq)?;
         let s = self.swapped_seq(seq)?;
-        let new_len = (s.num_tokens() as u64).saturating_add(num_new_tokens);
+        let per_group = self.blocks_for((s.num_tokens() as u64).saturating_add(num_new_tokens));
         Ok(s.tables.iter().fold(swap_in, |sum, t| {
-            sum.saturating_add(self.blocks_for(new_len).saturating_sub(t.blocks.len() as u64))
+            sum.saturating_add(per_group.saturating_sub(t.blocks.len() as u64))
         }))
     }
 
