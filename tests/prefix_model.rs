@@ -40,6 +40,9 @@
 //!   contending with offloaded blocks for the one host pool (full, empty,
 //!   shared); a swapped sequence reads its own tokens once back.
 //!
+//! Half the cases record KV events and half do not (the manager takes
+//! event-free shortcuts on some paths, such as reloads).
+//!
 //! At the end everything is freed: the pool is all free, and after
 //! `reset_prefix_cache()` nothing is cached in either tier. The run also
 //! asserts that the cases exercised offload, reload, host evictions and
@@ -212,6 +215,7 @@ impl Harness {
         max_model_len: u32,
         groups: Vec<AttentionKind>,
         (num_host_blocks, offload, eviction): (u32, PrefixOffload, Eviction),
+        events: bool,
     ) -> Self {
         let kv = KvCacheManager::new(KvCacheConfig {
             num_blocks,
@@ -219,7 +223,7 @@ impl Harness {
             max_model_len,
             watermark: 0.0,
             enable_prefix_caching: true,
-            enable_kv_events: true,
+            enable_kv_events: events,
             groups,
             num_host_blocks,
             prefix_offload: if num_host_blocks == 0 {
@@ -641,6 +645,7 @@ fn run_cases(
             Vec<AttentionKind>,
             (u32, PrefixOffload, Eviction),
             Vec<Op>,
+            bool,
         ),
     >,
 ) -> Coverage {
@@ -649,8 +654,8 @@ fn run_cases(
     runner
         .run(
             &strategy,
-            |(num_blocks, block_size, max_model_len, groups, host, ops)| {
-                let mut h = Harness::new(num_blocks, block_size, max_model_len, groups, host);
+            |(num_blocks, block_size, max_model_len, groups, host, ops, events)| {
+                let mut h = Harness::new(num_blocks, block_size, max_model_len, groups, host, events);
                 let mut swaps_beside_offloads = 0;
                 for op in &ops {
                     let offloaded = h.kv.num_host_cached_blocks();
@@ -694,6 +699,7 @@ fn prefix_caching_keeps_every_sequence_reading_its_own_prefix() {
             groups(),
             host_tier(),
             prop::collection::vec(op(), 30..70),
+            any::<bool>(),
         ),
     );
 }
@@ -717,6 +723,7 @@ fn offloaded_blocks_read_back_what_was_written_before_the_offload() {
             groups(),
             host,
             prop::collection::vec(tiered_op(), 30..70),
+            any::<bool>(),
         ),
     );
     let s = t.stats;

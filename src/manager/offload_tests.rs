@@ -100,6 +100,64 @@ fn an_evicted_block_is_offloaded_then_reloaded_as_a_hit() {
     assert!(ops.swap_out.is_empty(), "{ops:?}");
 }
 
+/// Without KV events (the reload takes a shortcut then), in one group and in
+/// two: the reloaded blocks land in the table where the copies go, and are
+/// device hits again after the step.
+#[test]
+fn a_reload_without_events_caches_its_blocks_on_the_device_again() {
+    for groups in [
+        vec![AttentionKind::Full],
+        vec![AttentionKind::Full, AttentionKind::Full],
+    ] {
+        let n = groups.len() as u32;
+        let mut kv = KvCacheManager::new(KvCacheConfig {
+            num_blocks: 3 * n,
+            block_size: 4,
+            max_model_len: 1024,
+            watermark: 0.0,
+            enable_prefix_caching: true,
+            num_host_blocks: 8 * n,
+            prefix_offload: PrefixOffload::OnEvict,
+            groups,
+            ..Default::default()
+        })
+        .unwrap();
+        kv.allocate(SeqId(1), &toks(0..9)).unwrap();
+        step(&mut kv);
+        kv.free(SeqId(1)).unwrap();
+        kv.allocate(SeqId(2), &toks(100..112)).unwrap(); // evicts both cached blocks of each group
+        step(&mut kv);
+        kv.free(SeqId(2)).unwrap();
+        let (keys, prompt) = (PrefixKeys::default(), toks(0..10));
+        for g in 0..n {
+            assert_eq!(kv.cached_prefix_tiers_in_group(&prompt, &keys, g), (0, 8));
+        }
+        assert_eq!(kv.allocate(SeqId(3), &prompt).unwrap().cached_tokens, 8);
+        let ops = step(&mut kv);
+        assert_eq!(ops.swap_in.len(), 2 * n as usize, "{ops:?}");
+        for g in 0..n {
+            let table = kv
+                .group(g as usize)
+                .unwrap()
+                .block_table(SeqId(3))
+                .unwrap()
+                .to_vec();
+            let copied: Vec<BlockId> = ops
+                .swap_in
+                .iter()
+                .filter(|c| c.group == g)
+                .map(|c| c.dst)
+                .collect();
+            assert_eq!(copied, table[..2], "group {g}");
+            assert_eq!(
+                kv.cached_prefix_tiers_in_group(&prompt, &keys, g),
+                (8, 0),
+                "group {g}: back on the device"
+            );
+        }
+    }
+}
+
 #[test]
 fn offload_off_loses_evicted_blocks() {
     let mut kv = kv(3, 4, PrefixOffload::Off);
