@@ -217,23 +217,45 @@ impl BlockPool {
         if self.meta(block)?.ref_count != 0 {
             return Err(PoolError::NotFree { block });
         }
-        if self.meta[block.index()].next == IN_STACK {
+        self.take_known_free(block.0);
+        Ok(())
+    }
+
+    /// [`Self::take_free`] of a block known to be free.
+    #[inline(always)]
+    fn take_known_free(&mut self, b: u32) {
+        let BlockMeta { prev, next, .. } = self.meta[b as usize];
+        if next == IN_STACK {
             // The last block fills its place.
-            let pos = self.meta[block.index()].prev;
             let last = self.stack.pop().expect("a stacked block is on the stack");
-            if last != block.0 {
-                self.stack[pos as usize] = last;
-                self.meta[last as usize].prev = pos;
+            if last != b {
+                self.stack[prev as usize] = last;
+                self.meta[last as usize].prev = prev;
             }
         } else {
-            self.unlink(block.0);
+            self.unlink(b);
         }
-        self.meta[block.index()] = BlockMeta {
+        self.meta[b as usize] = BlockMeta {
             ref_count: 1,
             prev: NIL,
             next: NIL,
         };
-        Ok(())
+    }
+
+    /// One more reference to each of `blocks`: a free block is
+    /// taken from the stack or the queue as [`Self::take_free`] takes it, a
+    /// block in use is shared as [`Self::incref`] shares it. Panics on an
+    /// unknown block or a count overflow (a broken caller invariant).
+    #[inline]
+    pub(crate) fn hold_all(&mut self, blocks: impl IntoIterator<Item = BlockId>) {
+        for b in blocks {
+            let m = &mut self.meta[b.index()];
+            if m.ref_count == 0 {
+                self.take_known_free(b.0);
+            } else {
+                m.ref_count = m.ref_count.checked_add(1).expect("reference count overflow");
+            }
+        }
     }
 
     /// Adds a reference to an allocated block (sharing it). Returns the new count.

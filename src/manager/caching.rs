@@ -398,6 +398,25 @@ impl PrefixState {
         }
     }
 
+    /// [`Self::evicted`] of each of `blocks` (taken in one batch), the
+    /// offload and event checks made once.
+    pub(super) fn evicted_all(&mut self, blocks: &[BlockId], stats: &mut KvStats) {
+        if self.events.is_some() || self.offload.is_none() {
+            for &b in blocks {
+                self.evicted(b, stats);
+            }
+            return;
+        }
+        let o = self.offload.as_mut().expect("checked above");
+        for &b in blocks {
+            let reused = std::mem::replace(&mut o.reused[b.index()], false);
+            if let Some((h, group)) = self.index.remove_block(b) {
+                stats.prefix_evictions += 1;
+                o.queue.push((b, h, group, reused));
+            }
+        }
+    }
+
     /// A free block was taken for new content: drop the hash it carried
     /// (with offload on, its content is queued for the host tier: the copy
     /// runs before the step that overwrites it).
@@ -566,15 +585,11 @@ impl KvCacheManager {
         self.stats.blocks_taken += reloads.len() as u64;
         // Their cached content evicted in a loop of its own: each
         // eviction's index reads overlap the next ones'.
-        for &d in &dst {
-            p.evicted(d, &mut self.stats);
-        }
+        p.evicted_all(&dst, &mut self.stats);
         // Then each step over all the blocks in turn (tight loops whose
         // blocks overlap): hold the host copies, queue the copies, enter the
         // device blocks in the table and index them as pending.
-        for &(_, _, hb) in reloads {
-            host.hold_for_reload(hb);
-        }
+        host.hold_for_reload(reloads.iter().map(|r| r.2));
         host.swap_in.extend(
             reloads
                 .iter()
@@ -587,10 +602,38 @@ impl KvCacheManager {
                 }),
         );
         self.stats.reload_copies += reloads.len() as u64;
-        for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
-            let i = i as usize;
-            tables[g as usize].blocks[i] = d;
-            p.index_block(cache, g, i, cache.hashes[i], d);
+        if p.events.is_some() {
+            for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
+                let i = i as usize;
+                tables[g as usize].blocks[i] = d;
+                p.index_block(cache, g, i, cache.hashes[i], d);
+            }
+        } else {
+            // (`index_block` without events, its two writes in loops of their
+            // own. One group: the reloads are one run of positions.)
+            let first = reloads[0].1 as usize;
+            if tables.len() == 1
+                && reloads
+                    .last()
+                    .is_some_and(|r| r.1 as usize == first + reloads.len() - 1)
+            {
+                tables[0].blocks[first..first + dst.len()].copy_from_slice(&dst);
+                for (&h, &d) in cache.hashes[first..].iter().zip(&dst) {
+                    p.index.insert_pending(0, h, d);
+                }
+            } else {
+                for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
+                    let i = i as usize;
+                    tables[g as usize].blocks[i] = d;
+                    p.index.insert_pending(g, cache.hashes[i], d);
+                }
+            }
+            p.pending.extend(
+                reloads
+                    .iter()
+                    .zip(&dst)
+                    .map(|(&(_, i, _), &d)| (d, cache.hashes[i as usize])),
+            );
         }
         host.reload_dst = dst;
     }

@@ -238,14 +238,12 @@ pub(super) fn offload_queued(
 
 impl HostTier {
     /// Holds host block `h` until the next drain for a reload reading it.
-    pub(super) fn hold_for_reload(&mut self, h: BlockId) {
-        if self.pool.ref_count(h) == Ok(0) {
-            self.pool.take_free(h).expect("a free host block is in the queue");
-        } else {
-            self.pool.incref(h).expect("a held host block is allocated");
+    pub(super) fn hold_for_reload(&mut self, blocks: impl Iterator<Item = BlockId> + Clone) {
+        self.pool.hold_all(blocks.clone());
+        for h in blocks.clone() {
+            self.reused[h.index()] = true;
         }
-        self.reused[h.index()] = true;
-        self.release_on_drain.push(h);
+        self.release_on_drain.extend(blocks);
     }
 
     /// Drops the one reference of a host block holding an offloaded block:
