@@ -602,31 +602,29 @@ impl KvCacheManager {
                 }),
         );
         self.stats.reload_copies += reloads.len() as u64;
+        // The device blocks enter the tables (one group: the reloads are one
+        // run of positions, copied at once)...
+        let first = reloads[0].1 as usize;
+        if tables.len() == 1
+            && reloads
+                .last()
+                .is_some_and(|r| r.1 as usize == first + reloads.len() - 1)
+        {
+            tables[0].blocks[first..first + dst.len()].copy_from_slice(&dst);
+        } else {
+            for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
+                tables[g as usize].blocks[i as usize] = d;
+            }
+        }
+        // ...and are indexed as pending (without events, `index_block`'s two
+        // writes in loops of their own).
         if p.events.is_some() {
             for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
-                let i = i as usize;
-                tables[g as usize].blocks[i] = d;
-                p.index_block(cache, g, i, cache.hashes[i], d);
+                p.index_block(cache, g, i as usize, cache.hashes[i as usize], d);
             }
         } else {
-            // (`index_block` without events, its two writes in loops of their
-            // own. One group: the reloads are one run of positions.)
-            let first = reloads[0].1 as usize;
-            if tables.len() == 1
-                && reloads
-                    .last()
-                    .is_some_and(|r| r.1 as usize == first + reloads.len() - 1)
-            {
-                tables[0].blocks[first..first + dst.len()].copy_from_slice(&dst);
-                for (&h, &d) in cache.hashes[first..].iter().zip(&dst) {
-                    p.index.insert_pending(0, h, d);
-                }
-            } else {
-                for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
-                    let i = i as usize;
-                    tables[g as usize].blocks[i] = d;
-                    p.index.insert_pending(g, cache.hashes[i], d);
-                }
+            for (&(g, i, _), &d) in reloads.iter().zip(&dst) {
+                p.index.insert_pending(g, cache.hashes[i as usize], d);
             }
             p.pending.extend(
                 reloads
