@@ -9,18 +9,69 @@
 //! `pos % block_size`, i.e. at slot
 //! `blocks[pos / block_size] * block_size + pos % block_size`.
 
+use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use smallvec::SmallVec;
 
 use crate::ids::{BlockId, Slot};
 
-/// Blocks stored inline before a table spills to the heap (96 tokens at block
-/// size 16).
-pub(crate) const INLINE_BLOCKS: usize = 6;
+/// Blocks stored inline before a table spills to the heap (64 tokens at block
+/// size 16; four keep a table at 56 bytes, which keeps a sequence's slab
+/// entry at 112).
+pub(crate) const INLINE_BLOCKS: usize = 4;
 
 /// The storage behind a table; recycled by the manager so warm loops do not allocate.
 pub(crate) type BlockVec = SmallVec<[BlockId; INLINE_BLOCKS]>;
+
+/// A table's token count. Atomic only so that the manager can bring a count
+/// its two-group decode loop left behind up to date through a shared
+/// reference (see `manager::tables`): every access is a plain load or store
+/// (`Relaxed`), or goes through `&mut`.
+#[derive(Default)]
+pub(crate) struct Count(AtomicU32);
+
+impl Count {
+    pub(crate) fn new(n: u32) -> Self {
+        Count(AtomicU32::new(n))
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Relaxed)
+    }
+
+    /// [`Self::get`] through `&mut` (a plain load, for the hot loops).
+    #[inline(always)]
+    pub(crate) fn value(&mut self) -> u32 {
+        *self.0.get_mut()
+    }
+
+    #[inline(always)]
+    pub(crate) fn set(&mut self, n: u32) {
+        *self.0.get_mut() = n;
+    }
+
+    /// Sets the count through a shared reference (bringing a count left
+    /// behind up to date: the value it stands for does not change).
+    #[inline(always)]
+    pub(crate) fn catch_up(&self, n: u32) {
+        self.0.store(n, Relaxed);
+    }
+}
+
+impl Clone for Count {
+    fn clone(&self) -> Self {
+        Count::new(self.get())
+    }
+}
+
+impl fmt::Debug for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
 
 /// A sequence's blocks and token count in one KV cache group, read-only to callers.
 ///
@@ -39,7 +90,7 @@ pub(crate) type BlockVec = SmallVec<[BlockId; INLINE_BLOCKS]>;
 // among them (it is where `Option<Seq>` keeps its tag).
 #[repr(C)]
 pub struct BlockTable {
-    pub(crate) num_tokens: u32,
+    pub(crate) num_tokens: Count,
     /// False only when the last block is known to be held by this table alone,
     /// so a write into it needs no copy-on-write check. Set by fork and
     /// truncate; cleared once a check finds the block exclusive or a fresh
@@ -63,7 +114,7 @@ pub struct BlockTable {
 impl PartialEq for BlockTable {
     fn eq(&self, other: &Self) -> bool {
         self.blocks == other.blocks
-            && self.num_tokens == other.num_tokens
+            && self.num_tokens.get() == other.num_tokens.get()
             && self.block_size == other.block_size
             && self.tail_maybe_shared == other.tail_maybe_shared
             && self.num_released == other.num_released
@@ -78,7 +129,7 @@ impl BlockTable {
         blocks.clear();
         BlockTable {
             blocks,
-            num_tokens: 0,
+            num_tokens: Count::new(0),
             block_size,
             tail_maybe_shared: false,
             num_released: 0,
@@ -104,7 +155,7 @@ impl BlockTable {
     /// Tokens held.
     #[inline]
     pub fn num_tokens(&self) -> u32 {
-        self.num_tokens
+        self.num_tokens.get()
     }
 
     /// Table entries (`blocks_for(num_tokens)`), placeholders included.
@@ -123,8 +174,8 @@ impl BlockTable {
     /// Tokens in the last block (block_size when it is full; 0 for an empty table).
     #[inline]
     pub fn tokens_in_last_block(&self) -> u32 {
-        match self.num_tokens % self.block_size {
-            0 if self.num_tokens > 0 => self.block_size,
+        match self.num_tokens.get() % self.block_size {
+            0 if self.num_tokens.get() > 0 => self.block_size,
             r => r,
         }
     }
@@ -133,7 +184,7 @@ impl BlockTable {
     /// released block.
     #[inline]
     pub fn slot(&self, pos: u32) -> Option<Slot> {
-        if pos >= self.num_tokens {
+        if pos >= self.num_tokens.get() {
             return None;
         }
         let block = self.blocks[(pos / self.block_size) as usize];
@@ -156,7 +207,7 @@ impl BlockTable {
     #[inline]
     pub fn slots_into(&self, range: Range<u32>, out: &mut Vec<Slot>) -> bool {
         let bs = self.block_size;
-        if range.end > self.num_tokens || range.start > range.end {
+        if range.end > self.num_tokens.get() || range.start > range.end {
             return false;
         }
         if range.start < range.end && range.start / bs < self.num_released {
@@ -179,7 +230,7 @@ mod tests {
         BlockTable {
             num_released: blocks.iter().take_while(|b| b.is_null()).count() as u32,
             blocks,
-            num_tokens,
+            num_tokens: Count::new(num_tokens),
             block_size,
             tail_maybe_shared: false,
             release_at: u32::MAX,

@@ -22,7 +22,7 @@ impl KvCacheManager {
         for s in self.seqs.values() {
             logical_tokens += s.num_tokens() as u64;
             for t in &s.tables {
-                let filled = t.num_tokens % self.config.block_size;
+                let filled = t.num_tokens.get() % self.config.block_size;
                 let Some(&last) = t.blocks.last() else { continue };
                 if filled == 0 || last.is_null() {
                     continue;
@@ -116,10 +116,11 @@ impl KvCacheManager {
             }
             for (g, (t, kind)) in s.tables.iter().zip(&self.config.groups).enumerate() {
                 ordinal += 1;
-                if t.block_size != bs || t.num_tokens as u64 != tokens {
+                if t.block_size != bs || t.num_tokens.get() as u64 != tokens {
                     return Err(InvariantViolation::new(format!(
                         "{seq:?} group {g}: table block size {} and {} tokens, not {bs} and {tokens}",
-                        t.block_size, t.num_tokens
+                        t.block_size,
+                        t.num_tokens.get()
                     )));
                 }
                 if t.blocks.len() as u64 != self.blocks_for(tokens) {
@@ -145,7 +146,7 @@ impl KvCacheManager {
                 }
                 if let Some(&last) = t.live_blocks().last() {
                     let shared = self.pool.ref_count(last).is_ok_and(|r| r > 1);
-                    if shared && !t.tail_maybe_shared && t.num_tokens % bs != 0 {
+                    if shared && !t.tail_maybe_shared && t.num_tokens.get() % bs != 0 {
                         return Err(InvariantViolation::new(format!(
                             "{seq:?}'s partially filled last block {last:?} in group {g} is shared but not marked so: a write would skip copy-on-write"
                         )));

@@ -219,9 +219,9 @@ impl KvCacheManager {
             }
             let s = e.val.as_mut().expect("checked by is()");
             let t = &mut s.tables[0];
-            let len = t.num_tokens;
+            let len = t.num_tokens.value();
             if len < e.hot {
-                t.num_tokens = len + 1;
+                t.num_tokens.set(len + 1);
             } else if e.hot != 0
                 && t.blocks.len() as u64 * bs as u64 == len as u64
                 && len < t.release_at.min(max_model_len)
@@ -231,7 +231,7 @@ impl KvCacheManager {
                 // length limit: take the next block (one pop from the free
                 // stack, where every free block is without prefix caching).
                 t.push_fresh_block(take_block(pool, prefix, stats), len);
-                t.num_tokens = len + 1;
+                t.num_tokens.set(len + 1);
                 e.hot = max_model_len.min(len.saturating_add(bs)).min(t.release_at);
             } else if simple_append_cold(&mut e.hot, s, len, epoch, config, (pool, prefix, host, stats)) {
                 slots[done] = s.tables[0].tail_base.wrapping_add(len as u64);
@@ -284,16 +284,24 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
+            let t0 = s.tables.first_mut();
+            let len = t0.num_tokens.value();
+            if len < e.hot {
+                // Group 1's table is not touched: its slot base is mirrored
+                // in the entry (`Tables::tail1`), and its count is left
+                // behind, brought up to date by the next other access to the
+                // sequence (`Tables::catch_up`).
+                t0.num_tokens.set(len + 1);
+                slots0[done] = t0.tail_base.wrapping_add(len as u64);
+                slots1[done] = s.tables.tail1().wrapping_add(len as u64);
+                s.mark_step(epoch, len);
+                done += 1;
+                continue;
+            }
             let Some((t0, t1)) = s.tables.pair_mut() else {
                 break;
             };
-            let len = t0.num_tokens;
-            if len < e.hot {
-                t0.num_tokens = len + 1;
-                t1.num_tokens = len + 1;
-                slots0[done] = t0.tail_base.wrapping_add(len as u64);
-                slots1[done] = t1.tail_base.wrapping_add(len as u64);
-            } else if e.hot != 0
+            if e.hot != 0
                 && t0.blocks.len() as u64 * bs as u64 == len as u64
                 && len < t0.release_at.min(t1.release_at).min(max_model_len)
                 && pool.num_free() >= 2
@@ -303,10 +311,11 @@ impl KvCacheManager {
                 let mut until = max_model_len.min(len.saturating_add(bs));
                 for (t, slots) in [(t0, &mut *slots0), (t1, &mut *slots1)] {
                     t.push_fresh_block(take_block(pool, prefix, stats), len);
-                    t.num_tokens = len + 1;
+                    t.num_tokens.set(len + 1);
                     until = until.min(t.release_at);
                     slots[done] = t.tail_base.wrapping_add(len as u64);
                 }
+                s.tables.mirror_tail1();
                 e.hot = until;
             } else if e.hot != 0
                 && s.appended_epoch != epoch
@@ -324,7 +333,7 @@ impl KvCacheManager {
                     if len >= t.release_at {
                         release_next(t, kind, bs, (pool, prefix, host, stats));
                     }
-                    t.num_tokens = len + 1;
+                    t.num_tokens.set(len + 1);
                 }
                 let end = (t0.blocks.len() as u64 * bs as u64).min(u32::MAX as u64) as u32;
                 e.hot = max_model_len.min(end).min(t0.release_at).min(t1.release_at);
@@ -360,12 +369,12 @@ impl KvCacheManager {
                 break;
             }
             let s = e.val.as_mut().expect("checked by is()");
-            let len = s.tables[0].num_tokens;
+            let len = s.tables[0].num_tokens.value();
             if len >= e.hot {
                 break;
             }
             for (g, t) in s.tables.iter_mut().enumerate() {
-                t.num_tokens = len + 1;
+                t.num_tokens.set(len + 1);
                 if let Some(out) = outs.get_mut(g) {
                     out.push(t.tail_base.wrapping_add(len as u64));
                 }
@@ -471,7 +480,7 @@ impl KvCacheManager {
         };
         if s.tables.iter().all(fits) {
             for t in s.tables.iter_mut() {
-                t.num_tokens = new_len as u32;
+                t.num_tokens.set(new_len as u32);
             }
             if !tokens.is_empty() {
                 s.appended_epoch = epoch;
@@ -516,7 +525,7 @@ impl KvCacheManager {
                 .iter()
                 .filter(|&&b| self.pool.ref_count(b) == Ok(1))
                 .count() as u64;
-            let old_len = t.num_tokens as u64;
+            let old_len = t.num_tokens.get() as u64;
             let grow = blocks_for(new_len, bs64).saturating_sub(t.blocks.len() as u64);
             let cow = old_len % bs64 != 0
                 && t.tail_maybe_shared
@@ -567,7 +576,7 @@ impl KvCacheManager {
             (&mut self.pool, &mut self.prefix, &mut self.host, &mut self.stats),
         );
         for (group, t) in s.tables.iter_mut().enumerate() {
-            let old_len = t.num_tokens as u64;
+            let old_len = t.num_tokens.get() as u64;
             let grow = blocks_for(new_len, bs64) - t.blocks.len() as u64;
             let filled = (old_len % bs64) as u32;
             let last = t.blocks.last().copied();
@@ -610,7 +619,7 @@ impl KvCacheManager {
             }
             // The last block is now fresh, copied, or found exclusive.
             t.tail_maybe_shared = false;
-            t.num_tokens = new_len as u32;
+            t.num_tokens.set(new_len as u32);
         }
         Ok(())
     }
@@ -669,11 +678,12 @@ fn simple_append(
             let start = (t.blocks.len() as u64 - 1) * bs as u64;
             t.tail_base = (last.0 as u64 * bs as u64).wrapping_sub(start);
         }
-        t.num_tokens = old_len + 1;
+        t.num_tokens.set(old_len + 1);
     }
     s.appended_epoch = epoch;
     s.step_start_len = base;
     *hot = if grow {
+        s.tables.mirror_tail1();
         until
     } else {
         fast_until(s, bs, config.max_model_len)
@@ -766,6 +776,7 @@ fn fast_until(s: &mut Seq, block_size: u32, max_model_len: u32) -> u32 {
             _ => return 0,
         }
     }
+    s.tables.mirror_tail1();
     until
 }
 

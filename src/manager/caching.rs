@@ -792,7 +792,7 @@ impl KvCacheManager {
                 t.blocks
                     .push(take_block(&mut self.pool, &mut self.prefix, &mut self.stats));
             }
-            t.num_tokens = num_tokens as u32;
+            t.num_tokens.set(num_tokens as u32);
         }
         let p = self.prefix.as_mut().expect("checked above");
         if let Some(o) = &mut p.offload {

@@ -99,7 +99,7 @@ impl KvCacheManager {
     /// Tokens the sequence holds (the same in every group).
     #[inline]
     pub fn num_tokens(&self, seq: SeqId) -> Result<u64, KvError> {
-        self.table(seq).map(|t| t.num_tokens as u64)
+        self.table(seq).map(|t| t.num_tokens.get() as u64)
     }
 
     /// Device blocks the sequence holds over every group (shared ones included).
@@ -209,7 +209,7 @@ fn table_slot(seq: SeqId, t: &BlockTable, pos: u64) -> Result<Slot, KvError> {
         .ok_or(KvError::PositionOutOfRange {
             seq,
             pos,
-            num_tokens: t.num_tokens as u64,
+            num_tokens: t.num_tokens.get() as u64,
         })
 }
 
@@ -219,7 +219,7 @@ fn table_slots_into(
     range: Range<u64>,
     out: &mut Vec<Slot>,
 ) -> Result<(), KvError> {
-    let n = t.num_tokens as u64;
+    let n = t.num_tokens.get() as u64;
     // Both ends are checked against num_tokens (a u32) before the casts.
     if range.start > range.end || range.end > n || !t.slots_into(range.start as u32..range.end as u32, out) {
         return Err(KvError::PositionOutOfRange {
@@ -232,7 +232,7 @@ fn table_slots_into(
 }
 
 fn table_new_slots_into(seq: SeqId, t: &BlockTable, n: u64, out: &mut Vec<Slot>) -> Result<(), KvError> {
-    let len = t.num_tokens as u64;
+    let len = t.num_tokens.get() as u64;
     if n > len {
         return Err(KvError::PositionOutOfRange {
             seq,

@@ -101,7 +101,7 @@ struct Seq {
 impl Seq {
     #[inline]
     fn num_tokens(&self) -> u32 {
-        self.tables[0].num_tokens
+        self.tables[0].num_tokens.get()
     }
 
     /// Records that this step appends to the sequence, holding `len` tokens
@@ -112,6 +112,13 @@ impl Seq {
             self.appended_epoch = epoch;
             self.step_start_len = len;
         }
+    }
+}
+
+impl seq_map::CatchUp for Seq {
+    #[inline(always)]
+    fn catch_up(&self) {
+        self.tables.catch_up();
     }
 }
 
@@ -334,7 +341,7 @@ impl KvCacheManager {
             self.pool
                 .allocate_n(per_group as u32, &mut t.blocks)
                 .expect("free blocks were counted before allocating");
-            t.num_tokens = tokens as u32;
+            t.num_tokens.set(tokens as u32);
         }
         self.stats.blocks_taken += needed;
         self.seqs.insert(
@@ -378,7 +385,7 @@ impl KvCacheManager {
         let src = self.seqs.get(&parent).expect("checked above");
         for (t, from) in tables.iter_mut().zip(&src.tables) {
             t.blocks.extend_from_slice(&from.blocks);
-            t.num_tokens = from.num_tokens;
+            t.num_tokens.set(from.num_tokens.get());
             t.num_released = from.num_released;
             t.release_at = from.release_at;
             t.tail_maybe_shared = true;
@@ -463,7 +470,7 @@ impl KvCacheManager {
                     b,
                 );
             }
-            t.num_tokens = new_len as u32;
+            t.num_tokens.set(new_len as u32);
             let last = t.blocks.last().copied().filter(|b| !b.is_null());
             // A new partially filled tail may be written in place: its host copy goes stale.
             if let (Some(h), Some(b), true) = (&mut self.host, last, new_len % bs as u64 != 0) {

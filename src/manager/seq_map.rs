@@ -36,6 +36,15 @@ impl Hasher for SeqIdHasher {
 
 pub(crate) type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
 
+/// A value whose hot loops may leave derived state behind (the manager's
+/// `Seq`: the token count of its groups past the first), brought up to date
+/// by every access to it but the hot ones ([`SeqSlab::entries_hot`],
+/// [`SeqSlab::by_handle_hot`], [`SeqSlab::get_hot`]), whose callers read
+/// none of that state before setting it.
+pub(crate) trait CatchUp {
+    fn catch_up(&self);
+}
+
 /// Tags each slab (each manager, and each clone of one) so that a handle from
 /// another is refused rather than resolved.
 static NEXT_OWNER: AtomicU32 = AtomicU32::new(1);
@@ -117,7 +126,7 @@ impl<V: Clone> Clone for SeqSlab<V> {
     }
 }
 
-impl<V> SeqSlab<V> {
+impl<V: CatchUp> SeqSlab<V> {
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
@@ -133,19 +142,23 @@ impl<V> SeqSlab<V> {
         self.ids.contains_key(seq)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, seq: &SeqId) -> Option<&V> {
         let &i = self.ids.get(seq)?;
-        self.entries[i as usize].val.as_ref()
+        let v = self.entries[i as usize].val.as_ref()?;
+        v.catch_up();
+        Some(v)
     }
 
     /// The value, mutably (its hot word is reset).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_mut(&mut self, seq: &SeqId) -> Option<&mut V> {
         let &i = self.ids.get(seq)?;
         let e = &mut self.entries[i as usize];
         e.hot = 0;
-        e.val.as_mut()
+        let v = e.val.as_mut()?;
+        v.catch_up();
+        Some(v)
     }
 
     /// The handle of a sequence in the slab.
@@ -166,7 +179,9 @@ impl<V> SeqSlab<V> {
         if e.gen != h.gen || h.owner != self.owner {
             return None;
         }
-        e.val.as_ref().map(|v| (e.id, v))
+        let v = e.val.as_ref()?;
+        v.catch_up();
+        Some((e.id, v))
     }
 
     /// [`Self::by_handle`], mutably, with the entry's hot word, which the
@@ -225,7 +240,9 @@ impl<V> SeqSlab<V> {
         }
     }
 
-    /// Removes a sequence; its handles go stale.
+    /// Removes a sequence; its handles go stale. The value comes back as
+    /// the hot loops left it: a caller that keeps it catches it up.
+    #[inline]
     pub(crate) fn remove(&mut self, seq: &SeqId) -> Option<V> {
         let i = self.ids.remove(seq)?;
         let e = &mut self.entries[i as usize];
@@ -244,14 +261,16 @@ impl<V> SeqSlab<V> {
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> + '_ {
-        self.entries.iter().filter_map(|e| e.val.as_ref())
+        self.iter().map(|(_, v)| v)
     }
 
     /// Every value, mutably (their hot words are reset).
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
         self.entries.iter_mut().filter_map(|e| {
             e.hot = 0;
-            e.val.as_mut()
+            let v = e.val.as_mut()?;
+            v.catch_up();
+            Some(v)
         })
     }
 }
@@ -259,15 +278,19 @@ impl<V> SeqSlab<V> {
 /// The live sequences of a [`SeqSlab`], in slot order.
 pub(crate) struct Iter<'a, V>(std::slice::Iter<'a, Entry<V>>);
 
-impl<'a, V> Iterator for Iter<'a, V> {
+impl<'a, V: CatchUp> Iterator for Iter<'a, V> {
     type Item = (&'a SeqId, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.by_ref().find_map(|e| e.val.as_ref().map(|v| (&e.id, v)))
+        self.0.by_ref().find_map(|e| {
+            let v = e.val.as_ref()?;
+            v.catch_up();
+            Some((&e.id, v))
+        })
     }
 }
 
-impl<'a, V> IntoIterator for &'a SeqSlab<V> {
+impl<'a, V: CatchUp> IntoIterator for &'a SeqSlab<V> {
     type Item = (&'a SeqId, &'a V);
     type IntoIter = Iter<'a, V>;
 

@@ -378,6 +378,7 @@ impl KvCacheManager {
         }
 
         let mut s = self.seqs.remove(&seq).expect("checked above");
+        s.tables.catch_up();
         for (t, kind) in s.tables.iter_mut().zip(&self.config.groups) {
             let release_to = keep_from(t, kind);
             // Last block first, as `release_windows` and `free` release.
@@ -492,7 +493,7 @@ impl KvCacheManager {
             }
             // A partially filled tail that is shared, or that a swapped sharer may
             // come back to share, must copy before it is written.
-            let partial = t.num_tokens % bs != 0;
+            let partial = t.num_tokens.get() % bs != 0;
             t.tail_maybe_shared = partial
                 && t.blocks.last().is_some_and(|&d| {
                     self.pool.ref_count(d).is_ok_and(|r| r > 1)
@@ -571,11 +572,11 @@ impl KvCacheManager {
                 return bad(format!("{seq:?} is both on the device and swapped out"));
             }
             for t in &s.tables {
-                if t.blocks.len() as u64 != self.blocks_for(t.num_tokens as u64) {
+                if t.blocks.len() as u64 != self.blocks_for(t.num_tokens.get() as u64) {
                     return bad(format!(
                         "swapped {seq:?} holds {} host blocks for {} tokens",
                         t.blocks.len(),
-                        t.num_tokens
+                        t.num_tokens.get()
                     ));
                 }
                 let live = t.live_blocks();
@@ -633,7 +634,7 @@ impl KvCacheManager {
         for (&seq, s) in &self.seqs {
             for t in &s.tables {
                 let last = t.blocks.last().copied().filter(|b| !b.is_null());
-                if let (Some(d), true) = (last, t.num_tokens % bs != 0) {
+                if let (Some(d), true) = (last, t.num_tokens.get() % bs != 0) {
                     if host.host_of(d).is_some() && !t.tail_maybe_shared {
                         return bad(format!(
                             "{seq:?}'s partially filled tail {d:?} has a host copy but is not flagged: an in-place write would make the copy stale"

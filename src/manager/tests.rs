@@ -685,6 +685,52 @@ fn two_group_batched_decode_matches_appends_by_id() {
     }
 }
 
+/// The two-group loop leaves group 1's count behind (see `tables.rs`):
+/// every reader, through a shared borrow on another thread too, sees it
+/// caught up, and the manager stays `Sync`.
+#[test]
+fn group_counts_left_behind_by_the_decode_loop_read_current() {
+    let mut kv = KvCacheManager::new(KvCacheConfig {
+        num_blocks: 64,
+        block_size: 4,
+        max_model_len: 64,
+        watermark: 0.0,
+        groups: vec![AttentionKind::Full, AttentionKind::SlidingWindow { window: 8 }],
+        ..Default::default()
+    })
+    .unwrap();
+    kv.allocate(SeqId(1), &toks(5)).unwrap();
+    let batch = [(kv.handle(SeqId(1)).unwrap(), 9)];
+    let mut slots = vec![Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        kv.drain_ops(&mut BlockOps::default());
+        kv.append_decode_into(&batch, &mut slots).unwrap(); // positions 5, 6: the fast case
+    }
+    let kv = &kv;
+    let (count, last) = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let g = kv.group(1).unwrap();
+            (
+                g.table(SeqId(1)).unwrap().num_tokens(),
+                g.slot(SeqId(1), 6).unwrap(),
+            )
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(count, 7);
+    assert_eq!(last, slots[1][1]);
+    assert_eq!(
+        kv.group(1)
+            .unwrap()
+            .table(SeqId(1))
+            .unwrap()
+            .tokens_in_last_block(),
+        3
+    );
+    kv.check_invariants().unwrap();
+}
+
 #[test]
 fn freed_storage_kept_for_reuse_is_bounded() {
     let mut kv = kv(4096, 1);
