@@ -512,29 +512,7 @@ impl KvCacheManager {
     /// takes: (blocks taken for growth and copies, blocks the windows'
     /// releases free), `base` being the length the windows release from.
     pub(super) fn append_need(&self, s: &Seq, base: u64, new_len: u64) -> (u64, u64) {
-        let bs = self.config.block_size;
-        let bs64 = bs as u64;
-        let (mut needed, mut freed) = (0u64, 0u64);
-        for (t, kind) in s.tables.iter().zip(&self.config.groups) {
-            let release_to = if base >= t.release_at as u64 {
-                kind.first_needed_block(base, bs) as usize
-            } else {
-                t.num_released as usize
-            };
-            freed += t.blocks[t.num_released as usize..release_to]
-                .iter()
-                .filter(|&&b| self.pool.ref_count(b) == Ok(1))
-                .count() as u64;
-            let old_len = t.num_tokens.get() as u64;
-            let grow = blocks_for(new_len, bs64).saturating_sub(t.blocks.len() as u64);
-            let cow = old_len % bs64 != 0
-                && t.tail_maybe_shared
-                && t.blocks
-                    .last()
-                    .is_some_and(|&b| tail_needs_copy(&self.pool, &self.prefix, b));
-            needed += grow + cow as u64;
-        }
-        (needed, freed)
+        append_need(&self.config, &self.pool, &self.prefix, s, base, new_len)
     }
 
     /// The length a sequence's windows release from at its next append: the
@@ -555,9 +533,8 @@ impl KvCacheManager {
         let bs64 = bs as u64;
         // Check first: blocks taken (growth, copies) against blocks free now
         // plus those the windows' releases free.
-        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSequence { seq })?;
-        let (needed, freed) = self.append_need(s, base, new_len);
-        let s = self.seqs.get_mut(&seq).expect("looked up above");
+        let s = self.seqs.get_mut(&seq).ok_or(KvError::UnknownSequence { seq })?;
+        let (needed, freed) = append_need(&self.config, &self.pool, &self.prefix, s, base, new_len);
         let free = self.pool.num_free() as u64;
         if needed > free + freed {
             self.stats.out_of_blocks += 1;
@@ -623,6 +600,39 @@ impl KvCacheManager {
         }
         Ok(())
     }
+}
+
+/// [`KvCacheManager::append_need`], on the parts it reads (so that a caller
+/// holding the sequence mutably can ask).
+fn append_need(
+    config: &KvCacheConfig,
+    pool: &BlockPool,
+    prefix: &Option<PrefixState>,
+    s: &Seq,
+    base: u64,
+    new_len: u64,
+) -> (u64, u64) {
+    let bs = config.block_size;
+    let bs64 = bs as u64;
+    let (mut needed, mut freed) = (0u64, 0u64);
+    for (t, kind) in s.tables.iter().zip(&config.groups) {
+        let release_to = if base >= t.release_at as u64 {
+            kind.first_needed_block(base, bs) as usize
+        } else {
+            t.num_released as usize
+        };
+        freed += t.blocks[t.num_released as usize..release_to]
+            .iter()
+            .filter(|&&b| pool.ref_count(b) == Ok(1))
+            .count() as u64;
+        let old_len = t.num_tokens.get() as u64;
+        let grow = blocks_for(new_len, bs64).saturating_sub(t.blocks.len() as u64);
+        let cow = old_len % bs64 != 0
+            && t.tail_maybe_shared
+            && t.blocks.last().is_some_and(|&b| tail_needs_copy(pool, prefix, b));
+        needed += grow + cow as u64;
+    }
+    (needed, freed)
 }
 
 /// The next most common one-token append after the hot loops' (every
