@@ -602,8 +602,9 @@ impl KvCacheManager {
                 }),
         );
         self.stats.reload_copies += reloads.len() as u64;
-        // The device blocks enter the tables (one group: the reloads are one
-        // run of positions, copied at once)...
+        // The device blocks enter the tables (one group whose reloads are one
+        // run of positions, copied at once: positions ascend, so the first and
+        // the last tell a run)...
         let first = reloads[0].1 as usize;
         if tables.len() == 1
             && reloads

@@ -237,7 +237,8 @@ pub(super) fn offload_queued(
 }
 
 impl HostTier {
-    /// Holds host block `h` until the next drain for a reload reading it.
+    /// Holds the host `blocks` until the next drain, for the reloads reading
+    /// them (one pass over the pool, then the flags and the release list).
     pub(super) fn hold_for_reload(&mut self, blocks: impl Iterator<Item = BlockId> + Clone) {
         self.pool.hold_all(blocks.clone());
         for h in blocks.clone() {

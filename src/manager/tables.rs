@@ -25,7 +25,7 @@ pub(super) struct Tables {
     first: BlockTable,
     /// Group 1's `tail_base` (see [`Self::mirror_tail1`]). After `first`:
     /// placed before it, it pushed a one-group step's fields across a cache
-    /// line in some entries (a one-group decode step 4–7% slower).
+    /// line in some entries (a one-group decode step 4–6% slower).
     tail1: u64,
 }
 
