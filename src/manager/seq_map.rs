@@ -256,8 +256,9 @@ impl<V: CatchUp> SeqSlab<V> {
         Iter(self.entries.iter())
     }
 
+    /// The ids (no value is read, so none is caught up).
     pub(crate) fn keys(&self) -> impl Iterator<Item = &SeqId> + '_ {
-        self.iter().map(|(k, _)| k)
+        self.entries.iter().filter(|e| e.val.is_some()).map(|e| &e.id)
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> + '_ {
