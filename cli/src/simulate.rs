@@ -17,8 +17,8 @@ use pagedkv::sim::prefix_bounds::BlockTrace;
 use pagedkv::sim::synthetic::SyntheticSpec;
 use pagedkv::sim::trace::{self, TraceOptions};
 use pagedkv::sim::{
-    self, mooncake, parse_policies, Arrivals, KvSize, Policy, RunResult, RunSummary, Scenario, SimError, Slo,
-    StepTimeModel, Workload,
+    self, mooncake, parse_policies, short_number, Arrivals, KvSize, Policy, RunResult, RunSummary, Scenario,
+    SimError, Slo, StepTimeModel, Workload,
 };
 use pagedkv::KvMemory;
 
@@ -429,9 +429,9 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
     let mut arrivals = match (&sweep, single_rate) {
         (Sweep::Rates(r), _) => format!(
             "Poisson at {} requests/s",
-            r.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ")
+            r.iter().map(|&x| short_number(x)).collect::<Vec<_>>().join(", ")
         ),
-        (_, Some(r)) => format!("Poisson at {} requests/s", num(r)),
+        (_, Some(r)) => format!("Poisson at {} requests/s", short_number(r)),
         _ if mooncake || args.trace.is_some() => "the trace's arrival times".to_string(),
         _ => "all at t = 0".to_string(),
     };
@@ -442,7 +442,7 @@ pub fn resolve(args: &SimulateArgs) -> Result<Setup, InputError> {
         );
     }
     if args.time_scale != 1.0 {
-        arrivals += &format!(", time × {}", num(args.time_scale));
+        arrivals += &format!(", time × {}", short_number(args.time_scale));
     }
     let workload = match sweep {
         Sweep::Rates(_) => workload,
@@ -598,28 +598,5 @@ pub fn run(setup: &Setup) -> Result<Outcome, Result<InputError, SimError>> {
                 runs,
             }))
         }
-    }
-}
-
-/// A factor or rate for the header: plain, or in scientific notation when
-/// huge or tiny (a valid `--time-scale 1e308` printed 309 digits).
-fn num(v: f64) -> String {
-    if v != 0.0 && !(1e-6..1e9).contains(&v.abs()) {
-        format!("{v:e}")
-    } else {
-        format!("{v}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::num;
-
-    #[test]
-    fn header_numbers_stay_short() {
-        assert_eq!(num(2.5), "2.5");
-        assert_eq!(num(0.0), "0");
-        assert_eq!(num(1e308), "1e308");
-        assert_eq!(num(1e-300), "1e-300");
     }
 }

@@ -288,7 +288,7 @@ impl StepTimeModel {
                     field,
                     reason: format!(
                         "{} s is over an hour; these terms are seconds here (the CLI's flags take ms), e.g. 0.02 for 20 ms",
-                        super::num(*v)
+                        super::short_number(*v)
                     ),
                 });
             }

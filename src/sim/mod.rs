@@ -467,11 +467,34 @@ pub fn compare(
     policies.iter().map(|p| simulate(scenario, workload, p)).collect()
 }
 
-/// `v` for an error message: plain, or in scientific notation when huge.
-pub(crate) fn num(v: f64) -> String {
-    if v.abs() >= 1e9 {
+/// A rate, factor or time as the simulator prints it (in headers and error
+/// messages): plain, or in scientific notation when huge or tiny (`{}` of a
+/// valid `1e308` prints 309 digits).
+///
+/// ```
+/// use pagedkv::sim::short_number;
+/// assert_eq!(short_number(2.5), "2.5");
+/// assert_eq!(short_number(1e308), "1e308");
+/// assert_eq!(short_number(1e-300), "1e-300");
+/// ```
+pub fn short_number(v: f64) -> String {
+    if v != 0.0 && !(1e-6..1e9).contains(&v.abs()) {
         format!("{v:e}")
     } else {
         format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use super::short_number;
+
+    #[test]
+    fn numbers_stay_short() {
+        assert_eq!(short_number(2.5), "2.5");
+        assert_eq!(short_number(0.0), "0");
+        assert_eq!(short_number(1e308), "1e308");
+        assert_eq!(short_number(1e-300), "1e-300");
+        assert_eq!(short_number(4000.0), "4000");
     }
 }

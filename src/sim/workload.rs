@@ -306,7 +306,7 @@ impl Workload {
                 field: "time_scale",
                 reason: format!(
                     "{} puts the last arrival ({last} s) past any finite time; give a factor under {:e}",
-                    super::num(factor),
+                    super::short_number(factor),
                     f64::MAX / last
                 ),
             });
