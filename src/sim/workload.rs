@@ -251,7 +251,10 @@ impl Workload {
                 if !(rate > 0.0 && rate.is_finite()) {
                     return Err(SimError::InvalidConfig {
                         field: "rate",
-                        reason: format!("{rate} requests/s; give a positive finite rate, e.g. 2.0, or arrive everything at t=0"),
+                        reason: format!(
+                            "{} requests/s; give a positive finite rate, e.g. 2.0, or arrive everything at t=0",
+                            super::short_number(rate)
+                        ),
                     });
                 }
                 let mut rng = SplitMix64::new(mix64(self.seed ^ 0x5EED_A771_7A15));
@@ -270,7 +273,8 @@ impl Workload {
                     return Err(SimError::InvalidConfig {
                         field: "rate",
                         reason: format!(
-                            "{rate} requests/s spreads {} requests past any finite time; give a rate of at least 1e-6 requests/s",
+                            "{} requests/s spreads {} requests past any finite time; give a rate of at least 1e-6 requests/s",
+                            super::short_number(rate),
                             self.requests.len()
                         ),
                     });
@@ -468,6 +472,7 @@ mod tests {
             .with_arrivals(Arrivals::Poisson { rate: 1e-310 })
             .unwrap_err();
         assert!(err.to_string().contains("past any finite time"), "{err}");
+        assert!(err.to_string().contains("1e-310 requests/s"), "{err}");
         assert!(w.with_arrivals(Arrivals::Poisson { rate: 1e-6 }).is_ok());
     }
 
