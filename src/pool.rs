@@ -66,8 +66,12 @@ struct BlockMeta {
 #[derive(Clone, Debug)]
 pub struct BlockPool {
     meta: Vec<BlockMeta>,
-    /// Free blocks holding nothing worth keeping; the top is allocated first.
-    stack: Vec<u32>,
+    /// Free blocks holding nothing worth keeping: `stack[..stacked]`, the
+    /// top (`stack[stacked - 1]`) allocated first. The array has room for
+    /// every block, so pushes and pops only move `stacked` (no length to
+    /// store and reload, no capacity check, no zeroing of room made up front).
+    stack: Box<[u32]>,
+    stacked: u32,
     head: u32,
     tail: u32,
     /// Blocks in the queue.
@@ -95,6 +99,7 @@ impl BlockPool {
         Ok(BlockPool {
             meta,
             stack: (0..num_blocks).rev().collect(),
+            stacked: num_blocks,
             head: NIL,
             tail: NIL,
             num_queued: 0,
@@ -110,7 +115,7 @@ impl BlockPool {
     /// Free blocks (on the stack or in the queue).
     #[inline]
     pub fn num_free(&self) -> u32 {
-        self.stack.len() as u32 + self.num_queued
+        self.stacked + self.num_queued
     }
 
     /// Blocks held by at least one reference.
@@ -140,9 +145,9 @@ impl BlockPool {
     /// The next block [`Self::allocate`] returns: the top of the stack, else
     /// the head of the queue.
     pub fn peek_free(&self) -> Option<BlockId> {
-        match self.stack.last() {
-            Some(&b) => Some(BlockId(b)),
-            None => (self.head != NIL).then_some(BlockId(self.head)),
+        match self.stacked {
+            0 => (self.head != NIL).then_some(BlockId(self.head)),
+            top => Some(BlockId(self.stack[top as usize - 1])),
         }
     }
 
@@ -151,7 +156,9 @@ impl BlockPool {
     /// and gives it one reference.
     #[inline]
     pub fn allocate(&mut self) -> Result<BlockId, PoolError> {
-        if let Some(b) = self.stack.pop() {
+        if self.stacked > 0 {
+            self.stacked -= 1;
+            let b = self.stack[self.stacked as usize];
             self.meta[b as usize] = BlockMeta {
                 ref_count: 1,
                 prev: NIL,
@@ -190,18 +197,20 @@ impl BlockPool {
                 num_blocks: self.num_blocks(),
             });
         }
-        let from_stack = (n as usize).min(self.stack.len());
-        let keep = self.stack.len() - from_stack;
-        for &b in &self.stack[keep..] {
-            self.meta[b as usize] = BlockMeta {
+        let from_stack = n.min(self.stacked);
+        let keep = self.stacked - from_stack;
+        let taken = &self.stack[keep as usize..self.stacked as usize];
+        let meta = &mut self.meta[..];
+        for &b in taken {
+            meta[b as usize] = BlockMeta {
                 ref_count: 1,
                 prev: NIL,
                 next: NIL,
             };
         }
-        out.extend(self.stack[keep..].iter().rev().map(|&b| BlockId(b)));
-        self.stack.truncate(keep);
-        for _ in from_stack..n as usize {
+        out.extend(taken.iter().rev().map(|&b| BlockId(b)));
+        self.stacked = keep;
+        for _ in from_stack..n {
             let block = BlockId(self.head);
             self.unlink(block.0);
             self.meta[block.index()].ref_count = 1;
@@ -227,7 +236,8 @@ impl BlockPool {
         let BlockMeta { prev, next, .. } = self.meta[b as usize];
         if next == IN_STACK {
             // The last block fills its place.
-            let last = self.stack.pop().expect("a stacked block is on the stack");
+            self.stacked -= 1;
+            let last = self.stack[self.stacked as usize];
             if last != b {
                 self.stack[prev as usize] = last;
                 self.meta[last as usize].prev = prev;
@@ -296,27 +306,30 @@ impl BlockPool {
     /// invariant). Never grows the stack past its capacity (every block).
     #[inline]
     pub(crate) fn release_all_evict_first(&mut self, blocks: &[BlockId]) -> u64 {
-        // Room made up front and written by index, the length set once: a
-        // push (or `extend`) per block stores and reloads the stack's length.
-        let start = self.stack.len();
-        self.stack.resize(start + blocks.len(), 0);
-        let room = &mut self.stack[start..];
-        let mut n = 0;
+        // Written by index above the top, which is set once: the loop keeps
+        // `n` and both slices in registers.
+        let start = self.stacked;
+        let room = &mut self.stack[start as usize..];
+        let meta = &mut self.meta[..];
+        let mut n = 0u32;
         for &b in blocks.iter().rev() {
-            let m = &mut self.meta[b.index()];
-            assert!(
-                m.ref_count > 0,
-                "released block {b:?} is free: a table held a free block"
-            );
-            m.ref_count -= 1;
-            if m.ref_count == 0 {
-                m.prev = (start + n) as u32;
-                m.next = IN_STACK;
-                room[n] = b.0;
-                n += 1;
+            let m = &mut meta[b.index()];
+            match m.ref_count {
+                0 => released_free(b),
+                1 => {
+                    // One record store: the count and both links at once.
+                    *m = BlockMeta {
+                        ref_count: 0,
+                        prev: start + n,
+                        next: IN_STACK,
+                    };
+                    room[n as usize] = b.0;
+                    n += 1;
+                }
+                _ => m.ref_count -= 1,
             }
         }
-        self.stack.truncate(start + n);
+        self.stacked = start + n;
         n as u64
     }
 
@@ -331,9 +344,10 @@ impl BlockPool {
             return Ok(false);
         }
         if to_head {
-            m.prev = self.stack.len() as u32;
+            m.prev = self.stacked;
             m.next = IN_STACK;
-            self.stack.push(block.0);
+            self.stack[self.stacked as usize] = block.0;
+            self.stacked += 1;
         } else {
             self.push_tail(block.0);
         }
@@ -345,7 +359,7 @@ impl BlockPool {
     pub fn free_blocks(&self) -> FreeBlocks<'_> {
         FreeBlocks {
             pool: self,
-            stacked: self.stack.len(),
+            stacked: self.stacked as usize,
             next: self.head,
             remaining: self.num_queued,
         }
@@ -399,7 +413,7 @@ impl BlockPool {
     /// Checks every pool invariant listed in the module docs. O(num_blocks).
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let n = self.num_blocks();
-        for (pos, &b) in self.stack.iter().enumerate() {
+        for (pos, &b) in self.stack[..self.stacked as usize].iter().enumerate() {
             let m = self
                 .meta
                 .get(b as usize)
@@ -475,6 +489,15 @@ impl BlockPool {
         }
         Ok(())
     }
+}
+
+/// A released block was free already: a table held a free block (a broken
+/// caller invariant of [`BlockPool::release_all_evict_first`]). Out of line,
+/// so the release loop keeps no state for the message.
+#[cold]
+#[inline(never)]
+fn released_free(b: BlockId) -> ! {
+    panic!("released block {b:?} is free: a table held a free block")
 }
 
 /// Iterator over free blocks in allocation order. See [`BlockPool::free_blocks`].
