@@ -252,19 +252,27 @@ impl BlockPool {
         };
     }
 
-    /// One more reference to each of `blocks`: a free block is
-    /// taken from the stack or the queue as [`Self::take_free`] takes it, a
-    /// block in use is shared as [`Self::incref`] shares it. Panics on an
-    /// unknown block or a count overflow (a broken caller invariant).
+    /// One more reference to each of `blocks` ([`Self::hold`] of each).
     #[inline]
     pub(crate) fn hold_all(&mut self, blocks: impl IntoIterator<Item = BlockId>) {
         for b in blocks {
-            let m = &mut self.meta[b.index()];
-            if m.ref_count == 0 {
-                self.take_known_free(b.0);
-            } else {
-                m.ref_count = m.ref_count.checked_add(1).expect("reference count overflow");
-            }
+            self.hold(b);
+        }
+    }
+
+    /// One more reference to `block`: a free block is taken from the stack
+    /// or the queue as [`Self::take_free`] takes it (then this returns
+    /// true), a block in use is shared as [`Self::incref`] shares it. Panics
+    /// on an unknown block or a count overflow (a broken caller invariant).
+    #[inline(always)]
+    pub(crate) fn hold(&mut self, block: BlockId) -> bool {
+        let m = &mut self.meta[block.index()];
+        if m.ref_count == 0 {
+            self.take_known_free(block.0);
+            true
+        } else {
+            m.ref_count = m.ref_count.checked_add(1).expect("reference count overflow");
+            false
         }
     }
 
@@ -303,34 +311,63 @@ impl BlockPool {
     /// [`Self::decref_evict_first`] of each block, last first, for blocks the
     /// caller knows to be allocated (a table's, distinct): returns how many
     /// became free. Panics on a free or unknown block (a broken caller
-    /// invariant). Never grows the stack past its capacity (every block).
+    /// invariant).
     #[inline]
     pub(crate) fn release_all_evict_first(&mut self, blocks: &[BlockId]) -> u64 {
-        // Written by index above the top, which is set once: the loop keeps
-        // `n` and both slices in registers.
-        let start = self.stacked;
-        let room = &mut self.stack[start as usize..];
-        let meta = &mut self.meta[..];
-        let mut n = 0u32;
+        self.release_all(blocks, |_| false)
+    }
+
+    /// Drops one reference to each block, last first, for blocks the caller
+    /// knows to be allocated (a table's, distinct); returns how many became
+    /// free. `freed(b)` is called for each block that becomes free: it joins
+    /// the queue's tail when that returns true (as [`Self::decref`] puts it),
+    /// else the stack (as [`Self::decref_evict_first`] does), in the order of
+    /// those calls made one by one.
+    /// Panics on a free or unknown block (a broken caller invariant).
+    ///
+    /// The loop keeps the stack's top and the queue's ends in registers, and
+    /// writes a freed block's record in one store.
+    #[inline]
+    pub(crate) fn release_all(&mut self, blocks: &[BlockId], mut freed: impl FnMut(BlockId) -> bool) -> u64 {
+        let (stack, meta) = (&mut self.stack[..], &mut self.meta[..]);
+        let (mut top, mut head, mut tail) = (self.stacked, self.head, self.tail);
+        let mut queued = 0;
         for &b in blocks.iter().rev() {
             let m = &mut meta[b.index()];
             match m.ref_count {
                 0 => released_free(b),
-                1 => {
-                    // One record store: the count and both links at once.
-                    *m = BlockMeta {
-                        ref_count: 0,
-                        prev: start + n,
-                        next: IN_STACK,
-                    };
-                    room[n as usize] = b.0;
-                    n += 1;
+                1 => {}
+                _ => {
+                    m.ref_count -= 1;
+                    continue;
                 }
-                _ => m.ref_count -= 1,
+            }
+            if freed(b) {
+                *m = BlockMeta {
+                    ref_count: 0,
+                    prev: tail,
+                    next: NIL,
+                };
+                match tail {
+                    NIL => head = b.0,
+                    t => meta[t as usize].next = b.0,
+                }
+                tail = b.0;
+                queued += 1;
+            } else {
+                *m = BlockMeta {
+                    ref_count: 0,
+                    prev: top,
+                    next: IN_STACK,
+                };
+                stack[top as usize] = b.0;
+                top += 1;
             }
         }
-        self.stacked = start + n;
-        n as u64
+        let freed = top - self.stacked + queued;
+        (self.stacked, self.head, self.tail) = (top, head, tail);
+        self.num_queued += queued;
+        freed as u64
     }
 
     #[inline(always)]
@@ -532,6 +569,69 @@ impl Iterator for FreeBlocks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PAGEDKV_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+        ))]
+
+        /// `release_all` leaves the pool exactly as one `decref` or
+        /// `decref_evict_first` per block (last first) does: the same free
+        /// order in the stack and the queue, the same counts, and it reports
+        /// the blocks freed and asks about each freed block once.
+        #[test]
+        fn release_all_matches_one_call_per_block(
+            num_blocks in 1u32..40,
+            setup in proptest::collection::vec((0u8..4, 0u32..40), 0..80),
+            picks in proptest::collection::vec((0u32..40, proptest::bool::ANY), 0..40),
+        ) {
+            let mut pool = BlockPool::new(num_blocks).unwrap();
+            // A mixed state: blocks in use (some shared), free ones on the
+            // stack and in the queue.
+            for (op, b) in setup {
+                let b = BlockId(b % num_blocks);
+                match op {
+                    0 => { let _ = pool.allocate(); }
+                    1 => { let _ = pool.incref(b); }
+                    2 => { let _ = pool.decref(b); }
+                    _ => { let _ = pool.decref_evict_first(b); }
+                }
+            }
+            // A table: distinct blocks in use, each kept (queued) or not.
+            let mut table = Vec::new();
+            let mut keep = vec![false; num_blocks as usize];
+            for (b, k) in picks {
+                let b = BlockId(b % num_blocks);
+                if pool.ref_count(b).unwrap() > 0 && !table.contains(&b) {
+                    table.push(b);
+                    keep[b.index()] = k;
+                }
+            }
+            let mut one_by_one = pool.clone();
+            let mut expected = (0, Vec::new());
+            for &b in table.iter().rev() {
+                let freed = if keep[b.index()] {
+                    one_by_one.decref(b).unwrap()
+                } else {
+                    one_by_one.decref_evict_first(b).unwrap()
+                };
+                if freed {
+                    expected.0 += 1;
+                    expected.1.push(b);
+                }
+            }
+            let mut asked = Vec::new();
+            let returned = pool.release_all(&table, |b| {
+                asked.push(b);
+                keep[b.index()]
+            });
+            pool.check_invariants().unwrap();
+            proptest::prop_assert_eq!((returned, asked), expected);
+            proptest::prop_assert_eq!(pool.free_blocks().collect::<Vec<_>>(), one_by_one.free_blocks().collect::<Vec<_>>());
+            proptest::prop_assert_eq!(pool.queued_blocks().collect::<Vec<_>>(), one_by_one.queued_blocks().collect::<Vec<_>>());
+            proptest::prop_assert_eq!(&pool.meta, &one_by_one.meta);
+        }
+    }
 
     #[test]
     fn metadata_is_at_most_16_bytes_per_block() {

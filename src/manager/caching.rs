@@ -130,6 +130,16 @@ impl PrefixState {
         }
     }
 
+    /// Whether freeing a block needs nothing beyond the pool and dropping a
+    /// pending hash (see `release`): LRU eviction, no duplicate to promote,
+    /// no offload when a cached block becomes free.
+    #[inline]
+    pub(super) fn releases_plainly(&self) -> bool {
+        self.eviction == crate::Eviction::Lru
+            && !self.index.has_duplicates()
+            && !self.offload.as_ref().is_some_and(|o| o.on_free)
+    }
+
     /// Where the eviction policy puts the cached device block `b` as it
     /// becomes free (the built-in policies: the LRU tail).
     pub(super) fn device_position(&self, b: BlockId) -> crate::QueueEnd {
@@ -444,15 +454,12 @@ impl PrefixState {
 }
 
 /// Takes the hit block `b` for a new sequence: from the free queue when it
-/// is `free`, else one more reference.
-#[inline]
-fn take_hit(pool: &mut BlockPool, stats: &mut KvStats, b: BlockId, free: bool) {
-    if free {
-        pool.take_free(b).expect("a free indexed block is in the queue");
-        stats.blocks_taken += 1;
-    } else {
-        pool.incref(b).expect("an indexed block in use is allocated");
-    }
+/// is free (then this returns true), else one more reference.
+#[inline(always)]
+fn take_hit(pool: &mut BlockPool, stats: &mut KvStats, b: BlockId) -> bool {
+    let free = pool.hold(b);
+    stats.blocks_taken += free as u64;
+    free
 }
 
 /// The first block a hit of `hit` blocks needs cached in a group of `kind`:
@@ -691,11 +698,12 @@ impl KvCacheManager {
         let (pool, stats) = (&mut self.pool, &mut self.stats);
         let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash| {
             if let Some(b) = p.index.get(g as u32, h) {
-                let free = pool.ref_count(b) == Ok(0);
+                let free = if take_now {
+                    take_hit(pool, stats, b)
+                } else {
+                    pool.ref_count(b) == Ok(0)
+                };
                 held += !free as u64;
-                if take_now {
-                    take_hit(pool, stats, b, free);
-                }
                 t.blocks.push(b);
             } else if let Some(hb) = host_index.and_then(|c| c.get(g as u32, h)) {
                 reloads.push((g as u32, i as u32, hb));
@@ -717,11 +725,12 @@ impl KvCacheManager {
             t.blocks.reserve(max_hit + 1);
             let mut i = 0;
             while let Some(b) = hashes.get(i).and_then(|&h| p.index.get(0, h)) {
-                let free = pool.ref_count(b) == Ok(0);
+                let free = if take_now {
+                    take_hit(pool, stats, b)
+                } else {
+                    pool.ref_count(b) == Ok(0)
+                };
                 held += !free as u64;
-                if take_now {
-                    take_hit(pool, stats, b, free);
-                }
                 t.blocks.push(b);
                 i += 1;
             }
@@ -777,8 +786,7 @@ impl KvCacheManager {
                 for &b in &t.blocks[from..hits] {
                     if !b.is_null() {
                         // (Null: reloaded from the host, below.)
-                        let free = self.pool.ref_count(b) == Ok(0);
-                        take_hit(&mut self.pool, &mut self.stats, b, free);
+                        take_hit(&mut self.pool, &mut self.stats, b);
                     }
                 }
             }

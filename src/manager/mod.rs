@@ -507,21 +507,47 @@ impl KvCacheManager {
                 self.stats.blocks_returned += self.pool.release_all_evict_first(t.live_blocks());
             }
         } else {
-            for t in &tables {
-                for &b in t.live_blocks().iter().rev() {
-                    release(
-                        &mut self.pool,
-                        &mut self.prefix,
-                        &mut self.host,
-                        &mut self.stats,
-                        b,
-                    );
-                }
-            }
+            self.release_kept(&tables);
         }
         self.recycle(tables, cache);
         self.stats.sequences_freed += 1;
         Ok(())
+    }
+
+    /// `free`'s release of a sequence's blocks when prefix caching or the
+    /// host tier is on (out of line: the plain allocator's `free` stays small).
+    #[inline(never)]
+    fn release_kept(&mut self, tables: &Tables) {
+        if let Some(p) = self
+            .prefix
+            .as_mut()
+            .filter(|p| self.host.is_none() && p.releases_plainly())
+        {
+            // Prefix caching on its own (LRU, no duplicate, no offload): a
+            // freed cached block joins the queue's tail, any other the stack,
+            // and a pending one leaves the index (as `release` does, per block).
+            for t in tables {
+                self.stats.blocks_returned += self.pool.release_all(t.live_blocks(), |b| {
+                    let cached = p.index.hash_of(b).is_some();
+                    if !cached {
+                        p.index.remove_block(b);
+                    }
+                    cached
+                });
+            }
+            return;
+        }
+        for t in tables {
+            for &b in t.live_blocks().iter().rev() {
+                release(
+                    &mut self.pool,
+                    &mut self.prefix,
+                    &mut self.host,
+                    &mut self.stats,
+                    b,
+                );
+            }
+        }
     }
 
     /// Moves the block operations queued since the last call into `ops`
