@@ -9,8 +9,9 @@
 #   tools/soak.sh                      # defaults below
 #   CASES=40000 DIFF_SEEDS=50 FUZZ_SECS=60 tools/soak.sh   # a quick one
 #
-# 1. the four property suites (`tests/model.rs`, `prefix_model.rs`,
-#    `prefix_tenant_isolation.rs`, `scheduler_model.rs`) at $CASES cases;
+# 1. the property suites (`tests/model.rs`, `prefix_model.rs`,
+#    `prefix_tenant_isolation.rs`, `scheduler_model.rs`, `free_paths_agree.rs`)
+#    at $CASES cases;
 # 2. the Dynamo differential (`publisher/tests/dynamo_differential.rs`) at
 #    $DIFF_SEEDS seeds of $DIFF_STEPS steps;
 # 3. each fuzz target for $FUZZ_SECS seconds (needs `cargo install
@@ -29,7 +30,8 @@ stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "property suites, $CASES cases each"
 PAGEDKV_PROPTEST_CASES=$CASES cargo test --release -q \
-  --test model --test prefix_model --test prefix_tenant_isolation --test scheduler_model
+  --test model --test prefix_model --test prefix_tenant_isolation --test scheduler_model \
+  --test free_paths_agree
 
 stamp "Dynamo differential, $DIFF_SEEDS seeds x $DIFF_STEPS steps"
 PAGEDKV_DIFF_SEEDS=$DIFF_SEEDS PAGEDKV_DIFF_STEPS=$DIFF_STEPS \
