@@ -696,14 +696,10 @@ impl KvCacheManager {
         let take_now = one_full_group && self.start_fits(total);
         let found_hit = (!one_full_group).then(|| self.find_hit(p, host_index, &cache.hashes, max_hit));
         let (pool, stats) = (&mut self.pool, &mut self.stats);
+        // (Several groups: `take_now` is false, the hit is taken below.)
         let mut resolve = |t: &mut BlockTable, g: usize, i: usize, h: BlockHash| {
             if let Some(b) = p.index.get(g as u32, h) {
-                let free = if take_now {
-                    take_hit(pool, stats, b)
-                } else {
-                    pool.ref_count(b) == Ok(0)
-                };
-                held += !free as u64;
+                held += (pool.ref_count(b) != Ok(0)) as u64;
                 t.blocks.push(b);
             } else if let Some(hb) = host_index.and_then(|c| c.get(g as u32, h)) {
                 reloads.push((g as u32, i as u32, hb));
