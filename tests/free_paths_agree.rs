@@ -12,16 +12,15 @@
 //! from two shared stems, so prefix hits, evictions, pending blocks freed
 //! before their step is handed over, forks and duplicates are all frequent.
 
+mod proptest_cases;
+
 use pagedkv::{
     AttentionKind, BlockId, BlockOps, Eviction, KvCacheConfig, KvCacheManager, KvEvent, SeqId, TokenId,
 };
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
+    proptest_cases::from_env(256)
 }
 
 #[derive(Clone, Debug)]

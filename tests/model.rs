@@ -55,6 +55,8 @@
 //! run, five sixths of the cases hybrid (at least 10 000 operations on average
 //! over several groups). Set `PAGEDKV_PROPTEST_CASES` to run more cases.
 
+mod proptest_cases;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
@@ -71,10 +73,7 @@ const MAX_OPS: usize = 88;
 const DEFAULT_CASES: u32 = 320;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+    proptest_cases::from_env(DEFAULT_CASES)
 }
 
 // ---------------------------------------------------------------------------

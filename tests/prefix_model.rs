@@ -50,6 +50,8 @@
 //!
 //! Default: 768 cases of 30..=70 operations (about 38k operations, under a second). `PAGEDKV_PROPTEST_CASES` raises it.
 
+mod proptest_cases;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pagedkv::{
@@ -62,10 +64,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 const NUM_IDS: u64 = 6;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(768)
+    proptest_cases::from_env(768)
 }
 
 #[derive(Clone, Debug)]

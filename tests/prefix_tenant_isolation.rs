@@ -2,16 +2,15 @@
 //! under different cache salts never share a block, whatever their tokens;
 //! under the same salt, a common prefix is shared block for block.
 
+mod proptest_cases;
+
 use pagedkv::{BlockOps, KvCacheConfig, KvCacheManager, PrefixKeys, SeqId, TokenId};
 use proptest::prelude::*;
 
 const BS: u32 = 4;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128)
+    proptest_cases::from_env(128)
 }
 
 fn manager() -> KvCacheManager {

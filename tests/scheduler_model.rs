@@ -39,6 +39,8 @@
 //!
 //! Default 1500 cases (about half a second); `PAGEDKV_PROPTEST_CASES` sets the count.
 
+mod proptest_cases;
+
 use std::collections::{BTreeMap, HashMap};
 
 use pagedkv::scheduler::{
@@ -52,10 +54,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1500)
+    proptest_cases::from_env(1500)
 }
 
 #[derive(Clone, Debug)]

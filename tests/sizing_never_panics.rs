@@ -8,16 +8,15 @@
 //!
 //! `PAGEDKV_PROPTEST_CASES` raises the case count (default 512).
 
+mod proptest_cases;
+
 use pagedkv::{
     blocks_for, AttentionKind, CachePlan, CacheSpec, KvCacheConfig, KvDtype, MemoryBudget, ModelLayout,
 };
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
+    proptest_cases::from_env(512)
 }
 
 /// Mostly edge values (0, 1, the maximum, just under it), some ordinary ones.
