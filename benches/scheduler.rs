@@ -3,7 +3,12 @@
 //! - `decode_256`: a step of 256 running decodes (append, slots, plan) plus
 //!   `on_step_output`, against two floors: the manager's decode appends and
 //!   slot lookups by `SeqId` for the same 256 sequences, and the one batched
-//!   call over their handles (`append_decode_into`) the scheduler makes.
+//!   call over their handles (`append_decode_into`) the scheduler makes;
+//!   and a bound: that batched call plus only the per-sequence work any
+//!   scheduler with this plan and this output must do (the batch's tokens,
+//!   the plan entries, the engine's sampled tokens, each appended to its
+//!   sequence's token list and checked for a stop), without queues, budgets,
+//!   guards or validation.
 //! - `preempt_swap`: a step whose first decode must swap the other sequence
 //!   out (4 blocks) to get a block (setup untimed).
 //!
@@ -12,7 +17,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pagedkv::scheduler::AlwaysSwap;
+use pagedkv::scheduler::{AlwaysSwap, ScheduledSeq};
 use pagedkv::{
     BlockOps, KvCacheConfig, KvCacheManager, Request, RequestId, SampledToken, Scheduler, SchedulerConfig,
     SeqId, StepPlan,
@@ -83,6 +88,87 @@ fn decode_256(c: &mut Criterion) {
             }
         })
     });
+
+    // Bound: the least any scheduler producing this plan from this output can
+    // do around the batched call: put each sequence's last token in the
+    // batch, write its plan entry, take its sampled token (the engine's side,
+    // as in the scheduler row), append it to the sequence's token list and
+    // check its stop conditions. No queues, budgets, guards or validation.
+    struct Lite {
+        seq: SeqId,
+        tokens: Vec<u32>,
+        num_computed: u32,
+        max_len: u32,
+    }
+    let mut kv = manager(1 << 16, 0);
+    let mut lites: Vec<Lite> = (0..SEQS)
+        .map(|s| {
+            kv.allocate(SeqId(s), &[1; 32]).expect("room");
+            let mut tokens = Vec::with_capacity(4_096);
+            tokens.extend_from_slice(&[1; 32]);
+            Lite {
+                seq: SeqId(s),
+                tokens,
+                num_computed: 32,
+                max_len: 1 << 20,
+            }
+        })
+        .collect();
+    let mut batch: Vec<_> = lites
+        .iter()
+        .map(|l| (kv.handle(l.seq).expect("live"), 0))
+        .collect();
+    let mut group_slots = vec![Vec::new()];
+    let mut plan = StepPlan::default();
+    let mut out: Vec<SampledToken> = Vec::new();
+    let mut finished = Vec::new();
+    let mut n = 0u64;
+    g.bench_function("bound_batched_decode_plan_and_output", |b| {
+        b.iter(|| {
+            group_slots[0].clear();
+            plan.scheduled.clear();
+            for (e, l) in batch.iter_mut().zip(&lites) {
+                e.1 = *l.tokens.last().expect("prompt");
+            }
+            kv.append_decode_into(&batch, &mut group_slots).expect("room");
+            kv.drain_ops(&mut ops);
+            plan.scheduled
+                .extend(lites.iter_mut().zip(0u32..).map(|(l, slot)| {
+                    let start = l.num_computed;
+                    l.num_computed += 1;
+                    ScheduledSeq {
+                        seq: l.seq,
+                        start,
+                        num_new_tokens: 1,
+                        is_prefill: false,
+                        num_samples: 1,
+                        slots: slot..slot + 1,
+                    }
+                }));
+            black_box((&plan.scheduled, &group_slots));
+            out.clear();
+            out.extend(plan.scheduled.iter().map(|e| SampledToken {
+                seq: e.seq,
+                token: 1,
+                stop: false,
+            }));
+            for (o, l) in black_box(&out).iter().zip(lites.iter_mut()) {
+                l.tokens.push(o.token);
+                if o.stop || l.tokens.len() as u32 >= l.max_len {
+                    finished.push(l.seq);
+                }
+            }
+            n += 1;
+            if n % 2_000 == 0 {
+                for l in lites.iter_mut() {
+                    kv.truncate(l.seq, 32).expect("live");
+                    l.tokens.truncate(32);
+                    l.num_computed = 32;
+                }
+            }
+        })
+    });
+    assert!(finished.is_empty());
 
     // The scheduler: 256 decoding requests, rebuilt (untimed) every CYCLE steps.
     const CYCLE: u64 = 1_000;
