@@ -29,3 +29,14 @@ pub use sizing::{
     MAX_LAYERS,
 };
 pub use table::BlockTable;
+
+/// How many cases a unit-test property suite runs: `PAGEDKV_PROPTEST_CASES`
+/// when it is set to a number, else `default` (the integration suites share
+/// `tests/proptest_cases`).
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PAGEDKV_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

@@ -571,9 +571,7 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("PAGEDKV_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
-        ))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::proptest_cases(256)))]
 
         /// `release_all` leaves the pool exactly as one `decref` or
         /// `decref_evict_first` per block (last first) does: the same free

@@ -213,15 +213,8 @@ fn arb_layout() -> impl Strategy<Value = ModelLayout> {
     })
 }
 
-fn cases() -> u32 {
-    std::env::var("PAGEDKV_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(200)))]
 
     /// The groups partition the layers, hold one kind each, have one padded
     /// size, and follow vLLM's group-size rule.
