@@ -529,7 +529,7 @@ impl BlockPool {
 }
 
 /// A released block was free already: a table held a free block (a broken
-/// caller invariant of [`BlockPool::release_all_evict_first`]). Out of line,
+/// caller invariant of [`BlockPool::release_all`]). Out of line,
 /// so the release loop keeps no state for the message.
 #[cold]
 #[inline(never)]
